@@ -1,0 +1,5 @@
+"""Allow ``python -m slimtrain``."""
+
+from slimtrain.cli import main
+
+raise SystemExit(main())
