@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits as _sklearn_digits
 
 from slimtrain.data.raw import RawSplits
 from slimtrain.data.seeding import derive_generator
@@ -33,7 +32,10 @@ def load_digits(data_dir: Path | None, test_fraction: float = 0.2) -> RawSplits:
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"digits test_fraction must be in (0, 1), got {test_fraction}")
-    bunch = _sklearn_digits()
+    # Imported here: scikit-learn takes a second to import and only this dataset needs it.
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
     inputs = torch.tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     targets = torch.tensor(bunch.target, dtype=torch.int64)
     train_idx, test_idx = stratified_split(targets, test_fraction, derive_generator(_TEST_SPLIT_SEED))

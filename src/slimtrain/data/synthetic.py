@@ -34,11 +34,12 @@ def load_synthetic(
 ) -> RawSplits:
     """Gaussian classes around smooth random prototypes: learnable, but not separable without error.
 
-    Each class has a prototype image: Gaussian noise on a grid four times coarser than the image,
-    upsampled bilinearly (so it has spatial structure a convolution can use), scaled so that two
-    prototypes lie about ``separation`` noise standard deviations apart. A sample is its class prototype
-    plus unit Gaussian noise on every pixel. With the default separation of 4, telling two given classes
-    apart costs about 2% error (Φ(-2)), so a good classifier reaches roughly 85-90% accuracy on 10 classes.
+    Each class has a prototype image: Gaussian noise on a grid twice coarser than the image, upsampled
+    bilinearly (so it has spatial structure a convolution can use), then orthogonalized across classes
+    (when the image has at least ``num_classes`` pixels) and scaled so that any two prototypes lie exactly
+    ``separation`` noise standard deviations apart. A sample is its class prototype plus unit Gaussian
+    noise on every pixel. With the default separation of 4, telling two given classes apart costs about
+    2% error (Φ(-2)), so the best classifier reaches roughly 85% accuracy on 10 classes.
 
     Args:
         data_dir: ignored; the data is generated.
@@ -59,12 +60,15 @@ def load_synthetic(
         raise ValueError(f"synthetic separation must be > 0, got {separation}")
     c, h, w = (int(s) for s in input_shape)
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.randn((num_classes, c, max(1, h // 4), max(1, w // 4)), generator=generator)
-    prototypes = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    prototypes -= prototypes.mean(dim=(1, 2, 3), keepdim=True)
-    rms = prototypes.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    # Two independent prototypes of per-pixel RMS a lie about a * sqrt(2 * C*H*W) apart.
-    prototypes *= separation / math.sqrt(2 * c * h * w) / rms
+    coarse = torch.randn((num_classes, c, max(1, h // 2), max(1, w // 2)), generator=generator)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).flatten(1)
+    if num_classes <= smooth.shape[1]:
+        # Orthonormal prototypes (still smooth: combinations of smooth images) are equidistant.
+        smooth = torch.linalg.qr(smooth.T).Q.T
+    else:
+        smooth = smooth / smooth.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # Two orthogonal unit vectors lie sqrt(2) apart.
+    prototypes = (smooth * (separation / math.sqrt(2))).reshape(num_classes, c, h, w)
     train_x, train_y = _samples(prototypes, num_samples, generator)
     n_test = max(1, num_samples // 4) if num_test is None else num_test
     test_x, test_y = _samples(prototypes, n_test, generator)
