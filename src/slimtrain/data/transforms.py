@@ -61,12 +61,9 @@ class RandomCrop:
         padded.copy_(_channel_values(self.fill, c, "RandomCrop fill").to(inputs).expand_as(padded))
         padded[:, :, p : p + h, p : p + w] = inputs
         offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(inputs.device)
-        rows = offsets[0, :, None] + torch.arange(h, device=inputs.device)  # n×h
-        cols = offsets[1, :, None] + torch.arange(w, device=inputs.device)  # n×w
-        batch = torch.arange(n, device=inputs.device)[:, None, None]
-        # Advanced indices around a slice put the indexed dims first: the result is n×h×w×c.
-        cropped = padded[batch, :, rows[:, :, None], cols[:, None, :]]
-        return cropped.permute(0, 3, 1, 2).contiguous()
+        # All h×w windows as a strided view (n, c, 2p+1, 2p+1, h, w), no copy; then pick one per sample.
+        windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+        return windows[torch.arange(n, device=inputs.device), :, offsets[0], offsets[1]]
 
     def __repr__(self) -> str:
         return f"RandomCrop(padding={self.padding}, fill={self.fill})"
