@@ -113,7 +113,8 @@ class BatchLoader:
         for step, size in enumerate(sizes):
             start = step * global_b + self.rank * size
             index = perm[start : start + size]
-            x, y = inputs[index], targets[index]
+            # index_select copies whole rows; it is several times faster than advanced indexing on CPU.
+            x, y = inputs.index_select(0, index), targets.index_select(0, index)
             if self.transform is not None:
                 x = self.transform(x, derive_generator(self.seed, self.epoch, step, self.rank))
             yield x, y
