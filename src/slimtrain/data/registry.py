@@ -109,6 +109,13 @@ def load_dataset(
     builder = _REGISTRY[name]
     _check_options(name, builder, options)
     raw = builder(None if data_dir is None else Path(data_dir), **options)
+    if not isinstance(raw, RawSplits):
+        raise TypeError(f"dataset {name!r}: builder returned {type(raw).__name__}, expected RawSplits")
+    if raw.train_inputs.shape[1:] != raw.test_inputs.shape[1:]:
+        raise ValueError(
+            f"dataset {name!r}: train samples are {tuple(raw.train_inputs.shape[1:])} but test samples are "
+            f"{tuple(raw.test_inputs.shape[1:])}"
+        )
     train_idx, val_idx = stratified_split(raw.train_targets, val_fraction, derive_generator(seed))
     train_x = raw.train_inputs[train_idx]
     if raw.mean is None or raw.std is None:
