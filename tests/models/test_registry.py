@@ -9,6 +9,7 @@ EXPECTED = {
     "lenet5",
     "lenet5_caffe",
     "resnet8",
+    "resnet18",
     "resnet20",
     "resnet32",
     "resnet44",
