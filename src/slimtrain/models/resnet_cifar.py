@@ -17,7 +17,7 @@ from torch import nn
 
 from slimtrain.models.init import kaiming_init_
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_int
+from slimtrain.models.validation import check_bool, check_int_sequence, check_positive_int
 
 Shortcut = Literal["A", "B"]
 RESNET_DEPTHS = (8, 20, 32, 44, 56, 110)
@@ -131,13 +131,11 @@ class CifarResNet(nn.Module):
         bn_after_add: bool = False,
     ):
         super().__init__()
-        for stage, blocks in enumerate(stage_blocks):
-            check_positive_int(f"stage_blocks[{stage}]", blocks)
+        check_int_sequence("stage_blocks", stage_blocks)
         check_positive_int("width", width)
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        if not isinstance(bn_after_add, bool):
-            raise ValueError(f"bn_after_add must be a bool, got {bn_after_add!r}")
+        check_bool("bn_after_add", bn_after_add)
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
