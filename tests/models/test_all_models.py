@@ -9,7 +9,7 @@ from slimtrain.models import create_model, list_models
 CONFIGS = [(1, 8), (1, 28), (3, 32)]
 # Narrow variants keep the loop fast on CPU; the default sizes are covered by the family tests.
 FAST_OPTIONS = {
-    **{f"resnet{depth}": {"width": 4} for depth in (8, 20, 32, 44, 56, 110)},
+    **{f"resnet{depth}": {"width": 4} for depth in (8, 18, 20, 32, 44, 56, 110)},
     "vgg16_bn": {"width_multiplier": 0.125},
     "wrn28": {"widen_factor": 1},
     "vit_tiny": {"dim": 24, "depth": 2, "heads": 2},

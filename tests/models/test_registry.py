@@ -9,6 +9,7 @@ EXPECTED = {
     "lenet5",
     "lenet5_caffe",
     "resnet8",
+    "resnet18",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -103,3 +104,26 @@ def test_factory_signature_is_checked(scratch_registry):
     with pytest.raises(ValueError, match="must start with the parameters"):
         register_model("bad")(lambda classes, channels, size: nn.Identity())
     assert "bad" not in list_models()
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "culprit"),
+    [
+        ("mlp", {"widths": 5}, "widths"),
+        ("mlp", {"widths": "300"}, "widths"),
+        ("mlp", {"widths": [3, 0]}, r"widths\[1\]"),
+        ("mlp", {"bias": "no"}, "bias"),
+        ("lenet5", {"padding": 5}, "padding"),
+        ("lenet5", {"padding": [1, -1]}, r"padding\[1\]"),
+        ("resnet20", {"bn_after_add": 1}, "bn_after_add"),
+        ("resnet20", {"width": None}, "width"),
+        ("vgg16_bn", {"width_multiplier": "2"}, "width_multiplier"),
+        ("wrn28", {"dropout": "x"}, "dropout"),
+        ("vit_tiny", {"patch_size": 2.5}, "patch_size"),
+        ("vit_tiny", {"mlp_ratio": 0}, "mlp_ratio"),
+    ],
+)
+def test_bad_option_values_are_named(name, options, culprit):
+    """A badly typed or out-of-range option value raises a ValueError naming the model and the option."""
+    with pytest.raises(ValueError, match=rf"^model '{name}': {culprit}"):
+        create_model(name, **options)

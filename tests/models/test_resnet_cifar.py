@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slimtrain.models import create_model
-from slimtrain.models.resnet_cifar import RESNET_DEPTHS, CifarResNet, ZeroPadShortcut
+from slimtrain.models.resnet_cifar import RESNET_DEPTHS, ZeroPadShortcut, depth_to_stage_blocks
 
 
 def count(model):
@@ -117,7 +117,19 @@ def test_invalid_options_are_named(options, message):
         create_model("resnet8", **options)
 
 
-def test_depth_must_be_6n_plus_2():
-    """A depth that is not 6n+2 raises a ValueError naming `depth`."""
+@pytest.mark.parametrize("depth", [21, 2, 14.0])
+def test_depth_must_be_6n_plus_2(depth):
+    """A depth that is not 6n+2 (n ≥ 1) raises a ValueError naming `depth`."""
     with pytest.raises(ValueError, match="depth"):
-        CifarResNet(21, num_classes=10, in_channels=3)
+        depth_to_stage_blocks(depth)
+
+
+def test_resnet18_layout_and_parameter_count():
+    """CIFAR ResNet-18: 4 stages of 2 blocks (64–512), 3 1×1 shortcuts, 11,173,962 parameters."""
+    model = create_model("resnet18")
+    assert count(model) == 11_173_962
+    assert model.stage_names == ("layer1", "layer2", "layer3", "layer4")
+    assert [len(getattr(model, name)) for name in model.stage_names] == [2, 2, 2, 2]
+    shortcuts = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert shortcuts == ["layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
+    assert model.classifier.in_features == 512

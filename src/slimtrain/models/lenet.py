@@ -9,6 +9,7 @@ from torch import nn
 
 from slimtrain.models.registry import register_model
 from slimtrain.models.sizes import conv_output_size, pool_output_size
+from slimtrain.models.validation import check_int_sequence
 
 _KERNEL = 5
 
@@ -54,9 +55,7 @@ class LeNet5(nn.Module):
         padding: Sequence[int],
     ):
         super().__init__()
-        padding = tuple(padding)
-        if len(padding) != 2 or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in padding):
-            raise ValueError(f"padding must be two non-negative ints (one per conv), got {padding!r}")
+        padding = check_int_sequence("padding", padding, length=2, minimum=0)
         side = _feature_map_size(image_size, padding)
         if side < 1:
             smallest = next(s for s in range(1, 10_000) if _feature_map_size(s, padding) >= 1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_int
+from slimtrain.models.validation import check_bool, check_int_sequence
 
 
 class MLP(nn.Module):
@@ -28,7 +28,8 @@ class MLP(nn.Module):
         self, in_features: int, num_classes: int, widths: Sequence[int] = (300, 100), bias: bool = True
     ):
         super().__init__()
-        widths = [check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
+        widths = check_int_sequence("widths", widths)
+        check_bool("bias", bias)
         fan_ins = [in_features, *widths]
         self.hidden = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(fan_ins, widths, strict=False))
         self.classifier = nn.Linear(fan_ins[-1], num_classes, bias=bias)

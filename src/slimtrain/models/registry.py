@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from slimtrain.models.sizes import check_positive_int
+from slimtrain.models.validation import check_positive_int
 
 ModelFactory = Callable[..., nn.Module]
 FactoryT = TypeVar("FactoryT", bound=ModelFactory)

@@ -1,11 +1,14 @@
-"""CIFAR ResNets of depth 6n+2 (He et al., *Deep Residual Learning for Image Recognition*, CVPR 2016, §4.2).
+"""ResNets for small images (He et al., *Deep Residual Learning for Image Recognition*, CVPR 2016).
 
-Three stages of ``n`` basic blocks with widths ``w, 2w, 4w`` (``w = 16`` in the paper, 64 in the SWD
-reference code), a 3×3 stem without max-pool, global average pooling and a linear ``classifier``.
+The CIFAR ResNets of depth 6n+2 (§4.2): three stages of ``n`` basic blocks with widths ``w, 2w, 4w``
+(``w = 16`` in the paper, 64 in the SWD reference code). ResNet-18 in its CIFAR form (the SFW and SWD
+reference codes): four stages of two blocks with widths 64 to 512. Both have a 3×3 stem without max-pool,
+global average pooling and a linear ``classifier``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -14,7 +17,7 @@ from torch import nn
 
 from slimtrain.models.init import kaiming_init_
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_int
+from slimtrain.models.validation import check_bool, check_int_sequence, check_positive_int
 
 Shortcut = Literal["A", "B"]
 RESNET_DEPTHS = (8, 20, 32, 44, 56, 110)
@@ -85,28 +88,42 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class CifarResNet(nn.Module):
-    """CIFAR ResNet-(6n+2): stem ``conv1``/``bn1``, stages ``layer1..3`` of ``n`` blocks, ``classifier``.
+def depth_to_stage_blocks(depth: int) -> tuple[int, int, int]:
+    """Return the blocks per stage ``(n, n, n)`` of the CIFAR ResNet of depth 6n+2.
 
-    Works for any image size (the stages halve it twice, rounding up; global average pooling follows).
+    Raises:
+        ValueError: If ``depth`` is not 6n+2 with n ≥ 1.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 20, 32, ...), got {depth!r}")
+    n = (depth - 2) // 6
+    return (n, n, n)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images: stem ``conv1``/``bn1``, stages ``layer1``, ``layer2``, ..., ``classifier``.
+
+    Stage ``i`` (from 0) has ``stage_blocks[i]`` blocks of width ``width·2^i``; every stage but the first
+    starts with a stride-2 block. Works for any image size (each stride halves it, rounding up; global
+    average pooling follows).
 
     Args:
-        depth: Total depth 6n+2 (8, 20, 32, 44, 56, 110, ...).
+        stage_blocks: Blocks per stage: ``(n, n, n)`` for ResNet-(6n+2), ``(2, 2, 2, 2)`` for ResNet-18.
         num_classes: Number of output logits.
         in_channels: Channels of the input images.
-        width: Channels of the first stage; the stages have ``width, 2·width, 4·width``.
+        width: Channels of the first stage.
         shortcut: ``"A"`` (parameter-free, He et al.'s CIFAR choice) or ``"B"`` (1×1 conv + BN). Structured
             pruning and channel-removing export need ``"B"``: option A ties the residual stream's channels
             to a fixed zero-padding layout that no conv owns.
         bn_after_add: A BatchNorm ``bn3`` after every residual addition (needed by structured SWD).
 
     Raises:
-        ValueError: If ``depth`` is not 6n+2, ``width`` is not a positive int or ``shortcut`` is not A/B.
+        ValueError: If a stage has no block, ``width`` is not a positive int or ``shortcut`` is not A/B.
     """
 
     def __init__(
         self,
-        depth: int,
+        stage_blocks: Sequence[int],
         num_classes: int,
         in_channels: int,
         width: int = 16,
@@ -114,28 +131,24 @@ class CifarResNet(nn.Module):
         bn_after_add: bool = False,
     ):
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 20, 32, ...), got {depth!r}")
+        check_int_sequence("stage_blocks", stage_blocks)
         check_positive_int("width", width)
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        if not isinstance(bn_after_add, bool):
-            raise ValueError(f"bn_after_add must be a bool, got {bn_after_add!r}")
-        blocks_per_stage = (depth - 2) // 6
+        check_bool("bn_after_add", bn_after_add)
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
-        stages = []
+        self.stage_names = tuple(f"layer{stage + 1}" for stage in range(len(stage_blocks)))
         channels = width
-        for stage, stride in enumerate((1, 2, 2)):
+        for stage, (name, num_blocks) in enumerate(zip(self.stage_names, stage_blocks, strict=True)):
             out_channels = width * 2**stage
             blocks = []
-            for index in range(blocks_per_stage):
-                block_stride = stride if index == 0 else 1
-                blocks.append(BasicBlock(channels, out_channels, block_stride, shortcut, bn_after_add))
+            for index in range(num_blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(BasicBlock(channels, out_channels, stride, shortcut, bn_after_add))
                 channels = out_channels
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+            self.add_module(name, nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
         kaiming_init_(self)
@@ -143,7 +156,8 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(N, C, H, W)`` to logits ``(N, num_classes)``."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
         return self.classifier(self.pool(x).flatten(1))
 
 
@@ -157,7 +171,9 @@ def _register_resnet(depth: int) -> None:
         shortcut: Shortcut = "A",
         bn_after_add: bool = False,
     ) -> CifarResNet:
-        return CifarResNet(depth, num_classes, in_channels, width, shortcut, bn_after_add)
+        return CifarResNet(
+            depth_to_stage_blocks(depth), num_classes, in_channels, width, shortcut, bn_after_add
+        )
 
     factory.__name__ = factory.__qualname__ = f"resnet{depth}"
     factory.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} blocks per stage); see :class:`CifarResNet`."
@@ -166,3 +182,20 @@ def _register_resnet(depth: int) -> None:
 
 for _depth in RESNET_DEPTHS:
     _register_resnet(_depth)
+
+
+@register_model("resnet18")
+def resnet18(
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    width: int = 64,
+    shortcut: Shortcut = "B",
+    bn_after_add: bool = False,
+) -> CifarResNet:
+    """ResNet-18 for small images: four stages of 2 blocks, widths 64–512, 1×1 shortcuts (11.2 M parameters).
+
+    The CIFAR form used by the SFW and SWD reference codes (3×3 stem, no max-pool); see :class:`CifarResNet`.
+    """
+    return CifarResNet((2, 2, 2, 2), num_classes, in_channels, width, shortcut, bn_after_add)

@@ -14,17 +14,3 @@ def pool_output_size(size: int, kernel_size: int = 2, ceil_mode: bool = False) -
     """Return the output height of a max-pool with stride = kernel size and no padding (≤ 0 if too small)."""
     rounding = math.ceil if ceil_mode else math.floor
     return rounding((size - kernel_size) / kernel_size) + 1
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive ``int`` (not a bool); else raise a ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_positive_number(name: str, value: object) -> float:
-    """Return ``value`` if it is a positive ``int`` or ``float`` (not a bool); else raise a ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value

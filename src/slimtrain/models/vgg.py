@@ -7,7 +7,8 @@ from torch import nn
 
 from slimtrain.models.init import kaiming_init_
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_number, pool_output_size
+from slimtrain.models.sizes import pool_output_size
+from slimtrain.models.validation import check_positive_number
 
 # Output channels of the 3×3 convs; "M" is a 2×2 max-pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (

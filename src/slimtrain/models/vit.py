@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_int, check_positive_number
+from slimtrain.models.validation import check_positive_int, check_positive_number
 
 
 def default_patch_size(image_size: int) -> int:

@@ -7,7 +7,7 @@ from torch import nn
 
 from slimtrain.models.init import kaiming_init_
 from slimtrain.models.registry import register_model
-from slimtrain.models.sizes import check_positive_int
+from slimtrain.models.validation import check_positive_int
 
 
 class WideBasicBlock(nn.Module):
