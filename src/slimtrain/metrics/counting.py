@@ -188,7 +188,7 @@ def _plain_entries(mname: str, module: nn.Module, seen: set[int]) -> list[Tensor
         n = t.numel()
         entries.append(
             TensorCount(
-                name=f"{mname}.{pname}" if mname else pname,
+                name=_qualified(mname, pname),
                 module=mname,
                 module_type=type(module).__name__,
                 role=_role(module, pname),
@@ -223,15 +223,31 @@ def _factorized_entries(mname: str, module: nn.Module, seen: set[int]) -> list[T
             nonzero += int(torch.count_nonzero(t))
     tname = type(module).__name__
     entries = [
-        TensorCount(f"{mname}.factors", mname, tname, "factors", tuple(shapes), dense_weight, stored, nonzero)
+        TensorCount(
+            _qualified(mname, "factors"),
+            mname,
+            tname,
+            "factors",
+            tuple(shapes),
+            dense_weight,
+            stored,
+            nonzero,
+        )
     ]
     if bias is not None and id(bias) not in seen:
         seen.add(id(bias))
         nb = int(torch.count_nonzero(bias))
         entries.append(
-            TensorCount(f"{mname}.bias", mname, tname, "bias", (tuple(bias.shape),), n_bias, n_bias, nb)
+            TensorCount(
+                _qualified(mname, "bias"), mname, tname, "bias", (tuple(bias.shape),), n_bias, n_bias, nb
+            )
         )
     return entries
+
+
+def _qualified(module_name: str, local: str) -> str:
+    """``"fc1", "weight"`` -> ``"fc1.weight"``; the root module has no prefix."""
+    return f"{module_name}.{local}" if module_name else local
 
 
 def factorized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -116,9 +116,10 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
         for name, total in per_layer.items()
     )
     flops = counter.get_flop_counts()
-    root = type(model).__name__
+    root = type(model).__name__  # FlopCounterMode names modules "<root class>.<qualified name>"
     fact_macs = {
-        name: _per_sample(sum(flops.get(f"{root}.{name}", {}).values()) // 2, batch) for name in factorized
+        name: _per_sample(sum(flops.get(f"{root}.{name}" if name else root, {}).values()) // 2, batch)
+        for name in factorized
     }
     executed = _per_sample(counter.get_total_flops() // 2, batch)
     saved = sum(layer.dense - layer.effective for layer in layers)

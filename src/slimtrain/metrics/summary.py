@@ -58,6 +58,8 @@ def summarize(
         ``cr_percent_eval_factorized_only`` for factorized models; ``storage_fraction_compressed`` and
         ``population`` with ``population``.
     """
+    if population is not None and population.name != "compressed":
+        raise ValueError(f"population must be a compressed(...) population, got {population.describe()!r}")
     totals = {p: count_parameters(model, p) for p in ("all", "prunable")}
     refs = (
         {p: count_parameters(reference, p) for p in ("all", "prunable")} if reference is not None else totals
