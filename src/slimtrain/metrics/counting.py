@@ -48,7 +48,10 @@ class TensorCount:
 
     @property
     def sparsity(self) -> float:
-        """``1 − nonzero/dense`` (0 for an empty tensor)."""
+        """``1 − nonzero/dense`` (0 for an empty tensor).
+
+        For factors this is the fraction of the replaced dense weight that is not stored as non-zeros.
+        """
         return 1.0 - self.nonzero / self.dense if self.dense else 0.0
 
 
