@@ -65,3 +65,20 @@ def test_train_counts_by_hand():
 def test_train_tucker_by_hand():
     """Tucker (8, 8, 3, 3) at (4, 4, 3, 3): 82 + 146 + 144 + 576 + 82 = 1030; +100 others over 1000: −13 %."""
     assert cr_percent_train_tucker([((8, 8, 3, 3), (4, 4, 3, 3))], 100, 1000) == pytest.approx(-13.0)
+
+
+class USVLinear(LowRankLinear):
+    """Holds U, S, V (n·r + r² + m·r) but is deployed as K = US, L = V: eval count (n + m)·r."""
+
+    def __init__(self, m, n, r):
+        super().__init__(m, n, r)
+        self.s = nn.Parameter(torch.eye(r))
+
+    def eval_parameter_count(self):
+        return self.k.numel() + self.l.numel()
+
+
+def test_eval_parameter_count_overrides_stored_count():
+    """A layer's optional eval_parameter_count() is what the DLRT conventions count, not its r² extra."""
+    model = nn.Sequential(USVLinear(32, 16, 4))
+    assert cr_percent_eval_factorized_only(model) == pytest.approx(62.5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimtrain.metrics import LatencyResult, measure_latency, measured_speedup
+from slimtrain.metrics import LatencyResult, latency_fields, measure_latency, measured_speedup
 
 
 class CountingModel(nn.Module):
@@ -77,3 +77,13 @@ def test_measured_speedup_rejects_different_settings():
     """Results with different batch sizes (or threads, dtype, ...) are not compared."""
     with pytest.raises(ValueError, match="batch_size"):
         measured_speedup(_result(1.0), _result(1.0, batch_size=128))
+
+
+def test_latency_fields_names_per_batch_size():
+    """latency_fields gives latency_ms_b{N} for each batch and measured_speedup_b{N} with a reference."""
+    model, reference = nn.Linear(8, 2), nn.Linear(8, 2)
+    fields = latency_fields(
+        model, [torch.randn(1, 8), torch.randn(16, 8)], reference=reference, warmup=1, iters=3
+    )
+    assert set(fields) == {"latency_ms_b1", "latency_ms_b16", "measured_speedup_b1", "measured_speedup_b16"}
+    assert all(math.isfinite(v) and v > 0 for v in fields.values())

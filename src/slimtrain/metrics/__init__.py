@@ -31,7 +31,7 @@ from slimtrain.metrics.factor_counts import (
     tucker_train_parameter_count,
 )
 from slimtrain.metrics.factorized import FactorizedLayer
-from slimtrain.metrics.latency import LatencyResult, measure_latency, measured_speedup
+from slimtrain.metrics.latency import LatencyResult, latency_fields, measure_latency, measured_speedup
 from slimtrain.metrics.mac_formulas import (
     conv2d_macs,
     conv_output_size,
@@ -83,6 +83,7 @@ __all__ = [
     "effective_sparsity",
     "effective_weight_masks",
     "factorized_layers",
+    "latency_fields",
     "layer_table",
     "level_rel_error",
     "linear_macs",

@@ -1,7 +1,8 @@
 """DLRT "compression rate" of a factorized model under the two published denominators (metrics.md §3).
 
-Both use the stored parameters of the inference model (a factorized layer counts the factors it holds, e.g.
-(n + m)·r for K = US and L = V; biases excluded):
+Both use the stored parameters of the inference model, biases excluded: a factorized layer counts the
+factors it holds, or its ``eval_parameter_count()`` if it defines one (e.g. (n + m)·r for a layer that
+holds U, S, V but is deployed as K = US and L = V):
 
 - DLRT-Net convention (Schotthöfer et al., NeurIPS 2022): the denominator is the weights of **all** Linear and
   Conv layers (dense size of the factorized ones); the numerator adds every non-bias parameter of the
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from slimtrain.metrics.counting import count_tensors
+from slimtrain.metrics.counting import TensorCount, count_tensors
 from slimtrain.metrics.factor_counts import dlrt_train_parameter_count, tucker_train_parameter_count
 from slimtrain.metrics.ratios import cr_percent
 
@@ -40,7 +41,7 @@ def cr_percent_eval_dlrt_convention(
     """
     entries = count_tensors(model, "all")
     numerator = sum(
-        e.stored
+        _eval_count(model, e)
         for e in entries
         if e.role in ("weight", "factors") or (count_norm_weights and e.role == "other")
     )
@@ -59,7 +60,16 @@ def cr_percent_eval_factorized_only(model: nn.Module, *, decimals: int | None = 
     factors = [e for e in count_tensors(model, "all") if e.role == "factors"]
     if not factors:
         raise ValueError(f"{type(model).__name__} has no factorized layer: factorized-only c.r. is undefined")
-    return cr_percent(sum(e.stored for e in factors), sum(e.dense for e in factors), decimals)
+    return cr_percent(sum(_eval_count(model, e) for e in factors), sum(e.dense for e in factors), decimals)
+
+
+def _eval_count(model: nn.Module, entry: TensorCount) -> int:
+    """Inference-model count of one entry: a factorized layer's ``eval_parameter_count()`` if defined."""
+    if entry.role == "factors":
+        layer_count = getattr(model.get_submodule(entry.module), "eval_parameter_count", None)
+        if callable(layer_count):
+            return int(layer_count())
+    return entry.stored
 
 
 def cr_percent_train_dlrt(

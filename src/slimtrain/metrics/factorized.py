@@ -25,6 +25,10 @@ class FactorizedLayer(Protocol):
       ``torch.utils.flop_counter.FlopCounterMode``), so no MAC method is required. Dense MACs of a
       factorized model come from the dense ``reference`` model passed to :func:`summarize`.
 
+    - Optional: ``eval_parameter_count() -> int`` (bias excluded), the count of the deployed inference
+      layer when it differs from the parameters held, e.g. ``(n + m)·r`` for a layer that trains U, S, V
+      but is deployed as K = US and L = V. Only the DLRT c.r. conventions use it (metrics.md §3).
+
     The counting never descends into a factorized layer: Conv/Linear submodules it uses internally are
     counted as its factors, not as separate layers.
     """

@@ -12,11 +12,12 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import slimtrain
 from slimtrain.metrics.macs import ExampleInput, as_inputs
@@ -175,6 +176,40 @@ def measured_speedup(
             stacklevel=2,
         )
     return speedup
+
+
+def latency_fields(
+    model: nn.Module,
+    example_inputs: Sequence[Tensor],
+    *,
+    reference: nn.Module | None = None,
+    theoretical_speedup: float | None = None,
+    **measure_kwargs: Any,
+) -> dict[str, float]:
+    """The §7 latency fields of ``model`` at several batch sizes, and speedups over ``reference``.
+
+    Args:
+        model: The (exported) compressed model.
+        example_inputs: One input per batch size, e.g. batches of 1 and 128 samples.
+        reference: The dense model, timed with the same settings, for ``measured_speedup_b{N}``.
+        theoretical_speedup: Passed to :func:`measured_speedup` for its warning.
+        **measure_kwargs: Settings for :func:`measure_latency` (``warmup``, ``iters``, ``threads`` ...).
+
+    Returns:
+        ``latency_ms_b{N}`` (median) for every batch size N and, with ``reference``,
+        ``measured_speedup_b{N}``.
+    """
+    fields: dict[str, float] = {}
+    for x in example_inputs:
+        result = measure_latency(model, x, **measure_kwargs)
+        n = result.batch_size
+        fields[f"latency_ms_b{n}"] = result.median_ms
+        if reference is not None:
+            dense = measure_latency(reference, x, **measure_kwargs)
+            fields[f"measured_speedup_b{n}"] = measured_speedup(
+                dense, result, theoretical_speedup=theoretical_speedup
+            )
+    return fields
 
 
 def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
