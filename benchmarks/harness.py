@@ -54,6 +54,8 @@ def machine_info() -> dict[str, Any]:
         "logical_threads": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Timings on a shared machine are only as good as its idle state; record how busy it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -151,7 +153,7 @@ class BenchmarkRecorder:
             f"- date (UTC): {self.date}",
             f"- commit: `{self.commit}`",
             f"- machine: {m['cpu']}, {m['logical_threads']} logical threads, "
-            f"{m['torch_threads']} torch threads{gpu}",
+            f"{m['torch_threads']} torch threads{gpu}, load average {m.get('load_average_1min')}",
             f"- torch: {self.torch_version}",
             "",
             "| quantity | unit | median | min | max | rounds |",

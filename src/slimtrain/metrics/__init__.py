@@ -1,0 +1,106 @@
+"""Parameter, sparsity, MAC, ratio, latency and memory metrics with the names of metrics.md.
+
+Every quantity states its population (``all``, ``prunable``, ``compressed``) and whether it refers to a
+masked or an exported model. Main entry points: :func:`summarize` (the §7 fields of one model),
+:func:`layer_table`, :func:`measure_latency`, :func:`measure_peak_memory`.
+"""
+
+from slimtrain.metrics.counting import (
+    ParameterTotals,
+    TensorCount,
+    count_parameters,
+    count_tensors,
+    density,
+    factorized_layers,
+    sparsity,
+    sparsity_per_layer,
+)
+from slimtrain.metrics.dlrt_conventions import (
+    cr_percent_eval_dlrt_convention,
+    cr_percent_eval_factorized_only,
+    cr_percent_train_dlrt,
+    cr_percent_train_tucker,
+)
+from slimtrain.metrics.effective_sparsity import effective_sparsity, effective_weight_masks
+from slimtrain.metrics.factor_counts import (
+    dlrt_train_parameter_count,
+    svd_parameter_count,
+    tt_parameter_count,
+    tt_ranks,
+    tucker_parameter_count,
+    tucker_train_parameter_count,
+)
+from slimtrain.metrics.factorized import FactorizedLayer
+from slimtrain.metrics.latency import LatencyResult, latency_fields, measure_latency, measured_speedup
+from slimtrain.metrics.mac_formulas import (
+    conv2d_macs,
+    conv_output_size,
+    linear_macs,
+    svd_conv_macs,
+    svd_linear_macs,
+    theoretical_speedup,
+    tucker_conv_macs,
+)
+from slimtrain.metrics.macs import LayerMacs, MacsCount, count_macs
+from slimtrain.metrics.memory import PeakMemory, measure_peak_memory
+from slimtrain.metrics.populations import ALL, PRUNABLE, Population, compressed
+from slimtrain.metrics.ratios import (
+    compression_ratio,
+    compression_ratio_from_sparsity,
+    cr_percent,
+    level_rel_error,
+    storage_fraction,
+)
+from slimtrain.metrics.summary import summarize
+from slimtrain.metrics.table import layer_table
+
+__all__ = [
+    "ALL",
+    "PRUNABLE",
+    "FactorizedLayer",
+    "LatencyResult",
+    "LayerMacs",
+    "MacsCount",
+    "ParameterTotals",
+    "PeakMemory",
+    "Population",
+    "TensorCount",
+    "compressed",
+    "compression_ratio",
+    "compression_ratio_from_sparsity",
+    "conv2d_macs",
+    "conv_output_size",
+    "count_macs",
+    "count_parameters",
+    "count_tensors",
+    "cr_percent",
+    "cr_percent_eval_dlrt_convention",
+    "cr_percent_eval_factorized_only",
+    "cr_percent_train_dlrt",
+    "cr_percent_train_tucker",
+    "density",
+    "dlrt_train_parameter_count",
+    "effective_sparsity",
+    "effective_weight_masks",
+    "factorized_layers",
+    "latency_fields",
+    "layer_table",
+    "level_rel_error",
+    "linear_macs",
+    "measure_latency",
+    "measure_peak_memory",
+    "measured_speedup",
+    "sparsity",
+    "sparsity_per_layer",
+    "storage_fraction",
+    "summarize",
+    "svd_conv_macs",
+    "svd_linear_macs",
+    "svd_parameter_count",
+    "theoretical_speedup",
+    "tt_parameter_count",
+    "tt_ranks",
+    "tucker_conv_macs",
+    "tucker_parameter_count",
+    "tucker_train_parameter_count",
+]

@@ -1,0 +1,262 @@
+"""Dense, stored and non-zero parameter counts per tensor, per layer and per population (metrics.md §1–§2).
+
+Counts are taken on the *effective* tensors: pruning masks applied through ``torch.nn.utils.prune``
+(``weight_orig`` · ``weight_mask``) or ``torch.nn.utils.parametrize`` are honoured, so a masked model's
+zeros are counted as zeros. A :class:`~slimtrain.metrics.FactorizedLayer` is counted as one unit: its
+factors are *stored*, the dense layer it replaces is its *dense* size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from slimtrain.metrics.factorized import FactorizedLayer
+from slimtrain.metrics.populations import Population, Role, resolve_population
+
+DENSE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+"""Layers whose ``weight`` is ``prunable`` and whose MACs follow the Conv/Linear formulas of §4."""
+
+
+@dataclass(frozen=True)
+class TensorCount:
+    """Counts of one stored tensor (or of all factors of one factorized layer).
+
+    Attributes:
+        name: Qualified name (``"features.0.weight"``; ``"<layer>.factors"`` for a factorized layer).
+        module: Qualified name of the owning module (``""`` for the root).
+        module_type: Class name of the owning module.
+        role: ``"weight"``, ``"factors"``, ``"bias"`` or ``"other"``.
+        shapes: Shape of each stored tensor (several for factors).
+        dense: Size of the dense tensor this stands for (the replaced layer's weight for factors).
+        stored: Number of entries actually stored.
+        nonzero: Number of non-zero stored entries, masks applied.
+    """
+
+    name: str
+    module: str
+    module_type: str
+    role: Role
+    shapes: tuple[tuple[int, ...], ...]
+    dense: int
+    stored: int
+    nonzero: int
+
+    @property
+    def sparsity(self) -> float:
+        """``1 − nonzero/dense`` (0 for an empty tensor).
+
+        For factors this is the fraction of the replaced dense weight that is not stored as non-zeros.
+        """
+        return 1.0 - self.nonzero / self.dense if self.dense else 0.0
+
+
+@dataclass(frozen=True)
+class ParameterTotals:
+    """Totals over one population: N (dense), stored count and NNZ (metrics.md §1).
+
+    Attributes:
+        population: Description of the population.
+        dense: N(P), the dense size (dense-equivalent size for factorized layers).
+        stored: Entries actually stored.
+        nonzero: NNZ(P), non-zero stored entries after masks.
+    """
+
+    population: str
+    dense: int
+    stored: int
+    nonzero: int
+
+    @property
+    def sparsity(self) -> float:
+        """Sparsity 1 − NNZ(P)/N(P) (metrics.md §2); 0 for an empty population."""
+        return 1.0 - self.nonzero / self.dense if self.dense else 0.0
+
+    @property
+    def density(self) -> float:
+        """Density NNZ(P)/N(P) = 1 − sparsity(P)."""
+        return 1.0 - self.sparsity
+
+
+def count_tensors(model: nn.Module, population: str | Population = "all") -> list[TensorCount]:
+    """Count every parameter tensor of ``model`` that belongs to ``population``, in module order.
+
+    Shared (tied) parameters are counted once. Factorized layers give one ``factors`` entry (all their
+    parameters except their own ``bias``) plus a ``bias`` entry if they have one.
+
+    Args:
+        model: The model (masked or exported).
+        population: ``"all"``, ``"prunable"`` or a :func:`~slimtrain.metrics.compressed` population.
+
+    Returns:
+        One :class:`TensorCount` per counted tensor.
+
+    Raises:
+        ValueError: If a factorized layer reports a dense size smaller than its bias, or the population
+            names modules the model lacks.
+    """
+    pop = resolve_population(population)
+    pop.validate(model)
+    seen: set[int] = set()
+    out: list[TensorCount] = []
+    skip: list[str] = []
+    with torch.no_grad():
+        for mname, module in model.named_modules():
+            if any(mname == s or mname.startswith(s + ".") for s in skip):
+                continue
+            if isinstance(module, parametrize.ParametrizationList):
+                skip.append(mname)  # its `original` is counted through the parametrized owner
+                continue
+            if isinstance(module, FactorizedLayer) and isinstance(module, nn.Module):
+                skip.append(mname)
+                entries = _factorized_entries(mname, module, seen)
+            else:
+                entries = _plain_entries(mname, module, seen)
+            out.extend(e for e in entries if pop.includes(e.role, e.module, model))
+    return out
+
+
+def count_parameters(model: nn.Module, population: str | Population = "all") -> ParameterTotals:
+    """Total dense, stored and non-zero counts of ``model`` over ``population`` (metrics.md §1).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> t = count_parameters(nn.Linear(3, 2), "prunable")
+        >>> (t.dense, t.stored, t.nonzero)
+        (6, 6, 6)
+    """
+    pop = resolve_population(population)
+    entries = count_tensors(model, pop)
+    return ParameterTotals(
+        population=pop.describe(),
+        dense=sum(e.dense for e in entries),
+        stored=sum(e.stored for e in entries),
+        nonzero=sum(e.nonzero for e in entries),
+    )
+
+
+def sparsity(model: nn.Module, population: str | Population = "all") -> float:
+    """Return the sparsity 1 − NNZ(P)/N(P) of ``model`` over population P (metrics.md §2)."""
+    return count_parameters(model, population).sparsity
+
+
+def density(model: nn.Module, population: str | Population = "all") -> float:
+    """Return the density NNZ(P)/N(P) of ``model`` over population P (metrics.md §2)."""
+    return count_parameters(model, population).density
+
+
+def sparsity_per_layer(model: nn.Module, population: str | Population = "prunable") -> dict[str, float]:
+    """Sparsity of each counted tensor of ``population``, keyed by tensor name."""
+    return {e.name: e.sparsity for e in count_tensors(model, population)}
+
+
+def effective_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]:
+    """Yield ``(name, effective tensor, underlying parameter)`` for ``module``'s own parameters.
+
+    The effective tensor has pruning masks applied: ``torch.nn.utils.prune`` keeps ``<name>_orig`` as the
+    parameter and ``<name>_mask`` as a buffer; ``parametrize`` keeps the original under
+    ``module.parametrizations``.
+    """
+    for pname, p in module.named_parameters(recurse=False):
+        base = pname.removesuffix("_orig")
+        if base != pname and hasattr(module, base + "_mask") and isinstance(getattr(module, base), Tensor):
+            yield base, getattr(module, base), p
+        else:
+            yield pname, p, p
+    if parametrize.is_parametrized(module):
+        for pname, plist in module.parametrizations.items():
+            yield pname, getattr(module, pname), plist.original
+
+
+def _role(module: nn.Module, pname: str) -> Role:
+    """Role of the parameter ``pname`` of a non-factorized ``module``."""
+    if pname == "bias":
+        return "bias"
+    if pname == "weight" and isinstance(module, DENSE_LAYER_TYPES):
+        return "weight"
+    return "other"
+
+
+def _plain_entries(mname: str, module: nn.Module, seen: set[int]) -> list[TensorCount]:
+    """Counts of the own parameters of an ordinary module."""
+    entries = []
+    for pname, t, p in effective_tensors(module):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = t.numel()
+        entries.append(
+            TensorCount(
+                name=_qualified(mname, pname),
+                module=mname,
+                module_type=type(module).__name__,
+                role=_role(module, pname),
+                shapes=(tuple(t.shape),),
+                dense=n,
+                stored=n,
+                nonzero=int(torch.count_nonzero(t)),
+            )
+        )
+    return entries
+
+
+def _factorized_entries(mname: str, module: nn.Module, seen: set[int]) -> list[TensorCount]:
+    """Counts of a factorized layer: one ``factors`` entry and its ``bias`` entry, if any."""
+    bias = getattr(module, "bias", None)
+    bias = bias if isinstance(bias, Tensor) else None
+    n_bias = bias.numel() if bias is not None else 0
+    dense_weight = int(module.dense_parameter_count()) - n_bias
+    if dense_weight < 0:
+        raise ValueError(
+            f"factorized layer {mname!r} ({type(module).__name__}): dense_parameter_count() is smaller "
+            f"than its bias ({n_bias})"
+        )
+    shapes, stored, nonzero = [], 0, 0
+    for sub in module.modules():
+        for _, t, p in effective_tensors(sub):
+            if id(p) in seen or (bias is not None and p is bias):
+                continue
+            seen.add(id(p))
+            shapes.append(tuple(t.shape))
+            stored += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    tname = type(module).__name__
+    entries = [
+        TensorCount(
+            _qualified(mname, "factors"),
+            mname,
+            tname,
+            "factors",
+            tuple(shapes),
+            dense_weight,
+            stored,
+            nonzero,
+        )
+    ]
+    if bias is not None and id(bias) not in seen:
+        seen.add(id(bias))
+        nb = int(torch.count_nonzero(bias))
+        entries.append(
+            TensorCount(
+                _qualified(mname, "bias"), mname, tname, "bias", (tuple(bias.shape),), n_bias, n_bias, nb
+            )
+        )
+    return entries
+
+
+def _qualified(module_name: str, local: str) -> str:
+    """``"fc1", "weight"`` -> ``"fc1.weight"``; the root module has no prefix."""
+    return f"{module_name}.{local}" if module_name else local
+
+
+def factorized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost :class:`~slimtrain.metrics.FactorizedLayer` modules of ``model``, by name."""
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, FactorizedLayer) and not any(name.startswith(f + ".") for f in found):
+            found[name] = m
+    return found

@@ -1,0 +1,153 @@
+"""Measured MAC counts of a model on a real input (metrics.md §4).
+
+Two sources are combined:
+
+- ``torch.utils.flop_counter.FlopCounterMode`` counts everything the forward pass executes (MACs =
+  FLOPs/2), including factorized layers built from any ops; this is the dense count of a model as it is.
+- forward hooks on every Conv/Linear layer outside factorized layers give per-layer dense MACs from the real
+  output shapes (Conv: C_out·H_out·W_out·(C_in/groups)·k_h·k_w; Linear: in·out·tokens).
+
+Effective MACs follow the unstructured rule of ShrinkBench/SFW (per-layer dense MACs × weight density,
+masks honoured) for plain Conv/Linear layers, and count factorized layers and every other op as executed.
+All counts are per sample: totals over the example batch divided by its first dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_tensors, factorized_layers
+
+ExampleInput = Tensor | Sequence[Tensor]
+"""One input tensor, or the positional inputs of ``model(*inputs)``; the first dimension is the batch."""
+
+
+@dataclass(frozen=True)
+class LayerMacs:
+    """Per-sample MACs of one Conv/Linear layer, from a forward hook.
+
+    Attributes:
+        name: Qualified module name.
+        type: Module class name.
+        dense: Dense MACs per sample (summed over calls if the layer runs several times).
+        density: Weight density NNZ(W)/numel(W), masks applied.
+    """
+
+    name: str
+    type: str
+    dense: float
+    density: float
+
+    @property
+    def effective(self) -> float:
+        """Unstructured effective MACs: dense MACs × weight density (ShrinkBench/SFW rule)."""
+        return self.dense * self.density
+
+
+@dataclass(frozen=True)
+class MacsCount:
+    """MAC counts of one forward pass, per sample.
+
+    Attributes:
+        executed: Everything the forward pass runs (FlopCounterMode FLOPs/2), zeros counted as work. This
+            is ``macs_dense`` of a model without factorized layers.
+        effective: ``executed`` minus the MACs that zero weights of plain Conv/Linear layers save
+            (``macs_effective``; factorized layers and other ops counted as executed).
+        layers: Hook counts of the plain Conv/Linear layers, in call order.
+        factorized: Executed MACs of each factorized layer, by name.
+    """
+
+    executed: float
+    effective: float
+    layers: tuple[LayerMacs, ...]
+    factorized: dict[str, float]
+
+
+def as_inputs(example_input: ExampleInput) -> tuple[Tensor, ...]:
+    """Normalise ``example_input`` to a tuple of positional inputs and check it has a batch dimension."""
+    inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
+    if not inputs or not isinstance(inputs[0], Tensor) or inputs[0].dim() == 0:
+        raise ValueError("example_input must be a tensor (or tensors) whose first dimension is the batch")
+    return inputs
+
+
+def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
+    """Count dense, per-layer and effective MACs of ``model`` on ``example_input`` (metrics.md §4).
+
+    The model runs once in eval mode without gradients (its training flag is restored afterwards), so
+    BatchNorm statistics are left untouched.
+
+    Args:
+        model: Masked or exported model; may contain :class:`~slimtrain.metrics.FactorizedLayer` modules.
+        example_input: A real input at the evaluation resolution (first dimension = batch).
+
+    Returns:
+        The :class:`MacsCount`, per sample.
+    """
+    inputs = as_inputs(example_input)
+    batch = inputs[0].shape[0]
+    factorized = factorized_layers(model)
+    per_layer: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        inside = any(name == f or name.startswith(f + ".") for f in factorized)
+        if isinstance(m, DENSE_LAYER_TYPES) and not inside:
+            handles.append(m.register_forward_hook(_make_hook(name, per_layer)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    layers = tuple(
+        LayerMacs(
+            name, type(modules[name]).__name__, _per_sample(total, batch), _weight_density(modules[name])
+        )
+        for name, total in per_layer.items()
+    )
+    flops = counter.get_flop_counts()
+    root = type(model).__name__  # FlopCounterMode names modules "<root class>.<qualified name>"
+    fact_macs = {
+        name: _per_sample(sum(flops.get(f"{root}.{name}" if name else root, {}).values()) // 2, batch)
+        for name in factorized
+    }
+    executed = _per_sample(counter.get_total_flops() // 2, batch)
+    saved = sum(layer.dense - layer.effective for layer in layers)
+    return MacsCount(executed=executed, effective=executed - saved, layers=layers, factorized=fact_macs)
+
+
+def _make_hook(name: str, store: dict[str, int]):
+    """Forward hook adding the dense MACs of one call of a Conv/Linear layer to ``store[name]``."""
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            macs = output.numel() * module.in_features
+        elif module.transposed:
+            # Each input position is scattered through C_out/groups·k outputs.
+            macs = args[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+        else:
+            macs = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        store[name] = store.get(name, 0) + macs
+
+    return hook
+
+
+def _weight_density(module: nn.Module) -> float:
+    """NNZ/numel of the effective (masked) weight of a Conv/Linear layer."""
+    weight = next(t for n, t, _ in effective_tensors(module) if n == "weight")
+    return int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 1.0
+
+
+def _per_sample(total: int, batch: int) -> float:
+    """``total / batch``, kept an ``int`` when exact."""
+    return total // batch if total % batch == 0 else total / batch

@@ -1,0 +1,106 @@
+"""One dictionary of the metrics.md §7 fields that apply to a model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import nn
+
+from slimtrain.metrics.counting import (
+    ParameterTotals,
+    count_parameters,
+    factorized_layers,
+    sparsity_per_layer,
+)
+from slimtrain.metrics.dlrt_conventions import (
+    cr_percent_eval_dlrt_convention,
+    cr_percent_eval_factorized_only,
+)
+from slimtrain.metrics.effective_sparsity import effective_sparsity, is_relu_mlp
+from slimtrain.metrics.mac_formulas import theoretical_speedup
+from slimtrain.metrics.macs import ExampleInput, count_macs
+from slimtrain.metrics.populations import Population
+from slimtrain.metrics.ratios import compression_ratio, storage_fraction
+
+ModelState = Literal["masked", "exported"]
+
+
+def summarize(
+    model: nn.Module,
+    example_input: ExampleInput,
+    *,
+    reference: nn.Module | None = None,
+    population: Population | None = None,
+    model_state: ModelState | None = None,
+) -> dict[str, Any]:
+    """Parameter, sparsity, ratio and MAC fields of metrics.md §7 for ``model``.
+
+    N_ref (numerator of every compression ratio) is the dense size of ``reference`` if given, else the
+    model's own dense size (factorized layers count the dense layer they replace). N_stored is the non-zero
+    count of a ``masked`` model and the stored count of an ``exported`` one (§3).
+
+    Args:
+        model: The compressed model.
+        example_input: A real input at the evaluation resolution (first dimension = batch).
+        reference: The dense model ``model`` came from; gives N_ref and ``macs_dense`` of exported models.
+        population: A :func:`~slimtrain.metrics.compressed` population; adds ``storage_fraction_compressed``
+            (NN-BCD's CR₂) and ``population``.
+        model_state: ``"masked"`` (zeros kept in dense tensors) or ``"exported"`` (channels removed,
+            factorized layers in place); default: ``exported`` if the model has factorized layers or a
+            ``reference`` of another dense size, else ``masked``.
+
+    Returns:
+        ``model_state``, ``params_dense_all``, ``params_stored_all``, ``params_nonzero_all``,
+        ``sparsity_all``, ``sparsity_prunable``, ``sparsity_per_layer``, ``compression_ratio_all``,
+        ``compression_ratio_prunable``, ``storage_fraction_all``, ``macs_effective``; ``macs_dense`` and
+        ``theoretical_speedup`` unless the model is factorized and no ``reference`` is given;
+        ``sparsity_effective_prunable`` for plain ReLU MLPs; ``cr_percent_eval_dlrt_convention`` and
+        ``cr_percent_eval_factorized_only`` for factorized models; ``storage_fraction_compressed`` and
+        ``population`` with ``population``.
+    """
+    if population is not None and population.name != "compressed":
+        raise ValueError(f"population must be a compressed(...) population, got {population.describe()!r}")
+    totals = {p: count_parameters(model, p) for p in ("all", "prunable")}
+    refs = (
+        {p: count_parameters(reference, p) for p in ("all", "prunable")} if reference is not None else totals
+    )
+    factorized = factorized_layers(model)
+    if model_state is None:
+        model_state = "exported" if factorized or refs["all"].dense != totals["all"].dense else "masked"
+    elif model_state not in ("masked", "exported"):
+        raise ValueError(f"model_state must be 'masked' or 'exported', got {model_state!r}")
+
+    def n_stored(t: ParameterTotals) -> int:
+        return t.nonzero if model_state == "masked" else t.stored
+
+    out: dict[str, Any] = {
+        "model_state": model_state,
+        "params_dense_all": totals["all"].dense,
+        "params_stored_all": totals["all"].stored,
+        "params_nonzero_all": totals["all"].nonzero,
+        "sparsity_all": totals["all"].sparsity,
+        "sparsity_prunable": totals["prunable"].sparsity,
+        "sparsity_per_layer": sparsity_per_layer(model, "prunable"),
+        "compression_ratio_all": compression_ratio(refs["all"].dense, n_stored(totals["all"])),
+        "compression_ratio_prunable": compression_ratio(refs["prunable"].dense, n_stored(totals["prunable"])),
+        "storage_fraction_all": storage_fraction(n_stored(totals["all"]), refs["all"].dense),
+    }
+    if is_relu_mlp(model):
+        out["sparsity_effective_prunable"] = effective_sparsity(model)
+    if population is not None:
+        comp = count_parameters(model, population)
+        ref_comp = count_parameters(reference, population) if reference is not None else comp
+        out["storage_fraction_compressed"] = storage_fraction(n_stored(comp), ref_comp.dense)
+        out["population"] = population.describe()
+    if factorized:
+        out["cr_percent_eval_dlrt_convention"] = cr_percent_eval_dlrt_convention(model)
+        out["cr_percent_eval_factorized_only"] = cr_percent_eval_factorized_only(model)
+    macs = count_macs(model, example_input)
+    out["macs_effective"] = macs.effective
+    if reference is not None:
+        out["macs_dense"] = count_macs(reference, example_input).executed
+    elif not factorized:
+        out["macs_dense"] = macs.executed
+    if "macs_dense" in out:
+        out["theoretical_speedup"] = theoretical_speedup(out["macs_dense"], macs.effective)
+    return out

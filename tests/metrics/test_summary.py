@@ -1,0 +1,70 @@
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+
+from slimtrain.metrics import compressed, summarize
+
+from .test_dlrt_conventions import LowRankLinear
+
+
+def test_masked_lenet_summary_is_consistent(lenet5):
+    """Masked: N_stored = NNZ, ratio = 1/storage_fraction = 1/(1 − sparsity_all), speedup = dense/eff."""
+    prune.l1_unstructured(lenet5.fc1, "weight", amount=0.9)
+    x = torch.randn(2, 1, 32, 32)
+    s = summarize(lenet5, x)
+    assert s["model_state"] == "masked"
+    assert s["params_dense_all"] == s["params_stored_all"] == 61_706
+    assert s["params_nonzero_all"] == 61_706 - 43_200
+    assert s["compression_ratio_all"] == pytest.approx(1 / s["storage_fraction_all"])
+    assert s["compression_ratio_all"] == pytest.approx(1 / (1 - s["sparsity_all"]))
+    assert s["compression_ratio_prunable"] == pytest.approx(61_470 / (61_470 - 43_200))
+    assert s["sparsity_per_layer"]["fc1.weight"] == pytest.approx(0.9)
+    assert s["macs_dense"] == 416_520
+    assert s["macs_effective"] == pytest.approx(416_520 - 43_200)
+    assert s["theoretical_speedup"] == pytest.approx(416_520 / (416_520 - 43_200))
+    assert "sparsity_effective_prunable" not in s  # not a plain ReLU MLP
+
+
+def test_mlp_summary_reports_effective_sparsity(mlp):
+    """A plain ReLU MLP gets sparsity_effective_prunable ≥ sparsity_prunable."""
+    with torch.no_grad():
+        mlp[0].weight[0] = 0
+    s = summarize(mlp, torch.randn(3, 4))
+    assert s["sparsity_prunable"] == pytest.approx(4 / 18)
+    assert s["sparsity_effective_prunable"] == pytest.approx((4 + 2) / 18)
+
+
+def test_factorized_summary_with_and_without_reference():
+    """Factorized model: exported state, DLRT fields; dense MACs and speedup only with a reference."""
+    model = nn.Sequential(LowRankLinear(32, 16, 4), nn.ReLU(), nn.Linear(16, 10))
+    reference = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    x = torch.randn(2, 32)
+    alone = summarize(model, x, population=compressed(["0"]))
+    assert alone["model_state"] == "exported"
+    assert "macs_dense" not in alone and "theoretical_speedup" not in alone
+    assert alone["macs_effective"] == 4 * (32 + 16) + 160
+    assert alone["storage_fraction_compressed"] == pytest.approx(192 / 512)
+    assert alone["population"] == "compressed: 0"
+    assert alone["cr_percent_eval_factorized_only"] == pytest.approx(62.5)
+    assert "cr_percent_eval_dlrt_convention" in alone
+    ref = summarize(model, x, reference=reference)
+    assert ref["macs_dense"] == 512 + 160
+    assert ref["theoretical_speedup"] == pytest.approx(672 / 352)
+    assert ref["compression_ratio_all"] == pytest.approx((528 + 170) / (192 + 16 + 170))
+
+
+def test_exported_thin_model_uses_reference_size():
+    """A channel-pruned export is compared with its reference: ratio = N_ref/N_stored, state exported."""
+    reference = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    thin = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+    s = summarize(thin, torch.randn(1, 8), reference=reference)
+    assert s["model_state"] == "exported"
+    assert s["compression_ratio_all"] == pytest.approx((54 + 14) / (27 + 8))
+    assert s["theoretical_speedup"] == pytest.approx(60 / 30)
+
+
+def test_bad_model_state_is_rejected(mlp):
+    """An unknown model_state raises an error naming it."""
+    with pytest.raises(ValueError, match="pruned"):
+        summarize(mlp, torch.randn(1, 4), model_state="pruned")
