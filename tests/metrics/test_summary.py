@@ -48,6 +48,9 @@ def test_factorized_summary_with_and_without_reference():
     assert alone["population"] == "compressed: 0"
     assert alone["cr_percent_eval_factorized_only"] == pytest.approx(62.5)
     assert "cr_percent_eval_dlrt_convention" in alone
+    assert "ranks_per_layer" not in alone  # the layer exposes no `ranks`
+    model[0].ranks = (4, 4)
+    assert summarize(model, x)["ranks_per_layer"] == {"0": [4, 4]}
     ref = summarize(model, x, reference=reference)
     assert ref["macs_dense"] == 512 + 160
     assert ref["theoretical_speedup"] == pytest.approx(672 / 352)

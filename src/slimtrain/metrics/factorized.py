@@ -29,6 +29,8 @@ class FactorizedLayer(Protocol):
       layer when it differs from the parameters held, e.g. ``(n + m)·r`` for a layer that trains U, S, V
       but is deployed as K = US and L = V. Only the DLRT c.r. conventions use it (metrics.md §3).
 
+    - Optional: a ``ranks`` attribute (an int or a tuple of ints), reported as ``ranks_per_layer``.
+
     The counting never descends into a factorized layer: Conv/Linear submodules it uses internally are
     counted as its factors, not as separate layers.
     """

@@ -55,7 +55,8 @@ def summarize(
         ``compression_ratio_prunable``, ``storage_fraction_all``, ``macs_effective``; ``macs_dense`` and
         ``theoretical_speedup`` unless the model is factorized and no ``reference`` is given;
         ``sparsity_effective_prunable`` for plain ReLU MLPs; ``cr_percent_eval_dlrt_convention`` and
-        ``cr_percent_eval_factorized_only`` for factorized models; ``storage_fraction_compressed`` and
+        ``cr_percent_eval_factorized_only`` for factorized models, with ``ranks_per_layer`` for those
+        that expose a ``ranks`` attribute; ``storage_fraction_compressed`` and
         ``population`` with ``population``.
     """
     if population is not None and population.name != "compressed":
@@ -93,6 +94,9 @@ def summarize(
         out["storage_fraction_compressed"] = storage_fraction(n_stored(comp), ref_comp.dense)
         out["population"] = population.describe()
     if factorized:
+        ranks = {name: layer.ranks for name, layer in factorized.items() if hasattr(layer, "ranks")}
+        if ranks:
+            out["ranks_per_layer"] = {name: _as_list(r) for name, r in ranks.items()}
         out["cr_percent_eval_dlrt_convention"] = cr_percent_eval_dlrt_convention(model)
         out["cr_percent_eval_factorized_only"] = cr_percent_eval_factorized_only(model)
     macs = count_macs(model, example_input)
@@ -104,3 +108,8 @@ def summarize(
     if "macs_dense" in out:
         out["theoretical_speedup"] = theoretical_speedup(out["macs_dense"], macs.effective)
     return out
+
+
+def _as_list(ranks: Any) -> list[int] | int:
+    """A layer's ``ranks`` attribute as JSON-friendly ints (a sequence becomes a list)."""
+    return [int(r) for r in ranks] if isinstance(ranks, (list, tuple)) else int(ranks)
