@@ -1,52 +1,161 @@
-"""The ``slimtrain`` command line."""
+"""The ``slimtrain`` command line: train, sweep, compare, report, demo.
+
+Exit codes: 0 success; 1 the work failed (training diverged, a checkpoint is unusable, ...);
+2 invalid input (bad recipe, unknown key, missing file, bad arguments).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from importlib import resources
+from pathlib import Path
 
-import torch
-from torch import nn
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DEMO_OUTPUT = Path("runs/demo")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Train an MLP on the embedded digits and print accuracy after global magnitude pruning."""
-    from sklearn.datasets import load_digits
+def _cmd_train(args: argparse.Namespace) -> int:
+    from slimtrain.train.config import load_recipe
+    from slimtrain.train.trainer import Trainer
 
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
-    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    recipe = load_recipe(args.recipe, args.set)
+    trainer = Trainer(recipe, args.run_dir)
+    results = trainer.fit(resume=args.resume)
+    if trainer.world.is_main:
+        print(f"run directory: {trainer.run_dir}")
+        print(f"val accuracy {results['val_accuracy']:.4f}, test accuracy {results['test_accuracy']:.4f}")
+    return EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.sweep import sweep
+
+    rows = sweep(
+        args.run_dir,
+        structure=args.structure,
+        levels=args.levels,
+        bn_recalibration=args.bn_recalibration or None,
+        latency=args.latency,
+    )
+    print(f"{'level':>7}  {'test acc':>8}  {'sparsity':>8}  {'ratio':>7}")
+    for row in rows:
+        print(
+            f"{row['requested_level']:7.3f}  {row['acc_compressed_no_ft']:8.4f}  "
+            f"{row.get('sparsity_prunable', float('nan')):8.4f}  {row.get('compression_ratio_all', 1.0):7.2f}"
+        )
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.compare import compare
+    from slimtrain.experiments.report import write_report
+
+    compare(
+        args.recipes,
+        args.output,
+        seeds=args.seeds,
+        overrides=args.set,
+        structure=args.structure,
+        latency=args.latency,
+    )
+    print(f"report: {write_report(args.output)}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.report import write_report
+
+    print(f"report: {write_report(args.directory)}")
+    return EXIT_OK
+
+
+def demo_recipes() -> list[Path]:
+    """The recipes ``slimtrain demo`` compares (shipped inside the package)."""
+    folder = resources.files("slimtrain") / "recipes" / "demo"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.compare import compare
+    from slimtrain.experiments.report import results_table, write_report
+
     start = time.perf_counter()
-    for _ in range(30):
-        for idx in train[torch.randperm(len(train))].split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    print(f"trained in {time.perf_counter() - start:.1f}s")
-    weights = [m.weight for m in model if isinstance(m, nn.Linear)]
-    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
-    dense = [w.detach().clone() for w in weights]
-    print("sparsity  test_acc")
-    for sparsity in (0.0, 0.5, 0.8, 0.9, 0.95, 0.98):
-        k = int(sparsity * magnitudes.numel())
-        threshold = magnitudes.kthvalue(k).values if k > 0 else torch.tensor(-1.0)
-        with torch.no_grad():
-            for w, d in zip(weights, dense):
-                w.copy_(d * (d.abs() > threshold))
-            acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
-        print(f"{sparsity:8.2f}  {acc:.4f}")
-    return 0
+    result = compare(demo_recipes(), args.output, overrides=["train.progress=false"])
+    report = write_report(args.output, title="slimtrain demo: compression-aware training on digits")
+    for line in results_table(result["aggregated"]):
+        print("  ".join(f"{cell:>12}" for cell in line[:8]))
+    print(f"\nreport: {report} (and report.html); wall time {time.perf_counter() - start:.0f}s")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``slimtrain`` command."""
+    parser = argparse.ArgumentParser(
+        prog="slimtrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set optimizer.lr=0.05 (repeatable)",
+    )
+
+    p = sub.add_parser("train", parents=[overrides], help="train a recipe and checkpoint it")
+    p.add_argument("recipe", type=Path, help="YAML recipe")
+    p.add_argument(
+        "--run-dir", type=Path, default=None, help="output directory (default <output_dir>/<name>)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sweep", help="evaluate one trained run at every compression level")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
+    p.add_argument("--levels", type=float, nargs="+", default=None, help="fractions in [0, 1)")
+    p.add_argument(
+        "--bn-recalibration", action="store_true", help="also report accuracy after BN recalibration"
+    )
+    p.add_argument("--latency", action="store_true", help="measure CPU latency of every level (slow)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("compare", parents=[overrides], help="train, sweep and compare several recipes")
+    p.add_argument("recipes", type=Path, nargs="+")
+    p.add_argument("--output", type=Path, required=True, help="directory for the runs and the report")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: each recipe's seed)")
+    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank"], default=None)
+    p.add_argument("--latency", action="store_true", help="measure CPU latency of every level (slow)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("report", help="write report.md / report.html / plots for a compare or run directory")
+    p.add_argument("directory", type=Path)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "demo", help="compare every method on the embedded digits data (what `make demo` runs)"
+    )
+    p.add_argument("--output", type=Path, default=DEMO_OUTPUT)
+    p.set_defaults(func=_cmd_demo)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``slimtrain`` command."""
-    parser = argparse.ArgumentParser(prog="slimtrain", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="train and prune on the embedded digits data").set_defaults(func=_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Entry point of the ``slimtrain`` command; returns the exit code."""
+    from slimtrain.train.checkpoint import CheckpointError
+    from slimtrain.train.config import RecipeError
+    from slimtrain.train.trainer import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RecipeError, FileNotFoundError) as err:
+        print(f"slimtrain {args.command}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (TrainingDiverged, CheckpointError, OSError) as err:
+        print(f"slimtrain {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,1 @@
+"""Experiments built on trained runs: sweep compression levels, compare methods, write reports."""
