@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install $(TORCH_PIN)
-	$(PY) -m pip install -e '.[dev,onnx]'
+	$(PY) -m pip install -e '.[dev,onnx,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

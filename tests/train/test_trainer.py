@@ -52,7 +52,8 @@ def test_resume_reaches_the_same_weights(tmp_path):
 
 
 def test_logs_and_results_are_written(tmp_path):
-    """Training writes the resolved recipe, per-step and per-epoch CSV logs and a results file."""
+    """Training writes the resolved recipe, per-step and per-epoch CSV logs, TensorBoard events and a
+    results file."""
     trainer = Trainer(recipe_from_dict({**SMALL, "name": "b"}), tmp_path / "b")
     results = trainer.fit()
     run = tmp_path / "b"
@@ -60,6 +61,7 @@ def test_logs_and_results_are_written(tmp_path):
     with (run / "epochs.csv").open() as handle:
         epochs = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in epochs] == [1, 2]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert 0.0 <= results["test_accuracy"] <= 1.0
     assert results["grad_evals"] == results["steps"] == trainer.total_steps
 

@@ -83,6 +83,7 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = Field(0, ge=0, description="0: checkpoint only at each epoch end")
     log_every_steps: int = Field(10, ge=1)
     progress: bool = True
+    tensorboard: bool = Field(True, description="also log to TensorBoard when the package is installed")
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many steps (for tests and smoke runs)"
     )

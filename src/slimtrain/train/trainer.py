@@ -8,7 +8,6 @@ non-finite loss that leaves the last good checkpoint intact.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -28,6 +27,7 @@ from slimtrain.train.config import Recipe
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.method import Method, StepContext, get_method_class
+from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -134,32 +134,6 @@ class Trainer:
         except OSError as err:
             raise OSError(f"output directory {self.run_dir} is not writable: {err}") from err
 
-    def _append_csv(self, name: str, row: dict[str, Any]) -> None:
-        path = self.run_dir / name
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def _truncate_logs(self, step: int) -> None:
-        """On resume, drop log rows written after the checkpoint so the logs read like one run."""
-        for name in ("train_log.csv", "epochs.csv"):
-            path = self.run_dir / name
-            if not path.exists():
-                continue
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            kept = [r for r in rows if int(r["step"]) <= step]
-            if not kept:
-                path.unlink()
-                continue
-            with path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(kept[0]))
-                writer.writeheader()
-                writer.writerows(kept)
-
     # -- state --------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         method = self.components.method
@@ -219,10 +193,9 @@ class Trainer:
             torch.manual_seed(recipe.seed + 1)  # training randomness (dropout) independent of the init draw
             self.world.broadcast_module(comp.model)
             comp.method.build_optimizer(comp.model)
-        if self.world.is_main and resumed:
-            self._truncate_logs(self.step)
-        elif self.world.is_main:
-            self._clear_logs()
+        if self.world.is_main:
+            self.log = RunLog(self.run_dir, tensorboard=recipe.train.tensorboard)
+            self.log.restart(self.step if resumed else None)
         comp.model.train()
         while self.step < self.total_steps and self.epoch < recipe.train.epochs:
             self._run_epoch()
@@ -230,12 +203,9 @@ class Trainer:
         results = self._final_results()
         self._save(final=True)
         if self.world.is_main:
+            self.log.close()
             atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         return results
-
-    def _clear_logs(self) -> None:
-        for name in ("train_log.csv", "epochs.csv"):
-            (self.run_dir / name).unlink(missing_ok=True)
 
     def _run_epoch(self) -> None:
         recipe, comp = self.recipe, self.components
@@ -294,7 +264,7 @@ class Trainer:
                 }
                 progress.set_postfix(loss=f"{loss:.3f}", acc=f"{row['train_accuracy']:.3f}")
                 if self.world.is_main:
-                    self._append_csv("train_log.csv", row)
+                    self.log.append("train_log", row)
             every = recipe.train.checkpoint_every_steps
             if every and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
                 self.train_seconds += time.perf_counter() - tick
@@ -320,7 +290,7 @@ class Trainer:
             },
         }
         if self.world.is_main:
-            self._append_csv("epochs.csv", row)
+            self.log.append("epochs", row)
         self._save()
 
     def _final_results(self) -> dict[str, Any]:
