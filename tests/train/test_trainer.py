@@ -53,7 +53,8 @@ def test_resume_reaches_the_same_weights(tmp_path):
 
 def test_logs_and_results_are_written(tmp_path):
     """Training writes the resolved recipe, per-step and per-epoch CSV logs, TensorBoard events and a
-    results file."""
+    results file.
+    """
     trainer = Trainer(recipe_from_dict({**SMALL, "name": "b"}), tmp_path / "b")
     results = trainer.fit()
     run = tmp_path / "b"

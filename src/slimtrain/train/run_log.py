@@ -25,7 +25,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                SummaryWriter = None  # noqa: N806
+                SummaryWriter = None
             if SummaryWriter is not None:
                 self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
