@@ -169,8 +169,14 @@ class BenchmarkRecorder:
             lines += [f"| {k} | {json.dumps(v)} |" for k, v in self.notes.items()]
         return "\n".join(lines) + "\n"
 
-    def save(self, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:
-        """Write ``<name>.json`` and ``<name>.md`` atomically into ``results_dir``; return the JSON path."""
+    def save(self, results_dir: Path | str | None = None) -> Path:
+        """Write ``<name>.json`` and ``<name>.md`` atomically into ``results_dir``; return the JSON path.
+
+        The default is ``benchmarks/results`` for full runs and the git-ignored ``benchmarks/results/quick``
+        for quick runs, so ``make bench`` never overwrites committed full results.
+        """
+        if results_dir is None:
+            results_dir = DEFAULT_RESULTS_DIR if self.mode == "full" else DEFAULT_RESULTS_DIR / "quick"
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         json_path = results_dir / f"{self.name}.json"

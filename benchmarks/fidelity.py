@@ -1,0 +1,94 @@
+"""Shared runner of fidelity benchmarks: compare recipes over seeds, record accuracies and who leads.
+
+A fidelity benchmark trains each recipe at each seed through ``slimtrain compare`` (same data, model and
+epochs), sweeps the compression levels, and records per level the test accuracy of every seed, the mean
+training time, and a verdict for each recipe against the baseline recipe: it "leads" only when the gap
+exceeds two pooled standard errors over seeds (``slimtrain.experiments.significance``). The comparison's
+report (markdown, HTML, PNG plots) stays in the output directory and the accuracy plot is copied next to
+the JSON results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
+from slimtrain.experiments.compare import compare
+from slimtrain.experiments.report import write_report
+from slimtrain.experiments.significance import verdict
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def fidelity_arguments(description: str) -> argparse.ArgumentParser:
+    """The command-line arguments every fidelity benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="digits-sized smoke run (default)")
+    mode.add_argument("--full", action="store_true", help="the settings the issue asks for")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("SLIMTRAIN_DATA_DIR"),
+        help="folder holding mnist/ and fashion-mnist/ (default: $SLIMTRAIN_DATA_DIR)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="runs folder (default runs/bench/<name>)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    return parser
+
+
+def run_fidelity(
+    name: str,
+    argv: list[str] | None,
+    recipes: list[Path],
+    *,
+    baseline: str,
+    overrides: list[str],
+    seeds: list[int],
+    output: Path | None = None,
+    structure: str | None = None,
+) -> int:
+    """Compare ``recipes`` over ``seeds``, record every level's accuracies and verdicts, save the results.
+
+    Args:
+        name: benchmark name (results in ``benchmarks/results/<name>.json``).
+        argv: the benchmark's arguments (recorded as its command).
+        recipes: recipe files; their names identify the lines of the results.
+        baseline: recipe name every other recipe is compared with at each level.
+        overrides: ``key=value`` overrides applied to every recipe (data folder, epochs, ...).
+        seeds: training seeds.
+        output: where the runs go (default ``runs/bench/<name>``).
+        structure: compression structure for after-training methods (default: each recipe's own).
+    """
+    rec = BenchmarkRecorder(name, argv)
+    out = output or Path("runs/bench") / name
+    result = compare(recipes, out, seeds=seeds, overrides=overrides, structure=structure)
+    write_report(out, title=f"benchmark {name}")
+    accuracy: dict[tuple[str, float], list[float]] = defaultdict(list)
+    for row in result["rows"]:
+        accuracy[(row["recipe"], row["requested_level"])].append(row["acc_compressed_no_ft"])
+    # One training per (recipe, seed) — or per level for during-training methods — each with its own time.
+    trainings = {(r["recipe"], r["seed"], r.get("train_seconds", float("nan"))) for r in result["rows"]}
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for recipe, _, value in sorted(trainings):
+        seconds[recipe].append(value)
+    for (recipe, level), values in sorted(accuracy.items()):
+        rec.add(f"test_acc {recipe} @ {level:g}", values, unit="accuracy")
+    for recipe, values in sorted(seconds.items()):
+        rec.add(f"train_seconds {recipe}", values, unit="s")
+    verdicts = {}
+    for (recipe, level), values in sorted(accuracy.items()):
+        reference = accuracy.get((baseline, level))
+        if recipe != baseline and reference and len(values) > 1 and len(reference) > 1:
+            verdicts[f"{recipe} vs {baseline} @ {level:g}"] = verdict(values, reference)
+    rec.note("verdicts (A = recipe, B = baseline; lead = gap > 2 pooled SE)", verdicts)
+    rec.note("seeds", seeds)
+    rec.note("overrides", overrides)
+    results_dir = DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick"
+    rec.save(results_dir)
+    for plot in out.glob("accuracy_vs_*.png"):
+        shutil.copyfile(plot, results_dir / f"{name}_{plot.name}")
+    return 0
