@@ -79,15 +79,16 @@ class ConstraintSet(ABC):
 
     # ----------------------------------------------------------------- to be implemented per family
     @abstractmethod
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
-        """LMO for a batch: ``v_b = argmin_{‖u‖_C ≤ radii_b} ⟨grads_b, u⟩``.
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
+        """LMO for a batch without the zero-gradient guard of :meth:`lmo_batch`.
 
         Args:
             grads: shape ``(b, *self.shape)``.
-            radii: shape ``(b,)``, one radius per row.
+            radii: radii as a column broadcastable against ``grads`` (shape ``(b, 1, …)``); a row with
+                radius 0 gets ``v = 0``.
 
         Returns:
-            The minimizers, shape ``(b, *self.shape)``; rows whose gradient norm is below 1e-10 are 0.
+            The minimizers, shape ``(b, *self.shape)``.
         """
 
     @abstractmethod
@@ -103,6 +104,19 @@ class ConstraintSet(ABC):
         """The constructor arguments (plain Python values) that rebuild this set."""
 
     # ----------------------------------------------------------------------------- derived behaviour
+    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+        """LMO for a batch: ``v_b = argmin_{‖u‖_C ≤ radii_b} ⟨grads_b, u⟩``.
+
+        Args:
+            grads: shape ``(b, *self.shape)``.
+            radii: shape ``(b,)``, one radius per row.
+
+        Returns:
+            The minimizers, shape ``(b, *self.shape)``; rows whose gradient norm is below 1e-10 are 0.
+        """
+        norms = torch.linalg.vector_norm(grads.flatten(1), dim=1)
+        return self.lmo_rows(grads, active_radii(norms, radii, grads.dim()))
+
     @property
     def numel(self) -> int:
         """The number of entries of an element of the set."""
@@ -202,11 +216,13 @@ def _check_k(owner: str, k: int, k_max: int) -> int:
     return int(k)
 
 
-def zero_small_rows(v: Tensor, grads: Tensor) -> Tensor:
-    """Set the LMO output to 0 on rows whose gradient norm is below 1e-10 (spec §2.2 step 3)."""
-    norms = torch.linalg.vector_norm(grads.flatten(1), dim=1)
-    small = norms < ZERO_GRAD_NORM
-    return v.masked_fill(small.view(-1, *([1] * (v.dim() - 1))), 0.0)
+def active_radii(grad_norms: Tensor, radii: Tensor, ndim: int) -> Tensor:
+    """Radii as a column for a batch of ``ndim`` dimensions, 0 where the gradient norm is below 1e-10.
+
+    The LMO then returns ``v = 0`` on those rows (spec §2.2 step 3).
+    """
+    active = torch.where(grad_norms < ZERO_GRAD_NORM, 0.0, radii.to(grad_norms.dtype))
+    return active.view(-1, *([1] * (ndim - 1)))
 
 
 def constraint_from_config(config: dict[str, Any]) -> ConstraintSet:

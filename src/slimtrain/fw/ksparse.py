@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, _check_k, zero_small_rows
+from slimtrain.fw.base import KConstraintSet, _check_k
 
 __all__ = ["KSparsePolytope"]
 
@@ -50,9 +50,8 @@ class KSparsePolytope(KConstraintSet):
         a = x.abs()
         return torch.maximum(a.amax(dim=1), a.sum(dim=1) / self.k)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         idx = grads.abs().topk(self.k, dim=1, sorted=False).indices
-        vals = -radii.view(-1, 1).to(grads.dtype) * grads.gather(1, idx).sign()
-        v = torch.zeros_like(grads).scatter_(1, idx, vals)
-        return zero_small_rows(v, grads)
+        vals = -radii * grads.gather(1, idx).sign()
+        return torch.zeros_like(grads).scatter_(1, idx, vals)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, _check_k, zero_small_rows
+from slimtrain.fw.base import KConstraintSet, _check_k
 
 __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
 
@@ -86,7 +86,7 @@ class KSupportNormBall(KConstraintSet):
         """The k-support norm per row."""
         return k_support_norm(x, self.k)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         if self.k == self.shape[0]:
             vals, idx = grads, None
@@ -94,9 +94,8 @@ class KSupportNormBall(KConstraintSet):
             idx = grads.abs().topk(self.k, dim=1, sorted=False).indices
             vals = grads.gather(1, idx)
         norms = torch.linalg.vector_norm(vals, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
-        vals = vals * (-radii.view(-1, 1).to(grads.dtype) / norms)
-        v = vals if idx is None else torch.zeros_like(grads).scatter_(1, idx, vals)
-        return zero_small_rows(v, grads)
+        vals = vals * (-radii / norms)
+        return vals if idx is None else torch.zeros_like(grads).scatter_(1, idx, vals)
 
 
 class GroupKSupportNormBall(KConstraintSet):
@@ -172,7 +171,7 @@ class GroupKSupportNormBall(KConstraintSet):
         """The k-support norm of the group norms, per row."""
         return k_support_norm(self.group_norms_sq(x).sqrt(), self.k)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         a_sq = self.group_norms_sq(grads)
         if self.select == "topk":
@@ -183,9 +182,8 @@ class GroupKSupportNormBall(KConstraintSet):
             threshold = a_sq.kthvalue(self.k_max - self.k + 1, dim=1, keepdim=True).values
             mask = a_sq >= threshold
         denom = (a_sq * mask).sum(dim=1, keepdim=True).sqrt().clamp_min(torch.finfo(grads.dtype).tiny)
-        scale = torch.where(mask, -radii.view(-1, 1).to(grads.dtype) / denom, 0.0)
-        v = grads * self._expand(scale)
-        return zero_small_rows(v, grads)
+        scale = torch.where(mask, -radii / denom, 0.0)
+        return grads * self._expand(scale)
 
     def _expand(self, per_group: Tensor) -> Tensor:
         if self._uniform:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import ConstraintSet, zero_small_rows
+from slimtrain.fw.base import ConstraintSet
 
 __all__ = ["LpBall"]
 
@@ -53,17 +53,16 @@ class LpBall(ConstraintSet):
         """``‖x‖_p`` per row."""
         return torch.linalg.vector_norm(x, ord=self.p, dim=1)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO of the Lp ball (see the class docstring)."""
-        r = radii.view(-1, 1).to(grads.dtype)
         if self.p == 2:
             norms = torch.linalg.vector_norm(grads, dim=1, keepdim=True)
-            v = -r * grads / norms.clamp_min(torch.finfo(grads.dtype).tiny)
+            v = -radii * grads / norms.clamp_min(torch.finfo(grads.dtype).tiny)
         elif self.p == 1:
             idx = grads.abs().argmax(dim=1, keepdim=True)
-            v = torch.zeros_like(grads).scatter_(1, idx, -r * grads.gather(1, idx).sign())
+            v = torch.zeros_like(grads).scatter_(1, idx, -radii * grads.gather(1, idx).sign())
         elif math.isinf(self.p):
-            v = -r * grads.sign()
+            v = -radii * grads.sign()
         else:
             q = self.p / (self.p - 1)
             # Scale by the largest entry first so that |g|^{q−1} cannot overflow.
@@ -71,5 +70,5 @@ class LpBall(ConstraintSet):
             a = a / a.amax(dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
             w = a ** (q - 1)
             denom = torch.linalg.vector_norm(a, ord=q, dim=1, keepdim=True) ** (q - 1)
-            v = -r * grads.sign() * w / denom.clamp_min(torch.finfo(grads.dtype).tiny)
-        return zero_small_rows(v, grads)
+            v = -radii * grads.sign() * w / denom.clamp_min(torch.finfo(grads.dtype).tiny)
+        return v

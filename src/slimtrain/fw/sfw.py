@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from slimtrain.fw.base import ConstraintSet, KConstraintSet, constraint_from_config
+from slimtrain.fw.base import ConstraintSet, KConstraintSet, active_radii, constraint_from_config
 
 __all__ = ["SFW"]
 
@@ -21,6 +21,8 @@ RescaleMode = Literal["gradient", "fast_gradient", "diameter", "none"]
 MomentumConvention = Literal["sum", "ema"]
 _RESCALE_MODES = ("gradient", "fast_gradient", "diameter", "none")
 _CONVENTIONS = ("sum", "ema")
+# Units larger than this run their LMO alone on views of the parameter: stacking them would only add copies.
+_STACK_LIMIT = 4096
 
 
 class SFW(Optimizer):
@@ -90,7 +92,7 @@ class SFW(Optimizer):
         }
         # Caches keep their keys' objects alive, so an id() is never reused while cached.
         self._relaxed: dict[int, tuple[ConstraintSet, ConstraintSet]] = {}
-        self._plans: dict[int, tuple[list[ConstraintSet], list[tuple[ConstraintSet, list[int]]]]] = {}
+        self._plans: dict[int, tuple[list[ConstraintSet], list[_Bucket]]] = {}
         super().__init__(params, defaults)
         if initial_shift:
             self.shift_inside()
@@ -193,9 +195,7 @@ class SFW(Optimizer):
         params = group["params"]
         return [list(params)] if isinstance(group["constraint"], ConstraintSet) else [[p] for p in params]
 
-    def _plan(
-        self, group: dict[str, Any], constraints: list[ConstraintSet]
-    ) -> list[tuple[ConstraintSet, list[int]]]:
+    def _plan(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> list[_Bucket]:
         """Buckets of units whose sets differ only by radius (cached while the sets are the same objects)."""
         cached = self._plans.get(id(group))
         if (
@@ -204,9 +204,10 @@ class SFW(Optimizer):
             and all(a is b for a, b in zip(cached[0], constraints, strict=True))
         ):
             return cached[1]
-        buckets: dict[Hashable, tuple[ConstraintSet, list[int]]] = {}
+        buckets: dict[Hashable, _Bucket] = {}
         for i, c in enumerate(constraints):
-            buckets.setdefault(c.batch_key(), (c, []))[1].append(i)
+            key = c.batch_key() if c.numel <= _STACK_LIMIT else i
+            buckets.setdefault(key, _Bucket(c)).add(i, c)
         plan = list(buckets.values())
         self._plans[id(group)] = (list(constraints), plan)
         return plan
@@ -223,14 +224,17 @@ class SFW(Optimizer):
         units = self._units(group)
         dir_by_param = dict(zip(map(id, params), directions, strict=True))
         lr, rescale = float(group["lr"]), group["rescale"]
-        for rep, idx in self._plan(group, constraints):
-            theta = torch.stack([_flat(units[i], rep.shape) for i in idx])
-            m = torch.stack([_flat([dir_by_param[id(p)] for p in units[i]], rep.shape) for i in idx])
-            radii = torch.tensor([constraints[i].radius for i in idx], dtype=theta.dtype, device=theta.device)
-            v = rep.lmo_batch(m, radii)
-            gamma = _step_size(rescale, lr, m, theta, v, radii * rep.diameter_factor())
-            theta = theta.lerp_(v, gamma.view(-1, *([1] * (theta.dim() - 1))))
-            _write_back([units[i] for i in idx], theta)
+        for bucket in self._plan(group, constraints):
+            rep, idx = bucket.rep, bucket.indices
+            theta, in_place = _gather_units([units[i] for i in idx], rep.shape)
+            m, _ = _gather_units([[dir_by_param[id(p)] for p in units[i]] for i in idx], rep.shape)
+            radii = bucket.radii(theta)
+            m_norm = torch.linalg.vector_norm(m.flatten(1), dim=1)
+            v = rep.lmo_rows(m, active_radii(m_norm, radii, m.dim()))
+            gamma = _step_size(rescale, lr, m_norm, theta, v, radii * rep.diameter_factor())
+            theta.lerp_(v, gamma.view(-1, *([1] * (theta.dim() - 1))))
+            if not in_place:
+                _write_back([units[i] for i in idx], theta)
         for p in params:
             self.state[p]["step"] = step + 1
 
@@ -258,18 +262,45 @@ class SFW(Optimizer):
 
     def _shift_group(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> None:
         units = self._units(group)
-        for rep, idx in self._plan(group, constraints):
-            theta = torch.stack([_flat(units[i], rep.shape) for i in idx])
-            radii = torch.tensor([constraints[i].radius for i in idx], dtype=theta.dtype, device=theta.device)
-            factors = rep.shift_factors(theta, radii)
-            theta = theta * factors.view(-1, *([1] * (theta.dim() - 1)))
-            _write_back([units[i] for i in idx], theta)
+        for bucket in self._plan(group, constraints):
+            idx = bucket.indices
+            theta, in_place = _gather_units([units[i] for i in idx], bucket.rep.shape)
+            factors = bucket.rep.shift_factors(theta, bucket.radii(theta))
+            theta.mul_(factors.view(-1, *([1] * (theta.dim() - 1))))
+            if not in_place:
+                _write_back([units[i] for i in idx], theta)
 
 
-def _flat(tensors: list[Tensor], shape: tuple[int, ...]) -> Tensor:
-    if len(tensors) == 1:
-        return tensors[0].reshape(shape)
-    return torch.cat([t.reshape(-1) for t in tensors]).reshape(shape)
+class _Bucket:
+    """Units whose sets differ only by radius: one representative set and the radii of all."""
+
+    def __init__(self, rep: ConstraintSet) -> None:
+        self.rep = rep
+        self.indices: list[int] = []
+        self._radii: list[float] = []
+        self._tensors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def add(self, index: int, constraint: ConstraintSet) -> _Bucket:
+        self.indices.append(index)
+        self._radii.append(constraint.radius)
+        return self
+
+    def radii(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._tensors:
+            self._tensors[key] = torch.tensor(self._radii, dtype=like.dtype, device=like.device)
+        return self._tensors[key]
+
+
+def _gather_units(units: list[list[Tensor]], shape: tuple[int, ...]) -> tuple[Tensor, bool]:
+    """Stack units into a batch of the set's shape; ``True`` if the batch is a view of the one tensor."""
+    if len(units) == 1 and len(units[0]) == 1 and units[0][0].is_contiguous():
+        return units[0][0].view(1, *shape), True
+    rows = [
+        u[0].reshape(shape) if len(u) == 1 else torch.cat([t.reshape(-1) for t in u]).view(shape)
+        for u in units
+    ]
+    return torch.stack(rows), False
 
 
 def _write_back(units: list[list[Tensor]], theta: Tensor) -> None:
@@ -281,15 +312,16 @@ def _write_back(units: list[list[Tensor]], theta: Tensor) -> None:
     torch._foreach_copy_(targets, sources)
 
 
-def _step_size(rescale: str, lr: float, m: Tensor, theta: Tensor, v: Tensor, diameters: Tensor) -> Tensor:
+def _step_size(
+    rescale: str, lr: float, m_norm: Tensor, theta: Tensor, v: Tensor, diameters: Tensor
+) -> Tensor:
     """``γ = clamp(lr·φ, 0, 1)`` per unit (spec §2.2 step 4)."""
     if rescale == "gradient":
-        m_norm = torch.linalg.vector_norm(m.flatten(1), dim=1)
         gap = torch.linalg.vector_norm((theta - v).flatten(1), dim=1)
         phi = m_norm / gap.clamp_min(torch.finfo(gap.dtype).tiny)
         return torch.where(gap > 0, (lr * phi).clamp(0, 1), 0.0)
     if rescale == "fast_gradient":
-        phi = torch.linalg.vector_norm(m.flatten(1), dim=1) / (diameters / 2)
+        phi = m_norm / (diameters / 2)
     elif rescale == "diameter":
         phi = 1.0 / diameters
     else:

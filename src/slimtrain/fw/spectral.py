@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import ConstraintSet, KConstraintSet, _check_k, zero_small_rows
+from slimtrain.fw.base import ConstraintSet, KConstraintSet, _check_k
 from slimtrain.fw.ksupport import k_support_norm
 
 __all__ = ["NuclearNormBall", "SpectralKSparsePolytope", "SpectralKSupportNormBall", "top_k_singular"]
@@ -146,13 +146,12 @@ class SpectralKSupportNormBall(_SpectralSet, KConstraintSet):
         """The k-support norm of the singular values, per matrix."""
         return k_support_norm(torch.linalg.svdvals(x), self.k)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         u, s, vh = self._top(grads, self.k)
         g_k = u @ (s.unsqueeze(2) * vh)
         norms = torch.linalg.vector_norm(g_k, dim=(1, 2)).clamp_min(torch.finfo(grads.dtype).tiny)
-        v = g_k * (-radii.to(grads.dtype) / norms).view(-1, 1, 1)
-        return zero_small_rows(v, grads)
+        return g_k * (-radii / norms.view(-1, 1, 1))
 
 
 class SpectralKSparsePolytope(_SpectralSet, KConstraintSet):
@@ -196,11 +195,10 @@ class SpectralKSparsePolytope(_SpectralSet, KConstraintSet):
         s = torch.linalg.svdvals(x)
         return torch.maximum(s[:, 0], s.sum(dim=1) / self.k)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         u, _, vh = self._top(grads, self.k)
-        v = (u @ vh) * (-radii.to(grads.dtype)).view(-1, 1, 1)
-        return zero_small_rows(v, grads)
+        return (u @ vh) * -radii
 
 
 class NuclearNormBall(_SpectralSet):
@@ -236,8 +234,7 @@ class NuclearNormBall(_SpectralSet):
         """The nuclear norm per matrix."""
         return torch.linalg.svdvals(x).sum(dim=1)
 
-    def lmo_batch(self, grads: Tensor, radii: Tensor) -> Tensor:
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
         u, _, vh = self._top(grads, 1)
-        v = (u @ vh) * (-radii.to(grads.dtype)).view(-1, 1, 1)
-        return zero_small_rows(v, grads)
+        return (u @ vh) * -radii
