@@ -61,7 +61,8 @@ class SFW(Optimizer):
             ``"diameter"`` (2020 paper) or ``"none"`` (then ``lr`` must lie in ``[0, 1]``).
         k_delay_steps: delayed k (spec §2.7): for this many steps every k-set is used with ``k`` at its
             maximum and the same diameter (the k-support ball is then the L2 ball), then the real ``k`` is
-            set and the parameters are shifted inside. ``None`` for no delay. Momentum is kept.
+            set and the parameters are shifted inside. Sets without a ``k`` are not affected. ``None`` for
+            no delay. Momentum is kept (the reference leaves this unspecified).
         initial_shift: apply the feasibility shift to every parameter at construction (default, corrected:
             iterates are then provably feasible); ``False`` is faithful to compression-aware-SFW, which starts
             from the raw initialization (spec §5).
@@ -177,11 +178,10 @@ class SFW(Optimizer):
         units = [c] if isinstance(c, ConstraintSet) else list(c)
         delay = group["k_delay_steps"]
         if delay is not None and self._group_step(group) < delay:
-            return [self._relax(u) for u in units]
+            return [self._relax(u) if isinstance(u, KConstraintSet) else u for u in units]
         return units
 
-    def _relax(self, c: ConstraintSet) -> ConstraintSet:
-        assert isinstance(c, KConstraintSet)  # checked by _validate_group
+    def _relax(self, c: KConstraintSet) -> ConstraintSet:
         cached = self._relaxed.get(id(c))
         if cached is None or cached[0] is not c:
             cached = (c, c.with_k(c.k_max))
@@ -364,6 +364,3 @@ def _validate_group(group: dict[str, Any], index: int) -> None:
     if delay is not None:
         if delay < 0:
             raise ValueError(f"{where}: k_delay_steps must be ≥ 0, got {delay}")
-        bad = [u for u in units if not isinstance(u, KConstraintSet)]
-        if bad:
-            raise ValueError(f"{where}: k_delay_steps needs sets with a k, got {type(bad[0]).__name__}")
