@@ -1,5 +1,7 @@
 """The k-support norm and the (group) k-support balls (spec sfw.md §2.3, §7.3)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -42,7 +44,7 @@ def _brute_force_norm(w, k):
 @settings(max_examples=30)
 @given(data=vectors)
 def test_k1_is_l1_and_kn_is_l2(data):
-    """k = 1 gives ‖x‖₁ (the reference's ‖x‖₁/√(n+1) bug is not reproduced) and k = n gives ‖x‖₂."""
+    """At k = 1 the norm is ‖x‖₁ (the reference's ‖x‖₁/√(n+1) bug is not reproduced), at k = n ‖x‖₂."""
     x, _ = data
     t = torch.tensor(x, dtype=D)
     assert _norm(x, 1) == pytest.approx(t.abs().sum().item(), rel=1e-12, abs=1e-12)
@@ -77,7 +79,7 @@ def test_norm_is_non_increasing_in_k(data):
     """‖x‖_k ≥ ‖x‖_{k+1} for every k."""
     x, _ = data
     values = [_norm(x, k) for k in range(1, len(x) + 1)]
-    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(values))
 
 
 @settings(max_examples=20)
@@ -103,7 +105,7 @@ def test_lmo_keeps_signed_values_of_the_top_k():
 
 
 def test_group_lmo_selects_exactly_k_filters_even_on_ties():
-    """topk selection keeps exactly k filters when all filter norms tie; kthvalue (faithful) keeps more."""
+    """Topk-style selection keeps exactly k filters when all norms tie; kthvalue (faithful) keeps more."""
     g = torch.ones(6, 2, 3, 3, dtype=D)
     ball = GroupKSupportNormBall.for_filters(g.shape, k=2, radius=1.0)
     v = ball.lmo(g.flatten()).view_as(g)

@@ -1,4 +1,4 @@
-"""Properties every constraint set must have (spec sfw.md §7.1, §7.2): LMO optimality and value, feasibility."""
+"""Properties of every constraint set (spec sfw.md §7.1, §7.2): LMO optimality and value, feasibility."""
 
 import math
 

@@ -97,7 +97,7 @@ def test_gradient_rescale_gives_zero_step_at_the_vertex():
 
 
 def test_rescale_none_rejects_lr_above_one():
-    """rescale='none' needs lr ∈ [0, 1]: rejected at construction and at step time (after a schedule change)."""
+    """rescale='none' needs lr ∈ [0, 1]: checked at construction and at step time (schedules change lr)."""
     c = [LpBall(3, 1.0)]
     with pytest.raises(ValueError, match="lr"):
         SFW([{"params": [nn.Parameter(torch.zeros(3))], "constraint": c}], lr=1.5, rescale="none")
@@ -226,7 +226,7 @@ def test_faithful_mode_matches_an_independent_float64_reference():
 
 
 def test_state_dict_round_trip_continues_identically():
-    """Saving after 3 steps (weights_only load) and resuming in a fresh optimizer gives the same next steps."""
+    """Saving after 3 steps (weights_only load) and resuming a fresh optimizer gives the same next steps."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3))
     x = torch.randn(5, 2, 4, 4)

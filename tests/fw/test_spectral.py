@@ -1,4 +1,4 @@
-"""Spectral sets: exact top-k against a full SVD, power iteration against exact (spec sfw.md §2.3, §7.1–7.2)."""
+"""Spectral sets: exact top-k against a full SVD, power iteration against exact (spec sfw.md §2.3, §7)."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def _nearly_tied(rows, cols, seed, gap=1e-3):
 @settings(max_examples=25)
 @given(shape=shapes)
 def test_exact_top_k_matches_full_svd(shape):
-    """The exact solver's singular values equal torch.linalg.svd's, and U·diag(S)·Vh is the best rank-k part."""
+    """The exact solver's singular values equal torch.linalg.svd's; U·diag(S)·Vh is the best rank-k part."""
     rows, cols, seed = shape
     g = torch.randn(1, rows, cols, generator=torch.Generator().manual_seed(seed), dtype=D)
     for k in range(1, min(rows, cols) + 1):
@@ -53,7 +53,7 @@ def test_power_iteration_never_beats_the_exact_lmo(shape):
 
 
 def test_exact_lmo_is_exact_on_nearly_tied_singular_values():
-    """With top singular values 0.1% apart the exact LMO still reaches −r‖σ_{1:k}‖₂; one power round does no better."""
+    """With top singular values 0.1% apart the exact LMO reaches −r‖σ_{1:k}‖₂; power rounds do no better."""
     g, s = _nearly_tied(24, 40, seed=1)
     k = 4
     exact = SpectralKSupportNormBall(24, 40, k, 1.0).lmo(g)
@@ -65,7 +65,7 @@ def test_exact_lmo_is_exact_on_nearly_tied_singular_values():
 @settings(max_examples=20)
 @given(shape=shapes, radius=st.floats(0.1, 5.0))
 def test_lmo_rank_and_norm(shape, radius):
-    """Spectral k-support: rank(v) ≤ k and ‖v‖_F = r; spectral K-sparse: σ(v) = r on k directions (tall and wide)."""
+    """Spectral k-support: rank(v) ≤ k, ‖v‖_F = r; spectral K-sparse: σ(v) = r on k directions (any shape)."""
     rows, cols, seed = shape
     g = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=D)
     for k in range(1, min(rows, cols) + 1):
@@ -87,7 +87,7 @@ def test_lmo_runs_on_float32_batches():
 
 
 def test_power_solver_is_deterministic():
-    """The power iteration's random start is seeded: two calls give identical outputs (all DDP ranks agree)."""
+    """The power iteration's start is seeded: two calls give identical outputs (so DDP ranks agree)."""
     g = torch.randn(6, 9)
     ball = SpectralKSparsePolytope(6, 9, 2, 1.0, solver="power")
     assert torch.equal(ball.lmo(g), ball.lmo(g))
