@@ -210,7 +210,8 @@ class KConstraintSet(ConstraintSet):
         return relaxed.with_radius(diameter / relaxed.diameter_factor())
 
 
-def _check_k(owner: str, k: int, k_max: int) -> int:
+def check_k(owner: str, k: int, k_max: int) -> int:
+    """Validate an integer ``k`` in ``[1, k_max]``; the error names ``owner``."""
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= k_max:
         raise ValueError(f"{owner}: k must be an integer in [1, {k_max}], got {k} (see resolve_k)")
     return int(k)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, _check_k
+from slimtrain.fw.base import KConstraintSet, check_k
 
 __all__ = ["KSparsePolytope"]
 
@@ -30,7 +30,7 @@ class KSparsePolytope(KConstraintSet):
 
     def __init__(self, n: int, k: int, radius: float) -> None:
         super().__init__((n,), radius)
-        self.k = _check_k("KSparsePolytope", k, n)
+        self.k = check_k("KSparsePolytope", k, n)
 
     @property
     def k_max(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, _check_k
+from slimtrain.fw.base import KConstraintSet, check_k
 
 __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
 
@@ -35,7 +35,7 @@ def k_support_norm(x: Tensor, k: int) -> Tensor:
         Shape ``(b,)``.
     """
     n = x.shape[1]
-    _check_k("k_support_norm", k, n)
+    check_k("k_support_norm", k, n)
     z = x.abs().sort(dim=1, descending=True).values
     tail = z.flip(1).cumsum(1).flip(1)  # tail[:, j−1] = T_j
     head_sq = torch.nn.functional.pad((z * z).cumsum(1), (1, 0))  # head_sq[:, m] = Σ_{i ≤ m} z_i²
@@ -67,7 +67,7 @@ class KSupportNormBall(KConstraintSet):
 
     def __init__(self, n: int, k: int, radius: float) -> None:
         super().__init__((n,), radius)
-        self.k = _check_k("KSupportNormBall", k, n)
+        self.k = check_k("KSupportNormBall", k, n)
 
     @property
     def k_max(self) -> int:
@@ -129,7 +129,7 @@ class GroupKSupportNormBall(KConstraintSet):
             raise ValueError(f"GroupKSupportNormBall: group sizes must be positive, got {sizes[:8]}…")
         super().__init__((sum(sizes),), radius)
         self.group_sizes = sizes
-        self.k = _check_k("GroupKSupportNormBall", k, len(sizes))
+        self.k = check_k("GroupKSupportNormBall", k, len(sizes))
         if select not in ("topk", "kthvalue"):
             raise ValueError(f"GroupKSupportNormBall: select must be 'topk' or 'kthvalue', got {select!r}")
         self.select = select

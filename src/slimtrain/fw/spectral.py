@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import ConstraintSet, KConstraintSet, _check_k
+from slimtrain.fw.base import ConstraintSet, KConstraintSet, check_k
 from slimtrain.fw.ksupport import k_support_norm
 
 __all__ = ["NuclearNormBall", "SpectralKSparsePolytope", "SpectralKSupportNormBall", "top_k_singular"]
@@ -126,7 +126,7 @@ class SpectralKSupportNormBall(_SpectralSet, KConstraintSet):
         seed: int = 0,
     ) -> None:
         super().__init__(rows, cols, radius, solver, power_iters, seed)
-        self.k = _check_k(type(self).__name__, k, min(rows, cols))
+        self.k = check_k(type(self).__name__, k, min(rows, cols))
 
     @property
     def k_max(self) -> int:
@@ -174,7 +174,7 @@ class SpectralKSparsePolytope(_SpectralSet, KConstraintSet):
         seed: int = 0,
     ) -> None:
         super().__init__(rows, cols, radius, solver, power_iters, seed)
-        self.k = _check_k(type(self).__name__, k, min(rows, cols))
+        self.k = check_k(type(self).__name__, k, min(rows, cols))
 
     @property
     def k_max(self) -> int:
