@@ -1,0 +1,135 @@
+"""Time of ``optimizer.step()`` for SFW with every constraint family against SGD with momentum.
+
+Model: the CIFAR ResNet-20 (59 parameter tensors, 0.27 M parameters), gradients set once to random
+values, so only the optimizer is timed. Side by side in one run:
+
+- ``sgd``: ``torch.optim.SGD(momentum=0.9)``;
+- ``sfw_<set>``: :class:`slimtrain.fw.SFW` with the sets of :func:`slimtrain.fw.build_constraints`
+  (k = 30%): k-support and K-sparse on every tensor, group k-support on convs, spectral k-support
+  (exact and randomized power solver) and nuclear ball on convs;
+- ``per_tensor_k_support``: the same SFW k-support update written as one Python-level LMO per tensor (the
+  structure of the reference code), to show what batching the tensors saves on this machine.
+
+Each round times a run of consecutive steps and records the mean per step. The issue's targets: ``step()``
+≤ 6 ms for k-support and K-sparse, and the exact spectral k-support LMO ≤ 14 ms summed over the convs.
+``--full`` adds a whole training step (forward + backward + step, batch 128) for SGD and SFW k-support.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks.harness import BenchmarkRecorder
+from slimtrain.fw import SFW, KSupportNormBall, build_constraints
+from slimtrain.models.resnet_cifar import CifarResNet
+
+SFW_CONFIGS: dict[str, dict] = {
+    "k_support": {"mode": "unstructured", "constraint": "k_support"},
+    "k_sparse": {"mode": "unstructured", "constraint": "k_sparse"},
+    "group_k_support": {"mode": "filter"},
+    "spectral_k_support_exact": {"mode": "lowrank"},
+    "spectral_k_support_power": {"mode": "lowrank", "spectral_solver": "power"},
+    "nuclear_exact": {"mode": "lowrank", "constraint": "nuclear"},
+}
+
+
+def _per_round_ms(step: Callable[[], object], rounds: int, steps: int) -> list[float]:
+    for _ in range(3):
+        step()
+    values = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        values.append((time.perf_counter() - start) * 1e3 / steps)
+    return values
+
+
+def _per_tensor_k_support(model: nn.Module, k: float, lr: float = 0.1, mu: float = 0.9) -> Callable[[], None]:
+    """SFW k-support step with one LMO and one kernel chain per tensor (the reference code's structure)."""
+    params = list(model.parameters())
+    sets = [KSupportNormBall(p.numel(), max(1, int(k * p.numel())), 1.0) for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step() -> None:
+        for p, c, m in zip(params, sets, bufs, strict=True):
+            m.mul_(mu).add_(p.grad)
+            v = c.lmo(m)
+            gamma = min(max(lr * (m.norm() / (p - v).norm()).item(), 0.0), 1.0)
+            p.mul_(1 - gamma).add_(v, alpha=gamma)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sfw_step", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="5 rounds of 10 steps (default)")
+    mode.add_argument("--full", action="store_true", help="10 rounds of 30 steps, plus whole training steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rounds, steps = (10, 30) if args.full else (5, 10)
+    rec = BenchmarkRecorder("sfw_step", argv)
+
+    torch.manual_seed(0)
+    model = CifarResNet(20, num_classes=10, in_channels=3)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-2
+    rec.note("tensors", len(params))
+    rec.note("parameters", sum(p.numel() for p in params))
+    rec.note("k", 0.3)
+    rec.note("targets_ms", {"k_support": 6.0, "k_sparse": 6.0, "spectral_k_support_exact": 14.0})
+
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    medians = {"sgd": rec_add(rec, "step_ms_sgd", _per_round_ms(sgd.step, rounds, steps))}
+    for name, cfg in SFW_CONFIGS.items():
+        opt = SFW(build_constraints(model, k=0.3, n_draws=5, **cfg), lr=0.1)
+        medians[name] = rec_add(rec, f"step_ms_sfw_{name}", _per_round_ms(opt.step, rounds, steps))
+    medians["per_tensor"] = rec_add(
+        rec, "step_ms_per_tensor_k_support", _per_round_ms(_per_tensor_k_support(model, 0.3), rounds, steps)
+    )
+    rec.note("median_ratio_to_sgd", {k: round(v / medians["sgd"], 2) for k, v in medians.items()})
+    rec.note("batched_speedup_k_support", round(medians["per_tensor"] / medians["k_support"], 2))
+
+    if args.full:
+        x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+        for name, opt in (
+            ("sgd", torch.optim.SGD(params, lr=0.1, momentum=0.9)),
+            ("sfw_k_support", SFW(build_constraints(model, k=0.3, n_draws=5), lr=0.1)),
+        ):
+
+            def train_step(opt: torch.optim.Optimizer = opt) -> None:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+
+            rec.add(f"train_step_ms_{name}", _per_round_ms(train_step, 3, 5), unit="ms")
+        full = rec.summary
+        rec.note(
+            "train_step_ratio_sfw_k_support_to_sgd",
+            round(full["train_step_ms_sfw_k_support"]["median"] / full["train_step_ms_sgd"]["median"], 3),
+        )
+
+    path = rec.save()
+    print(rec.to_markdown())
+    print(f"saved {path}")
+    return 0
+
+
+def rec_add(rec: BenchmarkRecorder, quantity: str, values: list[float]) -> float:
+    """Record per-round step times and return their median."""
+    rec.add(quantity, values, unit="ms")
+    return rec.summary[quantity]["median"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The K-sparse polytope of Miao et al. (ICLR 2022), spec ``sfw.md`` §2.3."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slimtrain.fw.base import KConstraintSet, check_k
+
+__all__ = ["KSparsePolytope"]
+
+
+class KSparsePolytope(KConstraintSet):
+    """``conv{v ∈ {0, ±r}^n : ‖v‖₀ = k} = {x : ‖x‖∞ ≤ r, ‖x‖₁ ≤ k·r}``.
+
+    LMO: ``v_i = −r·sign(g_i)`` on the ``k`` entries of largest ``|g_i|``, 0 elsewhere (signs only, not the
+    values). Gauge ``max(‖x‖∞, ‖x‖₁/k)``; L2 diameter ``D = 2r√k``. Ties in ``|g|`` are broken by
+    ``torch.topk``; every choice gives the same LMO value.
+
+    Args:
+        n: the number of entries.
+        k: the number of non-zeros of a vertex, ``1 ≤ k ≤ n`` (use :func:`resolve_k` for fractions).
+        radius: the radius ``r`` (the max-norm bound).
+    """
+
+    name = "k_sparse"
+
+    def __init__(self, n: int, k: int, radius: float) -> None:
+        super().__init__((n,), radius)
+        self.k = check_k("KSparsePolytope", k, n)
+
+    @property
+    def k_max(self) -> int:
+        """``n``."""
+        return self.shape[0]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"n": self.shape[0], "k": self.k, "radius": self.radius}
+
+    def diameter_factor(self) -> float:
+        """``D/r = 2√k``."""
+        return 2.0 * math.sqrt(self.k)
+
+    def gauge_batch(self, x: Tensor) -> Tensor:
+        """``max(‖x‖∞, ‖x‖₁/k)`` per row."""
+        a = x.abs()
+        return torch.maximum(a.amax(dim=1), a.sum(dim=1) / self.k)
+
+    def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
+        """Batched LMO (see the class docstring)."""
+        idx = grads.abs().topk(self.k, dim=1, sorted=False).indices
+        vals = -radii * grads.gather(1, idx).sign()
+        return torch.zeros_like(grads).scatter_(1, idx, vals)

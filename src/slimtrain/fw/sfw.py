@@ -1,0 +1,366 @@
+"""The Stochastic Frank-Wolfe optimizer.
+
+Zimmer, Spiegel, Pokutta, "Compression-aware Training of Neural Networks using Frank-Wolfe",
+arXiv:2205.11921; Pokutta, Spiegel, Zimmer, arXiv:2010.07243; spec ``sfw.md`` §2.2, §2.7 and §5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from slimtrain.fw.base import ConstraintSet, KConstraintSet, active_radii, constraint_from_config
+
+__all__ = ["SFW"]
+
+RescaleMode = Literal["gradient", "fast_gradient", "diameter", "none"]
+MomentumConvention = Literal["sum", "ema"]
+_RESCALE_MODES = ("gradient", "fast_gradient", "diameter", "none")
+_CONVENTIONS = ("sum", "ema")
+# Units larger than this run their LMO alone on views of the parameter: stacking them would only add copies.
+_STACK_LIMIT = 4096
+
+
+class SFW(Optimizer):
+    """Stochastic Frank-Wolfe with momentum and learning-rate rescaling (spec §2.2).
+
+    Every param group carries its constraint under the key ``"constraint"``: either a list with one
+    :class:`ConstraintSet` per parameter (local mode), or a single set over the concatenation of all the
+    group's parameters, flattened in order (global mode). Per constraint unit and step:
+
+    1. momentum ``m ← μ·m + (1 − d)·g`` (``m = g`` on the first step; a missing gradient counts as 0);
+    2. ``v = LMO(m)`` (``v = 0`` when ``‖m‖ < 1e-10``);
+    3. ``γ = clamp(lr·φ, 0, 1)`` with ``φ = ‖m‖/‖θ − v‖`` (``"gradient"``, γ = 0 when ``θ = v``),
+       ``‖m‖/(D/2)`` (``"fast_gradient"``), ``1/D`` (``"diameter"``) or ``1`` (``"none"``);
+    4. ``θ ← (1 − γ)·θ + γ·v``, a convex combination, so feasible iterates stay feasible.
+
+    Momentum convention: ``"sum"`` (default, dampening ``d = 0``, heavy ball) is the convention of the
+    paper's own code, so its learning rates apply unchanged; ``"ema"`` (``d = μ``) is that of Miao et al. and
+    the 2020 code. With μ = 0.9 the ``"sum"`` buffer is about 10× larger: learning rates do not transfer
+    between conventions. No weight decay: the constraint is the regulariser.
+
+    The whole step is skipped (state untouched) when any gradient is non-finite, so the optimizer works
+    with ``torch.amp.GradScaler``, whose ``step`` hands it unscaled gradients.
+
+    Work is batched: within a group, units whose sets differ only by radius are stacked and share one
+    LMO call. Constraint sets are treated as immutable values: replace them (``with_radius``) rather than
+    mutating them.
+
+    Args:
+        params: parameters or param groups; each group needs a ``"constraint"``.
+        lr: learning rate η (scheduled per iteration by any ``torch.optim.lr_scheduler``).
+        momentum: μ in ``[0, 1)``.
+        momentum_convention: ``"sum"`` (default) or ``"ema"``; sets the dampening unless ``dampening``
+            is given.
+        dampening: explicit dampening ``d``, overriding the convention.
+        rescale: ``"gradient"`` (default, the paper's mode with theory), ``"fast_gradient"``,
+            ``"diameter"`` (2020 paper) or ``"none"`` (then ``lr`` must lie in ``[0, 1]``).
+        k_delay_steps: delayed k (spec §2.7): for this many steps every k-set is used with ``k`` at its
+            maximum and the same diameter (the k-support ball is then the L2 ball), then the real ``k`` is
+            set and the parameters are shifted inside. Sets without a ``k`` are not affected. ``None`` for
+            no delay. Momentum is kept (the reference leaves this unspecified).
+        initial_shift: apply the feasibility shift to every parameter at construction (default, corrected:
+            iterates are then provably feasible); ``False`` is faithful to compression-aware-SFW, which starts
+            from the raw initialization (spec §5).
+
+    Raises:
+        ValueError: on a group without a constraint, a constraint whose size does not match its
+            parameters, or an invalid hyperparameter (the message names the group and parameter).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        momentum_convention: MomentumConvention = "sum",
+        dampening: float | None = None,
+        rescale: RescaleMode = "gradient",
+        k_delay_steps: int | None = None,
+        initial_shift: bool = True,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "momentum_convention": momentum_convention,
+            "dampening": dampening,
+            "rescale": rescale,
+            "k_delay_steps": k_delay_steps,
+        }
+        # Caches keep their keys' objects alive, so an id() is never reused while cached.
+        self._relaxed: dict[int, tuple[ConstraintSet, ConstraintSet]] = {}
+        self._plans: dict[int, tuple[list[ConstraintSet], list[_Bucket]]] = {}
+        super().__init__(params, defaults)
+        if initial_shift:
+            self.shift_inside()
+
+    # ---------------------------------------------------------------------------------- param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group after checking its constraint and hyperparameters."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _validate_group(group, len(self.param_groups) - 1)
+
+    # ------------------------------------------------------------------------------------ interface
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One SFW step for every param group; skipped entirely if any gradient is non-finite.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (called with gradients enabled).
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            if group["rescale"] == "none" and not 0 <= group["lr"] <= 1:
+                raise ValueError(f"SFW param group {i}: rescale='none' needs lr in [0, 1], got {group['lr']}")
+        if not self._grads_finite():
+            return loss
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    @torch.no_grad()
+    def shift_inside(self) -> None:
+        """Apply the feasibility shift ``θ ← r·θ/‖θ‖_C`` (if ``‖θ‖_C > r``) with the current sets."""
+        for group in self.param_groups:
+            self._shift_group(group, self._current_constraints(group))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state; constraints are stored as plain configs (loadable with ``weights_only``)."""
+        sd = super().state_dict()
+        for packed in sd["param_groups"]:
+            c = packed["constraint"]
+            packed["constraint"] = (
+                c.to_config() if isinstance(c, ConstraintSet) else [x.to_config() for x in c]
+            )
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict`, rebuilding the constraint sets from their configs."""
+        super().load_state_dict(state_dict)
+        self._relaxed.clear()
+        self._plans.clear()
+        for i, group in enumerate(self.param_groups):
+            c = group["constraint"]
+            group["constraint"] = (
+                constraint_from_config(c) if isinstance(c, dict) else [constraint_from_config(x) for x in c]
+            )
+            _validate_group(group, i)
+
+    # ------------------------------------------------------------------------------------- internals
+    def _grads_finite(self) -> bool:
+        by_key: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_key.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for (device, _), grads in by_key.items():
+            found = torch.zeros(1, device=device)
+            # AMP's fused check; multiplying by 1 leaves the gradients unchanged.
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
+            if found.item() != 0:
+                return False
+        return True
+
+    def _current_constraints(self, group: dict[str, Any]) -> list[ConstraintSet]:
+        """Constraints per unit, relaxed to k = k_max while the delay lasts."""
+        c = group["constraint"]
+        units = [c] if isinstance(c, ConstraintSet) else list(c)
+        delay = group["k_delay_steps"]
+        if delay is not None and self._group_step(group) < delay:
+            return [self._relax(u) if isinstance(u, KConstraintSet) else u for u in units]
+        return units
+
+    def _relax(self, c: KConstraintSet) -> ConstraintSet:
+        cached = self._relaxed.get(id(c))
+        if cached is None or cached[0] is not c:
+            cached = (c, c.with_k(c.k_max))
+            self._relaxed[id(c)] = cached
+        return cached[1]
+
+    def _group_step(self, group: dict[str, Any]) -> int:
+        return self.state[group["params"][0]].get("step", 0)
+
+    def _units(self, group: dict[str, Any]) -> list[list[Tensor]]:
+        params = group["params"]
+        return [list(params)] if isinstance(group["constraint"], ConstraintSet) else [[p] for p in params]
+
+    def _plan(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> list[_Bucket]:
+        """Buckets of units whose sets differ only by radius (cached while the sets are the same objects)."""
+        cached = self._plans.get(id(group))
+        if (
+            cached is not None
+            and len(cached[0]) == len(constraints)
+            and all(a is b for a, b in zip(cached[0], constraints, strict=True))
+        ):
+            return cached[1]
+        buckets: dict[Hashable, _Bucket] = {}
+        for i, c in enumerate(constraints):
+            key = c.batch_key() if c.numel <= _STACK_LIMIT else i
+            buckets.setdefault(key, _Bucket(c)).add(i, c)
+        plan = list(buckets.values())
+        self._plans[id(group)] = (list(constraints), plan)
+        return plan
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params: list[Tensor] = group["params"]
+        step = self._group_step(group)
+        delay = group["k_delay_steps"]
+        if delay is not None and step == delay and delay > 0:
+            # Delayed k switches now: move the iterate into the target set before using its LMO.
+            self._shift_group(group, self._current_constraints(group))
+        directions = self._momentum(group, params)
+        constraints = self._current_constraints(group)
+        units = self._units(group)
+        dir_by_param = dict(zip(map(id, params), directions, strict=True))
+        lr, rescale = float(group["lr"]), group["rescale"]
+        for bucket in self._plan(group, constraints):
+            rep, idx = bucket.rep, bucket.indices
+            theta, in_place = _gather_units([units[i] for i in idx], rep.shape)
+            m, _ = _gather_units([[dir_by_param[id(p)] for p in units[i]] for i in idx], rep.shape)
+            radii = bucket.radii(theta)
+            m_norm = torch.linalg.vector_norm(m.flatten(1), dim=1)
+            v = rep.lmo_rows(m, active_radii(m_norm, radii, m.dim()))
+            gamma = _step_size(rescale, lr, m_norm, theta, v, radii * rep.diameter_factor())
+            theta.lerp_(v, gamma.view(-1, *([1] * (theta.dim() - 1))))
+            if not in_place:
+                _write_back([units[i] for i in idx], theta)
+        for p in params:
+            self.state[p]["step"] = step + 1
+
+    def _momentum(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """Update the momentum buffers; return the direction fed to the LMO for every parameter."""
+        mu = group["momentum"]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if mu == 0:
+            return grads
+        damp = group["dampening"]
+        if damp is None:
+            damp = mu if group["momentum_convention"] == "ema" else 0.0
+        bufs, buf_grads = [], []
+        for p, g in zip(params, grads, strict=True):
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.detach().clone()
+            else:
+                bufs.append(state["momentum_buffer"])
+                buf_grads.append(g)
+        if bufs:
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, buf_grads, alpha=1 - damp)
+        return [self.state[p]["momentum_buffer"] for p in params]
+
+    def _shift_group(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> None:
+        units = self._units(group)
+        for bucket in self._plan(group, constraints):
+            idx = bucket.indices
+            theta, in_place = _gather_units([units[i] for i in idx], bucket.rep.shape)
+            factors = bucket.rep.shift_factors(theta, bucket.radii(theta))
+            theta.mul_(factors.view(-1, *([1] * (theta.dim() - 1))))
+            if not in_place:
+                _write_back([units[i] for i in idx], theta)
+
+
+class _Bucket:
+    """Units whose sets differ only by radius: one representative set and the radii of all."""
+
+    def __init__(self, rep: ConstraintSet) -> None:
+        self.rep = rep
+        self.indices: list[int] = []
+        self._radii: list[float] = []
+        self._tensors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def add(self, index: int, constraint: ConstraintSet) -> _Bucket:
+        self.indices.append(index)
+        self._radii.append(constraint.radius)
+        return self
+
+    def radii(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._tensors:
+            self._tensors[key] = torch.tensor(self._radii, dtype=like.dtype, device=like.device)
+        return self._tensors[key]
+
+
+def _gather_units(units: list[list[Tensor]], shape: tuple[int, ...]) -> tuple[Tensor, bool]:
+    """Stack units into a batch of the set's shape; ``True`` if the batch is a view of the one tensor."""
+    if len(units) == 1 and len(units[0]) == 1 and units[0][0].is_contiguous():
+        return units[0][0].view(1, *shape), True
+    rows = [
+        u[0].reshape(shape) if len(u) == 1 else torch.cat([t.reshape(-1) for t in u]).view(shape)
+        for u in units
+    ]
+    return torch.stack(rows), False
+
+
+def _write_back(units: list[list[Tensor]], theta: Tensor) -> None:
+    targets, sources = [], []
+    for unit, row in zip(units, theta.flatten(1).unbind(0), strict=True):
+        for p, chunk in zip(unit, row.split([p.numel() for p in unit]), strict=True):
+            targets.append(p)
+            sources.append(chunk.view_as(p))
+    torch._foreach_copy_(targets, sources)
+
+
+def _step_size(
+    rescale: str, lr: float, m_norm: Tensor, theta: Tensor, v: Tensor, diameters: Tensor
+) -> Tensor:
+    """``γ = clamp(lr·φ, 0, 1)`` per unit (spec §2.2 step 4)."""
+    if rescale == "gradient":
+        gap = torch.linalg.vector_norm((theta - v).flatten(1), dim=1)
+        phi = m_norm / gap.clamp_min(torch.finfo(gap.dtype).tiny)
+        return torch.where(gap > 0, (lr * phi).clamp(0, 1), 0.0)
+    if rescale == "fast_gradient":
+        phi = m_norm / (diameters / 2)
+    elif rescale == "diameter":
+        phi = 1.0 / diameters
+    else:
+        phi = torch.ones_like(diameters)
+    return (lr * phi).clamp(0, 1)
+
+
+def _validate_group(group: dict[str, Any], index: int) -> None:
+    where = f"SFW param group {index}"
+    c = group.get("constraint")
+    params = group["params"]
+    if c is None:
+        raise ValueError(f"{where}: no 'constraint' (a ConstraintSet, or a list with one per parameter)")
+    if isinstance(c, ConstraintSet):
+        total = sum(p.numel() for p in params)
+        if total != c.numel:
+            raise ValueError(f"{where}: global {c!r} has {c.numel} entries but the params have {total}")
+        units = [c]
+    else:
+        units = list(c)
+        if len(units) != len(params) or not all(isinstance(u, ConstraintSet) for u in units):
+            raise ValueError(
+                f"{where}: 'constraint' must be a ConstraintSet or a list of {len(params)} of them"
+            )
+        for j, (u, p) in enumerate(zip(units, params, strict=True)):
+            if u.numel != p.numel():
+                raise ValueError(
+                    f"{where}, parameter {j} of shape {tuple(p.shape)}: {type(u).__name__} of shape {u.shape}"
+                )
+        group["constraint"] = units
+    if group["rescale"] not in _RESCALE_MODES:
+        raise ValueError(f"{where}: rescale must be one of {_RESCALE_MODES}, got {group['rescale']!r}")
+    if group["momentum_convention"] not in _CONVENTIONS:
+        raise ValueError(f"{where}: momentum_convention must be one of {_CONVENTIONS}")
+    if not 0 <= group["momentum"] < 1:
+        raise ValueError(f"{where}: momentum must lie in [0, 1), got {group['momentum']}")
+    if group["lr"] < 0 or (group["rescale"] == "none" and group["lr"] > 1):
+        raise ValueError(f"{where}: lr={group['lr']} invalid for rescale={group['rescale']!r}")
+    delay = group["k_delay_steps"]
+    if delay is not None:
+        if delay < 0:
+            raise ValueError(f"{where}: k_delay_steps must be ≥ 0, got {delay}")
