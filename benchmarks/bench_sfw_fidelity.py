@@ -17,6 +17,9 @@ other seeds are trained with it. Then every run is pruned once per level (global
 conv/linear weights, 0–99%, no retraining) and the test accuracies are recorded with "leads" verdicts
 against SGD (gap > 2 pooled standard errors over seeds).
 
+``--investigate`` (after a run in the same mode) trains the :data:`INVESTIGATION` variants of the tuned
+recipes at the first seed, into ``sfw_fidelity_investigation.{json,md}``.
+
 ``--quick``: digits, a small MLP, 1 epoch, 2 seeds, two values per grid (seconds). ``--full``:
 Fashion-MNIST, an MLP 784-300-100-10, 6 epochs (the recipes say 20; fewer to fit about 40 CPU-minutes),
 3 seeds.
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
+from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
 from slimtrain.experiments.compare import compare
 from slimtrain.io import atomic_write_text
 from slimtrain.train.config import load_recipe
@@ -54,6 +58,19 @@ QUICK = {
     ],
     "seeds": [0, 1],
     "values": 2,
+}
+# Variants of the tuned k-support recipe tried at the first seed when the claimed ordering does not
+# appear (``--investigate``): step size, k, momentum convention and rescaling; the last two check whether
+# dropping the rescaling helps the K-sparse polytope as much as the k-support ball.
+INVESTIGATION: dict[str, tuple[str, list[str]]] = {
+    "ksupport lr=0.3": ("mlp-sfw-ksupport", ["optimizer.lr=0.3"]),
+    "ksupport lr=1": ("mlp-sfw-ksupport", ["optimizer.lr=1.0"]),
+    "ksupport k=0.1": ("mlp-sfw-ksupport", ["method.options.k=0.1"]),
+    "ksupport k=0.05,k_min=10": ("mlp-sfw-ksupport", ["method.options.k=0.05", "method.options.k_min=10"]),
+    "ksupport ema lr=1": ("mlp-sfw-ksupport", ["method.options.momentum_convention=ema", "optimizer.lr=1.0"]),
+    "ksupport fast_gradient": ("mlp-sfw-ksupport", ["method.options.rescale=fast_gradient"]),
+    "ksparse no rescale lr=0.01": ("mlp-sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.01"]),
+    "ksparse no rescale lr=0.003": ("mlp-sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.003"]),
 }
 FULL = {
     "overrides": ["model.kwargs.widths=[300, 100]", "train.epochs=6"],
@@ -96,9 +113,39 @@ def tune(
     return path, record
 
 
+def investigate(argv: list[str] | None, out: Path, seed: int) -> int:
+    """Train each :data:`INVESTIGATION` variant of a tuned recipe at ``seed``; record its accuracies."""
+    rec = BenchmarkRecorder(f"{NAME}_investigation", argv)
+    rec.command = rec.command.replace(f"bench_{NAME}_investigation", f"bench_{NAME}")
+    for label, (stem, changes) in INVESTIGATION.items():
+        tuned = out / "tuned" / f"{stem}.yaml"
+        if not tuned.exists():
+            raise SystemExit(f"{tuned} is missing: run the benchmark in the same mode first")
+        where = out / "investigate" / label.replace(" ", "_")
+        rows = compare([tuned], where, seeds=[seed], overrides=changes)["rows"]
+        for row in rows:
+            level = row["requested_level"]
+            rec.add(f"test_acc {label} @ {level:g}", [row["acc_compressed_no_ft"]], unit="accuracy")
+        rec.add(
+            f"val_acc mean over levels {label}",
+            [statistics.fmean(r["val_acc_compressed_no_ft"] for r in rows)],
+            unit="accuracy",
+        )
+        rec.note(f"changes {label}", [f"{stem}.yaml (tuned)", *changes])
+    rec.note("seed", seed)
+    rec.save(DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Tune, train, prune and record (see the module docstring); returns 0 on success."""
-    args = fidelity_arguments(__doc__ or NAME).parse_args(argv)
+    parser = fidelity_arguments(__doc__ or NAME)
+    parser.add_argument(
+        "--investigate",
+        action="store_true",
+        help="after a run in the same mode: train the INVESTIGATION variants at the first seed",
+    )
+    args = parser.parse_args(argv)
     settings = FULL if args.full else QUICK
     out = args.output or Path("runs/bench") / (NAME + ("" if args.full else "_quick"))
     seeds = args.seeds or settings["seeds"]
@@ -108,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--full needs --data-dir or $SLIMTRAIN_DATA_DIR (with fashion-mnist/)")
         # By environment, so that no local path ends up in the recorded overrides or recipes.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
+    if args.investigate:
+        return investigate(argv, out, seeds[0])
     tuned_paths, tuning = [], {}
     for stem, (key, values) in GRIDS.items():
         path, record = tune(
