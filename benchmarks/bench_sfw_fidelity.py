@@ -40,43 +40,39 @@ from slimtrain.io import atomic_write_text
 from slimtrain.train.config import load_recipe
 
 NAME = "sfw_fidelity"
-BASELINE = "mlp-dense"
-# recipe → (the override key tuned, values tried in --full); --quick tries the first two.
+# method → (the override key tuned, values tried in --full); --quick tries the first two. The recipe of a
+# method is configs/fashion-mnist/<model>-<method>.yaml.
 GRIDS: dict[str, tuple[str, list[float]]] = {
-    "mlp-dense": ("optimizer.lr", [0.02, 0.05, 0.1]),
-    "mlp-sfw-ksparse": ("method.options.tau", [5.0, 15.0, 30.0]),
-    "mlp-sfw-ksupport": ("method.options.tau", [3.0, 10.0, 30.0]),
-    "mlp-sfw-ksupport-norescale": ("optimizer.lr", [0.003, 0.01, 0.03]),
+    "dense": ("optimizer.lr", [0.02, 0.05, 0.1]),
+    "sfw-ksparse": ("method.options.tau", [5.0, 15.0, 30.0]),
+    "sfw-ksupport": ("method.options.tau", [3.0, 10.0, 30.0]),
+    "sfw-ksupport-norescale": ("optimizer.lr", [0.003, 0.01, 0.03]),
 }
-QUICK = {
-    "overrides": [
-        "data.name=digits",
-        "data.val_fraction=0.15",
-        "model.kwargs.widths=[64, 64]",
-        "train.epochs=1",
-        "train.batch_size=64",
-    ],
-    "seeds": [0, 1],
-    "values": 2,
-}
-# Variants of the tuned k-support recipe tried at the first seed when the claimed ordering does not
-# appear (``--investigate``): step size, k, momentum convention and rescaling; the last two check whether
-# dropping the rescaling helps the K-sparse polytope as much as the k-support ball.
+BASELINE = "dense"
+# Variants of the tuned recipes tried at the first seed when the claimed ordering does not appear
+# (``--investigate``): step size, k, momentum convention and rescaling of k-support; the last two check
+# whether dropping the rescaling helps the K-sparse polytope as much as the k-support ball.
 INVESTIGATION: dict[str, tuple[str, list[str]]] = {
-    "ksupport lr=0.3": ("mlp-sfw-ksupport", ["optimizer.lr=0.3"]),
-    "ksupport lr=1": ("mlp-sfw-ksupport", ["optimizer.lr=1.0"]),
-    "ksupport k=0.1": ("mlp-sfw-ksupport", ["method.options.k=0.1"]),
-    "ksupport k=0.05,k_min=10": ("mlp-sfw-ksupport", ["method.options.k=0.05", "method.options.k_min=10"]),
-    "ksupport ema lr=1": ("mlp-sfw-ksupport", ["method.options.momentum_convention=ema", "optimizer.lr=1.0"]),
-    "ksupport fast_gradient": ("mlp-sfw-ksupport", ["method.options.rescale=fast_gradient"]),
-    "ksparse no rescale lr=0.01": ("mlp-sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.01"]),
-    "ksparse no rescale lr=0.003": ("mlp-sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.003"]),
+    "ksupport lr=0.3": ("sfw-ksupport", ["optimizer.lr=0.3"]),
+    "ksupport lr=1": ("sfw-ksupport", ["optimizer.lr=1.0"]),
+    "ksupport k=0.1": ("sfw-ksupport", ["method.options.k=0.1"]),
+    "ksupport k=0.05,k_min=10": ("sfw-ksupport", ["method.options.k=0.05", "method.options.k_min=10"]),
+    "ksupport ema lr=1": ("sfw-ksupport", ["method.options.momentum_convention=ema", "optimizer.lr=1.0"]),
+    "ksupport fast_gradient": ("sfw-ksupport", ["method.options.rescale=fast_gradient"]),
+    "ksparse no rescale lr=0.01": ("sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.01"]),
+    "ksparse no rescale lr=0.003": ("sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.003"]),
 }
-FULL = {
-    "overrides": ["model.kwargs.widths=[300, 100]", "train.epochs=6"],
-    "seeds": [0, 1, 2],
-    "values": 3,
+_DIGITS = ["data.name=digits", "data.val_fraction=0.15", "train.epochs=1", "train.batch_size=64"]
+# model → mode → overrides applied to every recipe (same data, model and epochs for all).
+SETTINGS: dict[str, dict[str, list[str]]] = {
+    "mlp": {
+        "quick": [*_DIGITS, "model.kwargs.widths=[64, 64]"],
+        "full": ["model.kwargs.widths=[300, 100]", "train.epochs=6"],
+    },
+    "lenet5": {"quick": _DIGITS, "full": ["train.epochs=6"]},
 }
+SEEDS = {"quick": [0, 1], "full": [0, 1, 2]}
+VALUES = {"quick": 2, "full": 3}
 
 
 def tune(
@@ -113,11 +109,12 @@ def tune(
     return path, record
 
 
-def investigate(argv: list[str] | None, out: Path, seed: int) -> int:
+def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: int) -> int:
     """Train each :data:`INVESTIGATION` variant of a tuned recipe at ``seed``; record its accuracies."""
-    rec = BenchmarkRecorder(f"{NAME}_investigation", argv)
-    rec.command = rec.command.replace(f"bench_{NAME}_investigation", f"bench_{NAME}")
-    for label, (stem, changes) in INVESTIGATION.items():
+    rec = BenchmarkRecorder(f"{name}_investigation", argv)
+    rec.command = rec.command.replace(f"bench_{name}_investigation", f"bench_{name}")
+    for label, (method, changes) in INVESTIGATION.items():
+        stem = f"{model}-{method}"
         tuned = out / "tuned" / f"{stem}.yaml"
         if not tuned.exists():
             raise SystemExit(f"{tuned} is missing: run the benchmark in the same mode first")
@@ -137,49 +134,49 @@ def investigate(argv: list[str] | None, out: Path, seed: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Tune, train, prune and record (see the module docstring); returns 0 on success."""
-    parser = fidelity_arguments(__doc__ or NAME)
+def run(name: str, model: str, argv: list[str] | None) -> int:
+    """Tune, train, prune and record the recipes of ``model`` (see the module docstring)."""
+    parser = fidelity_arguments(__doc__ or name)
     parser.add_argument(
         "--investigate",
         action="store_true",
         help="after a run in the same mode: train the INVESTIGATION variants at the first seed",
     )
     args = parser.parse_args(argv)
-    settings = FULL if args.full else QUICK
-    out = args.output or Path("runs/bench") / (NAME + ("" if args.full else "_quick"))
-    seeds = args.seeds or settings["seeds"]
-    overrides = list(settings["overrides"])
+    mode = "full" if args.full else "quick"
+    out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
+    seeds = args.seeds or SEEDS[mode]
+    overrides = list(SETTINGS[model][mode])
     if args.full:
         if not args.data_dir:
             raise SystemExit("--full needs --data-dir or $SLIMTRAIN_DATA_DIR (with fashion-mnist/)")
         # By environment, so that no local path ends up in the recorded overrides or recipes.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
     if args.investigate:
-        return investigate(argv, out, seeds[0])
+        return investigate(name, model, argv, out, seeds[0])
     tuned_paths, tuning = [], {}
-    for stem, (key, values) in GRIDS.items():
+    for method, (key, values) in GRIDS.items():
+        stem = f"{model}-{method}"
         path, record = tune(
-            CONFIGS / "fashion-mnist" / f"{stem}.yaml",
-            key,
-            values[: settings["values"]],
-            overrides,
-            seeds[0],
-            out,
+            CONFIGS / "fashion-mnist" / f"{stem}.yaml", key, values[: VALUES[mode]], overrides, seeds[0], out
         )
         tuned_paths.append(path)
         tuning[stem] = record
-    notes = {"tuning (first seed, validation split)": tuning}
     return run_fidelity(
-        NAME,
+        name,
         argv,
         tuned_paths,
-        baseline=BASELINE,
+        baseline=f"{model}-{BASELINE}",
         overrides=overrides,
         seeds=seeds,
         output=out / "final",
-        notes=notes,
+        notes={"tuning (first seed, validation split)": tuning},
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The MLP benchmark (see the module docstring); returns 0 on success."""
+    return run(NAME, "mlp", argv)
 
 
 if __name__ == "__main__":
