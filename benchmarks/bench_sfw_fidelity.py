@@ -10,23 +10,24 @@ rescaling matters for this robustness (their ablation). Recipes (``configs/fashi
 - ``mlp-sfw-ksupport``: SFW, k-support ball (k = 30%, "sum" momentum, lr 0.1, gradient rescaling);
 - ``mlp-sfw-ksupport-norescale``: the same without gradient rescaling (γ = lr).
 
-Protocol: each recipe's key hyperparameter gets the same small budget — the values of :data:`GRIDS`, one
-training each at the first seed — and the value with the best validation accuracy after pruning
-(``val_acc_compressed_no_ft`` averaged over the levels) is kept; its run is reused as the first seed and the
-other seeds are trained with it. Then every run is pruned once per level (global magnitude pruning of the
-conv/linear weights, 0–99%, no retraining) and the test accuracies are recorded with "leads" verdicts
-against SGD (gap > 2 pooled standard errors over seeds).
+Protocol: every recipe gets the same small tuning budget — a 2 × 2 grid of its step size and its
+regularisation strength (:data:`GRIDS`), one training each at the first seed — and the candidate with the
+best validation accuracy after pruning (``val_acc_compressed_no_ft`` averaged over the levels) is kept; its
+run is reused as the first seed and the other seeds are trained with it. Then every run is pruned once
+per level (global magnitude pruning of the conv/linear weights, 0–99%, no retraining) and the test
+accuracies are recorded with "leads" verdicts against SGD (gap > 2 pooled standard errors over seeds).
 
 ``--investigate`` (after a run in the same mode) trains the :data:`INVESTIGATION` variants of the tuned
 recipes at the first seed, into ``sfw_fidelity_investigation.{json,md}``.
 
-``--quick``: digits, a small MLP, 1 epoch, 2 seeds, two values per grid (seconds). ``--full``:
+``--quick``: digits, a small MLP, 1 epoch, 2 seeds, two candidates per recipe (seconds). ``--full``:
 Fashion-MNIST, an MLP 784-300-100-10, 6 epochs (the recipes say 20; fewer to fit about 40 CPU-minutes),
 3 seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import statistics
@@ -40,13 +41,14 @@ from slimtrain.io import atomic_write_text
 from slimtrain.train.config import load_recipe
 
 NAME = "sfw_fidelity"
-# method → (the override key tuned, values tried in --full); --quick tries the first two. The recipe of a
-# method is configs/fashion-mnist/<model>-<method>.yaml.
-GRIDS: dict[str, tuple[str, list[float]]] = {
-    "dense": ("optimizer.lr", [0.02, 0.05, 0.1]),
-    "sfw-ksparse": ("method.options.tau", [5.0, 15.0, 30.0]),
-    "sfw-ksupport": ("method.options.tau", [3.0, 10.0, 30.0]),
-    "sfw-ksupport-norescale": ("optimizer.lr", [0.003, 0.01, 0.03]),
+# method → {override key: values}: every method gets the same budget, a 2 × 2 grid of its step size and
+# its regularisation strength (weight decay for SGD, τ for SFW), tried in --full; --quick tries the first
+# two values of the first key. The recipe of a method is configs/fashion-mnist/<model>-<method>.yaml.
+GRIDS: dict[str, dict[str, list[float]]] = {
+    "dense": {"optimizer.lr": [0.02, 0.1], "optimizer.weight_decay": [5e-4, 5e-3]},
+    "sfw-ksparse": {"optimizer.lr": [1.0, 3.0], "method.options.tau": [5.0, 15.0]},
+    "sfw-ksupport": {"optimizer.lr": [0.1, 0.3], "method.options.tau": [3.0, 10.0]},
+    "sfw-ksupport-norescale": {"optimizer.lr": [0.003, 0.01], "method.options.tau": [3.0, 10.0]},
 }
 BASELINE = "dense"
 # Variants of the tuned recipes tried at the first seed when the claimed ordering does not appear
@@ -72,37 +74,45 @@ SETTINGS: dict[str, dict[str, list[str]]] = {
     "lenet5": {"quick": _DIGITS, "full": ["train.epochs=6"]},
 }
 SEEDS = {"quick": [0, 1], "full": [0, 1, 2]}
-VALUES = {"quick": 2, "full": 3}
+
+
+def candidates(grid: dict[str, list[float]], mode: str) -> list[list[str]]:
+    """The override lists a method's tuning tries: the whole grid (``full``) or two values of one key."""
+    if mode == "quick":
+        key, values = next(iter(grid.items()))
+        return [[f"{key}={v}"] for v in values[:2]]
+    return [list(c) for c in itertools.product(*([f"{k}={v}" for v in vs] for k, vs in grid.items()))]
 
 
 def tune(
-    recipe: Path, key: str, values: list[float], overrides: list[str], seed: int, out: Path
+    recipe: Path, tried: list[list[str]], overrides: list[str], seed: int, out: Path
 ) -> tuple[Path, dict[str, Any]]:
-    """Train ``recipe`` once per value of ``key`` at ``seed``; keep the best by mean validation accuracy.
+    """Train ``recipe`` once per candidate of ``tried`` at ``seed``; keep the best by validation accuracy.
 
     The chosen run is copied to ``out/final`` (it is the first seed's run of the comparison) and the
-    resolved recipe with the chosen value is written to ``out/tuned``.
+    resolved recipe with the chosen values is written to ``out/tuned``.
 
     Returns:
         The tuned recipe's path and a record of what was tried.
     """
-    scores: dict[float, float] = {}
-    for value in values:
-        where = out / "tune" / recipe.stem / f"{key}={value:g}"
-        result = compare([recipe], where, seeds=[seed], overrides=[*overrides, f"{key}={value}"])
-        scores[value] = statistics.fmean(r["val_acc_compressed_no_ft"] for r in result["rows"])
-    best = max(values, key=lambda v: scores[v])  # the first of equal scores
-    tuned = load_recipe(recipe, [*overrides, f"{key}={best}"])
+    scores: dict[str, float] = {}
+    for changes in tried:
+        label = ",".join(changes)
+        result = compare(
+            [recipe], out / "tune" / recipe.stem / label, seeds=[seed], overrides=[*overrides, *changes]
+        )
+        scores[label] = statistics.fmean(r["val_acc_compressed_no_ft"] for r in result["rows"])
+    best = max(tried, key=lambda c: scores[",".join(c)])  # the first of equal scores
+    tuned = load_recipe(recipe, [*overrides, *best])
     path = out / "tuned" / f"{recipe.stem}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tuned.to_yaml())
-    chosen = out / "tune" / recipe.stem / f"{key}={best:g}" / tuned.name / f"seed{seed}"
+    chosen = out / "tune" / recipe.stem / ",".join(best) / tuned.name / f"seed{seed}"
     target = out / "final" / tuned.name / f"seed{seed}"
     if not target.exists():
         shutil.copytree(chosen, target)
     record = {
-        "key": key,
-        "tried": {f"{v:g}": round(s, 4) for v, s in scores.items()},
+        "tried": {label: round(score, 4) for label, score in scores.items()},
         "chosen": best,
         "selection": "val_acc_compressed_no_ft, mean over levels",
     }
@@ -155,10 +165,10 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
     if args.investigate:
         return investigate(name, model, argv, out, seeds[0])
     tuned_paths, tuning = [], {}
-    for method, (key, values) in GRIDS.items():
+    for method, grid in GRIDS.items():
         stem = f"{model}-{method}"
         path, record = tune(
-            CONFIGS / "fashion-mnist" / f"{stem}.yaml", key, values[: VALUES[mode]], overrides, seeds[0], out
+            CONFIGS / "fashion-mnist" / f"{stem}.yaml", candidates(grid, mode), overrides, seeds[0], out
         )
         tuned_paths.append(path)
         tuning[stem] = record
