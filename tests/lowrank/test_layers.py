@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -33,6 +33,7 @@ conv_settings = st.fixed_dictionaries(
 )
 
 
+@settings(max_examples=25)
 @given(conv_settings, st.sampled_from([TuckerConv2d, MatrixLowRankConv2d]))
 def test_factorized_conv_forward_equals_conv2d_with_reconstructed_kernel(s, cls):
     """Forward equals F.conv2d with dense_weight(), bias once, any stride/padding/dilation (float32)."""
@@ -107,7 +108,7 @@ def test_groups_and_padding_mode_rejected_with_layer_name():
     """Grouped convolutions and non-zero padding modes raise errors naming the layer."""
     with pytest.raises(ValueError, match="groups=2"):
         TuckerConv2d(4, 4, 3, groups=2)
-    with pytest.raises(ValueError, match="'block.conv'"):
+    with pytest.raises(ValueError, match=r"'block\.conv'"):
         TuckerConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=4), name="block.conv")
     with pytest.raises(ValueError, match="padding_mode"):
         MatrixLowRankConv2d.from_conv(nn.Conv2d(4, 4, 3, padding_mode="reflect"), name="c")

@@ -147,10 +147,10 @@ class TuckerFactorizedLayer(nn.Module):
                     f"expected ({n}, {core.shape[mode]})"
                 )
         with torch.no_grad():
-            self.core.data = core.detach().to(self.core)
+            self.core.data = core.detach().to(self.core).contiguous()
             self.core.grad = None
             for param, u in zip(self.factors, factors, strict=True):
-                param.data = u.detach().to(param)
+                param.data = u.detach().to(param).contiguous()
                 param.grad = None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):

@@ -404,8 +404,8 @@ def transport_state_tensor(
         return out
     cast = {m: r.to(value.dtype) for m, r in maps.items()}
     if key in _SECOND_MOMENT_KEYS:
-        return multi_mode_product(value.sqrt(), cast).square()
-    return multi_mode_product(value, cast)
+        return multi_mode_product(value.sqrt(), cast).square().contiguous()
+    return multi_mode_product(value, cast).contiguous()
 
 
 def _bn_restore(pairs: list[tuple[Tensor, Tensor]]) -> None:
