@@ -114,7 +114,7 @@ def test_report_counts_by_hand():
 
 
 def test_report_with_tucker_layers():
-    """With a Tucker layer the DLRT-Net training rate is undefined (None) and eval counts are Σn_ir_i + ∏r_i."""
+    """With a Tucker layer the DLRT-Net training rate is None and eval counts are Σn_ir_i + ∏r_i."""
     model = Net()
     convert_to_lowrank(model, ranks=2)
     report = lowrank_report(model)

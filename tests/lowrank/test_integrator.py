@@ -1,4 +1,4 @@
-"""TDLRT integrator: orthonormality, exact augmentation, truncation bound, once-per-batch stepping (spec §7)."""
+"""TDLRT integrator: orthonormality, exact augmentation, truncation bound, stepping once (spec §7)."""
 
 import copy
 import math
@@ -111,7 +111,7 @@ def test_augmentation_keeps_weight_same_batch_and_bn_updated_once():
 
 
 def test_non_factorized_parameters_stepped_exactly_once():
-    """With plain SGD the dense last layer moves by exactly −lr·∇ (one step, not two); factors are not held."""
+    """Plain SGD moves the dense last layer by exactly −lr·∇ (one step, not two); factors are not held."""
     model = tiny_model()
     integrator = TDLRT(model, sgd(0.1), tau=0.1)
     last = model[-1]
@@ -135,7 +135,7 @@ def test_truncation_error_within_hosvd_bound():
     assert integrator.ranks() != {n: layer.max_ranks for n, layer in layers.items()}
     for name, layer in layers.items():
         info = integrator.last_truncation[name]
-        error = float(torch.linalg.vector_norm(before[name] - layer.dense_weight()))
+        error = float(torch.linalg.vector_norm(before[name] - layer.dense_weight().detach()))
         tails = math.sqrt(sum(t * t for t in info["tails"].values()))
         assert error <= tails + 1e-10
         assert tails <= math.sqrt(len(layer.adaptive_modes)) * tau * info["core_norm"] + 1e-10
@@ -163,9 +163,10 @@ def test_momentum_transport_in_dense_coordinates():
     model = tiny_model(rank_fraction=0.4)
     integrator = TDLRT(model, sgd(0.05, momentum=0.9), tau=0.0)
     layers = factorized_layers(model)
-    buffers = lambda: {
-        n: integrator.optimizer.state[layer.core]["momentum_buffer"] for n, layer in layers.items()
-    }  # noqa: E731
+
+    def buffers():
+        return {n: integrator.optimizer.state[layer.core]["momentum_buffer"] for n, layer in layers.items()}
+
     integrator.step(closure_for(model, *batch(0)))
     previous = {n: _dense_state(layers[n], b) for n, b in buffers().items()}
     grads = {}
