@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slimtrain.lowrank.tensor_ops import (
@@ -131,3 +131,39 @@ def test_unknown_selection_rejected():
     """An unknown augmentation rule raises a ValueError naming it."""
     with pytest.raises(ValueError, match="bogus"):
         orthonormal_augmentation(_orthonormal(4, 1), torch.randn(4, 1, dtype=F64), 1, select="bogus")
+
+
+@settings(max_examples=10)
+@given(mode=st.integers(0, 1), lr=st.floats(0.01, 10.0))
+def test_span_identity_and_k_gradient(mode, lr):
+    """Spec §7.3: ∇_U L = ∇_K L·Sᵀ; span[U, K(λ)] = span[U, ∇_U L] for any λ; ∇_U L = finite differences."""
+    sizes, ranks = (6, 5, 3, 3), (2, 2, 3, 3)
+    core = torch.randn(ranks, dtype=F64)
+    factors = [_orthonormal(n, r).requires_grad_() for n, r in zip(sizes, ranks, strict=True)]
+    direction = torch.randn(sizes, dtype=F64)
+
+    def loss_of(fs):
+        weight = tucker_to_tensor(core, fs)
+        return (direction * weight).sum() + 0.5 * weight.square().sum()
+
+    loss_of(factors).backward()
+    grad_u = factors[mode].grad
+    plain = [u.detach() for u in factors]
+    grad_w = direction + tucker_to_tensor(core, plain)
+    q, r = torch.linalg.qr(unfold(core, mode).T)
+    s = r.T
+    projected = multi_mode_product(grad_w, {j: u.T for j, u in enumerate(plain) if j != mode})
+    grad_k = unfold(projected, mode) @ q
+    assert torch.allclose(grad_u, grad_k @ s.T, atol=1e-10)
+
+    basis = plain[mode]
+    k_step = basis @ s - lr * grad_k
+    via_k, _ = orthonormal_augmentation(basis, k_step, ranks[mode])
+    via_grad, _ = orthonormal_augmentation(basis, grad_u, ranks[mode])
+    assert torch.allclose(via_k @ via_k.T, via_grad @ via_grad.T, atol=1e-8)
+
+    perturbation = torch.randn_like(basis)
+    eps = 1e-6
+    shifted = lambda sign: loss_of([*plain[:mode], basis + sign * eps * perturbation, *plain[mode + 1 :]])  # noqa: E731
+    finite = (shifted(1) - shifted(-1)) / (2 * eps)
+    assert float(finite) == pytest.approx(float((grad_u * perturbation).sum()), rel=1e-6, abs=1e-8)

@@ -67,6 +67,8 @@ class TuckerFactorizedLayer(nn.Module):
         adaptive = tuple(sorted({int(m) for m in adaptive_modes}))
         if any(m < 0 or m >= order for m in adaptive):
             raise ValueError(f"{type(self).__name__}: adaptive modes {adaptive} outside 0..{order - 1}")
+        if min_rank < 1 or (max_rank is not None and max_rank < 1):
+            raise ValueError(f"{type(self).__name__}: min_rank and max_rank must be at least 1")
         if not 0 < max_rank_fraction <= 1:
             raise ValueError(f"{type(self).__name__}: max_rank_fraction must be in (0, 1]")
         self.adaptive_modes = adaptive
