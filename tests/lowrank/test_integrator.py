@@ -257,14 +257,18 @@ def test_parallel_bug_blocks():
 
 
 def test_fixed_rank_policy_keeps_ranks():
-    """rank_policy='fixed' never changes ranks and keeps factors orthonormal."""
-    model = tiny_model(rank_fraction=0.4)
+    """rank_policy='fixed' never changes ranks, keeps factors orthonormal, and moves bases even at r_max."""
+    model = tiny_model()
     integrator = TDLRT(model, sgd(0.1, 0.9), tau=0.5, rank_policy="fixed")
     ranks = integrator.ranks()
+    assert ranks == {name: layer.max_ranks for name, layer in factorized_layers(model).items()}
+    bases = [u.detach().clone() for layer in factorized_layers(model).values() for u in layer.factors[:2]]
     for step in range(3):
         integrator.step(closure_for(model, *batch(step)))
         assert integrator.ranks() == ranks
     assert all(ortho_error(u) < 1e-10 for layer in factorized_layers(model).values() for u in layer.factors)
+    moved = [u.detach() for layer in factorized_layers(model).values() for u in layer.factors[:2]]
+    assert all((a @ a.T - b @ b.T).abs().max() > 1e-6 for a, b in zip(bases, moved, strict=True))
 
 
 def test_grad_reducer_sees_every_used_gradient():

@@ -159,3 +159,10 @@ def test_state_dict_loads_across_ranks():
     assert target.ranks == source.ranks
     x = torch.randn(1, 6, 5, 5, dtype=F64)
     assert torch.equal(target(x), source(x))
+
+
+def test_adaptive_spatial_modes_capped_at_kernel_size():
+    """With all modes adaptive, a 3×3 spatial mode has r_max = 3, not ⌊3/2⌋ = 1 (spec §5), and starts full."""
+    layer = TuckerConv2d(8, 6, 3, ranks=2, adaptive_modes=(0, 1, 2, 3))
+    assert layer.max_ranks == (3, 4, 3, 3)
+    assert layer.ranks == (2, 2, 3, 3)

@@ -39,12 +39,15 @@ class TuckerFactorizedLayer(nn.Module):
         mode_sizes: ``(n_1, …, n_d)``.
         adaptive_modes: Modes whose basis is augmented and truncated; the others keep their rank.
         max_rank: User cap on every mode's rank (``r_max_user``; spec §2.6).
-        max_rank_fraction: ``r_max,i = min(⌊fraction · n_i⌋, max_rank)`` for adaptive modes (authors' code:
-            0.5). Non-adaptive modes are capped at ``n_i``.
+        max_rank_fraction: ``r_max,i = min(⌊fraction · n_i⌋, max_rank)`` for adaptive modes in
+            ``fraction_modes`` (authors' code: 0.5); other modes are capped at ``min(n_i, max_rank)``
+            (non-adaptive modes keep ``n_i``).
         min_rank: Lower rank bound ``r_min`` of adaptive modes (capped at ``r_max,i``).
         free_factors: Vanilla factor training (baseline, spec §4 item 3): every factor is a plain trainable
             parameter meant for a standard optimizer, with no orthonormality; the rank-adaptive integrator
             refuses such layers.
+        fraction_modes: Modes ``max_rank_fraction`` applies to (default: all). Tucker convolutions use the
+            channel modes only: ``⌊3/2⌋ = 1`` for a 3×3 spatial mode is a bug of the authors' code (spec §5).
     """
 
     factors: nn.ParameterList
@@ -60,6 +63,7 @@ class TuckerFactorizedLayer(nn.Module):
         max_rank_fraction: float,
         min_rank: int,
         free_factors: bool,
+        fraction_modes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.mode_sizes = tuple(int(n) for n in mode_sizes)
@@ -73,10 +77,12 @@ class TuckerFactorizedLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: max_rank_fraction must be in (0, 1]")
         self.adaptive_modes = adaptive
         self.free_factors = bool(free_factors)
+        self.fraction_modes = tuple(range(order)) if fraction_modes is None else tuple(fraction_modes)
         caps = []
         for mode, n in enumerate(self.mode_sizes):
-            cap = max(1, math.floor(max_rank_fraction * n)) if mode in adaptive else n
-            caps.append(min(cap, max_rank) if max_rank is not None else cap)
+            halved = mode in adaptive and mode in self.fraction_modes
+            cap = max(1, math.floor(max_rank_fraction * n)) if halved else n
+            caps.append(min(cap, max_rank) if max_rank is not None and mode in adaptive else cap)
         self.max_ranks: tuple[int, ...] = tuple(caps)
         self.min_ranks: tuple[int, ...] = tuple(
             min(min_rank, cap) if m in adaptive else cap for m, cap in enumerate(caps)
@@ -95,9 +101,12 @@ class TuckerFactorizedLayer(nn.Module):
     ) -> tuple[int, ...]:
         """Initial ranks: explicit ``ranks``, or ``rank_fraction · n_i``, else ``r_max,i`` (spec §2.6).
 
+        An int ``ranks`` applies to the modes in ``fraction_modes``; the others start at ``r_max,i``.
         Non-adaptive modes always keep full size. Raises ``ValueError`` when a requested rank exceeds
         ``r_max,i`` (spec §5: an initial rank above ``r_max`` gives inconsistent shapes).
         """
+        if isinstance(ranks, int):  # one rank for the channel-like modes, the others start full
+            ranks = tuple(ranks if m in self.fraction_modes else c for m, c in enumerate(self.max_ranks))
         explicit = _as_ranks(ranks, len(self.mode_sizes), type(self).__name__)
         result = []
         for mode, (n, cap) in enumerate(zip(self.mode_sizes, self.max_ranks, strict=True)):

@@ -56,8 +56,8 @@ class TDLRT:
             momentum=0.9)``. Attach LR schedulers to :attr:`optimizer`.
         tau: Truncation tolerance: relative (``ϑ = τ‖C̃‖_F``) or absolute (``absolute_tolerance=True``).
         absolute_tolerance: Use ``ϑ = tau`` (option of matrix DLRT).
-        rank_policy: ``"adaptive"``, or ``"fixed"``: augment, step, then truncate back to the ranks held
-            before the step (fixed-rank augmented BUG; ranks never change).
+        rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
+            step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
         variant: ``"two_pass"`` (default) or ``"parallel"`` (one forward/backward per step).
         aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
             or ``"n"`` (BUG theory: up to the mode size).
@@ -124,6 +124,8 @@ class TDLRT:
         self.rank_policy = rank_policy
         self.variant = variant
         self.aug_cap = aug_cap
+        # The r_max cap would freeze the bases of fixed-rank layers sitting at r_max.
+        self._aug_cap = "n" if rank_policy == "fixed" else aug_cap
         self.aug_select = aug_select
         self.truncation = truncation
         self.state_transport = state_transport
@@ -267,7 +269,7 @@ class TDLRT:
     def _augment(self, layer: TuckerFactorizedLayer) -> None:
         """Spec §2.4 steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
         factors = [u.detach() for u in layer.factors]
-        widths = layer.augmented_ranks(self.aug_cap)
+        widths = layer.augmented_ranks(self._aug_cap)
         maps: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:
             grad = layer.factors[mode].grad
@@ -312,7 +314,7 @@ class TDLRT:
         """Spec §2.9: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
         core = layer.core.detach()
         factors = [u.detach() for u in layer.factors]
-        widths = layer.augmented_ranks(self.aug_cap)
+        widths = layer.augmented_ranks(self._aug_cap)
         maps: dict[int, Tensor] = {}
         directions: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:

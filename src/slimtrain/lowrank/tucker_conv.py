@@ -86,6 +86,7 @@ class TuckerConv2d(TuckerFactorizedLayer):
             max_rank_fraction=max_rank_fraction,
             min_rank=min_rank,
             free_factors=free_factors,
+            fraction_modes=(0, 1),
         )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (k_h, k_w)
