@@ -81,7 +81,9 @@ def test_random_init_ignores_trained_weights_and_tau_lowers_ranks():
     convert_to_lowrank(model, init="random")
     assert model.body[0].dense_weight().std() > 0.01
     model = Net().to(F64)
-    replaced = convert_to_lowrank(model, init="from_weights", tau=0.5, max_rank_fraction=1.0, conv_min_rank=1)
+    replaced = convert_to_lowrank(
+        model, init="from_weights", tau=0.5, max_rank_fraction=1.0, tucker_min_rank=1
+    )
     assert any(
         r < n for layer in replaced.values() for r, n in zip(layer.ranks, layer.mode_sizes, strict=True)
     )

@@ -62,7 +62,7 @@ def sgd(lr=0.05, momentum=0.0):
         ({"variant": "two_pass"}, {}),
         ({"variant": "parallel"}, {}),
         ({"aug_cap": "n", "aug_select": "qr_columns", "truncation": "dlrt_net"}, {"conv": "matrix"}),
-        ({"state_transport": "none"}, {"adaptive_modes": (0, 1, 2, 3), "conv_min_rank": 1}),
+        ({"state_transport": "none"}, {"adaptive_modes": (0, 1, 2, 3), "tucker_min_rank": 1}),
     ],
 )
 def test_factors_orthonormal_and_ranks_within_bounds(options, conversion):
@@ -127,7 +127,7 @@ def test_non_factorized_parameters_stepped_exactly_once():
 
 def test_truncation_error_within_hosvd_bound():
     """With lr = 0, ‖W_before − W_after‖_F ≤ sqrt(Σ tail_i²) ≤ sqrt(|A|)·τ‖C̃‖_F (spec §7.4)."""
-    model = tiny_model(conv_min_rank=1, linear_min_rank=1)
+    model = tiny_model(tucker_min_rank=1, matrix_min_rank=1)
     tau = 0.35
     integrator = TDLRT(model, sgd(0.0), tau=tau)
     layers = factorized_layers(model)
@@ -144,7 +144,7 @@ def test_truncation_error_within_hosvd_bound():
 
 def test_tiny_tolerance_keeps_exact_multilinear_rank():
     """τ ≈ 0 and lr = 0: the augmented core has multilinear rank r, so ranks and weights return unchanged."""
-    model = tiny_model(rank_fraction=0.4, conv_min_rank=1)
+    model = tiny_model(rank_fraction=0.4, tucker_min_rank=1)
     integrator = TDLRT(model, sgd(0.0), tau=1e-9)
     ranks = integrator.ranks()
     layers = factorized_layers(model)

@@ -33,8 +33,8 @@ def convert_to_lowrank(
     tau: float | None = None,
     max_rank: int | None = None,
     max_rank_fraction: float = 0.5,
-    conv_min_rank: int = 3,
-    linear_min_rank: int = 2,
+    tucker_min_rank: int = 3,
+    matrix_min_rank: int = 2,
     adaptive_modes: Sequence[int] = (0, 1),
     free_factors: bool = False,
 ) -> dict[str, TuckerFactorizedLayer]:
@@ -60,8 +60,8 @@ def convert_to_lowrank(
         tau: Initial ranks by truncated HOSVD/SVD with relative tolerance ``tau`` (overrides ``ranks``).
         max_rank: User cap ``r_max_user``.
         max_rank_fraction: ``r_max,i = min(⌊fraction · n_i⌋, max_rank)``; 1.0 allows full rank.
-        conv_min_rank: ``r_min`` of convolutions (authors: 3).
-        linear_min_rank: ``r_min`` of matrix layers (authors: 2).
+        tucker_min_rank: ``r_min`` of Tucker convolutions (authors: 3).
+        matrix_min_rank: ``r_min`` of matrix layers, linear and ``conv="matrix"`` (authors: 2).
         adaptive_modes: Adaptive modes of Tucker convolutions (default: channel modes).
         free_factors: Build vanilla fixed-rank factorizations (baseline; plain trainable factors).
 
@@ -78,6 +78,8 @@ def convert_to_lowrank(
         raise ValueError(f"linear must be 'matrix' or None, got {linear!r}")
     if init not in ("random", "from_weights"):
         raise ValueError(f"init must be 'random' or 'from_weights', got {init!r}")
+    if isinstance(model, (nn.Conv2d, nn.Linear)):
+        raise ValueError("convert_to_lowrank: the model itself is a Conv2d/Linear; wrap it in a container")
     modules = dict(model.named_modules())
     skipped = set(skip)
     unknown = skipped - modules.keys()
@@ -106,10 +108,10 @@ def convert_to_lowrank(
                     "factorized; add it to skip"
                 )
             if conv == "tucker":
-                kwargs = {**common, "min_rank": conv_min_rank, "adaptive_modes": adaptive_modes}
+                kwargs = {**common, "min_rank": tucker_min_rank, "adaptive_modes": adaptive_modes}
                 cls = TuckerConv2d
             else:
-                kwargs = {**common, "min_rank": conv_min_rank}
+                kwargs = {**common, "min_rank": matrix_min_rank}
                 cls = MatrixLowRankConv2d
             if init == "random":
                 dense = _fresh_copy(dense)
@@ -123,7 +125,7 @@ def convert_to_lowrank(
             if init == "random":
                 dense = _fresh_copy(dense)
             try:
-                new = LowRankLinear.from_linear(dense, **rank_args, **common, min_rank=linear_min_rank)
+                new = LowRankLinear.from_linear(dense, **rank_args, **common, min_rank=matrix_min_rank)
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from error
         _set_submodule(model, name, new)
