@@ -302,3 +302,15 @@ def test_bad_configurations_rejected():
     vanilla = tiny_model(free_factors=True)
     with pytest.raises(ValueError, match="free_factors"):
         TDLRT(vanilla, sgd())
+
+
+@pytest.mark.parametrize("variant", ["two_pass", "parallel"])
+def test_bfloat16_parameters_use_float32_linear_algebra(variant):
+    """With bfloat16 parameters a step runs (QR/SVD promoted to float32), keeping bfloat16 parameters."""
+    model = tiny_model().to(torch.bfloat16)
+    integrator = TDLRT(model, sgd(0.1, 0.9), tau=0.3, variant=variant)
+    x, y = batch()
+    integrator.step(closure_for(model, x.to(torch.bfloat16), y))
+    for layer in factorized_layers(model).values():
+        assert layer.core.dtype == torch.bfloat16
+        assert all(u.dtype == torch.bfloat16 and ortho_error(u.float()) < 2e-2 for u in layer.factors)

@@ -268,7 +268,7 @@ class TDLRT:
     # ----------------------------------------------------------------------------- basis operations
     def _augment(self, layer: TuckerFactorizedLayer) -> None:
         """Spec §2.4 steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
-        factors = [u.detach() for u in layer.factors]
+        factors = _linalg_copies(layer.factors)
         widths = layer.augmented_ranks(self._aug_cap)
         maps: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:
@@ -276,16 +276,19 @@ class TDLRT:
             if grad is None:  # the layer took no part in the loss: nothing to add
                 continue
             factors[mode], maps[mode] = orthonormal_augmentation(
-                factors[mode], grad, widths[mode] - factors[mode].shape[1], select=self.aug_select
+                factors[mode],
+                grad.to(factors[mode].dtype),
+                widths[mode] - factors[mode].shape[1],
+                select=self.aug_select,
             )
         self._change_basis(layer, maps, factors)
 
     def _truncate(self, name: str, layer: TuckerFactorizedLayer, ranks_before: tuple[int, ...]) -> None:
         """Spec §2.5: truncated HOSVD of the augmented core, every mode from the same core."""
-        core = layer.core.detach()
+        (core,) = _linalg_copies([layer.core])
         norm = float(torch.linalg.vector_norm(core))
         threshold = self.tau if self.absolute_tolerance else self.tau * norm
-        factors = [u.detach() for u in layer.factors]
+        factors = _linalg_copies(layer.factors)
         maps: dict[int, Tensor] = {}
         tails: dict[int, float] = {}
         for mode in layer.adaptive_modes:
@@ -312,8 +315,8 @@ class TDLRT:
         self, layer: TuckerFactorizedLayer
     ) -> tuple[list[Tensor], dict[int, Tensor], dict]:
         """Spec §2.9: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
-        core = layer.core.detach()
-        factors = [u.detach() for u in layer.factors]
+        (core,) = _linalg_copies([layer.core])
+        factors = _linalg_copies(layer.factors)
         widths = layer.augmented_ranks(self._aug_cap)
         maps: dict[int, Tensor] = {}
         directions: dict[int, Tensor] = {}
@@ -322,7 +325,7 @@ class TDLRT:
             if grad is None:
                 continue
             pinv = torch.linalg.pinv(unfold(core, mode), rtol=self.parallel_pinv_rtol)
-            directions[mode] = grad @ pinv.T
+            directions[mode] = grad.to(pinv.dtype) @ pinv.T
             factors[mode], maps[mode] = orthonormal_augmentation(
                 factors[mode], directions[mode], widths[mode] - core.shape[mode], select=self.aug_select
             )
@@ -337,13 +340,9 @@ class TDLRT:
     ) -> None:
         """Augmented core: stepped old block plus the single-new-mode blocks ``−λ Ten_i(Û_iᵀ D_i)`` (§2.9)."""
         lr = next(g["lr"] for g in self.optimizer.param_groups if any(p is layer.core for p in g["params"]))
-        old_bases = [u.detach() for u in layer.factors]
+        old_bases = _linalg_copies(layer.factors)
         old_shape = tuple(layer.core.shape)
-        blocks = torch.zeros(
-            [factors[m].shape[1] for m in range(len(factors))],
-            dtype=layer.core.dtype,
-            device=layer.core.device,
-        )
+        blocks = old_bases[0].new_zeros([f.shape[1] for f in factors])
         for mode, direction in directions.items():
             basis = old_bases[mode]
             orthogonal = direction - basis @ (basis.T @ direction)
@@ -352,7 +351,7 @@ class TDLRT:
             block = fold(factors[mode].T @ orthogonal, mode, shape)
             blocks += multi_mode_product(block, {j: m for j, m in maps.items() if j != mode})
         self._change_basis(layer, maps, factors)
-        layer.core.data.add_(blocks, alpha=-lr)
+        layer.core.data.add_(blocks.to(layer.core.dtype), alpha=-lr)
 
     def _change_basis(
         self, layer: TuckerFactorizedLayer, maps: dict[int, Tensor], factors: list[Tensor]
@@ -360,7 +359,8 @@ class TDLRT:
         """Set ``C ← C ×_i R_i`` and the new factors; transport the core's optimizer state with ``R_i``."""
         if not maps:
             return
-        new_core = multi_mode_product(layer.core.detach(), maps)
+        (core,) = _linalg_copies([layer.core])
+        new_core = multi_mode_product(core, maps)
         state = self.optimizer.state.get(layer.core)
         if state:
             for key, value in list(state.items()):
@@ -408,6 +408,11 @@ def transport_state_tensor(
     if key in _SECOND_MOMENT_KEYS:
         return multi_mode_product(value.sqrt(), cast).square().contiguous()
     return multi_mode_product(value, cast).contiguous()
+
+
+def _linalg_copies(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Detached copies in a dtype fit for QR/SVD: half precisions are promoted to float32 (spec §6)."""
+    return [t.detach().to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
 
 
 def _bn_restore(pairs: list[tuple[Tensor, Tensor]]) -> None:
