@@ -66,9 +66,10 @@ class TDLRT:
             old rank when no rank qualifies; spec §5).
         state_transport: ``"rotate"`` (default, §2.7), ``"reset"`` (zero core state at every basis change) or
             ``"none"`` (DLRT-Net: buffers kept in place, cut or zero-padded to the new shape).
-        grad_reducer: Called in place on the list of gradients the step uses, after every backward pass
-            (e.g. an all-reduce average across DDP ranks). Use it instead of a
-            ``DistributedDataParallel`` wrapper, whose bucket views do not follow rank changes.
+        grad_reducer: Called to reduce, in place, a list of gradients before they are used: the adaptive
+            factors' gradients, then the stepped parameters' gradients (e.g. an all-reduce average across
+            data-parallel ranks). Use it instead of a ``DistributedDataParallel`` wrapper, whose bucket
+            views do not follow rank changes. With averaged gradients every rank truncates identically.
         max_grad_norm: Clip the gradient norm over the stepped parameters only (the RobustDLRT code clips
             before zeroing the basis gradients, shrinking the core step; spec §5).
         update_bn_in_basis_pass: Faithful DLRT-Net behaviour: BatchNorm running statistics are updated in
