@@ -101,6 +101,9 @@ def test_report_counts_by_hand():
     n, m, r = 20, 64, 3
     assert layer["eval_count"] == (n + m) * r
     assert layer["train_count_dlrt"] == 4 * (n + m) * r + 8 * r * r
+    assert layer["cr_percent_train_dlrt"] == pytest.approx(
+        100 * (1 - (4 * (n + m) * r + 8 * r * r) / (n * m))
+    )
     other = 4 * 9 + 20 * 3
     full = other + n * m
     assert report["dense_weights_other"] == other

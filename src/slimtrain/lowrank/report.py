@@ -24,6 +24,8 @@ class LayerRankReport:
         train_count_tucker: This project's Tucker training count (U, Ũ, C, C̃, M over all modes).
         train_count_dlrt: DLRT-Net training count ``4(n + m) r + 8 r²`` (matrix layers; ``None`` for Tucker).
         cr_percent_eval: ``100 (1 − eval_count / dense_weight_count)`` of this layer.
+        cr_percent_train_tucker: ``100 (1 − train_count_tucker / dense_weight_count)``.
+        cr_percent_train_dlrt: ``100 (1 − train_count_dlrt / dense_weight_count)`` (``None`` for Tucker).
     """
 
     name: str
@@ -34,22 +36,26 @@ class LayerRankReport:
     train_count_tucker: int
     train_count_dlrt: int | None
     cr_percent_eval: float
+    cr_percent_train_tucker: float
+    cr_percent_train_dlrt: float | None
 
 
 def _layer_report(name: str, layer: TuckerFactorizedLayer, aug_cap: str) -> LayerRankReport:
     dense = layer.dense_parameter_count() - (0 if layer.bias is None else layer.bias.numel())
     evaluated = layer.eval_parameter_count()
+    train_tucker = layer.train_parameter_count_tucker(aug_cap)
+    train_dlrt = layer.train_parameter_count_dlrt() if isinstance(layer, MatrixFactorizedLayer) else None
     return LayerRankReport(
         name=name,
         kind=type(layer).__name__,
         ranks=layer.ranks,
         dense_weight_count=dense,
         eval_count=evaluated,
-        train_count_tucker=layer.train_parameter_count_tucker(aug_cap),
-        train_count_dlrt=layer.train_parameter_count_dlrt()
-        if isinstance(layer, MatrixFactorizedLayer)
-        else None,
+        train_count_tucker=train_tucker,
+        train_count_dlrt=train_dlrt,
         cr_percent_eval=100.0 * (1.0 - evaluated / dense),
+        cr_percent_train_tucker=100.0 * (1.0 - train_tucker / dense),
+        cr_percent_train_dlrt=None if train_dlrt is None else 100.0 * (1.0 - train_dlrt / dense),
     )
 
 
