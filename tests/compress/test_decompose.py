@@ -24,7 +24,7 @@ from .toy_models import build, example_input
 
 @given(st.integers(1, 300), st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0]))
 def test_kept_rank_rule(full, s):
-    """r = max(1, ⌊(1 − s)·R⌋) exactly for decimal levels, never below 1 or above R."""
+    """Rank r = max(1, ⌊(1 − s)·R⌋) exactly for decimal levels, never below 1 or above R."""
     expected = max(1, (round((1 - s) * 100) * full) // 100)
     assert kept_rank(full, s) == expected
     assert 1 <= kept_rank(full, s) <= full
@@ -55,7 +55,9 @@ def test_svd_decompose_replaces_every_conv_and_leaves_input(name):
 
 
 def _inside_factorized(model, module):
-    return any(module in list(f.modules()) for f in model.modules() if isinstance(f, (SVDConv2d, TuckerConv2d)))
+    return any(
+        module in list(f.modules()) for f in model.modules() if isinstance(f, (SVDConv2d, TuckerConv2d))
+    )
 
 
 @settings(max_examples=6)
@@ -109,9 +111,9 @@ def test_explicit_layers_and_ranks():
     assert result.classifier[1].rank == 3
     with pytest.raises(KeyError, match="nope"):
         svd_decompose(model, 0.5, layers=["nope"])
-    with pytest.raises(KeyError, match="features.0"):
+    with pytest.raises(KeyError, match=r"features\.0"):
         svd_decompose(model, 0.5, layers=["features.3"], ranks={"features.0": 2})
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ValueError, match="'0'.*groups=1"):
+    with pytest.raises(ValueError, match=r"'0'.*groups=1"):
         tucker_decompose(grouped, 0.5, layers=["0"])
     assert isinstance(tucker_decompose(grouped, 0.5)[0], nn.Conv2d)

@@ -23,8 +23,15 @@ conv_settings = st.fixed_dictionaries(
 
 def _conv(s: dict, in_channels: int = 4, out_channels: int = 6) -> nn.Conv2d:
     return nn.Conv2d(
-        in_channels, out_channels, s["kernel"], stride=s["stride"], padding=s["padding"], dilation=s["dilation"],
-        groups=s["groups"], bias=s["bias"], padding_mode=s["padding_mode"],
+        in_channels,
+        out_channels,
+        s["kernel"],
+        stride=s["stride"],
+        padding=s["padding"],
+        dilation=s["dilation"],
+        groups=s["groups"],
+        bias=s["bias"],
+        padding_mode=s["padding_mode"],
     ).double()
 
 
@@ -33,7 +40,10 @@ def _conv(s: dict, in_channels: int = 4, out_channels: int = 6) -> nn.Conv2d:
 def test_svd_conv_full_rank_equals_dense(settings):
     """At full rank the k×k + 1×1 pair computes the dense conv (stride/padding/dilation/groups/bias kept)."""
     conv = _conv(settings)
-    full = min(conv.out_channels // conv.groups, conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1])
+    full = min(
+        conv.out_channels // conv.groups,
+        conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1],
+    )
     layer = SVDConv2d.from_conv(conv, full)
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-9, atol=1e-9)
@@ -84,7 +94,10 @@ def test_tucker_to_dense_matches_forward():
 
 
 def test_worked_example_parameter_counts():
-    """metrics.md §4: 64→64 3×3 conv; SVD r=16 stores 10,240 weights; Tucker (16,16) 4,352 (+18 spatial identity)."""
+    """metrics.md §4, 64→64 3×3 conv: SVD r=16 stores 10,240 weights; Tucker (16,16) 4,370 − 18.
+
+    The 18 are the two 3×3 identity spatial factors, which the three-stage layer does not store.
+    """
     svd = SVDConv2d(64, 64, 3, 16, padding=1, bias=False)
     tucker = TuckerConv2d(64, 64, 3, 16, 16, padding=1, bias=False)
     assert sum(p.numel() for p in svd.parameters()) == 10_240
@@ -104,7 +117,18 @@ def test_rank_out_of_range_rejected():
 @pytest.mark.parametrize(
     "layer",
     [
-        SVDConv2d(4, 6, (3, 1), 2, stride=2, padding=(1, 0), dilation=2, groups=2, bias=False, padding_mode="reflect"),
+        SVDConv2d(
+            4,
+            6,
+            (3, 1),
+            2,
+            stride=2,
+            padding=(1, 0),
+            dilation=2,
+            groups=2,
+            bias=False,
+            padding_mode="reflect",
+        ),
         TuckerConv2d(4, 6, 3, 2, 3, stride=2, padding="valid"),
         LowRankLinear(5, 4, 2, bias=False),
     ],
@@ -113,4 +137,6 @@ def test_config_round_trip(layer):
     """build_module(type, module_config(layer)) rebuilds a layer with the same config and parameter shapes."""
     rebuilt = build_module(type(layer).__name__, module_config(layer))
     assert module_config(rebuilt) == module_config(layer)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in layer.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in layer.state_dict().items()
+    }

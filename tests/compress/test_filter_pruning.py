@@ -1,4 +1,4 @@
-"""Structured pruning over coupled channel groups: masked model ≡ thinned model; option-A shortcuts refused."""
+"""Structured pruning over coupled channel groups: masked ≡ thinned model; option-A shortcuts refused."""
 
 import pytest
 import torch
@@ -48,8 +48,13 @@ def test_residual_group_couples_producers_batchnorms_and_consumers():
     groups = {g.root: g for g in coupled_channel_groups(model, example_input())}
     stem = {(s.module, s.dim) for s in groups["conv"].members}
     assert stem == {
-        ("conv", "out"), ("bn", "out"), ("layer1.conv1", "in"), ("layer1.conv2", "out"), ("layer1.bn2", "out"),
-        ("layer2.0.conv1", "in"), ("layer2.0.shortcut.0", "in"),
+        ("conv", "out"),
+        ("bn", "out"),
+        ("layer1.conv1", "in"),
+        ("layer1.conv2", "out"),
+        ("layer1.bn2", "out"),
+        ("layer2.0.conv1", "in"),
+        ("layer2.0.shortcut.0", "in"),
     }
     assert "classifier" not in groups  # its outputs are the model's outputs
     assert all(g.root != "layer1.conv2" for g in groups.values())  # covered by the stem's group
@@ -106,10 +111,19 @@ def test_kept_channel_indices_compose_over_two_rounds():
     assert twice[2].slimtrain_kept_channels["in"] == [5, 6, 7]
 
 
-@pytest.mark.parametrize("size,fraction,round_to,kept", [(16, 0.5, None, 8), (10, 0.25, None, 8), (16, 0.4, 4, 8),
-                                                        (10, 0.95, None, 1), (6, 0.9, 4, 4), (5, 0.0, 4, 4)])
+@pytest.mark.parametrize(
+    "size,fraction,round_to,kept",
+    [
+        (16, 0.5, None, 8),
+        (10, 0.25, None, 8),
+        (16, 0.4, 4, 8),
+        (10, 0.95, None, 1),
+        (6, 0.9, 4, 4),
+        (5, 0.0, 4, 4),
+    ],
+)
 def test_channels_kept_rule(size, fraction, round_to, kept):
-    """kept = size − round(fraction·size), rounded to a multiple of round_to, at least 1 and at most size."""
+    """Kept = size − round(fraction·size), rounded to a multiple of round_to, at least 1 and at most size."""
     assert channels_kept(size, fraction, round_to) == kept
 
 
@@ -134,7 +148,7 @@ def test_option_a_shortcut_is_refused_with_its_location():
 
 
 def test_concatenating_constant_channels_is_refused():
-    """torch.cat with a constant tensor on the channel axis is refused (DepGraph would misplace the offsets)."""
+    """Concatenating a constant tensor on the channel axis is refused (DepGraph would misplace offsets)."""
 
     class CatZeros(nn.Module):
         def __init__(self):
@@ -153,5 +167,5 @@ def test_concatenating_constant_channels_is_refused():
 def test_layer_norm_coupled_to_pruned_channels_is_refused():
     """A layer without per-channel exactness (LayerNorm over features) in a group is refused, named."""
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    with pytest.raises(UnsupportedChannelFlowError, match="'1'.*LayerNorm"):
+    with pytest.raises(UnsupportedChannelFlowError, match=r"'1'.*LayerNorm"):
         filter_pruning_plan(model, 0.5, torch.randn(2, 6), include_linear=True)

@@ -25,7 +25,6 @@ levels = st.sampled_from([0.0, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0]) | st.floats(0.0,
 def test_global_pruning_reaches_exact_sparsity(sparsity, population):
     """Exactly round(s·N) entries of the population are zero; nothing outside it changes; input untouched."""
     model = build("resnet_b")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():  # no exact zeros before pruning
         for p in model.parameters():
             p.add_(torch.where(p == 0, 1e-3, 0.0))
@@ -43,7 +42,11 @@ def test_prunable_population_is_conv_and_linear_weights():
     """'prunable' = weights of convs and linears (no biases, no BN); 'all' = every parameter."""
     model = build("vgg")
     assert set(population_parameters(model, "prunable")) == {
-        "features.0.weight", "features.3.weight", "features.7.weight", "classifier.1.weight", "classifier.3.weight",
+        "features.0.weight",
+        "features.3.weight",
+        "features.7.weight",
+        "classifier.1.weight",
+        "classifier.3.weight",
     }
     assert set(population_parameters(model, "all")) == {n for n, _ in model.named_parameters()}
 

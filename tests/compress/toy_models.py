@@ -74,7 +74,9 @@ class TinyVGG(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -86,7 +88,12 @@ class TinyMLP(nn.Module):
     def __init__(self, num_classes: int = 5):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, num_classes)
+            nn.Flatten(),
+            nn.Linear(192, 16),
+            nn.ReLU(),
+            nn.Linear(16, 12),
+            nn.ReLU(),
+            nn.Linear(12, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ Operators return a compressed **copy** and never modify their input:
   :func:`to_sparse_linear` (CSR storage for linear layers);
 - structured: :func:`filter_pruning_plan` → :func:`apply_channel_masks` (masked, same shapes) or
   :func:`remove_channels` (channels physically removed, same function);
-- low rank: :func:`svd_decompose` (k×k + 1×1 conv pairs, two linears), :func:`tucker_decompose` (1×1 → k×k → 1×1);
+- low rank: :func:`svd_decompose` (k×k + 1×1 conv pairs, two linears), :func:`tucker_decompose`
+  (1×1 → k×k → 1×1);
 - export: :func:`save_exported` / :func:`load_exported` (safetensors + JSON manifest), :func:`export_onnx`.
 """
 

@@ -64,8 +64,9 @@ def _warn_if_costlier(
 ) -> None:
     if factored_params >= dense_params or factored_macs >= dense_macs:
         warnings.warn(
-            f"layer {name!r}: the chosen rank gives {factored_params} parameters and {factored_macs} MACs per "
-            f"output position against {dense_params} and {dense_macs} dense; the factorized layer is not cheaper",
+            f"layer {name!r}: the chosen rank gives {factored_params} parameters and {factored_macs} MACs "
+            f"per output position against {dense_params} and {dense_macs} dense; the factorized layer is "
+            "not cheaper",
             FactorizationCostWarning,
             stacklevel=3,
         )

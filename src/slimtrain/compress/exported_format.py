@@ -235,7 +235,8 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
     base_entry = manifest["base_model"]
     if factory is None and "registry_name" not in base_entry:
         raise ExportFormatError(
-            f"{path} was saved from the factory {base_entry.get('factory')!r}; pass it as load_exported(..., factory=...)"
+            f"{path} was saved from the factory {base_entry.get('factory')!r}; "
+            "pass it as load_exported(..., factory=...)"
         )
     model = _build_base(
         factory if factory is not None else base_entry["registry_name"], base_entry.get("kwargs", {})

@@ -40,7 +40,9 @@ def _check_rank(name: str, rank: int, limit: int) -> None:
         raise ValueError(f"{name} must be an integer in [1, {limit}], got {rank!r}")
 
 
-def _dense_conv(geometry: nn.Conv2d, out_channels: int, kernel: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+def _dense_conv(
+    geometry: nn.Conv2d, out_channels: int, kernel: torch.Tensor, bias: torch.Tensor | None
+) -> nn.Conv2d:
     """A dense conv with ``geometry``'s stride/padding/dilation/groups/padding mode and the given weights."""
     conv = nn.Conv2d(
         kernel.shape[1] * geometry.groups,
@@ -68,9 +70,9 @@ def _leading_left_singular_vectors(matrix: torch.Tensor, count: int) -> torch.Te
 class SVDConv2d(nn.Module):
     """A k×k conv with ``groups·rank`` filters followed by a 1×1 conv: a truncated matrix SVD of a conv.
 
-    For each of the ``groups`` groups, mat(W_g) ∈ R^{c_out/g × (c_in/g)·kh·kw} ≈ U_r diag(σ) V_rᵀ; the first conv
-    holds diag(σ)V_rᵀ (stride, padding, dilation, padding mode and groups of the dense conv), the second holds
-    U_r and the dense bias (Zimmer et al., arXiv:2205.11921, low-rank evaluation; spec sfw.md §4).
+    For each of the ``groups`` groups, mat(W_g) ∈ R^{c_out/g × (c_in/g)·kh·kw} ≈ U_r diag(σ) V_rᵀ; the first
+    conv holds diag(σ)V_rᵀ (stride, padding, dilation, padding mode and groups of the dense conv), the second
+    holds U_r and the dense bias (Zimmer et al., arXiv:2205.11921, low-rank evaluation; spec sfw.md §4).
 
     Args:
         in_channels: Input channels of the dense conv.
@@ -214,7 +216,9 @@ class LowRankLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """Return the dense linear with the reconstructed (rank-limited) weight; same function."""
-        linear = nn.Linear(self.reduce.in_features, self.expand.out_features, bias=self.expand.bias is not None)
+        linear = nn.Linear(
+            self.reduce.in_features, self.expand.out_features, bias=self.expand.bias is not None
+        )
         linear = linear.to(device=self.reduce.weight.device, dtype=self.reduce.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(self.expand.weight @ self.reduce.weight)
@@ -307,7 +311,10 @@ class TuckerConv2d(nn.Module):
     def to_dense(self) -> nn.Conv2d:
         """Return the dense conv with the reconstructed kernel C ×₁ U_out ×₂ U_in; same function."""
         kernel = torch.einsum(
-            "rshw,or,si->oihw", self.core.weight, self.expand.weight[:, :, 0, 0], self.project.weight[:, :, 0, 0]
+            "rshw,or,si->oihw",
+            self.core.weight,
+            self.expand.weight[:, :, 0, 0],
+            self.project.weight[:, :, 0, 0],
         )
         return _dense_conv(self.core, self.expand.out_channels, kernel, self.expand.bias)
 

@@ -6,10 +6,10 @@ removed (PyTorch ``ln_structured`` rounding; SFW filter evaluation, Zimmer et al
 sfw.md §4). Ties go to the lower index.
 
 A level is applied either as **masks** (:func:`apply_channel_masks`: the pruned channels' filters, biases and
-BatchNorm γ/β and the consumers' input weights are zeroed) or **physically** (:func:`remove_channels`). Because
-the consumers' inputs are masked too, both compute the same function. The SFW reference code masks only the
-conv weight, leaving the BatchNorm shift β as a constant in the "pruned" channel; that variant cannot be
-exported as a smaller model and is not reproduced here.
+BatchNorm γ/β and the consumers' input weights are zeroed) or **physically** (:func:`remove_channels`).
+Because the consumers' inputs are masked too, both compute the same function. The SFW reference code masks
+only the conv weight, leaving the BatchNorm shift β as a constant in the "pruned" channel; that variant
+cannot be exported as a smaller model and is not reproduced here.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch
 
 
 def apply_channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> nn.Module:
-    """Return a copy of ``model`` with the plan's channels zeroed (same function as :func:`remove_channels`)."""
+    """Return a copy of ``model`` with the plan's channels zeroed (same function as after removal)."""
     return apply_masks(model, channel_masks(model, plan))
 
 

@@ -48,7 +48,7 @@ def _check_sparsity(sparsity: float) -> None:
 
 
 def _smallest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Boolean keep-mask of a flat score vector dropping the ``count`` smallest (stable: lower index first)."""
+    """Keep-mask of a flat score vector dropping the ``count`` smallest (stable: lower index first)."""
     keep = torch.ones_like(scores, dtype=torch.bool)
     keep[torch.argsort(scores, stable=True)[:count]] = False
     return keep
@@ -83,7 +83,7 @@ def global_magnitude_masks(
 def layerwise_magnitude_masks(
     model: nn.Module, sparsity: float, *, population: Population = "prunable"
 ) -> dict[str, torch.Tensor]:
-    """Masks removing round(sparsity·n) smallest-magnitude entries separately in every tensor of a population."""
+    """Masks removing the round(sparsity·n) smallest-magnitude entries of each tensor of a population."""
     _check_sparsity(sparsity)
     return {
         name: _smallest_mask(p.detach().abs().flatten().float().cpu(), round(sparsity * p.numel()))
@@ -103,5 +103,5 @@ def global_magnitude_prune(
 def layerwise_magnitude_prune(
     model: nn.Module, sparsity: float, *, population: Population = "prunable"
 ) -> nn.Module:
-    """Return a copy of ``model`` pruned by :func:`layerwise_magnitude_masks` (masks folded into the weights)."""
+    """Return a copy of ``model`` pruned by :func:`layerwise_magnitude_masks` (masks folded in)."""
     return apply_masks(model, layerwise_magnitude_masks(model, sparsity, population=population))

@@ -48,9 +48,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
 def fold_masks(model: nn.Module) -> nn.Module:
     """Return a copy of ``model`` with pruning re-parametrizations folded into plain parameters.
 
-    Removes ``torch.nn.utils.prune`` forward pre-hooks (``weight_orig`` · ``weight_mask`` becomes ``weight``) and
-    ``torch.nn.utils.parametrize`` parametrizations (their current value is kept), so that the state dict has
-    the plain layer keys and exports cleanly.
+    Removes ``torch.nn.utils.prune`` forward pre-hooks (``weight_orig`` · ``weight_mask`` becomes ``weight``)
+    and ``torch.nn.utils.parametrize`` parametrizations (their current value is kept), so that the state dict
+    has the plain layer keys and exports cleanly.
     """
     result = copy_model(model)
     for module in result.modules():

@@ -93,6 +93,7 @@ def _check_onnxruntime(
     if actual.shape != reference.shape or not np.allclose(actual, reference, rtol=rtol, atol=atol * scale):
         error = float(np.abs(actual - reference).max()) if actual.shape == reference.shape else float("nan")
         raise OnnxMismatchError(
-            f"onnxruntime output differs from PyTorch for {path.name}: shapes {actual.shape} vs {reference.shape}, "
+            f"onnxruntime output differs from PyTorch for {path.name}: "
+            f"shapes {actual.shape} vs {reference.shape}, "
             f"max abs error {error:.3g}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -73,7 +74,9 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SparseLinear:
         """Store ``linear``'s weight (its exact zeros dropped) in CSR form; ``linear`` is left unchanged."""
-        csr = linear.weight.detach().to_sparse_csr()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = linear.weight.detach().to_sparse_csr()
         layer = cls(
             linear.in_features, linear.out_features, csr.values().numel(), bias=linear.bias is not None
         )
@@ -87,6 +90,7 @@ class SparseLinear(nn.Module):
         return layer
 
     def extra_repr(self) -> str:
+        """Summarise the layer's shape and stored entries."""
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
 
 

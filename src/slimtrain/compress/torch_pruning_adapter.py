@@ -181,8 +181,8 @@ def _members(graph: tp.DependencyGraph, group: Any) -> tuple[ChannelSlice, ...]:
                 True for _ in module.buffers(recurse=False)
             ):
                 raise UnsupportedChannelFlowError(
-                    f"structured pruning refused: layer {name!r} ({type(module).__name__}) is coupled to pruned "
-                    "channels, and only conv, linear and BatchNorm layers are supported"
+                    f"structured pruning refused: layer {name!r} ({type(module).__name__}) is coupled to "
+                    "pruned channels, and only conv, linear and BatchNorm layers are supported"
                 )
             continue
         dim = (
