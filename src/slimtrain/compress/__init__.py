@@ -43,6 +43,7 @@ from slimtrain.compress.masks import apply_masks, fold_masks
 from slimtrain.compress.module_specs import LAYER_TYPES, build_module, module_config
 from slimtrain.compress.onnx_export import OnnxMismatchError, export_onnx
 from slimtrain.compress.sparse_linear import SparseLinear, to_sparse_linear
+from slimtrain.compress.standard import STRUCTURES, compress_standard
 from slimtrain.compress.torch_pruning_adapter import (
     UnsupportedChannelFlowError,
     check_channel_flow,
@@ -51,6 +52,7 @@ from slimtrain.compress.torch_pruning_adapter import (
 
 __all__ = [
     "LAYER_TYPES",
+    "STRUCTURES",
     "ChannelGroup",
     "ChannelPruningPlan",
     "ChannelSlice",
@@ -70,6 +72,7 @@ __all__ = [
     "channel_masks",
     "channels_kept",
     "check_channel_flow",
+    "compress_standard",
     "coupled_channel_groups",
     "densify",
     "export_onnx",
