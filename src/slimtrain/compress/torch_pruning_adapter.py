@@ -88,8 +88,8 @@ class _ChannelFlowRecorder(TorchFunctionMode):
             for t in tensors:
                 if t.requires_grad and t.dim() == result.dim() and t.shape[1] not in (1, result.shape[1]):
                     self.problems.append(
-                        f"{name} in {where!r} changes the channel count {t.shape[1]} → {result.shape[1]} "
-                        "(e.g. a zero-padding 'option A' shortcut)"
+                        f"{name} in {where!r} changes dimension 1 (channels) from {t.shape[1]} to "
+                        f"{result.shape[1]}, which the graph would take as element-wise"
                     )
                     break
         return result
@@ -139,7 +139,7 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
         raise UnsupportedChannelFlowError(
             "structured pruning refused: the dependency graph cannot follow channels through "
             + "; ".join(dict.fromkeys(recorder.problems))
-            + ". Use 1×1-conv ('option B') shortcuts or keep these channels unpruned."
+            + ". Zero-padding ('option A') shortcuts are such operations: use 1×1-conv ('option B') shortcuts."
         )
 
 
