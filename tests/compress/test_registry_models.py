@@ -1,4 +1,4 @@
-"""Every registered model: exported ≡ masked/reconstructed for filter, SVD and Tucker; reload by registry name."""
+"""Every registered model: exported ≡ masked/reconstructed (filter, SVD, Tucker, CSR); reload by name."""
 
 import warnings
 
@@ -28,10 +28,10 @@ NARROW = {
     "vit_tiny": {"dim": 24, "depth": 2, "heads": 2},
     "mlp": {"widths": (16, 12)},
 }
-# Zero-padding shortcuts and LayerNorm over pruned channels are refused by design (see filter_pruning docs).
+# Zero-padding shortcuts and the ViT's transposed token layout are refused by design (docs/export.md).
 REFUSED = {**{f"resnet{depth}": "pad in" for depth in (8, 20, 32, 44, 56, 110)}, "vit_tiny": "transpose"}
-# Deeper CIFAR ResNets repeat resnet20's blocks: their filter test checks the refusal only and the low-rank test
-# skips them, to keep the file within the suite's time budget.
+# Deeper CIFAR ResNets repeat resnet20's blocks: their filter test checks the refusal only and the low-rank
+# test skips them, to keep the file within the suite's time budget.
 DEEP = {f"resnet{depth}" for depth in (32, 44, 56, 110)}
 
 

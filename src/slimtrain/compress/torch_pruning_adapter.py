@@ -139,7 +139,7 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
         raise UnsupportedChannelFlowError(
             "structured pruning refused: the dependency graph cannot follow channels through "
             + "; ".join(dict.fromkeys(recorder.problems))
-            + ". Zero-padding ('option A') shortcuts are such operations: use 1×1-conv ('option B') shortcuts."
+            + ". Zero-padding ('option A') shortcuts are such operations; use 1×1-conv ('option B') ones."
         )
 
 
