@@ -1,4 +1,4 @@
-"""Is a CSR linear layer (``SparseLinear``) faster than a dense ``nn.Linear`` at a given sparsity? (CPU)
+"""Is a CSR linear layer (``SparseLinear``) faster on CPU than a dense ``nn.Linear`` at a given sparsity?
 
 For each weight shape, sparsity and batch size, the dense layer and its CSR copy are timed in interleaved
 rounds (dense, CSR, dense, CSR, ...) under ``torch.inference_mode``; each round reports the mean time per call
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{in_features}x{out_features}_s{sparsity}_b{batch}"
                 rec.add(f"dense_ms_{key}", dense_ms, unit="ms")
                 rec.add(f"csr_ms_{key}", csr_ms, unit="ms")
-                rec.add(f"csr_speedup_{key}", [d / c for d, c in zip(dense_ms, csr_ms, strict=True)], unit="x")
+                ratios = [d / c for d, c in zip(dense_ms, csr_ms, strict=True)]
+                rec.add(f"csr_speedup_{key}", ratios, unit="x")
     rec.save()
     return 0
 
