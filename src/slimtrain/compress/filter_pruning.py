@@ -57,14 +57,6 @@ class ChannelPruningPlan:
 
     selections: tuple[GroupSelection, ...]
 
-    def layer_sizes(self) -> dict[tuple[str, str], int]:
-        """Return ``(layer name, "out"|"in") → number of entries removed``."""
-        sizes: dict[tuple[str, str], int] = {}
-        for selection in self.selections:
-            for s in selection.slices:
-                sizes[(s.module, s.dim)] = sizes.get((s.module, s.dim), 0) + len(s.indices)
-        return sizes
-
 
 def channels_kept(size: int, fraction: float, round_to: int | None = None) -> int:
     """Return the channels a group of ``size`` keeps: size − round(fraction·size), then rounded.
