@@ -4,10 +4,12 @@ import warnings
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 
 from slimtrain.compress import (
     FactorizationCostWarning,
+    OnnxMismatchError,
     SparseLinear,
     SVDConv2d,
     TuckerConv2d,
@@ -49,3 +51,16 @@ def test_onnx_round_trip_every_structure(tmp_path):
     with torch.no_grad():
         expected = model.eval()(other).numpy()
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mismatch_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    """If onnxruntime disagrees with PyTorch, OnnxMismatchError is raised and no file is left behind."""
+    original_run = onnxruntime.InferenceSession.run
+
+    def shifted_run(self, *args, **kwargs):
+        return [out + 1.0 for out in original_run(self, *args, **kwargs)]
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", shifted_run)
+    with pytest.raises(OnnxMismatchError, match=r"model\.onnx"):
+        export_onnx(torch.nn.Linear(4, 2), torch.randn(3, 4), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -73,7 +73,7 @@ def export_onnx(
             expected = exported(example_input)
         program.save(str(tmp), external_data=False)
         if verify:
-            _check_onnxruntime(tmp, example_input, expected, rtol, atol)
+            _check_onnxruntime(tmp, path, example_input, expected, rtol, atol)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -81,7 +81,7 @@ def export_onnx(
 
 
 def _check_onnxruntime(
-    path: Path, example_input: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float
+    path: Path, target: Path, example_input: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float
 ) -> None:
     import onnxruntime
 
@@ -93,7 +93,7 @@ def _check_onnxruntime(
     if actual.shape != reference.shape or not np.allclose(actual, reference, rtol=rtol, atol=atol * scale):
         error = float(np.abs(actual - reference).max()) if actual.shape == reference.shape else float("nan")
         raise OnnxMismatchError(
-            f"onnxruntime output differs from PyTorch for {path.name}: "
+            f"onnxruntime output differs from PyTorch for {target}: "
             f"shapes {actual.shape} vs {reference.shape}, "
             f"max abs error {error:.3g}"
         )

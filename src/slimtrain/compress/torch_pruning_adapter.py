@@ -61,22 +61,22 @@ def _registered_layer_types() -> tuple[type, ...]:
 class _ChannelFlowRecorder(TorchFunctionMode):
     """Checks every tensor operation outside prunable layers for channel counts DepGraph would get wrong."""
 
-    def __init__(self, module_stack: list[str], layer_types: tuple[type, ...], current: list[nn.Module]):
+    def __init__(self, names: dict[nn.Module, str], running: list[nn.Module], layer_types: tuple[type, ...]):
         super().__init__()
-        self.module_stack, self.layer_types, self.current = module_stack, layer_types, current
+        self.names, self.running, self.layer_types = names, running, layer_types
         self.problems: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        inside_layer = self.current and isinstance(self.current[-1], self.layer_types)
+        inside_layer = self.running and isinstance(self.running[-1], self.layer_types)
         if inside_layer or not isinstance(result, torch.Tensor) or result.grad_fn is None or result.dim() < 2:
             return result
         op = result.grad_fn.name().lower()
         tensors = [a for a in _flat(args) if isinstance(a, torch.Tensor)] + [
             a for a in _flat(kwargs.values()) if isinstance(a, torch.Tensor)
         ]
-        where = self.module_stack[-1] if self.module_stack else "<model>"
+        where = (self.names[self.running[-1]] if self.running else "") or "<model>"
         name = getattr(func, "__name__", str(func))
         if "catbackward" in op:
             dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else 0)
@@ -112,21 +112,19 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
     Raises:
         UnsupportedChannelFlowError: Naming each offending operation and the module it runs in.
     """
-    names = {m: n for n, m in model.named_modules()}
-    stack: list[str] = []
-    current: list[nn.Module] = []
+    running: list[nn.Module] = []  # the modules whose forward is executing, innermost last
 
     def push(module: nn.Module, _inputs: Any) -> None:
-        stack.append(names[module] or "<model>")
-        current.append(module)
+        running.append(module)
 
     def pop(module: nn.Module, _inputs: Any, _output: Any) -> None:
-        stack.pop()
-        current.pop()
+        running.pop()
 
     handles = [m.register_forward_pre_hook(push) for m in model.modules()]
     handles += [m.register_forward_hook(pop, always_call=True) for m in model.modules()]
-    recorder = _ChannelFlowRecorder(stack, _registered_layer_types(), current)
+    recorder = _ChannelFlowRecorder(
+        {m: n for n, m in model.named_modules()}, running, _registered_layer_types()
+    )
     try:
         with _traced(model):
             model.eval()
