@@ -169,3 +169,22 @@ def test_layer_norm_coupled_to_pruned_channels_is_refused():
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     with pytest.raises(UnsupportedChannelFlowError, match=r"'1'.*LayerNorm"):
         filter_pruning_plan(model, 0.5, torch.randn(2, 6), include_linear=True)
+
+
+def _separable(groups: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=groups), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    ).double().eval()  # fmt: skip
+
+
+def test_depthwise_conv_is_thinned_with_its_input():
+    """A depthwise conv shares its channels with its producer; thinned ≡ masked; grouped convs are refused."""
+    model, x = _separable(groups=8), example_input()
+    plan = filter_pruning_plan(model, 0.5, x)
+    thinned = remove_channels(model, plan, x)
+    assert thinned[3].groups == thinned[3].in_channels == thinned[0].out_channels == 4
+    torch.testing.assert_close(thinned(x), apply_channel_masks(model, plan)(x), rtol=1e-9, atol=1e-9)
+    with pytest.raises(UnsupportedChannelFlowError, match=r"grouped conv '3'"):
+        filter_pruning_plan(_separable(groups=2), 0.5, x)
