@@ -1,4 +1,4 @@
-"""Small models for the SWD tests: an MLP-ish CNN and a ResNet with a BatchNorm after each residual addition."""
+"""Small models for the SWD tests: a one-conv CNN and a ResNet with a BatchNorm after each residual add."""
 
 import torch
 import torch.nn.functional as F

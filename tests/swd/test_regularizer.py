@@ -54,7 +54,7 @@ def test_gradient_hook_equals_loss_term() -> None:
 
 
 def test_sgd_decays_selected_by_mu_one_plus_a_and_kept_by_mu() -> None:
-    """With SGD weight decay μ and a zero loss, one step multiplies selected w by 1−η·μ(1+a), kept w by 1−η·μ."""
+    """With SGD weight decay μ and zero loss, a step scales selected w by 1−η·μ(1+a) and kept w by 1−η·μ."""
     model, swd = _model(), _swd(a_min=3.0, a_max=3.0)
     lr = 0.5
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=MU)
@@ -81,7 +81,7 @@ def test_schedule_start_middle_end() -> None:
 
 @given(st.integers(1, 1000), st.floats(1e-3, 10), st.floats(1, 1e6), st.data())
 def test_log_a_is_affine_in_the_step(total: int, a_min: float, ratio: float, data: st.DataObject) -> None:
-    """log a_t is affine in t on [0, T]: log a_t − log a_0 = (t/T)·(log a_T − log a_0)."""
+    """The log of a_t is affine in t on [0, T]: log a_t − log a_0 = (t/T)·(log a_T − log a_0)."""
     schedule = ExponentialSchedule(a_min, a_min * ratio, total)
     t = data.draw(st.integers(0, total))
     assert math.log(schedule(t)) - math.log(a_min) == pytest.approx(t / total * math.log(ratio), abs=1e-9)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from swd_models import SmallCNN
 from torch import nn
 
-from slimtrain.swd import MagnitudeSelection, population_weights
+from slimtrain.swd import MagnitudeSelection
 from slimtrain.swd.selection import permille_count
 
 
@@ -39,7 +39,7 @@ def test_population_excludes_biases_and_batchnorm() -> None:
 
 
 def test_reference_mode_reproduces_threshold_index_and_selects_batchnorm() -> None:
-    """Faithful mode: th = sorted |w| (names without 'bn')[⌊t·n⌋]; entries < th selected in every tensor, BN too."""
+    """Faithful: th = sorted |w| (names without 'bn')[⌊t·n⌋]; entries < th are selected everywhere, BN too."""
     model = SmallCNN()
     with torch.no_grad():
         model.bn.weight.fill_(1e-6)
