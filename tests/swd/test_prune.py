@@ -15,9 +15,9 @@ from slimtrain.swd.selection import permille_count
 def test_sparsity_equals_the_target_exactly(target: int) -> None:
     """Corrected mode: exactly ⌊target/1000·n⌋ zeros over conv+linear weights; biases and BN untouched."""
     model = SmallCNN()
-    others = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("weight") or "bn" in n}
-    masks = prune_to_target(model, target)
     weights = population_weights(model)
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if n not in weights}
+    masks = prune_to_target(model, target)
     n = sum(w.numel() for w in weights.values())
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     assert zeros == permille_count(n, target)
@@ -39,7 +39,7 @@ def test_reference_mode_prunes_at_least_the_target_and_batchnorm() -> None:
 
 
 def test_regularizer_prune_uses_its_selection_and_keeps_eval_mode_choice() -> None:
-    """SelectiveWeightDecay.prune prunes with the training rule; the model's train/eval mode is not changed."""
+    """SelectiveWeightDecay.prune prunes with the training rule and leaves the train/eval mode as it was."""
     model = SmallCNN().eval()
     swd = SelectiveWeightDecay(MagnitudeSelection(500), weight_decay=5e-4, total_steps=1)
     masks = swd.prune(model)
