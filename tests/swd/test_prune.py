@@ -4,11 +4,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from swd_models import SmallCNN
 
 from slimtrain.pruning import MaskSet
 from slimtrain.swd import MagnitudeSelection, SelectiveWeightDecay, population_weights, prune_to_target
 from slimtrain.swd.selection import permille_count
+
+from .swd_models import SmallCNN
 
 
 @given(st.integers(0, 999))

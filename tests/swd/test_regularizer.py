@@ -7,10 +7,11 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from swd_models import SmallCNN
 from torch import nn
 
 from slimtrain.swd import ExponentialSchedule, MagnitudeSelection, SelectiveWeightDecay
+
+from .swd_models import SmallCNN
 
 MU = 5e-4
 

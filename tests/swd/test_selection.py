@@ -3,11 +3,12 @@
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from swd_models import SmallCNN
 from torch import nn
 
 from slimtrain.swd import MagnitudeSelection
 from slimtrain.swd.selection import permille_count
+
+from .swd_models import SmallCNN
 
 
 def _tiny() -> nn.Module:

@@ -4,7 +4,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from swd_models import TinyResNet, randomize_bn
 from torch import nn
 
 from slimtrain.swd import (
@@ -15,6 +14,8 @@ from slimtrain.swd import (
     parameter_budget,
     prune_to_target,
 )
+
+from .swd_models import TinyResNet, randomize_bn
 
 BLOCKS = ["layer1.0", "layer1.1", "layer2.0"]
 # The graph holds layer names only, so one trace serves every TinyResNet instance.
