@@ -1,0 +1,1 @@
+"""Post-training compression operators and export."""

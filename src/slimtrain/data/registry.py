@@ -1,0 +1,151 @@
+"""The dataset registry and :func:`load_dataset`, which turns a builder's output into ready splits."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slimtrain.data.cifar import load_cifar10, load_cifar100
+from slimtrain.data.dataset import ArrayDataset, DatasetSplits
+from slimtrain.data.digits import load_digits
+from slimtrain.data.image_folder import load_image_folder
+from slimtrain.data.mnist import load_fashion_mnist, load_mnist
+from slimtrain.data.raw import RawSplits
+from slimtrain.data.seeding import derive_generator
+from slimtrain.data.split import stratified_split
+from slimtrain.data.synthetic import load_synthetic
+from slimtrain.data.transforms import Normalize, standard_augmentation
+
+__all__ = ["DatasetBuilder", "list_datasets", "load_dataset", "register_dataset"]
+
+#: ``builder(data_dir, **options) -> RawSplits``; ``data_dir`` is a ``Path`` or ``None``.
+DatasetBuilder = Callable[..., RawSplits]
+
+_REGISTRY: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = False) -> None:
+    """Make ``builder`` loadable as ``load_dataset(name, ...)``.
+
+    Args:
+        name: registry name (e.g. ``"mnist"``).
+        builder: called as ``builder(data_dir, **options)``; returns unnormalized :class:`RawSplits`.
+        replace: allow overwriting an existing registration.
+
+    Raises:
+        ValueError: ``name`` is taken and ``replace`` is false.
+    """
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"dataset {name!r} is already registered; pass replace=True to overwrite it")
+    _REGISTRY[name] = builder
+
+
+def list_datasets() -> list[str]:
+    """Names of all registered datasets, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _check_options(name: str, builder: DatasetBuilder, options: dict[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p != "data_dir"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"dataset {name!r} got unknown option(s) {unknown}; it accepts {accepted or 'no options'}"
+        )
+
+
+def _channel_stats(inputs: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation over all samples and pixels (float64 accumulation)."""
+    flat = inputs.transpose(0, 1).reshape(inputs.shape[1], -1).double()
+    std = flat.std(dim=1, correction=0).clamp_min(1e-6)
+    return tuple(flat.mean(dim=1).tolist()), tuple(std.tolist())
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    augment: bool = False,
+    **options: Any,
+) -> DatasetSplits:
+    """Load a registered dataset as normalized train / validation / test splits.
+
+    The validation split is carved from the training set, stratified by class, with exactly
+    ``round(val_fraction * N)`` samples chosen by ``seed``; the test set is the dataset's own and does
+    not depend on ``seed``. Inputs are normalized per channel with the dataset's standard statistics, or,
+    for datasets without them (``synthetic``, ``image-folder``), with statistics of the training split
+    (after the validation samples are removed).
+
+    Args:
+        name: a name from :func:`list_datasets`.
+        data_dir: where to look first for the files (see each dataset's documentation).
+        val_fraction: share of the training set held out for validation, in ``[0, 1)``; 0 gives an empty
+            validation split.
+        seed: seed of the validation split.
+        augment: attach the dataset's standard train-time augmentation as ``DatasetSplits.augment``
+            (``None`` when the dataset has none).
+        **options: dataset-specific options (e.g. ``num_samples`` for ``synthetic``).
+
+    Raises:
+        ValueError: unknown dataset name or bad ``val_fraction``.
+        TypeError: an option the dataset does not accept.
+        DatasetNotFoundError: the files were not found (the message lists the places looked).
+        DataFormatError: a file is corrupted, truncated or malformed (the message names it).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    builder = _REGISTRY[name]
+    _check_options(name, builder, options)
+    raw = builder(None if data_dir is None else Path(data_dir), **options)
+    train_idx, val_idx = stratified_split(raw.train_targets, val_fraction, derive_generator(seed))
+    train_x = raw.train_inputs[train_idx]
+    if raw.mean is None or raw.std is None:
+        mean, std = _channel_stats(train_x)
+    else:
+        mean, std = raw.mean, raw.std
+    normalize = Normalize(mean, std)
+    k = raw.num_classes
+
+    def split(inputs: Tensor, targets: Tensor, *, allow_empty: bool = False) -> ArrayDataset:
+        return ArrayDataset(
+            normalize(inputs).to(torch.float32), targets, num_classes=k, allow_empty=allow_empty
+        )
+
+    train = split(train_x, raw.train_targets[train_idx])
+    val = split(raw.train_inputs[val_idx], raw.train_targets[val_idx], allow_empty=True)
+    test = split(raw.test_inputs, raw.test_targets)
+    return DatasetSplits(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=k,
+        input_shape=train.input_shape,
+        mean=normalize.mean,
+        std=normalize.std,
+        augment=standard_augmentation(raw.crop_padding, raw.flip, mean, std) if augment else None,
+    )
+
+
+for _name, _builder in {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "image-folder": load_image_folder,
+    "synthetic": load_synthetic,
+}.items():
+    register_dataset(_name, _builder)

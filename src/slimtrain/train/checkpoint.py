@@ -1,0 +1,108 @@
+"""Training checkpoints: atomic ``torch.save`` files listed, with checksums, in a manifest.
+
+A run directory holds ``checkpoints/step-<N>.pt`` files and ``checkpoints/manifest.json``. The manifest is
+rewritten (atomically) only after a checkpoint file is complete, so a crash at any moment leaves a manifest
+that names only whole files. Loading verifies the checksum; a corrupted or truncated newest checkpoint is
+reported and the previous good one is used. Files are read with ``torch.load(weights_only=True)``: nothing
+is unpickled but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimtrain.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint could be read; the message names the files tried."""
+
+
+class CheckpointStore:
+    """The checkpoints of one run.
+
+    Args:
+        directory: where checkpoint files and the manifest live.
+        keep: how many most recent checkpoints to keep on disk (at least 2, so a corrupted newest file can
+            fall back to the previous one).
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = max(2, keep)
+
+    @property
+    def manifest_path(self) -> Path:
+        """Path of the manifest file."""
+        return self.directory / MANIFEST
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Manifest entries (oldest first): ``{"file", "sha256", "step", "final"}``."""
+        if not self.manifest_path.exists():
+            return []
+        try:
+            return json.loads(self.manifest_path.read_text())["checkpoints"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint manifest {self.manifest_path} is corrupted: {err}") from None
+
+    def save(self, state: dict[str, Any], step: int, *, final: bool = False) -> Path:
+        """Write ``state`` atomically as the checkpoint of ``step`` and record it in the manifest."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        name = f"step-{step:08d}.pt" if not final else "final.pt"
+        path = self.directory / name
+        atomic_write_bytes(path, buffer.getvalue())
+        entries = [e for e in self.entries() if e["file"] != name]
+        entries.append({"file": name, "sha256": sha256_file(path), "step": step, "final": final})
+        periodic = [e for e in entries if not e["final"]]
+        stale = periodic[: max(0, len(periodic) - self.keep)]
+        kept = [e for e in entries if e not in stale]
+        atomic_write_text(self.manifest_path, json.dumps({"checkpoints": kept}, indent=1))
+        for entry in stale:
+            (self.directory / entry["file"]).unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, *, final_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Return ``(state, entry)`` of the newest checkpoint that verifies, or ``None`` if there is none.
+
+        Raises:
+            CheckpointError: checkpoints are listed but none of them verifies.
+        """
+        entries = [e for e in self.entries() if e["final"] or not final_only]
+        if not entries:
+            return None
+        problems = []
+        for entry in reversed(entries):
+            path = self.directory / entry["file"]
+            problem = self._verify(path, entry)
+            if problem is None:
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+                    problems.append(f"{path} holds more than tensors and plain values, refused: {err}")
+                    continue
+                if problems:
+                    warnings.warn(
+                        "skipped unusable checkpoint(s): " + "; ".join(problems) + f"; using {path}",
+                        stacklevel=2,
+                    )
+                return state, entry
+            problems.append(problem)
+        raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+
+    @staticmethod
+    def _verify(path: Path, entry: dict[str, Any]) -> str | None:
+        if not path.exists():
+            return f"{path} is missing"
+        if sha256_file(path) != entry["sha256"]:
+            return f"{path} is corrupted or truncated (checksum mismatch)"
+        return None

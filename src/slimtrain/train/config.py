@@ -1,0 +1,243 @@
+"""Recipes: YAML files validated into typed configuration objects.
+
+A recipe names the data, model, method (with its own typed options), optimizer and schedule, training length,
+evaluation levels and output directory. Everything is validated before any work starts; an unknown key, a
+wrong type or an out-of-range value raises :class:`RecipeError` naming the key (and, for unknown keys, the
+valid choices).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class RecipeError(ValueError):
+    """A recipe (or a ``--set`` override) is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    """Base for every config section: unknown keys are errors and assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset to train on and how to split it."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    """A registry model name and its keyword arguments."""
+
+    name: str = "mlp"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Strict):
+    """The optimizer a method builds for its trainable parameters (methods may ignore parts of it)."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule: a per-step factor of each param group's initial learning rate."""
+
+    name: Literal["constant", "linear", "cosine", "multistep"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    milestones: list[float] = Field(
+        default_factory=list, description="multistep: epochs at which lr *= gamma"
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="linear/cosine: lr at the end / lr0")
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, value: list[float]) -> list[float]:
+        if any(m < 0 for m in value) or value != sorted(value):
+            raise ValueError("milestones must be non-negative and increasing")
+        return value
+
+
+class TrainConfig(_Strict):
+    """Length of training and the loop's bookkeeping."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="per process; the global batch is batch_size * world_size")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    checkpoint_every_steps: int = Field(0, ge=0, description="0: checkpoint only at each epoch end")
+    log_every_steps: int = Field(10, ge=1)
+    progress: bool = True
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many steps (for tests and smoke runs)"
+    )
+
+
+class EvaluationConfig(_Strict):
+    """Which compression structure the sweep applies, at which levels."""
+
+    structure: Literal["unstructured", "filter", "lowrank", "native"] = "unstructured"
+    levels: list[float] | None = Field(
+        None, description="None: the method's default levels for the structure"
+    )
+    bn_recalibration: bool = False
+    bn_recalibration_batches: int = Field(20, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0.0 <= level < 1.0 for level in value):
+            raise ValueError("levels are fractions in [0, 1)")
+        return value
+
+
+class MethodConfig(_Strict):
+    """A registered method and its options; the options are validated by the method's own schema."""
+
+    name: str = "dense"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recipe(_Strict):
+    """A complete, validated training recipe."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def method_options(self) -> BaseModel:
+        """Return the method's options as its typed options object."""
+        from slimtrain.train.method import get_method_class
+
+        return get_method_class(self.method.name).Options.model_validate(self.method.options)
+
+    def to_yaml(self) -> str:
+        """Return the fully resolved recipe as YAML (every default written out)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _valid_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Return the field names of the config section at ``loc`` below ``root``, if it is a config section."""
+    model: Any = root
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if fields else None
+
+
+def _format_errors(err: ValidationError, *, prefix: tuple[str, ...] = (), root: type[BaseModel]) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join(prefix + loc) or "<recipe>"
+        if item["type"] == "extra_forbidden":
+            valid = _valid_keys(root, loc[:-1])
+            lines.append(f"unknown key '{key}'; valid keys here: {', '.join(valid or [])}")
+        else:
+            message = item["msg"]
+            if item["type"] == "value_error" and message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+            lines.append(f"'{key}': {message} (got {item.get('input')!r})")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def _set_override(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (so 0.1, true, [1, 2] work)."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise RecipeError(f"invalid override key '{dotted}'")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, str]]:
+    """Split ``key=value`` strings from the command line."""
+    result = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override '{pair}' is not of the form key=value")
+        result.append((key.strip(), value))
+    return result
+
+
+def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe given as a (YAML-like) dictionary, after applying ``key=value`` overrides."""
+    tree = json.loads(json.dumps(tree))  # a deep copy that also rejects non-plain values early
+    for key, value in parse_overrides(overrides or []):
+        _set_override(tree, key, value)
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, root=Recipe)) from None
+    _resolve_method_options(recipe)
+    return recipe
+
+
+def _resolve_method_options(recipe: Recipe) -> None:
+    """Validate the method's options with its own schema and store them with every default filled in."""
+    from slimtrain.train.method import get_method_class
+
+    try:
+        options_model = get_method_class(recipe.method.name).Options
+    except KeyError as err:
+        raise RecipeError(f"'method.name': {err.args[0]}") from None
+    try:
+        parsed = options_model.model_validate(recipe.method.options)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, prefix=("method", "options"), root=options_model)) from None
+    recipe.method.options = parsed.model_dump(mode="json")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a YAML recipe.
+
+    Args:
+        path: the YAML file.
+        overrides: ``a.b=value`` strings applied before validation (values parsed as YAML).
+
+    Raises:
+        RecipeError: the file is missing or not a mapping, or a key is unknown, mistyped or out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
+    tree.setdefault("name", path.stem)
+    return recipe_from_dict(tree, overrides)

@@ -1,0 +1,105 @@
+"""The process group a run executes in: plain ``torch.distributed``, launched by ``torchrun``.
+
+Gradients are averaged explicitly (:meth:`World.average_gradients`) instead of through a
+``DistributedDataParallel`` wrapper, because methods run several passes per batch and some re-create
+parameters when ranks change; an explicit all-reduce over the current parameter list stays correct in both
+cases.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """Rank and size of the process group (a single process has rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """Replace each parameter's gradient by its mean over all processes (missing gradients count as 0)."""
+        if not self.distributed or not parameters:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        # One flat buffer per dtype: a single collective instead of one per tensor.
+        for dtype in sorted({g.dtype for g in grads}, key=str):
+            group = [(p, g) for p, g in zip(parameters, grads, strict=True) if g.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for _, g in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            for p, g in group:
+                n = g.numel()
+                p.grad = flat[offset : offset + n].view_as(g).clone()
+                offset += n
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean of ``tensor`` over all processes (returned as a new tensor)."""
+        if not self.distributed:
+            return tensor.clone()
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / self.world_size
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every process."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.distributed:
+            dist.barrier()
+
+
+def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
+    """Join the process group described by ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ...).
+
+    A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) gets a trivial world. The collective timeout
+    makes a run whose peer died end with an error instead of hanging forever.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return World()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+    return World(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Turn a recipe's device setting into a ``torch.device`` (``auto`` picks CUDA when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("the recipe asks for device 'cuda' but no CUDA device is available")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")

@@ -1,0 +1,38 @@
+"""Accuracy and loss of a model on a dataset, in eval mode, without gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimtrain.data import ArrayDataset, BatchLoader
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset``.
+
+    The model is put in eval mode for the measurement and returned to its previous mode afterwards.
+
+    Returns:
+        ``{"accuracy", "loss", "samples"}``; accuracy and loss are NaN for an empty dataset.
+    """
+    if len(dataset) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for inputs, targets in BatchLoader(dataset, batch_size, shuffle=False):
+        inputs, targets = inputs.to(device=device, dtype=dtype), targets.to(device)
+        logits = model(inputs)
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == targets).sum().item()
+    model.train(was_training)
+    return {"accuracy": correct / len(dataset), "loss": loss_sum / len(dataset), "samples": len(dataset)}

@@ -1,0 +1,226 @@
+"""The method plugin interface and its registry.
+
+A *method* is everything that distinguishes one compression-aware training technique from another: how the
+model is prepared (layers converted, gates added), which optimizer drives it, what one training step does
+(free to run several forward/backward passes), what happens at the end of training, and how the trained
+model is compressed at a given level. The trainer knows nothing about any one method.
+
+Methods choose their compression level either **after** training (one training, many levels: SFW, dense +
+magnitude pruning) or **during** training (one training per level: SWD's target, TDLRT's tolerance). The
+second kind names the option that holds the level in :attr:`Method.level_option`, so ``compare`` can run one
+training per level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:
+    from slimtrain.train.config import Recipe
+    from slimtrain.train.distributed import World
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+class NoOptions(BaseModel):
+    """Options schema of a method that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepContext:
+    """What a method's training step may use besides the model and the batch.
+
+    Attributes:
+        step: global optimizer step index (0-based) across epochs.
+        epoch: current epoch (0-based).
+        total_steps: the number of steps the whole run will take.
+        world: the process group; ``backward`` already averages gradients across it.
+        grad_evals: forward/backward passes run so far in this step (counted by ``backward``).
+    """
+
+    step: int
+    epoch: int
+    total_steps: int
+    world: World
+    grad_evals: int = 0
+
+    def backward(self, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
+        """Back-propagate ``loss`` and average the gradients of ``parameters`` over all processes.
+
+        Gradients are averaged explicitly (not by a ``DistributedDataParallel`` wrapper) so that methods may
+        run several passes per batch and re-create parameters (rank changes) without losing synchronisation.
+        """
+        loss.backward()
+        self.world.average_gradients(parameters)
+        self.grad_evals += 1
+
+
+@dataclass
+class StepOutput:
+    """Result of one training step: the loss of the first pass and the logits it produced."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of training methods; the defaults implement plain dense training.
+
+    Subclasses set :attr:`name`, :attr:`Options` (a pydantic model with ``extra="forbid"``) and override the
+    hooks they need. A method owns its optimizer (:attr:`optimizer`); the trainer applies the learning-rate
+    schedule to that optimizer's param groups as a factor of each group's ``initial_lr``.
+
+    Args:
+        options: the method's validated options.
+        recipe: the whole recipe (optimizer, schedule and training settings).
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    levels_chosen: ClassVar[Literal["after_training", "during_training"]] = "after_training"
+    level_option: ClassVar[str | None] = None
+    structures: ClassVar[tuple[str, ...]] = ("unstructured", "filter", "lowrank")
+
+    def __init__(self, options: BaseModel, recipe: Recipe) -> None:
+        self.options = options
+        self.recipe = recipe
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return the model to train (e.g. with layers converted); the default returns it unchanged."""
+        return model
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Build :attr:`optimizer` from the recipe's optimizer section over the trainable parameters."""
+        self.optimizer = build_standard_optimizer(
+            [p for p in model.parameters() if p.requires_grad], self.recipe.optimizer
+        )
+        return self.optimizer
+
+    # -- training -----------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of one pass: cross-entropy plus :meth:`penalty`."""
+        loss = nn.functional.cross_entropy(logits, targets)
+        penalty = self.penalty(model)
+        return loss if penalty is None else loss + penalty
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A regularisation term added to the loss (group lasso, nuclear norm, ...); ``None`` for none."""
+        return None
+
+    def training_step(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ctx: StepContext
+    ) -> StepOutput:
+        """Run one optimizer step on a batch; the default is one forward/backward pass and one step."""
+        assert self.optimizer is not None, "build_optimizer must run before training_step"
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = self.loss(model, logits, targets)
+        ctx.backward(loss, trainable_parameters(model))
+        self.optimizer.step()
+        self.after_optimizer_step(model, ctx)
+        return StepOutput(loss=loss.detach(), logits=logits.detach())
+
+    def after_optimizer_step(self, model: nn.Module, ctx: StepContext) -> None:
+        """Hook after each optimizer step (re-apply masks, proximal maps, ...); the default does nothing."""
+
+    def finalize(self, model: nn.Module) -> None:
+        """Hook at the end of training (e.g. a final hard pruning); the default does nothing."""
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Method-specific quantities to log at each epoch end (e.g. ranks); the default is empty."""
+        return {}
+
+    # -- state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Method state to checkpoint (schedule positions, ranks, masks); tensors and plain values only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore :meth:`state_dict` output; may reshape ``model`` (ranks) before its weights are loaded."""
+
+    # -- compression --------------------------------------------------------------------------------------
+    def default_levels(self, structure: str) -> list[float]:
+        """Levels the sweep evaluates when the recipe names none."""
+        return list(DEFAULT_LEVELS.get(structure, (0.0,)))
+
+    def compress(self, model: nn.Module, structure: str, level: float) -> nn.Module:
+        """Return a compressed copy of the trained ``model`` at ``level`` of ``structure``.
+
+        The default applies the library's standard post-training operators; ``native`` evaluates the trained
+        model as it is (methods that fix their level during training).
+        """
+        from slimtrain.compress.standard import compress_standard
+
+        return compress_standard(model, structure, level)
+
+
+DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
+    "unstructured": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    "filter": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "lowrank": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "native": (0.0,),
+}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of ``model`` that require gradients, in a deterministic order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_standard_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], config: Any
+) -> torch.optim.Optimizer:
+    """Build SGD (momentum, Nesterov, weight decay), Adam or AdamW from an ``OptimizerConfig``."""
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    optimizer_class = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+    return optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator that registers a method under its :attr:`Method.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} must set a non-empty `name`")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"a method named '{cls.name}' is already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    # Importing the plugin modules registers them; kept lazy so importing the engine stays cheap.
+    import slimtrain.methods  # noqa: F401
+
+
+def get_method_class(name: str) -> type[Method]:
+    """Return the registered method class called ``name``.
+
+    Raises:
+        KeyError: no such method; the message lists the registered names.
+    """
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    """Names of every registered method."""
+    _load_builtin_methods()
+    return sorted(_METHODS)

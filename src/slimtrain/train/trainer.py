@@ -1,0 +1,347 @@
+"""The training loop every method plugs into.
+
+One loop for all methods: data sharded across processes, the method's ``training_step`` per batch (free to
+run several passes), the learning-rate schedule applied per step, CSV logs (and TensorBoard when installed),
+a progress bar, atomic checkpoints with everything needed to resume bit-exactly, and a clean stop on a
+non-finite loss that leaves the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
+from slimtrain.io import atomic_write_text
+from slimtrain.models import create_model
+from slimtrain.train.checkpoint import CheckpointStore
+from slimtrain.train.config import Recipe
+from slimtrain.train.distributed import World, init_world, resolve_device
+from slimtrain.train.evaluate import evaluate
+from slimtrain.train.method import Method, StepContext, get_method_class
+from slimtrain.train.schedule import LRSchedule
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class RunComponents:
+    """The data, model and method of a run, built identically for training, resuming and sweeping."""
+
+    splits: DatasetSplits
+    model: nn.Module
+    method: Method
+    device: torch.device
+    dtype: torch.dtype
+
+
+def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponents:
+    """Load the data, create the model (seeded by the recipe) and let the method prepare it."""
+    device = device or resolve_device(recipe.train.device)
+    dtype = DTYPES[recipe.train.dtype]
+    data = recipe.data
+    splits = load_dataset(
+        data.name,
+        data_dir=data.data_dir,
+        val_fraction=data.val_fraction,
+        seed=recipe.seed,
+        augment=data.augment,
+        **data.options,
+    )
+    channels, height, _ = splits.input_shape
+    torch.manual_seed(recipe.seed)
+    model = create_model(
+        recipe.model.name,
+        num_classes=splits.num_classes,
+        in_channels=channels,
+        image_size=height,
+        **recipe.model.kwargs,
+    )
+    model = model.to(device=device, dtype=dtype)
+    method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
+    model = method.prepare(model).to(device=device, dtype=dtype)
+    return RunComponents(splits=splits, model=model, method=method, device=device, dtype=dtype)
+
+
+def run_directory(recipe: Recipe) -> Path:
+    """Where a recipe's run writes its files: ``<output_dir>/<name>``."""
+    return Path(recipe.output_dir) / recipe.name
+
+
+class Trainer:
+    """Trains one recipe.
+
+    Args:
+        recipe: the validated recipe.
+        run_dir: output directory (default ``<output_dir>/<name>``).
+        world: the process group (default: from ``torchrun``'s environment, or a single process).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, world: World | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir is not None else run_directory(recipe)
+        device = resolve_device(recipe.train.device)
+        self.world = world or init_world(device)
+        if device.type == "cuda":
+            device = resolve_device("cuda", self.world.local_rank)
+        self.components = build_run(recipe, device)
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints")
+        self.loader = BatchLoader(
+            self.components.splits.train,
+            recipe.train.batch_size,
+            shuffle=True,
+            seed=recipe.seed,
+            transform=self.components.splits.augment,
+            rank=self.world.rank,
+            world_size=self.world.world_size,
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split of '{recipe.data.name}' is too small for batch size "
+                f"{recipe.train.batch_size} × {self.world.world_size} processes"
+            )
+        planned = recipe.train.epochs * self.steps_per_epoch
+        self.total_steps = min(planned, recipe.train.max_steps or planned)
+        self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.total_steps)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.grad_evals = 0
+        self.train_seconds = 0.0
+
+    # -- files --------------------------------------------------------------------------------------------
+    def _check_output_writable(self) -> None:
+        """Fail before training when the output directory cannot be written."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.run_dir / ".write-test"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as err:
+            raise OSError(f"output directory {self.run_dir} is not writable: {err}") from err
+
+    def _append_csv(self, name: str, row: dict[str, Any]) -> None:
+        path = self.run_dir / name
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_logs(self, step: int) -> None:
+        """On resume, drop log rows written after the checkpoint so the logs read like one run."""
+        for name in ("train_log.csv", "epochs.csv"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            kept = [r for r in rows if int(r["step"]) <= step]
+            if not kept:
+                path.unlink()
+                continue
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(kept[0]))
+                writer.writeheader()
+                writer.writerows(kept)
+
+    # -- state --------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        method = self.components.method
+        state = {
+            "model": self.components.model.state_dict(),
+            "optimizer": method.optimizer.state_dict() if method.optimizer is not None else {},
+            "method": method.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "grad_evals": self.grad_evals,
+            "train_seconds": self.train_seconds,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _save(self, *, final: bool = False) -> None:
+        if self.world.is_main:
+            self.checkpoints.save(self._state(), self.step, final=final)
+        self.world.barrier()
+
+    def _restore(self) -> bool:
+        loaded = self.checkpoints.load_latest()
+        if loaded is None:
+            return False
+        state, _ = loaded
+        model, method = self.components.model, self.components.method
+        method.load_state_dict(state["method"], model)
+        model.load_state_dict(state["model"])
+        model.to(device=self.components.device, dtype=self.components.dtype)
+        method.build_optimizer(model)
+        if state["optimizer"]:
+            method.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.grad_evals, self.train_seconds = state["grad_evals"], state["train_seconds"]
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return True
+
+    # -- loop ---------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or continue a killed run with ``resume=True``) and return the final metrics.
+
+        Raises:
+            TrainingDiverged: the loss became non-finite; the last good checkpoint is kept.
+        """
+        self._check_output_writable()
+        recipe, comp = self.recipe, self.components
+        if self.world.is_main:
+            atomic_write_text(self.run_dir / "recipe.yaml", recipe.to_yaml())
+        resumed = resume and self._restore()
+        if not resumed:
+            torch.manual_seed(recipe.seed + 1)  # training randomness (dropout) independent of the init draw
+            self.world.broadcast_module(comp.model)
+            comp.method.build_optimizer(comp.model)
+        if self.world.is_main and resumed:
+            self._truncate_logs(self.step)
+        elif self.world.is_main:
+            self._clear_logs()
+        comp.model.train()
+        while self.step < self.total_steps and self.epoch < recipe.train.epochs:
+            self._run_epoch()
+        comp.method.finalize(comp.model)
+        results = self._final_results()
+        self._save(final=True)
+        if self.world.is_main:
+            atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
+        return results
+
+    def _clear_logs(self) -> None:
+        for name in ("train_log.csv", "epochs.csv"):
+            (self.run_dir / name).unlink(missing_ok=True)
+
+    def _run_epoch(self) -> None:
+        recipe, comp = self.recipe, self.components
+        method, model = comp.method, comp.model
+        self.loader.set_epoch(self.epoch)
+        skip = self.batch_in_epoch
+        progress = tqdm(
+            total=self.steps_per_epoch,
+            initial=skip,
+            desc=f"epoch {self.epoch + 1}/{recipe.train.epochs}",
+            disable=not (recipe.train.progress and self.world.is_main),
+            leave=False,
+        )
+        loss_sum, correct, seen = 0.0, 0, 0
+        tick = time.perf_counter()
+        for index, (inputs, targets) in enumerate(self.loader):
+            if index < skip:
+                continue
+            if self.step >= self.total_steps:
+                break
+            inputs = inputs.to(device=comp.device, dtype=comp.dtype, non_blocking=True)
+            targets = targets.to(comp.device, non_blocking=True)
+            factor = self.schedule.apply(method.optimizer, self.step)
+            ctx = StepContext(
+                step=self.step, epoch=self.epoch, total_steps=self.total_steps, world=self.world
+            )
+            out = method.training_step(model, inputs, targets, ctx)
+            if method.optimizer is not None:  # a step may re-create the optimizer (rank changes)
+                self.schedule.apply(method.optimizer, self.step)
+            loss = self.world.all_reduce_mean(out.loss.detach().to(torch.float64).reshape(1)).item()
+            if not math.isfinite(loss):
+                last = self.checkpoints.entries()
+                where = self.checkpoints.directory / last[-1]["file"] if last else "none written yet"
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {self.step} (epoch {self.epoch + 1}, method "
+                    f"'{method.name}'); training stopped. Last good checkpoint: {where}"
+                )
+            self.grad_evals += ctx.grad_evals
+            self.step += 1
+            self.batch_in_epoch = index + 1
+            batch = targets.numel()
+            loss_sum += loss * batch
+            correct += (out.logits.argmax(dim=1) == targets).sum().item()
+            seen += batch
+            progress.update(1)
+            if self.step % recipe.train.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                elapsed = time.perf_counter() - tick
+                row = {
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "loss": loss,
+                    "train_accuracy": correct / max(seen, 1),
+                    "lr_factor": factor,
+                    "samples_per_s": seen * self.world.world_size / max(elapsed, 1e-9),
+                    "grad_evals": self.grad_evals,
+                }
+                progress.set_postfix(loss=f"{loss:.3f}", acc=f"{row['train_accuracy']:.3f}")
+                if self.world.is_main:
+                    self._append_csv("train_log.csv", row)
+            every = recipe.train.checkpoint_every_steps
+            if every and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                self.train_seconds += time.perf_counter() - tick
+                tick = time.perf_counter()
+                self._save()
+        progress.close()
+        self.train_seconds += time.perf_counter() - tick
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        val = evaluate(model, comp.splits.val, device=comp.device, dtype=comp.dtype)
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_accuracy": val["accuracy"],
+            "val_loss": val["loss"],
+            "train_seconds": self.train_seconds,
+            **{
+                k: json.dumps(v) if not isinstance(v, int | float) else v
+                for k, v in method.describe(model).items()
+            },
+        }
+        if self.world.is_main:
+            self._append_csv("epochs.csv", row)
+        self._save()
+
+    def _final_results(self) -> dict[str, Any]:
+        comp = self.components
+        val = evaluate(comp.model, comp.splits.val, device=comp.device, dtype=comp.dtype)
+        test = evaluate(comp.model, comp.splits.test, device=comp.device, dtype=comp.dtype)
+        return {
+            "recipe": self.recipe.name,
+            "method": comp.method.name,
+            "seed": self.recipe.seed,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "grad_evals": self.grad_evals,
+            "world_size": self.world.world_size,
+            "train_seconds": self.train_seconds,
+            "val_accuracy": val["accuracy"],
+            "test_accuracy": test["accuracy"],
+            **comp.method.describe(comp.model),
+        }
+
+
+def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train ``recipe`` (see :class:`Trainer`) and return its final metrics."""
+    return Trainer(recipe, run_dir).fit(resume=resume)
