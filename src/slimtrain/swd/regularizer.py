@@ -89,11 +89,9 @@ class SelectiveWeightDecay:
         """Add μ·a_t·w to ``.grad`` of the selected entries; call after ``backward``, before the step."""
         coefficient = self.weight_decay * self.a
         for s in self._select(model):
-            term = s.param * s.removed
             if s.param.grad is None:
-                s.param.grad = term.mul_(coefficient)
-            else:
-                s.param.grad.add_(term, alpha=coefficient)
+                s.param.grad = torch.zeros_like(s.param)
+            s.param.grad.addcmul_(s.param, s.removed, value=coefficient)
 
     def _select(self, model: nn.Module) -> list[Selected]:
         if self.optimizer is not None:
