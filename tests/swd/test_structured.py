@@ -189,3 +189,25 @@ def test_graph_rejects_grouped_convolutions() -> None:
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="'0'"):
         ChannelGraph.from_model(model)
+
+
+class _PlainBlock(nn.Module):
+    """Standard BasicBlock without the post-add BN: ReLU(bn2(conv2(·)) + x)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+
+
+def test_residual_stream_without_post_add_bn_stays_ungated() -> None:
+    """Without a post-add BN, the pre-add BN is no gate and conv2's outputs count as always live."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), _PlainBlock(4))
+    graph = ChannelGraph.from_model(model)
+    assert graph.gates == ["1", "3.bn1"]
+    assert graph.convs["3.conv2"] == (frozenset({"3.bn1"}), None)
+    assert graph.convs["3.conv1"] == (frozenset({"1"}), frozenset({"3.bn1"}))
+    assert graph.parameter_count(model, 0.0) == sum(p.numel() for p in model.parameters())

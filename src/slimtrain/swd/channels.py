@@ -8,8 +8,9 @@ residual addition. From that it counts the parameters of the network whose gated
 
 Rules (they reproduce the reference ResNet count exactly):
 
-- A BatchNorm is a gate unless its output is an operand of an addition: the pre-add BN of a residual block and
-  the shortcut BN stay, the BN after the addition gates the residual stream (``gates=`` overrides).
+- An affine ``BatchNorm2d`` is a gate unless its output is an operand of an addition: the pre-add BN of a
+  residual block and the shortcut BN stay, the BN after the addition gates the residual stream (``gates=``
+  overrides).
 - Forward, a tensor's live channels are those of the last gate it passed through, across activations that
   map 0 to 0, pooling, dropout and flattening; an addition is live where any operand is; anything else
   (another layer, an unknown op) makes every channel live.
@@ -116,9 +117,7 @@ class ChannelGraph:
         nodes = list(traced.graph.nodes)
         called: dict[str, fx.Node] = {}
         for node in nodes:
-            if node.op == "call_module" and isinstance(
-                modules[node.target], nn.Conv2d | _BatchNorm | nn.Linear
-            ):
+            if node.op == "call_module" and isinstance(modules[node.target], _LAYERS):
                 if node.target in called:
                     raise ValueError(f"layer {node.target!r} is called more than once in the forward pass")
                 called[node.target] = node
@@ -142,7 +141,9 @@ class ChannelGraph:
             gate_names = [
                 name
                 for name, node in called.items()
-                if is_norm(node) and modules[name].affine and not any(is_add(u) for u in node.users)
+                if isinstance(modules[name], nn.BatchNorm2d)
+                and modules[name].affine
+                and not any(is_add(u) for u in node.users)
             ]
         else:
             gate_names = list(gates)
