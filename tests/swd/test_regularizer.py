@@ -128,3 +128,18 @@ def test_stability_guard_silent_below_the_bound() -> None:
     """lr·μ(1 + a) < 2(1 + β) never warns."""
     a = 2 * 1.9 / (0.1 * MU) * 0.99 - 1
     assert _guard_warnings(0.1, a) == []
+
+
+def test_migration_counts_entries_entering_and_leaving_the_selection() -> None:
+    """Swapping one selected and one kept magnitude moves exactly one entry in and one out."""
+    model = _model()
+    swd = _swd(track_migration=True)
+    swd.apply_(model)
+    assert swd.migration is None
+    removed = {s.name: s.removed for s in swd.selection.select(model)}["fc.weight"]
+    w = model.fc.weight
+    sel, kept = tuple(torch.nonzero(removed)[0]), tuple(torch.nonzero(~removed)[0])
+    with torch.no_grad():
+        w[sel], w[kept] = w[kept].item(), w[sel].item()
+    swd.apply_(model)
+    assert swd.migration == (1, 1)

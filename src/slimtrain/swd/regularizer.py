@@ -42,6 +42,13 @@ class SelectiveWeightDecay:
         optimizer: When given, every :meth:`penalty` / :meth:`apply_` checks the stability bound of each of
             its SGD param groups (those with a ``momentum`` entry) and warns once when
             lr·(weight_decay_group + μ·a_t) ≥ 2(1 + momentum) (spec §2.5).
+        track_migration: Keep the previous selection to report :attr:`migration` (spec §2.7), at the cost
+            of one byte per penalised entry.
+
+    Attributes:
+        step_count: Global mini-batch index t.
+        migration: With ``track_migration``, (entered, left): entries that joined and left the selected set
+            between the last two selections; None before the second.
 
     Raises:
         ValueError: If ``weight_decay`` is negative or the schedule is invalid.
@@ -55,6 +62,7 @@ class SelectiveWeightDecay:
         a_min: float = 0.1,
         a_max: float = 1e5,
         optimizer: torch.optim.Optimizer | None = None,
+        track_migration: bool = False,
     ) -> None:
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
@@ -64,6 +72,9 @@ class SelectiveWeightDecay:
         self.optimizer = optimizer
         self.step_count = 0
         self._warned = False
+        self.track_migration = track_migration
+        self._previous: Tensor | None = None
+        self.migration: tuple[int, int] | None = None
 
     @property
     def a(self) -> float:
@@ -96,7 +107,16 @@ class SelectiveWeightDecay:
     def _select(self, model: nn.Module) -> list[Selected]:
         if self.optimizer is not None:
             self.check_stability(self.optimizer)
-        return self.selection.select(model)
+        selected = self.selection.select(model)
+        if self.track_migration:
+            current = torch.cat([s.removed.reshape(-1) for s in selected])
+            if self._previous is not None and self._previous.shape == current.shape:
+                self.migration = (
+                    int((current & ~self._previous).sum()),
+                    int((self._previous & ~current).sum()),
+                )
+            self._previous = current
+        return selected
 
     def check_stability(self, optimizer: torch.optim.Optimizer) -> bool:
         """Check η·(μ_group + μ·a_t) < 2(1 + β) for every SGD param group; warn once when it fails.
