@@ -143,3 +143,16 @@ def test_migration_counts_entries_entering_and_leaving_the_selection() -> None:
         w[sel], w[kept] = w[kept].item(), w[sel].item()
     swd.apply_(model)
     assert swd.migration == (1, 1)
+
+
+@pytest.mark.parametrize(("lr", "a"), [(0.1, 3.0), (10.0, 1e5)])
+def test_decoupled_shrink_scales_selected_entries_only(lr: float, a: float) -> None:
+    """shrink_ multiplies selected entries by max(0, 1 − η·μ·a) and leaves every other entry unchanged."""
+    model, swd = _model(), _swd(a_min=a, a_max=a)
+    selected = {s.name: s.removed for s in swd.selection.select(model)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    swd.shrink_(model, lr)
+    factor = max(0.0, 1 - lr * MU * a)
+    for name, p in model.named_parameters():
+        sel = selected.get(name, torch.zeros_like(p, dtype=torch.bool))
+        torch.testing.assert_close(p.detach(), torch.where(sel, before[name] * factor, before[name]))

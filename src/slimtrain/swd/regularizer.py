@@ -104,6 +104,22 @@ class SelectiveWeightDecay:
                 s.param.grad = torch.zeros_like(s.param)
             s.param.grad.addcmul_(s.param, s.removed, value=coefficient)
 
+    @torch.no_grad()
+    def shrink_(self, model: nn.Module, lr: float) -> None:
+        """Decoupled alternative to the penalty: w ← max(0, 1 − η·μ·a_t)·w on the selected entries.
+
+        Not faithful to the reference (spec §2.5): call it after ``optimizer.step()`` instead of
+        :meth:`penalty` / :meth:`apply_`. It never overshoots, whatever η·μ·a_t, so it stays stable where the
+        gradient form would diverge; the factor is clamped at 0 so a selected weight never changes sign.
+
+        Args:
+            model: The model.
+            lr: The learning rate η of the step just taken.
+        """
+        factor = max(0.0, 1.0 - lr * self.weight_decay * self.a)
+        for s in self._select(model):
+            s.param.addcmul_(s.param, s.removed, value=factor - 1.0)
+
     def _select(self, model: nn.Module) -> list[Selected]:
         if self.optimizer is not None:
             self.check_stability(self.optimizer)
