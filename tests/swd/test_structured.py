@@ -211,3 +211,56 @@ def test_residual_stream_without_post_add_bn_stays_ungated() -> None:
     assert graph.convs["3.conv2"] == (frozenset({"3.bn1"}), None)
     assert graph.convs["3.conv1"] == (frozenset({"1"}), frozenset({"3.bn1"}))
     assert graph.parameter_count(model, 0.0) == sum(p.numel() for p in model.parameters())
+
+
+class _Bottleneck(nn.Module):
+    """Bottleneck of the SWD layout: 1×1, 3×3, 1×1 convs, 1×1 shortcut conv, BN after the addition."""
+
+    def __init__(self, cin: int, planes: int) -> None:
+        super().__init__()
+        self.conv1, self.prunablebn1 = nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.prunablebn2 = (
+            nn.Conv2d(planes, planes, 3, padding=1, bias=False),
+            nn.BatchNorm2d(planes),
+        )
+        self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1, bias=False), nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, 4 * planes, 1, bias=False), nn.BatchNorm2d(4 * planes))
+        self.prunablebn4 = nn.BatchNorm2d(4 * planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.prunablebn1(self.conv1(x)))
+        out = torch.relu(self.prunablebn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out)) + self.shortcut(x)
+        return torch.relu(self.prunablebn4(out))
+
+
+@given(st.floats(0.0, 1.0))
+def test_bottleneck_count_matches_the_closed_form(th: float) -> None:
+    """Bottleneck count = fin·f1 + 2f1 + 9f1·f2 + 2f2 + f2·fout + 6fout + fin·fout (spec §2.6)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        _Bottleneck(4, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    randomize_bn(model, torch.Generator().manual_seed(1))
+    block = model[3]
+
+    def alive(bn: nn.BatchNorm2d) -> int:
+        return int((bn.weight.detach().abs() >= th).sum())
+
+    fin, f1, f2, fout = (
+        alive(model[1]),
+        alive(block.prunablebn1),
+        alive(block.prunablebn2),
+        alive(block.prunablebn4),
+    )
+    expected = 27 * fin + 2 * fin
+    expected += (
+        fin * f1 + 2 * f1 + 9 * f1 * f2 + 2 * f2 + f2 * fout + 2 * fout + fin * fout + 2 * fout + 2 * fout
+    )
+    expected += fout * 3 + 3
+    assert ChannelGraph.from_model(model).parameter_count(model, th) == expected
