@@ -7,7 +7,8 @@ the target is ≤ 1.05×. The selection alone is also timed, with the library's 
 with the reference code's full sort of all magnitudes, to show what the sort costs.
 
 Usage: ``python -m benchmarks.bench_swd_overhead --quick|--full [--width W] [--batch B] [--threads N]``;
-the committed result is ``--full`` (batch 128).
+the committed result is ``--full --threads 1`` (batch 128): on a machine shared by many jobs, two OpenMP
+threads stall on every small kernel, which swamps the quantity measured here.
 """
 
 from __future__ import annotations
