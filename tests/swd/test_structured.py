@@ -264,3 +264,18 @@ def test_bottleneck_count_matches_the_closed_form(th: float) -> None:
     )
     expected += fout * 3 + 3
     assert ChannelGraph.from_model(model).parameter_count(model, th) == expected
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_registry_resnet_with_bn_after_add(shortcut: str) -> None:
+    """The registry's CIFAR ResNet with bn_after_add: gates are stem/bn1/bn3, P(0) = N_total, budget met."""
+    from slimtrain.models import create_model
+
+    model = create_model("resnet8", bn_after_add=True, shortcut=shortcut)
+    randomize_bn(model, torch.Generator().manual_seed(2))
+    selection = ChannelSelection(model, 750)
+    stages = [f"layer{i}.0" for i in (1, 2, 3)]
+    assert selection.graph.gates == ["bn1"] + [f"{s}.bn{j}" for s in stages for j in (1, 3)]
+    total = sum(p.numel() for p in model.parameters())
+    assert selection.graph.parameter_count(model, 0.0) == total
+    assert selection.graph.parameter_count(model, selection.threshold(model)) <= parameter_budget(model, 750)
