@@ -15,9 +15,7 @@ def _f(u, v, c, g):
 
 def _three_case(v, c, g):
     """Independent three-case form: compare the candidate on each side and the kink u = 0."""
-    candidates = torch.stack(
-        [((v + g * c) / (1 + g)).clamp_min(0), c.clamp_max(0), torch.zeros_like(c)]
-    )
+    candidates = torch.stack([((v + g * c) / (1 + g)).clamp_min(0), c.clamp_max(0), torch.zeros_like(c)])
     values = _f(candidates, v, c, g)
     return candidates.gather(0, values.argmin(0, keepdim=True)).squeeze(0)
 
