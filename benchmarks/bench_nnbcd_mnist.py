@@ -92,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=None, help="sweeps per rank (full default 40)")
     parser.add_argument("--ranks", type=int, nargs="+", default=None)
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--gamma", type=float, default=5.0)
-    parser.add_argument("--rho", type=float, default=5.0)
+    parser.add_argument("--gamma", type=float, default=None, help="default: mlp 0.5, cnn 5")
+    parser.add_argument("--rho", type=float, default=None, help="default: mlp 0.5, cnn 5")
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--tau", type=float, default=0.1)
+    parser.add_argument("--tau", type=float, default=None, help="default: mlp 5, cnn 0.1")
     parser.add_argument("--float64", action="store_true", help="float64 instead of float32")
     parser.add_argument("--seed", type=int, default=10)
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error("give --data-dir or set SLIMTRAIN_DATA_DIR to the MNIST IDX directory")
+    # Reference settings: the MLP notebooks (γ = ρ = 0.5, τ = 5) and the CNN notebook (γ = ρ = 5, τ = 0.1).
+    for key, mlp_value, cnn_value in (("gamma", 0.5, 5.0), ("rho", 0.5, 5.0), ("tau", 5.0, 0.1)):
+        if getattr(args, key) is None:
+            setattr(args, key, mlp_value if args.arch == "mlp" else cnn_value)
     quick = not args.full
     n_train, n_test = (500, 999) if quick else (6000, 999)
     iterations = args.iterations or (3 if quick else 40)

@@ -42,7 +42,8 @@ class ObjectiveTerms:
 
 
 def _sq(x: torch.Tensor) -> float:
-    return float(torch.sum(x * x))
+    # Accumulate in float64 so that float32 runs do not see rounding noise as a rise of Φ.
+    return float(torch.sum(x * x, dtype=torch.float64))
 
 
 def penalized_objective(

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -385,7 +385,7 @@ class NNBCD:
         network = self.to_module()
         train = self._accuracy(network, self._train_inputs, self._train_labels)
         test_acc = None if test is None else self._accuracy(network, *test)
-        return SweepRecord(**{**record.__dict__, "train_accuracy": train, "test_accuracy": test_acc})
+        return replace(record, train_accuracy=train, test_accuracy=test_acc)
 
     @torch.no_grad()
     def _accuracy(self, network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
