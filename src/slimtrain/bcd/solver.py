@@ -174,6 +174,8 @@ class NNBCD:
     def setup(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Load the full training set and initialise U, V by a forward pass and the copies from W.
 
+        The weights are kept, so a second call (or a second :meth:`fit`) warm-starts from them.
+
         Args:
             inputs: (N, d_0) features (or anything flattening to it), or (N, C, H, W) images with ``conv``.
             labels: (N,) integer class labels in [0, d_L).
