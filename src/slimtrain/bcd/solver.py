@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -64,7 +64,7 @@ class SweepRecord:
     train_accuracy: float | None = None
     test_accuracy: float | None = None
     increased_terms: tuple[str, ...] = ()
-    blocks: tuple[tuple[str, float], ...] = field(default=())
+    blocks: tuple[tuple[str, float], ...] = ()
 
 
 class NNBCD:
