@@ -1,6 +1,7 @@
 """Tests of TT-SVD, rank capping, TT layers and the storage fractions (spec nnbcd.md §2.4, §7.4)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -99,3 +100,22 @@ def test_tt_svd_matrix_names_mismatch():
     """A mode tuple of the wrong size is rejected with both sizes in the message."""
     with pytest.raises(ValueError, match="multiply to 8"):
         tt_svd_matrix(torch.zeros(3, 3), (2, 2, 2), 2)
+
+
+def test_tt_network_exports_to_onnx(tmp_path):
+    """A network with a TTLinear exports to ONNX and onnxruntime reproduces its outputs (to 1e-5)."""
+    ort = pytest.importorskip("onnxruntime")
+    model = torch.nn.Sequential(
+        TTLinear.from_weight(torch.randn(16, 8), (4, 4, 8), 3),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 3, bias=False),
+    )
+    x = torch.randn(2, 8)
+    path = tmp_path / "tt.onnx"
+    with warnings.catch_warnings():
+        # The shape check in tt_reconstruct is a constant under tracing; the exporter warns about it.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False)
+    session = ort.InferenceSession(str(path))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert abs(out - model(x).detach().numpy()).max() < 1e-5
