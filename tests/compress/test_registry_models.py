@@ -61,7 +61,11 @@ def _roundtrip(tmp_path, model, name, **extra):
     path = save_exported(model, tmp_path / name, base=name, base_kwargs=_spec(name, **extra))
     loaded = load_exported(path)
     x = _input(name, 3)
-    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # Same weights bit for bit; outputs may differ in the last bits when a tensor's memory layout (and so
+    # the kernel chosen) differs from the freshly computed one.
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list_models())
