@@ -1,1 +1,96 @@
-"""Post-training compression operators and export."""
+"""Post-training compression operators and export of physically smaller models.
+
+Operators return a compressed **copy** and never modify their input:
+
+- unstructured: :func:`global_magnitude_prune`, :func:`layerwise_magnitude_prune` (masks folded into weights),
+  :func:`to_sparse_linear` (CSR storage for linear layers);
+- structured: :func:`filter_pruning_plan` → :func:`apply_channel_masks` (masked, same shapes) or
+  :func:`remove_channels` (channels physically removed, same function);
+- low rank: :func:`svd_decompose` (k×k + 1×1 conv pairs, two linears), :func:`tucker_decompose`
+  (1×1 → k×k → 1×1);
+- export: :func:`save_exported` / :func:`load_exported` (safetensors + JSON manifest), :func:`export_onnx`.
+"""
+
+from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
+from slimtrain.compress.decompose import FactorizationCostWarning, kept_rank, svd_decompose, tucker_decompose
+from slimtrain.compress.densify import densify
+from slimtrain.compress.exported_format import (
+    ExportFormatError,
+    architecture_changes,
+    load_exported,
+    read_manifest,
+    save_exported,
+)
+from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
+from slimtrain.compress.filter_pruning import (
+    ChannelPruningPlan,
+    GroupSelection,
+    apply_channel_masks,
+    channel_masks,
+    channels_kept,
+    filter_pruning_plan,
+    group_l1_scores,
+    remove_channels,
+)
+from slimtrain.compress.magnitude import (
+    global_magnitude_masks,
+    global_magnitude_prune,
+    layerwise_magnitude_masks,
+    layerwise_magnitude_prune,
+    population_parameters,
+)
+from slimtrain.compress.masks import apply_masks, fold_masks
+from slimtrain.compress.module_specs import LAYER_TYPES, build_module, module_config
+from slimtrain.compress.onnx_export import OnnxMismatchError, export_onnx
+from slimtrain.compress.sparse_linear import SparseLinear, to_sparse_linear
+from slimtrain.compress.standard import STRUCTURES, compress_standard
+from slimtrain.compress.torch_pruning_adapter import (
+    UnsupportedChannelFlowError,
+    check_channel_flow,
+    coupled_channel_groups,
+)
+
+__all__ = [
+    "LAYER_TYPES",
+    "STRUCTURES",
+    "ChannelGroup",
+    "ChannelPruningPlan",
+    "ChannelSlice",
+    "ExportFormatError",
+    "FactorizationCostWarning",
+    "GroupSelection",
+    "LowRankLinear",
+    "OnnxMismatchError",
+    "SVDConv2d",
+    "SparseLinear",
+    "TuckerConv2d",
+    "UnsupportedChannelFlowError",
+    "apply_channel_masks",
+    "apply_masks",
+    "architecture_changes",
+    "build_module",
+    "channel_masks",
+    "channels_kept",
+    "check_channel_flow",
+    "compress_standard",
+    "coupled_channel_groups",
+    "densify",
+    "export_onnx",
+    "filter_pruning_plan",
+    "fold_masks",
+    "global_magnitude_masks",
+    "global_magnitude_prune",
+    "group_l1_scores",
+    "kept_rank",
+    "layerwise_magnitude_masks",
+    "layerwise_magnitude_prune",
+    "load_exported",
+    "module_config",
+    "population_parameters",
+    "read_manifest",
+    "remove_channels",
+    "save_exported",
+    "svd_decompose",
+    "to_sparse_linear",
+    "tucker_decompose",
+]

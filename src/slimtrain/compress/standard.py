@@ -1,39 +1,54 @@
-"""The standard post-training compression of a trained model at one level, by structure name."""
+"""The standard post-training compression of a trained model at one level, by structure name.
+
+These are the SFW paper's one-shot evaluation operators (spec sfw.md §4), used by every method that chooses
+its level after training: ``unstructured`` = global magnitude pruning over conv + linear weights,
+``filter`` = uniform per-group L1 filter pruning applied as masks over coupled channel groups, ``lowrank`` =
+per-layer truncated SVD of every conv (k×k conv + 1×1 conv, uniform rank fraction). ``native`` returns the
+model unchanged.
+"""
 
 from __future__ import annotations
 
-import copy
+from typing import Any
 
-import torch
 from torch import nn
 
+from slimtrain.compress.decompose import svd_decompose
+from slimtrain.compress.filter_pruning import apply_channel_masks, filter_pruning_plan
+from slimtrain.compress.magnitude import global_magnitude_prune
 
-def _prunable_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
-@torch.no_grad()
-def global_magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
-    """Zero the ``sparsity`` fraction of smallest-magnitude conv/linear weights, ranked globally."""
-    pruned = copy.deepcopy(model)
-    weights = _prunable_weights(pruned)
-    magnitudes = torch.cat([w.abs().flatten() for w in weights])
-    count = round(sparsity * magnitudes.numel())
-    if count == 0:
-        return pruned
-    keep = torch.ones_like(magnitudes, dtype=torch.bool)
-    keep[torch.topk(magnitudes, count, largest=False, sorted=False).indices] = False
-    offset = 0
-    for w in weights:
-        w.mul_(keep[offset : offset + w.numel()].view_as(w))
-        offset += w.numel()
-    return pruned
+STRUCTURES = ("native", "unstructured", "filter", "lowrank")
 
 
-def compress_standard(model: nn.Module, structure: str, level: float) -> nn.Module:
-    """Return a compressed copy of ``model`` at ``level`` of ``structure`` (``native``: unchanged)."""
+def compress_standard(
+    model: nn.Module, structure: str, level: float, *, example_inputs: Any = None
+) -> nn.Module:
+    """Return a compressed copy of ``model`` at ``level`` of ``structure`` (``native``: ``model`` itself).
+
+    Args:
+        model: The trained model (not modified).
+        structure: One of :data:`STRUCTURES`.
+        level: Sparsity (``unstructured``), fraction of channels removed per group (``filter``) or fraction of
+            the rank removed per layer (``lowrank``).
+        example_inputs: An input batch (or tuple of inputs) to trace the model with; required by ``filter``.
+
+    Returns:
+        The compressed model: masked (same shapes) for ``unstructured`` and ``filter``, factorized for
+        ``lowrank``.
+
+    Raises:
+        ValueError: For an unknown structure, or ``filter`` without ``example_inputs``.
+    """
     if structure == "native":
         return model
     if structure == "unstructured":
         return global_magnitude_prune(model, level)
-    raise ValueError(f"unknown compression structure '{structure}'")
+    if structure == "filter":
+        if example_inputs is None:
+            raise ValueError(
+                "structure 'filter' needs example_inputs to trace the model's channel dependencies"
+            )
+        return apply_channel_masks(model, filter_pruning_plan(model, level, example_inputs))
+    if structure == "lowrank":
+        return svd_decompose(model, level)
+    raise ValueError(f"unknown compression structure {structure!r}; valid: {', '.join(STRUCTURES)}")

@@ -121,7 +121,7 @@ def sweep(
     done = {r["requested_level"] for r in rows}
 
     trained = comp.model
-    example = comp.splits.test.inputs[:1].to(device=comp.device, dtype=comp.dtype)
+    example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
     dense_test = evaluate(trained, comp.splits.test, device=comp.device, dtype=comp.dtype)["accuracy"]
     results_file = run_dir / "results.json"
     train_info = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -131,7 +131,7 @@ def sweep(
     for level in levels:
         if level in done:
             continue
-        compressed = method.compress(copy.deepcopy(trained), structure, level)
+        compressed = method.compress(copy.deepcopy(trained), structure, level, example)
         compressed.eval()
         test = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
         val = evaluate(compressed, comp.splits.val, device=comp.device, dtype=comp.dtype)

@@ -159,15 +159,19 @@ class Method:
         """Levels the sweep evaluates when the recipe names none."""
         return list(DEFAULT_LEVELS.get(structure, (0.0,)))
 
-    def compress(self, model: nn.Module, structure: str, level: float) -> nn.Module:
+    def compress(
+        self, model: nn.Module, structure: str, level: float, example_inputs: torch.Tensor
+    ) -> nn.Module:
         """Return a compressed copy of the trained ``model`` at ``level`` of ``structure``.
 
-        The default applies the library's standard post-training operators; ``native`` evaluates the trained
-        model as it is (methods that fix their level during training).
+        The default applies the library's standard post-training operators
+        (:func:`slimtrain.compress.compress_standard`); ``native`` evaluates the trained model as it is
+        (methods that fix their level during training). ``example_inputs`` is a small real input batch,
+        used to trace channel dependencies.
         """
         from slimtrain.compress.standard import compress_standard
 
-        return compress_standard(model, structure, level)
+        return compress_standard(model, structure, level, example_inputs=example_inputs)
 
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {

@@ -1,0 +1,171 @@
+"""Compressed copies coupled to NN-BCD weights: tensor-train and pruned (spec nnbcd.md §2.1, §2.4, §2.5, §5).
+
+A copy holds T_i (𝒯(G_i) or W̃_i) for one layer, is updated by the last block of each layer's step
+(spec §2.2 step 7) and is what the compressed network evaluates with (spec §2.7). The solver owns one
+copy object per compressed layer.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from slimtrain.bcd.prune import ThresholdRule, hard_threshold
+from slimtrain.bcd.tt import tt_reconstruct, tt_storage, tt_svd_matrix
+from slimtrain.bcd.tt_linear import TTLinear
+
+
+class CompressedCopy(ABC):
+    """A compressed copy T of a weight W and its projection step."""
+
+    in_place: bool = False
+
+    @abstractmethod
+    def check_shape(self, shape: tuple[int, int], layer: str) -> None:
+        """Raise ``ValueError`` naming ``layer`` if the copy cannot represent a weight of ``shape``."""
+
+    @abstractmethod
+    def reset(self, weight: torch.Tensor) -> None:
+        """Initialise the copy from a weight (before the first sweep)."""
+
+    @abstractmethod
+    def update(self, weight: torch.Tensor) -> torch.Tensor:
+        """Project the updated weight; return the weight the solver keeps (W itself unless in place)."""
+
+    @property
+    @abstractmethod
+    def matrix(self) -> torch.Tensor:
+        """The current copy T as a dense d_out × d_in matrix."""
+
+    @abstractmethod
+    def to_module(self) -> nn.Module:
+        """The copy as an evaluation layer (no bias)."""
+
+    @abstractmethod
+    def stored_parameter_count(self) -> int:
+        """Numbers stored by the copy (core sizes, or non-zeros)."""
+
+
+class TensorTrainCopy(CompressedCopy):
+    """TT copy 𝒯(G) with uniform capped rank, recomputed by TT-SVD of W each sweep (spec §2.4).
+
+    TT-SVD is quasi-optimal, so a fresh projection can be farther from W than the previous cores and raise
+    Φ. With ``safeguard=True`` (default, corrected behaviour of spec §5) the old cores are kept whenever
+    ``‖W − 𝒯(G_new)‖ > ‖W − 𝒯(G_old)‖``, which makes the sweep monotone; ``safeguard=False`` always takes
+    the new cores as the reference code does.
+
+    Args:
+        modes: Mode tuple of the row-major reshape of the layer's d_out × d_in weight.
+        rank: Requested uniform TT rank.
+        safeguard: Keep the old cores when the new ones are farther from W.
+    """
+
+    def __init__(self, modes: Sequence[int], rank: int, safeguard: bool = True) -> None:
+        self.modes = tuple(int(n) for n in modes)
+        self.rank = int(rank)
+        self.safeguard = safeguard
+        tt_storage(self.modes, self.rank)  # validates modes and rank early
+        self.cores: list[torch.Tensor] = []
+        self._matrix: torch.Tensor | None = None
+        self.rejected_updates = 0
+
+    def check_shape(self, shape: tuple[int, int], layer: str) -> None:
+        """Raise ``ValueError`` naming ``layer`` if the modes do not multiply to the weight size."""
+        if math.prod(self.modes) != shape[0] * shape[1]:
+            raise ValueError(
+                f"{layer}: TT modes {self.modes} multiply to {math.prod(self.modes)}, but the weight "
+                f"{shape[0]}×{shape[1]} has {shape[0] * shape[1]} entries"
+            )
+
+    def reset(self, weight: torch.Tensor) -> None:
+        """Initialise the cores by TT-SVD of ``weight``."""
+        self._set(weight, tt_svd_matrix(weight, self.modes, self.rank).cores)
+
+    def _set(self, weight: torch.Tensor, cores: list[torch.Tensor]) -> None:
+        self.cores = cores
+        self._matrix = tt_reconstruct(cores).reshape(weight.shape)
+
+    def update(self, weight: torch.Tensor) -> torch.Tensor:
+        """Replace the cores by TT-SVD(W), unless the safeguard rejects them; W is unchanged."""
+        cores = tt_svd_matrix(weight, self.modes, self.rank).cores
+        candidate = tt_reconstruct(cores).reshape(weight.shape)
+        if self.safeguard and torch.linalg.norm(weight - candidate) > torch.linalg.norm(weight - self.matrix):
+            self.rejected_updates += 1
+        else:
+            self.cores, self._matrix = cores, candidate
+        return weight
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """𝒯(G) as a d_out × d_in matrix."""
+        if self._matrix is None:
+            raise RuntimeError("TensorTrainCopy used before reset()")
+        return self._matrix
+
+    def to_module(self) -> TTLinear:
+        """A :class:`TTLinear` holding the current cores."""
+        rows, cols = self.matrix.shape
+        return TTLinear(self.cores, in_features=cols, out_features=rows)
+
+    def stored_parameter_count(self) -> int:
+        """Σ_k r_{k−1} n_k r_k."""
+        return tt_storage(self.modes, self.rank)
+
+
+class PrunedCopy(CompressedCopy):
+    """Sparse copy W̃ = H_s(W) per layer (spec §2.5).
+
+    Default (corrected, spec §5): W̃ is a separate tensor, exactly the copy of the objective, so every block
+    is an exact minimiser and Φ is monotone. ``in_place=True`` reproduces the reference code, where the copy
+    aliases W and W itself is thresholded after its update (a projected, IHT-like step that is not monotone
+    in Φ; the compression term is then identically zero).
+
+    Args:
+        sparsity: Fraction s ∈ [0, 1) of the layer's entries set to zero.
+        rule: ``"topk"`` exact count (default) or ``"quantile"`` (reference).
+        in_place: Threshold W itself (reference behaviour).
+    """
+
+    def __init__(self, sparsity: float, rule: ThresholdRule = "topk", in_place: bool = False) -> None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
+        if rule not in ("topk", "quantile"):
+            raise ValueError(f"unknown threshold rule {rule!r}; use 'topk' or 'quantile'")
+        self.sparsity = float(sparsity)
+        self.rule: ThresholdRule = rule
+        self.in_place = in_place
+        self._matrix: torch.Tensor | None = None
+
+    def check_shape(self, shape: tuple[int, int], layer: str) -> None:
+        """Any matrix can be thresholded; nothing to check."""
+
+    def reset(self, weight: torch.Tensor) -> None:
+        """Initialise W̃ = H_s(W)."""
+        self._matrix = hard_threshold(weight, self.sparsity, self.rule)
+
+    def update(self, weight: torch.Tensor) -> torch.Tensor:
+        """W̃ ← H_s(W); returns W̃ as the new W in place mode, else W unchanged."""
+        self._matrix = hard_threshold(weight, self.sparsity, self.rule)
+        return self._matrix if self.in_place else weight
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """W̃."""
+        if self._matrix is None:
+            raise RuntimeError("PrunedCopy used before reset()")
+        return self._matrix
+
+    def to_module(self) -> nn.Linear:
+        """An ``nn.Linear`` (no bias) holding W̃, zeros included."""
+        rows, cols = self.matrix.shape
+        layer = nn.Linear(cols, rows, bias=False, dtype=self.matrix.dtype, device=self.matrix.device)
+        layer.weight = nn.Parameter(self.matrix.detach().clone())
+        return layer
+
+    def stored_parameter_count(self) -> int:
+        """Number of non-zeros of W̃."""
+        return int(torch.count_nonzero(self.matrix))

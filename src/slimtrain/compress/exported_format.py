@@ -1,0 +1,278 @@
+"""On-disk format of exported models: ``model.safetensors`` + ``manifest.json`` in one directory.
+
+The manifest records how to rebuild the architecture without pickled classes: the base model (a
+``slimtrain.models`` registry name, or a factory the caller supplies again at load time, with its keyword
+arguments), and every layer that differs from the base (type from :data:`LAYER_TYPES`, constructor arguments,
+kept channel indices where channels were removed). It also lists every tensor (shape, dtype), the recipe,
+free-form extra fields and the SHA-256 of the weights file. Loading rebuilds the base, applies the recorded
+replacements and loads the weights strictly; any mismatch is refused with :class:`ExportFormatError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, set_submodule
+from slimtrain.compress.module_specs import build_module, is_rebuildable, module_config
+
+FORMAT_NAME = "slimtrain-exported"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+ModelFactory = Callable[..., nn.Module]
+
+
+class ExportFormatError(ValueError):
+    """An exported-model directory is missing, malformed or inconsistent."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build_base(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Module:
+    if callable(base):
+        return base(**kwargs)
+    from slimtrain.models import create_model  # imported lazily: the registry is optional for factories
+
+    return create_model(base, **kwargs)
+
+
+def architecture_changes(base: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
+    """List the layers of ``model`` that differ from ``base`` (type, constructor arguments, kept channels).
+
+    Containers of the same type are compared child by child; a differing layer must be rebuildable
+    (:data:`slimtrain.compress.module_specs.LAYER_TYPES`).
+
+    Raises:
+        ExportFormatError: If a difference cannot be expressed by layer replacements.
+    """
+    changes: list[dict[str, Any]] = []
+
+    def visit(prefix: str, b: nn.Module, m: nn.Module) -> None:
+        missing = sorted(set(b._modules) - set(m._modules))
+        if missing:
+            raise ExportFormatError(
+                f"module {prefix or '<model>'!r} lost children {missing} relative to the base model"
+            )
+        for child_name, child in m._modules.items():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            base_child = b._modules.get(child_name)
+            if child is None:
+                continue
+            same_type = base_child is not None and type(base_child) is type(child)
+            if is_rebuildable(child):
+                if not same_type or module_config(child) != module_config(base_child):
+                    entry: dict[str, Any] = {
+                        "name": name,
+                        "type": type(child).__name__,
+                        "config": module_config(child),
+                    }
+                    if hasattr(child, KEPT_CHANNELS_ATTR):
+                        entry["kept_channels"] = getattr(child, KEPT_CHANNELS_ATTR)
+                    changes.append(entry)
+            elif same_type:
+                visit(name, base_child, child)
+            else:
+                raise ExportFormatError(
+                    f"module {name!r} is a {type(child).__name__}, the base model has "
+                    f"{type(base_child).__name__ if base_child is not None else 'nothing'} there, and "
+                    f"{type(child).__name__} is not a rebuildable layer type"
+                )
+
+    visit("", base, model)
+    return changes
+
+
+def save_exported(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    base: str | ModelFactory,
+    base_kwargs: Mapping[str, Any] | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    manifest_extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save an exported (compressed) model as a directory ``path`` with weights and manifest.
+
+    The directory is written under a temporary name next to ``path`` and renamed into place, so ``path`` is
+    either absent, the old export, or the complete new one.
+
+    Args:
+        model: The exported model (channels removed / layers factorized / masks folded).
+        path: Directory to create.
+        base: The uncompressed architecture: a ``slimtrain.models`` registry name, or a factory callable
+            (recorded by qualified name only; pass it again to :func:`load_exported`).
+        base_kwargs: Keyword arguments of the registry's ``create_model`` or of the factory.
+        recipe: The recipe (configuration) that produced the model, JSON-serialisable.
+        manifest_extra: Further JSON-serialisable fields (metrics, provenance) stored under ``"extra"``.
+        overwrite: Replace an existing directory at ``path``.
+
+    Returns:
+        The directory path.
+
+    Raises:
+        FileExistsError: If ``path`` exists and ``overwrite`` is false.
+        ExportFormatError: If the architecture change cannot be recorded.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    kwargs = dict(base_kwargs or {})
+    changes = architecture_changes(_build_base(base, kwargs), model)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    base_entry: dict[str, Any] = {"kwargs": kwargs}
+    if callable(base):
+        base_entry["factory"] = (
+            f"{getattr(base, '__module__', '?')}.{getattr(base, '__qualname__', repr(base))}"
+        )
+    else:
+        base_entry["registry_name"] = base
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        safetensors.torch.save_file(state, str(tmp / WEIGHTS_FILE))
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "base_model": base_entry,
+            "changes": changes,
+            "tensors": {
+                k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                for k, v in state.items()
+            },
+            "weights_file": WEIGHTS_FILE,
+            "checksums": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)},
+            "recipe": dict(recipe) if recipe is not None else None,
+            "extra": dict(manifest_extra or {}),
+            "versions": {"torch": torch.__version__},
+        }
+        with (tmp / MANIFEST_FILE).open("w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate the manifest of an exported-model directory.
+
+    Raises:
+        ExportFormatError: If the manifest is missing, not JSON, or not of this format.
+    """
+    manifest_path = Path(path) / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as error:
+        raise ExportFormatError(f"{manifest_path} not found") from error
+    except json.JSONDecodeError as error:
+        raise ExportFormatError(f"{manifest_path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ExportFormatError(f"{manifest_path} is not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ExportFormatError(
+            f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}"
+        )
+    for key in ("base_model", "changes", "tensors", "weights_file", "checksums"):
+        if key not in manifest:
+            raise ExportFormatError(f"{manifest_path} lacks the key {key!r}")
+    return manifest
+
+
+def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None = None) -> nn.Module:
+    """Rebuild an exported model from ``path`` (see :func:`save_exported`), in eval mode.
+
+    Args:
+        path: The exported-model directory.
+        factory: The base model factory, required when the model was saved with a factory instead of a
+            registry name (called with the recorded keyword arguments); overrides a registry name.
+
+    Returns:
+        The model with the recorded architecture and weights.
+
+    Raises:
+        ExportFormatError: On a missing file, checksum mismatch, a manifest naming missing or extra tensors,
+            or shapes/dtypes that disagree with the weights file or the rebuilt architecture.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = path / manifest["weights_file"]
+    if not weights.is_file():
+        raise ExportFormatError(f"weights file {weights} not found")
+    expected = manifest["checksums"].get(manifest["weights_file"])
+    actual = _sha256(weights)
+    if expected != actual:
+        raise ExportFormatError(
+            f"checksum mismatch for {weights}: manifest has {expected}, file has {actual}"
+        )
+    base_entry = manifest["base_model"]
+    if factory is None and "registry_name" not in base_entry:
+        raise ExportFormatError(
+            f"{path} was saved from the factory {base_entry.get('factory')!r}; "
+            "pass it as load_exported(..., factory=...)"
+        )
+    model = _build_base(
+        factory if factory is not None else base_entry["registry_name"], base_entry.get("kwargs", {})
+    )
+    for change in manifest["changes"]:
+        try:
+            module = build_module(change["type"], change["config"])
+            set_submodule(model, change["name"], module)
+        except (KeyError, ValueError) as error:
+            raise ExportFormatError(
+                f"{path}: cannot apply the change to {change.get('name')!r}: {error}"
+            ) from error
+        if "kept_channels" in change:
+            setattr(module, KEPT_CHANNELS_ATTR, change["kept_channels"])
+    tensors = safetensors.torch.load_file(str(weights))
+    listed = manifest["tensors"]
+    _check_keys(f"{weights} against {MANIFEST_FILE}", set(listed), set(tensors))
+    _check_keys(f"the rebuilt model against {MANIFEST_FILE}", set(listed), set(model.state_dict()))
+    for name, spec in listed.items():
+        tensor = tensors[name]
+        if list(tensor.shape) != spec["shape"] or str(tensor.dtype).removeprefix("torch.") != spec["dtype"]:
+            raise ExportFormatError(
+                f"tensor {name!r}: manifest says {spec}, {weights.name} has "
+                f"{list(tensor.shape)} {tensor.dtype}"
+            )
+        target = model.state_dict()[name]
+        if target.shape != tensor.shape:
+            raise ExportFormatError(
+                f"tensor {name!r} has shape {list(tensor.shape)} but the rebuilt model expects "
+                f"{list(target.shape)}"
+            )
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval()
+
+
+def _check_keys(what: str, listed: set[str], present: set[str]) -> None:
+    missing, extra = sorted(listed - present), sorted(present - listed)
+    if missing or extra:
+        raise ExportFormatError(f"tensor names disagree for {what}: missing {missing}, extra {extra}")

@@ -1,0 +1,230 @@
+"""Structured pruning: uniform per-layer L1 filter pruning over coupled channel groups.
+
+For every channel group (:mod:`slimtrain.compress.channel_groups`) the channels are ranked by their L1 norm,
+summed over the output-channel weights of every conv/linear in the group, and round(fraction·n) channels are
+removed (PyTorch ``ln_structured`` rounding; SFW filter evaluation, Zimmer et al., arXiv:2205.11921, spec
+sfw.md §4). Ties go to the lower index.
+
+A level is applied either as **masks** (:func:`apply_channel_masks`: the pruned channels' filters, biases and
+BatchNorm γ/β and the consumers' input weights are zeroed) or **physically** (:func:`remove_channels`).
+Because the consumers' inputs are masked too, both compute the same function. The SFW reference code masks
+only the conv weight, leaving the BatchNorm shift β as a constant in the "pruned" channel; that variant
+cannot be exported as a smaller model and is not reproduced here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule
+from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
+from slimtrain.compress.masks import apply_masks
+from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
+
+
+@dataclass(frozen=True)
+class GroupSelection:
+    """The channels removed from one group.
+
+    Attributes:
+        group: The coupled channel group.
+        pruned: Root channel indices removed, sorted.
+    """
+
+    group: ChannelGroup
+    pruned: tuple[int, ...]
+
+    @property
+    def slices(self) -> tuple[ChannelSlice, ...]:
+        """The entries of every member layer that are removed."""
+        return self.group.restricted_to(frozenset(self.pruned))
+
+
+@dataclass(frozen=True)
+class ChannelPruningPlan:
+    """A structured compression level: the channels removed from every group.
+
+    Attributes:
+        selections: One selection per prunable group, in module order.
+    """
+
+    selections: tuple[GroupSelection, ...]
+
+
+def channels_kept(size: int, fraction: float, round_to: int | None = None) -> int:
+    """Return the channels a group of ``size`` keeps: size − round(fraction·size), then rounded.
+
+    With ``round_to`` the count is rounded to the nearest multiple of it (at least ``round_to``, at most
+    ``size``). At least one channel is always kept.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    kept = size - round(fraction * size)
+    if round_to is not None:
+        if round_to < 1:
+            raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+        kept = min(size, max(round_to, round_to * round(kept / round_to)))
+    return max(1, kept)
+
+
+def group_l1_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """L1 norm of each root channel, summed over the output-channel weights of the group's convs/linears."""
+    scores = torch.zeros(group.size, dtype=torch.float64)
+    for member in group.members:
+        module = get_submodule(model, member.module)
+        if member.dim != "out" or not isinstance(module, (_ConvNd, nn.Linear)):
+            continue
+        norms = module.weight.detach().abs().flatten(1).sum(1).double().cpu()
+        scores.index_add_(0, torch.tensor(member.root_indices), norms[list(member.indices)])
+    return scores
+
+
+def filter_pruning_plan(
+    model: nn.Module,
+    fraction: float,
+    example_inputs: Any,
+    *,
+    include_linear: bool = False,
+    round_to: int | None = None,
+    ignored_layers: Sequence[str] = (),
+) -> ChannelPruningPlan:
+    """Plan uniform L1 filter pruning: every group loses the same fraction of its channels.
+
+    Args:
+        model: The trained model (unchanged).
+        fraction: Fraction of the channels removed from every group.
+        example_inputs: An input tensor (or tuple of inputs) to trace the model with.
+        include_linear: Also prune the output features of hidden linear layers (needed for MLPs).
+        round_to: Round each group's kept channel count to a multiple of this (hardware-friendly widths).
+        ignored_layers: Names of layers whose output channels are kept.
+
+    Returns:
+        The plan; apply it with :func:`apply_channel_masks` or :func:`remove_channels`.
+
+    Raises:
+        UnsupportedChannelFlowError: The model has zero-padding shortcuts or other channel flow the
+            dependency graph cannot follow.
+    """
+    root_types: tuple[type[nn.Module], ...] = (_ConvNd, nn.Linear) if include_linear else (_ConvNd,)
+    groups = coupled_channel_groups(
+        model, example_inputs, root_types=root_types, ignored_layers=ignored_layers
+    )
+    selections = []
+    for group in groups:
+        removed = group.size - channels_kept(group.size, fraction, round_to)
+        order = torch.argsort(group_l1_scores(model, group), stable=True)
+        selections.append(GroupSelection(group, tuple(sorted(int(i) for i in order[:removed]))))
+    return ChannelPruningPlan(tuple(selections))
+
+
+def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch.Tensor]:
+    """Return the parameter keep-masks that realise ``plan`` on ``model`` (see module docstring)."""
+    masks: dict[str, torch.Tensor] = {}
+
+    def mask_for(name: str, param: torch.Tensor) -> torch.Tensor:
+        return masks.setdefault(name, torch.ones_like(param, dtype=torch.bool))
+
+    for selection in plan.selections:
+        for s in selection.slices:
+            module = get_submodule(model, s.module)
+            idx = list(s.indices)
+            prefix = f"{s.module}." if s.module else ""
+            if isinstance(module, _BatchNorm) or s.dim == "out":
+                for pname in ("weight", "bias"):
+                    param = getattr(module, pname, None)
+                    if isinstance(param, nn.Parameter):
+                        mask_for(prefix + pname, param)[idx] = False
+            elif isinstance(module, _ConvNd) and module.groups > 1:
+                continue  # depthwise conv: its input channel i only feeds output channel i, masked as "out"
+            else:
+                mask_for(prefix + "weight", module.weight)[:, idx] = False
+    return masks
+
+
+def apply_channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> nn.Module:
+    """Return a copy of ``model`` with the plan's channels zeroed (same function as after removal)."""
+    return apply_masks(model, channel_masks(model, plan))
+
+
+def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    finally:
+        model.train(training)
+    return [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+
+
+def remove_channels(
+    model: nn.Module, plan: ChannelPruningPlan, example_inputs: Any, *, verify: bool = True
+) -> nn.Module:
+    """Return a copy of ``model`` with the plan's channels physically removed.
+
+    Every thinned layer gets a ``slimtrain_kept_channels`` attribute (kept indices relative to ``model``'s
+    own kept channels composed with any earlier thinning) that :func:`save_exported` records.
+
+    Args:
+        model: The trained (unmasked or masked) model, unchanged.
+        plan: A plan computed on ``model`` (or a model of the same architecture).
+        example_inputs: Input(s) to trace the model with and to verify the result on.
+        verify: Check, in eval mode on ``example_inputs``, that the thinned model computes the same outputs
+            as :func:`apply_channel_masks` (relative tolerance 1e-4).
+
+    Returns:
+        The thinned copy.
+
+    Raises:
+        RuntimeError: If verification fails (the thinned model is never returned then).
+    """
+    result = copy_model(model)
+    originals = {
+        (s.module, s.dim): _size(get_submodule(model, s.module), s.dim)
+        for selection in plan.selections
+        for s in selection.slices
+    }
+    remove_channels_in_place(result, example_inputs, [(s.group.root, s.pruned) for s in plan.selections])
+    removed: dict[tuple[str, str], set[int]] = {}
+    for selection in plan.selections:
+        for s in selection.slices:
+            removed.setdefault((s.module, s.dim), set()).update(s.indices)
+    for (name, dim), indices in removed.items():
+        module = get_submodule(result, name)
+        kept_now = [i for i in range(originals[(name, dim)]) if i not in indices]
+        record = dict(getattr(module, KEPT_CHANNELS_ATTR, {}))
+        previous = record.get(dim)
+        record[dim] = [previous[i] for i in kept_now] if previous is not None else kept_now
+        setattr(module, KEPT_CHANNELS_ATTR, record)
+    if verify:
+        expected = _outputs(apply_channel_masks(model, plan), example_inputs)
+        try:
+            actual = _outputs(result, example_inputs)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"channel removal produced a model that fails on the example input: {error}"
+            ) from error
+        for e, a in zip(expected, actual, strict=True):
+            scale = max(1.0, float(e.abs().max()))
+            if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5 * scale):
+                raise RuntimeError(
+                    "channel removal changed the model's function: the thinned model's outputs "
+                    "differ from the masked model's"
+                )
+    return result
+
+
+def _size(module: nn.Module, dim: str) -> int:
+    if isinstance(module, _BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if dim == "out" else module.in_features
+    return module.out_channels if dim == "out" else module.in_channels

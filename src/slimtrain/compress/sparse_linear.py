@@ -1,0 +1,128 @@
+"""A linear layer whose weight is stored in compressed sparse row (CSR) form."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
+
+
+class SparseLinear(nn.Module):
+    """``y = x Wᵀ + b`` with W held as CSR (``crow_indices``, ``col_indices`` buffers; ``values`` parameter).
+
+    Stored entries: ``nnz`` values plus ``nnz + out_features + 1`` int64 indices. Whether it is faster than
+    a dense ``nn.Linear`` depends on sparsity, size and batch; see ``docs/export.md`` for measurements.
+
+    Args:
+        in_features: Input features.
+        out_features: Output features.
+        nnz: Number of stored (non-zero) weight entries.
+        bias: Whether the layer has a bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, nnz: int, *, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.nnz = in_features, out_features, nnz
+        self.register_buffer("crow_indices", torch.zeros(out_features + 1, dtype=torch.int64))
+        self.register_buffer("col_indices", torch.zeros(nnz, dtype=torch.int64))
+        self.values = nn.Parameter(torch.zeros(nnz))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def weight_csr(self) -> torch.Tensor:
+        """Return the weight as a ``torch.sparse_csr`` tensor of shape (out_features, in_features)."""
+        return torch.sparse_csr_tensor(
+            self.crow_indices,
+            self.col_indices,
+            self.values,
+            (self.out_features, self.in_features),
+            check_invariants=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape (..., in_features)."""
+        flat = x.reshape(-1, self.in_features)
+        out = (self.weight_csr() @ flat.T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def config(self) -> dict[str, Any]:
+        """Return the constructor arguments (JSON-serialisable)."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "nnz": self.nnz,
+            "bias": self.bias is not None,
+        }
+
+    def to_dense(self) -> nn.Linear:
+        """Return an equivalent dense ``nn.Linear``."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None).to(
+            device=self.values.device, dtype=self.values.dtype
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight_csr().to_dense())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
+        """Store ``linear``'s weight (its exact zeros dropped) in CSR form; ``linear`` is left unchanged."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = linear.weight.detach().to_sparse_csr()
+        layer = cls(
+            linear.in_features, linear.out_features, csr.values().numel(), bias=linear.bias is not None
+        )
+        layer = layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            layer.crow_indices.copy_(csr.crow_indices())
+            layer.col_indices.copy_(csr.col_indices())
+            layer.values.copy_(csr.values())
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        """Summarise the layer's shape and stored entries."""
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
+
+
+def to_sparse_linear(
+    model: nn.Module, layers: Iterable[str] | None = None, *, min_sparsity: float = 0.0
+) -> nn.Module:
+    """Return a copy of ``model`` with linear layers stored as :class:`SparseLinear`.
+
+    Args:
+        model: The (pruned) model, unchanged.
+        layers: Names of the linears to convert; default every ``nn.Linear`` whose weight sparsity is at least
+            ``min_sparsity``.
+        min_sparsity: Minimum fraction of exact zeros for a layer to be converted when ``layers`` is None.
+
+    Returns:
+        The converted copy (same function).
+    """
+    result = copy_model(model)
+    if layers is None:
+        names = [
+            n
+            for n, m in result.named_modules()
+            if isinstance(m, nn.Linear) and float((m.weight == 0).float().mean()) >= min_sparsity
+        ]
+    else:
+        names = list(layers)
+    for name in names:
+        dense = get_submodule(result, name)
+        if not isinstance(dense, nn.Linear):
+            raise TypeError(f"layer {name!r} is a {type(dense).__name__}, not nn.Linear")
+        sparse = SparseLinear.from_linear(dense)
+        if hasattr(dense, KEPT_CHANNELS_ATTR):
+            setattr(sparse, KEPT_CHANNELS_ATTR, getattr(dense, KEPT_CHANNELS_ATTR))
+        set_submodule(result, name, sparse)
+    return result

@@ -1,0 +1,434 @@
+"""Rank-adaptive augmented BUG integrator (TDLRT / matrix DLRT) driving a standard inner optimizer.
+
+Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT); Ceruti, Kusch &
+Lubich, BIT 2022 (rank-adaptive BUG) and the parallel BUG integrator. Spec ``tdlrt.md`` §2.3–§2.9, §5, §6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from slimtrain.lowrank.conversion import factorized_layers
+from slimtrain.lowrank.factorized import TuckerFactorizedLayer
+from slimtrain.lowrank.tensor_ops import (
+    complete_orthonormal,
+    fold,
+    multi_mode_product,
+    orthonormal_augmentation,
+    rank_from_singular_values,
+    unfold,
+)
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+GradReducer = Callable[[list[Tensor]], None]
+
+# Adam-type second moments are not rotation-equivariant: transported by the sqrt heuristic (spec §2.7).
+_SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+class TDLRT:
+    """Rank-adaptive training of factorized layers with one inner ``torch.optim`` optimizer.
+
+    Per batch, :meth:`step` runs (spec §2.4, ``variant="two_pass"``):
+
+    1. ``closure()`` (forward + backward) for the basis gradients ``∇_{U_i}L``; nothing is stepped and
+       BatchNorm running statistics are restored afterwards.
+    2. Each adaptive mode's basis is augmented to ``Ũ_i = orth[U_i | ∇_{U_i}L]`` (width
+       ``min(2 r_i, r̄_i)``), the core is transported, ``C̃ = C ×_i Ũ_iᵀU_i`` (the represented weight is
+       unchanged), and so is the optimizer state of the core (§2.7).
+    3. ``closure()`` again on the same batch with the same random state (same dropout mask) and one inner
+       optimizer step on every core and every non-factorized parameter: each is stepped once per batch.
+    4. Every adaptive mode is truncated from the same augmented core by an HOSVD with relative tolerance
+       ``tau`` and rank bounds ``[r_min, r_max]`` (§2.5); optimizer state follows.
+
+    ``variant="parallel"`` is the single-pass parallel BUG step (§2.9). The factors ``U_i`` are never
+    given to the inner optimizer (so no optimizer step and no weight decay touches them).
+
+    Args:
+        model: Model containing factorized layers (see :func:`convert_to_lowrank`).
+        optimizer_factory: Builds the inner optimizer from the list of stepped parameters (cores first,
+            then every other trainable parameter), e.g. ``lambda p: torch.optim.SGD(p, lr=0.1,
+            momentum=0.9)``. Attach LR schedulers to :attr:`optimizer`.
+        tau: Truncation tolerance: relative (``ϑ = τ‖C̃‖_F``) or absolute (``absolute_tolerance=True``).
+        absolute_tolerance: Use ``ϑ = tau`` (option of matrix DLRT).
+        rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
+            step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
+        variant: ``"two_pass"`` (default) or ``"parallel"`` (one forward/backward per step).
+        aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
+            or ``"n"`` (BUG theory: up to the mode size).
+        aug_select: ``"svd"`` (corrected default) or ``"qr_columns"`` (faithful RobustDLRT; spec §5).
+        truncation: ``"hosvd"`` (corrected default) or ``"dlrt_net"`` (faithful off-by-one tail that keeps the
+            old rank when no rank qualifies; spec §5).
+        state_transport: ``"rotate"`` (default, §2.7), ``"reset"`` (zero core state at every basis change) or
+            ``"none"`` (DLRT-Net: buffers kept in place, cut or zero-padded to the new shape).
+        grad_reducer: Called to reduce, in place, a list of gradients before they are used: the adaptive
+            factors' gradients, then the stepped parameters' gradients (e.g. an all-reduce average across
+            data-parallel ranks). Use it instead of a ``DistributedDataParallel`` wrapper, whose bucket
+            views do not follow rank changes. With averaged gradients every rank truncates identically.
+        max_grad_norm: Clip the gradient norm over the stepped parameters only (the RobustDLRT code clips
+            before zeroing the basis gradients, shrinking the core step; spec §5).
+        update_bn_in_basis_pass: Faithful DLRT-Net behaviour: BatchNorm running statistics are updated in
+            both passes. Default: only in the pass whose gradients are stepped.
+        parallel_pinv_rtol: Relative cutoff of the pseudo-inverse of ``Mat_i(C)`` in the parallel variant
+            (``None``: torch's default).
+
+    Raises:
+        ValueError: The model has no factorized layer, a layer has ``free_factors=True``, or the factory's
+            optimizer steps a factor.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer_factory: OptimizerFactory,
+        *,
+        tau: float = 0.1,
+        absolute_tolerance: bool = False,
+        rank_policy: Literal["adaptive", "fixed"] = "adaptive",
+        variant: Literal["two_pass", "parallel"] = "two_pass",
+        aug_cap: Literal["rmax", "n"] = "rmax",
+        aug_select: Literal["svd", "qr_columns"] = "svd",
+        truncation: Literal["hosvd", "dlrt_net"] = "hosvd",
+        state_transport: Literal["rotate", "reset", "none"] = "rotate",
+        grad_reducer: GradReducer | None = None,
+        max_grad_norm: float | None = None,
+        update_bn_in_basis_pass: bool = False,
+        parallel_pinv_rtol: float | None = None,
+    ) -> None:
+        options = {
+            "rank_policy": (rank_policy, ("adaptive", "fixed")),
+            "variant": (variant, ("two_pass", "parallel")),
+            "aug_cap": (aug_cap, ("rmax", "n")),
+            "aug_select": (aug_select, ("svd", "qr_columns")),
+            "truncation": (truncation, ("hosvd", "dlrt_net")),
+            "state_transport": (state_transport, ("rotate", "reset", "none")),
+        }
+        for key, (value, allowed) in options.items():
+            if value not in allowed:
+                raise ValueError(f"TDLRT: {key}={value!r} is not one of {allowed}")
+        if tau < 0:
+            raise ValueError(f"TDLRT: tau must be non-negative, got {tau}")
+        self.model = model
+        self.layers: dict[str, TuckerFactorizedLayer] = factorized_layers(model)
+        if not self.layers:
+            raise ValueError("TDLRT: the model has no factorized layer; call convert_to_lowrank first")
+        for name, layer in self.layers.items():
+            if layer.free_factors:
+                raise ValueError(f"TDLRT: layer {name!r} has free_factors=True (vanilla factor training)")
+        self.tau = float(tau)
+        self.absolute_tolerance = absolute_tolerance
+        self.rank_policy = rank_policy
+        self.variant = variant
+        self.aug_cap = aug_cap
+        # The r_max cap would freeze the bases of fixed-rank layers sitting at r_max.
+        self._aug_cap = "n" if rank_policy == "fixed" else aug_cap
+        self.aug_select = aug_select
+        self.truncation = truncation
+        self.state_transport = state_transport
+        self.grad_reducer = grad_reducer
+        self.max_grad_norm = max_grad_norm
+        self.update_bn_in_basis_pass = update_bn_in_basis_pass
+        self.parallel_pinv_rtol = parallel_pinv_rtol
+
+        factor_ids = {id(u) for layer in self.layers.values() for u in layer.factors}
+        cores = [layer.core for layer in self.layers.values()]
+        core_ids = {id(c) for c in cores}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in factor_ids | core_ids]
+        self.stepped_parameters: list[nn.Parameter] = cores + others
+        self.optimizer = optimizer_factory(list(self.stepped_parameters))
+        for group in self.optimizer.param_groups:
+            if any(id(p) in factor_ids for p in group["params"]):
+                raise ValueError("TDLRT: the inner optimizer must not hold factor parameters")
+        self.step_count = 0
+        #: Per layer, the last truncation's threshold and per-mode discarded tails (diagnostics, tests).
+        self.last_truncation: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------------------------ public
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The inner optimizer's parameter groups."""
+        return self.optimizer.param_groups
+
+    def ranks(self) -> dict[str, tuple[int, ...]]:
+        """Current ranks of every factorized layer."""
+        return {name: layer.ranks for name, layer in self.layers.items()}
+
+    def zero_grad(self) -> None:
+        """Drop the gradients of every parameter of the model."""
+        for param in self.model.parameters():
+            param.grad = None
+
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:
+        """One integrator step on one batch; returns the loss of the first pass (before the step).
+
+        Args:
+            closure: Runs forward and backward on the batch and returns the loss; it is called twice for
+                ``variant="two_pass"``. Gradients are zeroed before each call.
+        """
+        ranks_before = self.ranks()
+        if self.variant == "two_pass":
+            loss = self._two_pass_step(closure, ranks_before)
+        else:
+            loss = self._parallel_step(closure, ranks_before)
+        self.step_count += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Inner optimizer state, ranks per layer and step count (save with the model's ``state_dict``)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "ranks": {name: list(r) for name, r in self.ranks().items()},
+            "step_count": self.step_count,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; load the model's ``state_dict`` first (it adopts the saved ranks).
+
+        Raises:
+            ValueError: The saved layers or ranks differ from the model's.
+        """
+        saved = {name: tuple(r) for name, r in state_dict["ranks"].items()}
+        if saved.keys() != self.layers.keys():
+            raise ValueError(
+                f"TDLRT: saved layers {sorted(saved)} differ from the model's {sorted(self.layers)}"
+            )
+        for name, ranks in saved.items():
+            if self.layers[name].ranks != ranks:
+                raise ValueError(
+                    f"TDLRT: layer {name!r} has ranks {self.layers[name].ranks}, the checkpoint {ranks}; "
+                    "load the model's state_dict before the integrator's"
+                )
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.step_count = int(state_dict["step_count"])
+
+    # -------------------------------------------------------------------------------------- the steps
+    def _two_pass_step(
+        self, closure: Callable[[], Tensor], ranks_before: dict[str, tuple[int, ...]]
+    ) -> Tensor:
+        bn_buffers = None if self.update_bn_in_basis_pass else self._bn_snapshot()
+        rng = _rng_snapshot()
+        loss = self._run_closure(closure)
+        self._reduce([u.grad for layer in self.layers.values() for u in self._adaptive_factors(layer)])
+        with torch.no_grad():
+            for layer in self.layers.values():
+                self._augment(layer)
+        if bn_buffers is not None:
+            _bn_restore(bn_buffers)
+        _rng_restore(rng)
+        self._run_closure(closure)
+        self._step_inner()
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                self._truncate(name, layer, ranks_before[name])
+        return loss
+
+    def _parallel_step(
+        self, closure: Callable[[], Tensor], ranks_before: dict[str, tuple[int, ...]]
+    ) -> Tensor:
+        loss = self._run_closure(closure)
+        self._reduce([u.grad for layer in self.layers.values() for u in self._adaptive_factors(layer)])
+        with torch.no_grad():
+            plans = {name: self._parallel_directions(layer) for name, layer in self.layers.items()}
+        self._step_inner()
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                self._parallel_assemble(layer, *plans[name])
+                self._truncate(name, layer, ranks_before[name])
+        return loss
+
+    def _run_closure(self, closure: Callable[[], Tensor]) -> Tensor:
+        self.zero_grad()
+        with torch.enable_grad():
+            loss = closure()
+        return loss.detach() if isinstance(loss, Tensor) else loss
+
+    def _step_inner(self) -> None:
+        for layer in self.layers.values():
+            for u in layer.factors:
+                u.grad = None
+        self._reduce([p.grad for p in self.stepped_parameters])
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.stepped_parameters, self.max_grad_norm)
+        self.optimizer.step()
+
+    def _reduce(self, grads: Sequence[Tensor | None]) -> None:
+        if self.grad_reducer is not None:
+            present = [g for g in grads if g is not None]
+            if present:
+                self.grad_reducer(present)
+
+    @staticmethod
+    def _adaptive_factors(layer: TuckerFactorizedLayer) -> list[nn.Parameter]:
+        return [layer.factors[m] for m in layer.adaptive_modes]
+
+    # ----------------------------------------------------------------------------- basis operations
+    def _augment(self, layer: TuckerFactorizedLayer) -> None:
+        """Spec §2.4 steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
+        factors = _linalg_copies(layer.factors)
+        widths = layer.augmented_ranks(self._aug_cap)
+        maps: dict[int, Tensor] = {}
+        for mode in layer.adaptive_modes:
+            grad = layer.factors[mode].grad
+            if grad is None:  # the layer took no part in the loss: nothing to add
+                continue
+            factors[mode], maps[mode] = orthonormal_augmentation(
+                factors[mode],
+                grad.to(factors[mode].dtype),
+                widths[mode] - factors[mode].shape[1],
+                select=self.aug_select,
+            )
+        self._change_basis(layer, maps, factors)
+
+    def _truncate(self, name: str, layer: TuckerFactorizedLayer, ranks_before: tuple[int, ...]) -> None:
+        """Spec §2.5: truncated HOSVD of the augmented core, every mode from the same core."""
+        (core,) = _linalg_copies([layer.core])
+        norm = float(torch.linalg.vector_norm(core))
+        threshold = self.tau if self.absolute_tolerance else self.tau * norm
+        factors = _linalg_copies(layer.factors)
+        maps: dict[int, Tensor] = {}
+        tails: dict[int, float] = {}
+        for mode in layer.adaptive_modes:
+            left, sigma, _ = torch.linalg.svd(unfold(core, mode), full_matrices=False)
+            if self.rank_policy == "fixed":
+                rank = ranks_before[mode]
+            else:
+                rank = rank_from_singular_values(
+                    sigma,
+                    threshold,
+                    faithful_dlrt_net=self.truncation == "dlrt_net",
+                    fallback=ranks_before[mode],
+                )
+                rank = min(max(rank, layer.min_ranks[mode]), layer.max_ranks[mode])
+            rank = min(rank, core.shape[mode])
+            tails[mode] = float(torch.linalg.vector_norm(sigma[rank:]))
+            kept = complete_orthonormal(left[:, :rank], rank)
+            maps[mode] = kept.T
+            factors[mode] = factors[mode] @ kept
+        self.last_truncation[name] = {"threshold": threshold, "core_norm": norm, "tails": tails}
+        self._change_basis(layer, maps, factors)
+
+    def _parallel_directions(
+        self, layer: TuckerFactorizedLayer
+    ) -> tuple[list[Tensor], dict[int, Tensor], dict]:
+        """Spec §2.9: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
+        (core,) = _linalg_copies([layer.core])
+        factors = _linalg_copies(layer.factors)
+        widths = layer.augmented_ranks(self._aug_cap)
+        maps: dict[int, Tensor] = {}
+        directions: dict[int, Tensor] = {}
+        for mode in layer.adaptive_modes:
+            grad = layer.factors[mode].grad
+            if grad is None:
+                continue
+            pinv = torch.linalg.pinv(unfold(core, mode), rtol=self.parallel_pinv_rtol)
+            directions[mode] = grad.to(pinv.dtype) @ pinv.T
+            factors[mode], maps[mode] = orthonormal_augmentation(
+                factors[mode], directions[mode], widths[mode] - core.shape[mode], select=self.aug_select
+            )
+        return factors, maps, directions
+
+    def _parallel_assemble(
+        self,
+        layer: TuckerFactorizedLayer,
+        factors: list[Tensor],
+        maps: dict[int, Tensor],
+        directions: dict[int, Tensor],
+    ) -> None:
+        """Augmented core: stepped old block plus the single-new-mode blocks ``−λ Ten_i(Û_iᵀ D_i)`` (§2.9)."""
+        lr = next(g["lr"] for g in self.optimizer.param_groups if any(p is layer.core for p in g["params"]))
+        old_bases = _linalg_copies(layer.factors)
+        old_shape = tuple(layer.core.shape)
+        blocks = old_bases[0].new_zeros([f.shape[1] for f in factors])
+        for mode, direction in directions.items():
+            basis = old_bases[mode]
+            orthogonal = direction - basis @ (basis.T @ direction)
+            shape = list(old_shape)
+            shape[mode] = factors[mode].shape[1]
+            block = fold(factors[mode].T @ orthogonal, mode, shape)
+            blocks += multi_mode_product(block, {j: m for j, m in maps.items() if j != mode})
+        self._change_basis(layer, maps, factors)
+        layer.core.data.add_(blocks.to(layer.core.dtype), alpha=-lr)
+
+    def _change_basis(
+        self, layer: TuckerFactorizedLayer, maps: dict[int, Tensor], factors: list[Tensor]
+    ) -> None:
+        """Set ``C ← C ×_i R_i`` and the new factors; transport the core's optimizer state with ``R_i``."""
+        if not maps:
+            return
+        (core,) = _linalg_copies([layer.core])
+        new_core = multi_mode_product(core, maps)
+        state = self.optimizer.state.get(layer.core)
+        if state:
+            for key, value in list(state.items()):
+                if isinstance(value, Tensor) and value.shape == layer.core.shape:
+                    state[key] = transport_state_tensor(
+                        key, value, maps, new_core.shape, self.state_transport
+                    )
+        layer.set_factorization(new_core, factors)
+
+    # ------------------------------------------------------------------------ pass-local side effects
+    def _bn_snapshot(self) -> list[tuple[Tensor, Tensor]]:
+        pairs = []
+        for module in self.model.modules():
+            if isinstance(module, _BatchNorm):
+                pairs += [(b, b.detach().clone()) for b in module.buffers(recurse=False) if b is not None]
+        return pairs
+
+
+def transport_state_tensor(
+    key: str,
+    value: Tensor,
+    maps: dict[int, Tensor],
+    shape: Sequence[int],
+    mode: Literal["rotate", "reset", "none"] = "rotate",
+) -> Tensor:
+    """Carry one core-shaped optimizer-state tensor through a basis change ``C ← C ×_i R_i`` (spec §2.7).
+
+    Args:
+        key: State key; ``exp_avg_sq`` / ``max_exp_avg_sq`` (Adam second moments) use the heuristic
+            ``v ← (sqrt(v) ×_i R_i)^{∘2}``, every other key the exact linear map ``b ← b ×_i R_i``.
+        value: The state tensor, shaped like the core before the change.
+        maps: ``R_i`` per changed mode (``M_i = Ũ_iᵀU_i`` at augmentation, ``P̄_iᵀ`` at truncation).
+        shape: The core's new shape.
+        mode: ``"rotate"`` (default), ``"reset"`` (zeros) or ``"none"`` (faithful DLRT-Net: the buffer is kept
+            in place, cut or zero-padded to the new shape).
+    """
+    if mode == "reset":
+        return value.new_zeros(shape)
+    if mode == "none":
+        out = value.new_zeros(shape)
+        overlap = tuple(slice(0, min(a, b)) for a, b in zip(value.shape, shape, strict=True))
+        out[overlap] = value[overlap]
+        return out
+    cast = {m: r.to(value.dtype) for m, r in maps.items()}
+    if key in _SECOND_MOMENT_KEYS:
+        return multi_mode_product(value.sqrt(), cast).square().contiguous()
+    return multi_mode_product(value, cast).contiguous()
+
+
+def _linalg_copies(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Detached copies in a dtype fit for QR/SVD: half precisions are promoted to float32 (spec §6)."""
+    return [t.detach().to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
+
+
+def _bn_restore(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, saved in pairs:
+            buffer.copy_(saved)
+
+
+def _rng_snapshot() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _rng_restore(snapshot: tuple[Tensor, list[Tensor] | None]) -> None:
+    cpu, cuda = snapshot
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,282 @@
+"""Matrix low-rank layers ``W = U S Vᵀ`` (DLRT, Schotthöfer et al., arXiv:2205.13571; spec tdlrt.md §2.8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from slimtrain.lowrank.factorized import MatrixFactorizedLayer
+from slimtrain.lowrank.tucker_conv import check_conv_supported
+
+
+class LowRankLinear(MatrixFactorizedLayer):
+    """Linear layer with weight ``W = U S Vᵀ`` (``U``: ``out × r``, ``V``: ``in × r``, orthonormal).
+
+    Forward computes ``((x V) Sᵀ) Uᵀ + b`` without forming ``W``.
+
+    Args:
+        in_features: ``m``.
+        out_features: ``n``.
+        bias: Whether the layer has a bias.
+        ranks: Initial rank (int or ``(r_U, r_V)``); default ``r_max``.
+        rank_fraction: Initial rank as a fraction of ``min(n, m)``.
+        max_rank: User cap on the rank.
+        max_rank_fraction: ``r_max = ⌊fraction · min(n, m)⌋`` (DLRT-Net: 0.5).
+        min_rank: ``r_min`` (authors' code: 2 for matrices).
+        free_factors: Vanilla fixed-rank UV training (baseline): factors are plain trainable parameters.
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        ranks: int | Sequence[int] | None = None,
+        rank_fraction: float | None = None,
+        max_rank: int | None = None,
+        max_rank_fraction: float = 0.5,
+        min_rank: int = 2,
+        free_factors: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            out_features,
+            in_features,
+            max_rank=max_rank,
+            max_rank_fraction=max_rank_fraction,
+            min_rank=min_rank,
+            free_factors=free_factors,
+        )
+        self.in_features, self.out_features = in_features, out_features
+        reference = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.bias = reference.bias
+        self._init_parameters(reference.weight, self.resolve_ranks(ranks, rank_fraction))
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        ranks: int | Sequence[int] | None = None,
+        rank_fraction: float | None = None,
+        tau: float | None = None,
+        **layer_kwargs,
+    ) -> LowRankLinear:
+        """Factorize a trained linear layer by truncated SVD (exact at full rank).
+
+        Args:
+            linear: The dense layer.
+            ranks: Explicit rank.
+            rank_fraction: Rank as a fraction of ``min(n, m)``.
+            tau: Choose the rank by the relative tolerance ``tau`` (spec §2.5) instead.
+            **layer_kwargs: Further constructor arguments (``max_rank``, ``min_rank``, ...).
+        """
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            ranks=1,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **layer_kwargs,
+        )
+        _init_matrix_layer(layer, linear.weight.detach(), linear.bias, ranks, rank_fraction, tau)
+        return layer
+
+    def dense_weight(self) -> Tensor:
+        """The reconstructed weight ``U S Vᵀ`` (``out × in``)."""
+        return self.represented_tensor()
+
+    def to_dense(self) -> nn.Linear:
+        """An :class:`torch.nn.Linear` with the reconstructed weight and the same bias."""
+        weight = self.dense_weight().detach()
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``((x V) Sᵀ) Uᵀ + b``."""
+        u, v = self.factors
+        return F.linear(F.linear(F.linear(x, v.T), self.core), u, self.bias)
+
+
+class MatrixLowRankConv2d(MatrixFactorizedLayer):
+    """Conv2d with ``mat(W) = U S Vᵀ`` on ``mat(W) ∈ R^{C_out × C_in k_h k_w}`` (matrix-DLRT conv baseline).
+
+    Forward: a ``k_h×k_w`` convolution with kernel ``Vᵀ`` reshaped to ``r_V × C_in × k_h × k_w`` (the layer's
+    stride, padding and dilation), then a 1×1 convolution with ``U S`` plus the bias.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: ``k`` or ``(k_h, k_w)``.
+        stride: As :class:`torch.nn.Conv2d`.
+        padding: As :class:`torch.nn.Conv2d`; zero padding only.
+        dilation: As :class:`torch.nn.Conv2d`.
+        groups: Must be 1.
+        bias: Whether the layer has a bias (``bias=False`` is honoured, unlike DLRT-Net; spec §5).
+        ranks: Initial rank; default ``r_max``.
+        rank_fraction: Initial rank as a fraction of ``min(C_out, C_in k_h k_w)``.
+        max_rank: User cap on the rank.
+        max_rank_fraction: ``r_max = ⌊fraction · min(C_out, C_in k_h k_w)⌋``.
+        min_rank: ``r_min`` (2 for matrices).
+        free_factors: Vanilla fixed-rank UV training (baseline).
+        device: Device of the parameters.
+        dtype: Dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        ranks: int | Sequence[int] | None = None,
+        rank_fraction: float | None = None,
+        max_rank: int | None = None,
+        max_rank_fraction: float = 0.5,
+        min_rank: int = 2,
+        free_factors: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if groups != 1:
+            raise ValueError(f"MatrixLowRankConv2d: grouped convolutions (groups={groups}) are not supported")
+        k_h, k_w = _pair(kernel_size)
+        super().__init__(
+            out_channels,
+            in_channels * k_h * k_w,
+            max_rank=max_rank,
+            max_rank_fraction=max_rank_fraction,
+            min_rank=min_rank,
+            free_factors=free_factors,
+        )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (k_h, k_w)
+        self.stride = _pair(stride)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation = _pair(dilation)
+        reference = nn.Conv2d(in_channels, out_channels, (k_h, k_w), bias=bias, device=device, dtype=dtype)
+        self.bias = reference.bias
+        self._init_parameters(
+            reference.weight.reshape(out_channels, -1), self.resolve_ranks(ranks, rank_fraction)
+        )
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        ranks: int | Sequence[int] | None = None,
+        rank_fraction: float | None = None,
+        tau: float | None = None,
+        name: str = "conv",
+        **layer_kwargs,
+    ) -> MatrixLowRankConv2d:
+        """Factorize a trained convolution by truncated SVD of ``mat(W)`` (exact at full rank).
+
+        Args:
+            conv: The dense layer.
+            ranks: Explicit rank.
+            rank_fraction: Rank as a fraction of ``min(C_out, C_in k_h k_w)``.
+            tau: Choose the rank by the relative tolerance ``tau`` instead.
+            name: Layer name used in error messages.
+            **layer_kwargs: Further constructor arguments.
+        """
+        check_conv_supported(conv, name)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            ranks=1,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            **layer_kwargs,
+        )
+        matrix = conv.weight.detach().reshape(conv.out_channels, -1)
+        _init_matrix_layer(layer, matrix, conv.bias, ranks, rank_fraction, tau)
+        return layer
+
+    def dense_weight(self) -> Tensor:
+        """The reconstructed kernel ``(U S Vᵀ)`` reshaped to ``C_out × C_in × k_h × k_w``."""
+        return self.represented_tensor().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def to_dense(self) -> nn.Conv2d:
+        """An :class:`torch.nn.Conv2d` with the reconstructed kernel and the same bias."""
+        weight = self.dense_weight().detach()
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        """k×k convolution to ``r_V`` channels, then a 1×1 convolution with ``U S``."""
+        u, v = self.factors
+        kernel = v.T.reshape(-1, self.in_channels, *self.kernel_size)
+        x = F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, (u @ self.core)[:, :, None, None], self.bias)
+
+    def extra_repr(self) -> str:
+        """Layer hyper-parameters and ranks, as printed by ``repr``."""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, "
+            + super().extra_repr()
+        )
+
+
+def _init_matrix_layer(
+    layer: MatrixFactorizedLayer,
+    matrix: Tensor,
+    bias: Tensor | None,
+    ranks: int | Sequence[int] | None,
+    rank_fraction: float | None,
+    tau: float | None,
+) -> None:
+    if tau is not None:
+        chosen = layer.ranks_for_tolerance(matrix, tau)
+        chosen = (max(chosen),) * 2
+    else:
+        chosen = layer.resolve_ranks(ranks, rank_fraction)
+    layer._init_parameters(matrix, chosen)
+    if bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias)

@@ -1,0 +1,34 @@
+"""Selective Weight Decay (Tessier et al., arXiv:2011.10520): continuous pruning through a growing penalty.
+
+- :class:`SelectiveWeightDecay`: the penalty, as a loss term or a gradient hook, with its per-step schedule.
+- :class:`MagnitudeSelection`: unstructured selection (one global magnitude threshold).
+- :class:`ChannelSelection`: structured selection (BatchNorm γ gates under a parameter budget).
+- :class:`ChannelGraph`: gates and analytic surviving-parameter count of a CNN.
+- :func:`budget_threshold`: the parameter-budget bisection.
+- :func:`prune_to_target`: final hard pruning at the target.
+"""
+
+from slimtrain.swd.budget import budget_threshold, parameter_budget
+from slimtrain.swd.channels import ChannelGraph
+from slimtrain.swd.prune import prune_to_target
+from slimtrain.swd.regularizer import SelectiveWeightDecay
+from slimtrain.swd.schedule import ExponentialSchedule
+from slimtrain.swd.selection import MagnitudeSelection, Selected, Selection, population_weights
+from slimtrain.swd.stability import is_stable, stability_limit
+from slimtrain.swd.structured import ChannelSelection
+
+__all__ = [
+    "ChannelGraph",
+    "ChannelSelection",
+    "ExponentialSchedule",
+    "MagnitudeSelection",
+    "Selected",
+    "Selection",
+    "SelectiveWeightDecay",
+    "budget_threshold",
+    "is_stable",
+    "parameter_budget",
+    "population_weights",
+    "prune_to_target",
+    "stability_limit",
+]

@@ -1,0 +1,98 @@
+"""Parameter-budget bisection of structured SWD (spec ``swd.md`` §2.6, §5)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Literal
+
+import torch
+from torch import nn
+
+from slimtrain.swd.channels import ChannelGraph, GateCompare
+
+__all__ = ["Bisection", "budget_threshold", "parameter_budget"]
+
+Bisection = Literal["corrected", "reference"]
+
+
+def parameter_budget(model: nn.Module, target: float) -> int:
+    """B = ⌊(1 − target/1000)·N_total⌋, computed exactly; ``target`` is per-mille of parameters removed.
+
+    Raises:
+        ValueError: If ``target`` is outside [0, 1000).
+    """
+    if not 0 <= target < 1000:
+        raise ValueError(f"target is per-mille removed and must lie in [0, 1000), got {target}")
+    total = sum(p.numel() for p in model.parameters())
+    return math.floor((1 - Fraction(repr(float(target))) / 1000) * total)
+
+
+def budget_threshold(
+    graph: ChannelGraph,
+    model: nn.Module,
+    target: float,
+    bisection: Bisection = "corrected",
+    gate_compare: GateCompare = "ge",
+) -> float:
+    """Global γ threshold whose surviving network meets the parameter budget of ``target``.
+
+    Candidates are the sorted |γ| of all gates. ``"corrected"`` (default) returns the smallest candidate th
+    with P(th) ≤ B, found by binary search (P is non-increasing in th); if even the largest candidate keeps
+    too much, every gate channel is removed (th = +inf). ``"reference"`` reproduces the reference loop: bisect
+    the candidate indices, return as soon as P(th) = B, otherwise shrink until hi − lo ≤ 1 and return the last
+    th, which may miss the budget by one candidate.
+
+    Args:
+        graph: Channel structure of ``model``.
+        model: The model, with its current γ.
+        target: Per-mille of parameters removed, in [0, 1000).
+        bisection: ``"corrected"`` or ``"reference"``.
+        gate_compare: Comparison of the count (``"ge"``, as the mask; ``"gt"`` is the reference's count).
+
+    Returns:
+        The threshold: channels with |γ| ≥ threshold are kept.
+
+    Raises:
+        ValueError: If no threshold meets the budget (the ungated layers alone exceed it) or an argument is
+            unknown.
+    """
+    if bisection not in ("corrected", "reference"):
+        raise ValueError(f"bisection must be 'corrected' or 'reference', got {bisection!r}")
+    budget = parameter_budget(model, target)
+    candidates = torch.cat(
+        [model.get_submodule(g).weight.detach().abs().flatten() for g in graph.gates]
+    ).sort()[0]
+
+    def count(index: int) -> int:
+        return graph.parameter_count(model, float(candidates[index]), gate_compare)
+
+    if bisection == "reference":
+        lo, hi = 0, len(candidates)
+        while True:
+            mid = (lo + hi) // 2
+            n = count(mid)
+            if n == budget:
+                return float(candidates[mid])
+            if n < budget:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= 1:
+                return float(candidates[mid])
+
+    if count(len(candidates) - 1) > budget:
+        if graph.parameter_count(model, math.inf, gate_compare) > budget:
+            raise ValueError(
+                f"target {target} asks for at most {budget} parameters, but the layers that no gate controls "
+                "already exceed it"
+            )
+        return math.inf
+    lo, hi = 0, len(candidates) - 1  # invariant: count(hi) <= budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(candidates[hi])

@@ -1,0 +1,39 @@
+"""Final hard pruning at the SWD target, without fine-tuning (spec ``swd.md`` §2.4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from slimtrain.swd.selection import MagnitudeSelection, Selection
+
+__all__ = ["prune_to_target"]
+
+
+@torch.no_grad()
+def prune_to_target(model: nn.Module, selection: Selection | float) -> dict[str, Tensor]:
+    """Zero, in place, every entry the selection removes, and return the keep masks.
+
+    The mask is recomputed from the current weights with the same rule as during training, then multiplied
+    into every penalised tensor. Nothing else changes: no fine-tuning, no BatchNorm recalibration; evaluate
+    the result in ``eval()`` mode with the stored statistics. Physical removal of channels is a separate
+    export step. In the corrected unstructured mode, exactly ⌊(target/1000)·n⌋ weights of the population are
+    zeroed.
+
+    Args:
+        model: The trained model.
+        selection: A selection (see :mod:`slimtrain.swd.selection`, :mod:`slimtrain.swd.structured`), or a
+            per-mille target as shorthand for ``MagnitudeSelection(target)`` (conv and linear weights).
+
+    Returns:
+        ``{parameter name: boolean keep mask}`` for every penalised parameter (usable with
+        :class:`slimtrain.pruning.MaskSet` to hold the zeros during further training).
+    """
+    if not hasattr(selection, "select"):
+        selection = MagnitudeSelection(float(selection))
+    masks = {}
+    for s in selection.select(model):
+        keep = ~s.removed
+        s.param.mul_(keep)
+        masks[s.name] = keep
+    return masks

@@ -1,0 +1,114 @@
+"""Which weights SWD penalises: the selection protocol and the unstructured magnitude selection.
+
+Spec ``swd.md`` §2.2 (Tessier et al., arXiv:2011.10520): the selected weights are those that pruning the
+network to the target right now would remove; they are recomputed from the current weights at every step,
+with one global threshold, and no gradient flows through the selection.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Literal, NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from slimtrain.pruning.magnitude import global_magnitude_masks
+
+__all__ = [
+    "MagnitudeSelection",
+    "Population",
+    "Selected",
+    "Selection",
+    "permille_count",
+    "population_weights",
+]
+
+Population = Literal["weights", "reference"]
+
+
+class Selected(NamedTuple):
+    """One penalised parameter and the boolean mask of its selected (to-be-removed) entries."""
+
+    name: str
+    param: nn.Parameter
+    removed: Tensor
+
+
+class Selection(Protocol):
+    """Computes, from the current weights of a model, the entries that pruning at the target would remove."""
+
+    def select(self, model: nn.Module) -> list[Selected]:
+        """Selected entries of every penalised parameter of ``model``."""
+        ...
+
+
+def permille_count(n: int, target: float) -> int:
+    """⌊(target/1000)·n⌋ computed exactly; ``target`` is per-mille removed (900 = 90% removed).
+
+    Raises:
+        ValueError: If ``target`` is outside [0, 1000).
+    """
+    if not 0 <= target < 1000:
+        raise ValueError(f"target is per-mille removed and must lie in [0, 1000), got {target}")
+    return math.floor(Fraction(repr(float(target))) * n / 1000)
+
+
+def population_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of every convolution and linear layer, by qualified name (the corrected population).
+
+    Raises:
+        ValueError: If the model has no convolution or linear layer.
+    """
+    weights = {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
+    }
+    if not weights:
+        raise ValueError(f"{type(model).__name__} has no Conv or Linear layer to prune")
+    return weights
+
+
+class MagnitudeSelection:
+    """Unstructured selection: the smallest magnitudes under one global threshold.
+
+    Populations (spec §2.2, §5):
+
+    - ``"weights"`` (corrected default): conv and linear weights count, are penalised and pruned; exactly
+      ⌊(target/1000)·n⌋ entries are selected, ties broken by position (model order), without sorting.
+    - ``"reference"`` (faithful): the threshold is the magnitude at index ⌊(target/1000)·n⌋ of the sorted
+      magnitudes of every parameter whose name does not contain ``"bn"``; entries strictly below it are
+      selected in **every** parameter, BatchNorm scales and shifts included.
+
+    Args:
+        target: Per-mille of weights removed, in [0, 1000).
+        population: ``"weights"`` or ``"reference"``.
+
+    Raises:
+        ValueError: On an unknown population or a target out of range.
+    """
+
+    def __init__(self, target: float, population: Population = "weights") -> None:
+        if population not in ("weights", "reference"):
+            raise ValueError(f"population must be 'weights' or 'reference', got {population!r}")
+        permille_count(0, target)
+        self.target = target
+        self.population = population
+
+    def select(self, model: nn.Module) -> list[Selected]:
+        """Selected entries of every penalised parameter, from the current magnitudes (detached)."""
+        if self.population == "weights":
+            weights = population_weights(model)
+            n = sum(w.numel() for w in weights.values())
+            keep = global_magnitude_masks(weights, permille_count(n, self.target))
+            return [Selected(name, w, ~keep[name]) for name, w in weights.items()]
+        params = dict(model.named_parameters())
+        counted = [p.detach().abs().flatten() for name, p in params.items() if "bn" not in name]
+        if not counted:
+            raise ValueError(f"{type(model).__name__} has no parameter without 'bn' in its name")
+        magnitudes = torch.cat([c.to(torch.promote_types(c.dtype, torch.float32)) for c in counted])
+        index = permille_count(magnitudes.numel(), self.target)
+        threshold = torch.kthvalue(magnitudes, index + 1).values
+        return [Selected(name, p, p.detach().abs() < threshold) for name, p in params.items()]

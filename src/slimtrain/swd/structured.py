@@ -1,0 +1,88 @@
+"""Structured SWD selection: channels gated by BatchNorm γ under a parameter budget (spec ``swd.md`` §2.6).
+
+Tessier et al., arXiv:2011.10520 (structured and "structuredF" pruning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from slimtrain.swd.budget import Bisection, budget_threshold, parameter_budget
+from slimtrain.swd.channels import ChannelGraph, GateCompare
+from slimtrain.swd.selection import Selected
+
+__all__ = ["ChannelSelection"]
+
+
+class ChannelSelection:
+    """Selects whole channels: γ and β of gate channels with |γ| below the budget threshold.
+
+    At every call the threshold is re-derived from the current γ by :func:`budget_threshold`, so the
+    selected channels are those that pruning to the budget now would remove. With
+    ``penalize_filters=True`` (the reference ``structuredF``) the convolution slices W[o, i] whose output
+    channel o or input channel i is gated off are selected too (biases of gated-off outputs included),
+    shortcut convolutions included.
+
+    Args:
+        model: The model; its channel graph is traced once here.
+        target: Per-mille of parameters removed, in [0, 1000); the budget is in parameters (analytic count).
+        penalize_filters: Also select the conv filters adjacent to gated-off channels.
+        bisection: ``"corrected"`` (default) or ``"reference"``, see :func:`budget_threshold`.
+        gate_compare: Count comparison, ``"ge"`` (corrected, same as the mask) or ``"gt"`` (the reference's
+            mixed rule: the mask keeps |γ| ≥ th while the count keeps |γ| > th).
+        gates: BatchNorm names to use as gates instead of the automatic rule of :class:`ChannelGraph`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: float,
+        penalize_filters: bool = False,
+        bisection: Bisection = "corrected",
+        gate_compare: GateCompare = "ge",
+        gates: Iterable[str] | None = None,
+    ) -> None:
+        if gate_compare not in ("ge", "gt"):
+            raise ValueError(f"gate_compare must be 'ge' or 'gt', got {gate_compare!r}")
+        parameter_budget(model, target)
+        self.graph = ChannelGraph.from_model(model, gates)
+        self.target = target
+        self.penalize_filters = penalize_filters
+        self.bisection = bisection
+        self.gate_compare = gate_compare
+
+    def threshold(self, model: nn.Module) -> float:
+        """Current budget threshold on |γ|."""
+        return budget_threshold(self.graph, model, self.target, self.bisection, self.gate_compare)
+
+    def keep_masks(self, model: nn.Module) -> dict[str, Tensor]:
+        """Kept channels of every gate at the current threshold (the mask always keeps |γ| ≥ th)."""
+        return self.graph.gate_keep_masks(model, self.threshold(model), "ge")
+
+    def select(self, model: nn.Module) -> list[Selected]:
+        """Selected entries of every penalised parameter, from the current γ (detached)."""
+        keep = self.keep_masks(model)
+        selected = []
+        for gate in self.graph.gates:
+            norm = model.get_submodule(gate)
+            selected.append(Selected(f"{gate}.weight", norm.weight, ~keep[gate]))
+            selected.append(Selected(f"{gate}.bias", norm.bias, ~keep[gate]))
+        if self.penalize_filters:
+            for name, (source_in, source_out) in self.graph.convs.items():
+                live_in = self.graph.live_channels(source_in, keep)
+                live_out = self.graph.live_channels(source_out, keep)
+                if live_in is None and live_out is None:
+                    continue
+                conv = model.get_submodule(name)
+                no_in = torch.zeros(conv.in_channels, dtype=torch.bool, device=conv.weight.device)
+                no_out = torch.zeros(conv.out_channels, dtype=torch.bool, device=conv.weight.device)
+                dead_out = no_out if live_out is None else ~live_out
+                dead_in = no_in if live_in is None else ~live_in
+                removed = (dead_out[:, None] | dead_in[None, :])[:, :, None, None].expand_as(conv.weight)
+                selected.append(Selected(f"{name}.weight", conv.weight, removed))
+                if conv.bias is not None:
+                    selected.append(Selected(f"{name}.bias", conv.bias, dead_out))
+        return selected
