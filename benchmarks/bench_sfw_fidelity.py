@@ -184,6 +184,29 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
     )
 
 
+STRUCTURED_LEVELS = "evaluation.levels=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]"
+
+
+def run_structured(name: str, structure: str, recipes: list[str], argv: list[str] | None) -> int:
+    """Compare LeNet-5 ``recipes`` (untuned) under ``structure`` compression at fractions 0–0.9."""
+    args = fidelity_arguments(__doc__ or name).parse_args(argv)
+    mode = "full" if args.full else "quick"
+    if args.full:
+        if not args.data_dir:
+            raise SystemExit("--full needs --data-dir or $SLIMTRAIN_DATA_DIR (with fashion-mnist/)")
+        os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
+    return run_fidelity(
+        name,
+        argv,
+        [CONFIGS / "fashion-mnist" / f"{r}.yaml" for r in recipes],
+        baseline=recipes[0],
+        overrides=[*SETTINGS["lenet5"][mode], f"evaluation.structure={structure}", STRUCTURED_LEVELS],
+        seeds=args.seeds or SEEDS[mode],
+        output=args.output or Path("runs/bench") / (name + ("" if args.full else "_quick")),
+        structure=structure,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """The MLP benchmark (see the module docstring); returns 0 on success."""
     return run(NAME, "mlp", argv)
