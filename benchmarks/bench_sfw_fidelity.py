@@ -64,6 +64,7 @@ INVESTIGATION: dict[str, tuple[str, list[str]]] = {
     "ksparse no rescale lr=0.01": ("sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.01"]),
     "ksparse no rescale lr=0.003": ("sfw-ksparse", ["method.options.rescale=none", "optimizer.lr=0.003"]),
 }
+_SHOWN_OPTIONS = ("constraint", "k", "k_min", "tau", "momentum_convention", "rescale")
 _DIGITS = ["data.name=digits", "data.val_fraction=0.15", "train.epochs=1", "train.batch_size=64"]
 # model → mode → overrides applied to every recipe (same data, model and epochs for all).
 SETTINGS: dict[str, dict[str, list[str]]] = {
@@ -138,7 +139,16 @@ def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: 
             [statistics.fmean(r["val_acc_compressed_no_ft"] for r in rows)],
             unit="accuracy",
         )
-        rec.note(f"changes {label}", [f"{stem}.yaml (tuned)", *changes])
+        base = load_recipe(tuned)
+        rec.note(
+            f"changes {label}",
+            {
+                "base": f"{stem} tuned",
+                "base lr": base.optimizer.lr,
+                "base options": {k: base.method.options[k] for k in _SHOWN_OPTIONS},
+                "changes": changes,
+            },
+        )
     rec.note("seed", seed)
     rec.save(DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick")
     return 0
