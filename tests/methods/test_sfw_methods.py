@@ -16,7 +16,7 @@ from slimtrain.methods.structured_penalties import (
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import RecipeError, recipe_from_dict
 from slimtrain.train.method import StepContext
-from slimtrain.train.trainer import Trainer
+from slimtrain.train.trainer import Trainer, build_run
 
 LENET = {"name": "lenet5"}
 SMALL = {
@@ -115,6 +115,34 @@ def test_delay_in_epochs_becomes_steps(tmp_path):
     group = trainer.components.method.optimizer.param_groups[0]
     assert trainer.steps_per_epoch > 2
     assert group["k_delay_steps"] == round(0.5 * trainer.steps_per_epoch)
+
+
+def _built_optimizer(options, model_tree=None):
+    """The SFW optimizer built for a fresh model of the recipe, the model's initial weights, the model."""
+    comp = build_run(_recipe("built", options, model_tree))
+    initial = [p.detach().clone() for p in comp.model.parameters()]
+    return comp.method.build_optimizer(comp.model), initial, comp.model
+
+
+def test_faithful_flags_reach_the_sets():
+    """group_select, spectral_solver and k_min (Miao's floor on K) end up in the constraint sets."""
+    group_opt, _, _ = _built_optimizer({"mode": "filter", "group_select": "kthvalue"}, LENET)
+    assert group_opt.param_groups[0]["constraint"][0].config()["select"] == "kthvalue"
+    spectral_opt, _, _ = _built_optimizer({"mode": "lowrank", "spectral_solver": "power"}, LENET)
+    assert spectral_opt.param_groups[0]["constraint"][0].config()["solver"] == "power"
+    miao_opt, _, model = _built_optimizer({"constraint": "k_sparse", "k": 0.05, "k_min": 10})
+    for c, p in zip(miao_opt.param_groups[0]["constraint"], model.parameters(), strict=True):
+        assert c.k == min(max(10, int(0.05 * p.numel())), p.numel())
+
+
+def test_initial_shift_flag():
+    """With a radius far below the initial norms, the default shifts the weights inside the sets while
+    initial_shift=false (faithful) leaves the initialization untouched.
+    """
+    for shift in (True, False):
+        _, initial, model = _built_optimizer({"radius": 0.01, "initial_shift": shift})
+        moved = any(not torch.equal(a, p) for a, p in zip(initial, model.parameters(), strict=True))
+        assert moved is shift
 
 
 class _Killed(Exception):
