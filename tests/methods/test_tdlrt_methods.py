@@ -118,7 +118,7 @@ def test_loading_a_checkpoint_of_other_layers_is_refused(tmp_path):
 
 def test_two_ranks_match_each_other_and_single_process(tmp_path):
     """Two DDP processes training a Tucker LeNet-5 (no BatchNorm, float64) end with identical ranks and
-    weights, equal (1e-10) to one process trained on the combined batch.
+    weights, equal (1e-10) to one process trained on the combined batch, after ranks have changed.
     """
     tree = _tree("ddp", "tdlrt", {"tau": 0.2}, batch_size=16, dtype="float64", max_steps=12)
     tree["model"] = {"name": "lenet5"}
@@ -131,7 +131,9 @@ def test_two_ranks_match_each_other_and_single_process(tmp_path):
         recipe_from_dict({**tree, "train": {**tree["train"], "batch_size": 32}}), tmp_path / "one"
     )
     assert any(isinstance(m, TuckerConv2d) for m in single.components.model.modules())
+    initial = {name: list(r) for name, r in _ranks(single).items()}
     single.fit()
+    assert states[0]["method"]["ranks"] != initial  # the ranks changed during the run
     assert states[0]["method"]["ranks"] == single.components.method.state_dict()["ranks"]
     for name, value in single.components.model.state_dict().items():
         torch.testing.assert_close(states[0]["model"][name], value, rtol=0, atol=1e-10)
