@@ -22,7 +22,7 @@ from slimtrain.compress import (
 from slimtrain.models import list_models
 
 NARROW = {
-    **{f"resnet{depth}": {"width": 4} for depth in (8, 20, 32, 44, 56, 110)},
+    **{f"resnet{depth}": {"width": 4} for depth in (8, 18, 20, 32, 44, 56, 110)},
     "vgg16_bn": {"width_multiplier": 0.125},
     "wrn28": {"widen_factor": 1},
     "vit_tiny": {"dim": 24, "depth": 2, "heads": 2},

@@ -7,5 +7,15 @@ from slimtrain.methods.structured_penalties import (
     NuclearNormTraining,
     ProximalSVDTraining,
 )
+from slimtrain.methods.tdlrt import DLRTTraining, FixedRankTraining, TDLRTTraining
 
-__all__ = ["DenseTraining", "GroupLassoTraining", "NuclearNormTraining", "ProximalSVDTraining", "SFWMethod"]
+__all__ = [
+    "DLRTTraining",
+    "DenseTraining",
+    "FixedRankTraining",
+    "GroupLassoTraining",
+    "NuclearNormTraining",
+    "ProximalSVDTraining",
+    "SFWMethod",
+    "TDLRTTraining",
+]
