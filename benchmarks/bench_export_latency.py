@@ -26,6 +26,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,10 +43,10 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet20_w16": lambda: create_model(
         "resnet20", num_classes=10, in_channels=3, image_size=32, width=16, shortcut="B"
     ),
+    "vgg16_bn": lambda: create_model("vgg16_bn", num_classes=10, in_channels=3, image_size=32),
     "resnet20_w64": lambda: create_model(
         "resnet20", num_classes=10, in_channels=3, image_size=32, width=64, shortcut="B"
     ),
-    "vgg16_bn": lambda: create_model("vgg16_bn", num_classes=10, in_channels=3, image_size=32),
 }
 
 
@@ -93,21 +94,28 @@ def build_variants(name: str, example: torch.Tensor) -> tuple[dict[str, nn.Modul
     return {"dense": dense, "filter50": filtered.eval(), "tucker90": tucker.eval()}, facts
 
 
+def time_ms(model: nn.Module, x: torch.Tensor, layout: str, warmup: int, iters: int, threads: int) -> float:
+    """Median latency of ``iters`` timed passes after ``warmup`` untimed ones (``measure_latency``)."""
+    return measure_latency(
+        model, x, warmup=warmup, iters=iters, threads=threads, channels_last=layout == "channels_last"
+    ).median_ms
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and save ``export_latency.{json,md}`` (full mode: ``benchmarks/results``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_export_latency")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true")
     mode.add_argument("--full", action="store_true")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads during timing")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads during timing")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="interleaved rounds (default 3 quick, 5 full)"
+        "--rounds", type=int, default=None, help="interleaved rounds (default 3 quick, 4 full)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # also for building the variants: oversubscribed threads crawl
     rec = BenchmarkRecorder("export_latency", argv if argv is not None else sys.argv[1:])
     if args.full:
-        models, batches, rounds = list(MODELS), (1, 256), args.rounds or 5
+        models, batches, rounds = list(MODELS), (1, 256), args.rounds or 4
     else:
         models, batches, rounds = ["resnet20_w16"], (1, 32), args.rounds or 3
     big = max(batches)
@@ -117,15 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         "input": [3, 32, 32],
         "batches": list(batches),
         "rounds": rounds,
-        "timing": "per round and variant: warmup then median of iters forward passes",
-        "iters": {"b1": 20, f"b{big}": 2 if args.full else 3},
-        "warmup": {"b1": 5, f"b{big}": 1},
+        "timing": "one untimed pass per variant and setting first; then per round and variant: "
+        "warmup passes, then the median of iters timed passes",
+        "iters": {"b1": 20, f"b{big}": 1 if args.full else 3},
+        "warmup": {"b1": 3, f"b{big}": 0},
         "weights": "random (latency depends on shapes only)",
         "shortcut": "B (1x1 conv + BN) for the ResNets",
         "nice": os.nice(0),
     }
     rec.note("settings", settings)
     rec.note("load_average_at_start", list(os.getloadavg()))
+    rec.note("targets_at_large_batch", TARGET)
     example = torch.randn(2, 3, 32, 32)
     summary: list[str] = []
     for name in models:
@@ -137,24 +147,23 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             rec.note(f"{name}_{v}_params", params[v])
             rec.note(f"{name}_{v}_macs", macs[v])
+        inputs = {batch: torch.randn(batch, 3, 32, 32) for batch in batches}
+
+        for batch in batches:  # one untimed pass of everything: kernels chosen, memory allocated
+            for layout in ("nchw", "channels_last"):
+                for v in variants:
+                    time_ms(variants[v], inputs[batch], layout, 0, 1, args.threads)
         medians: dict[tuple[int, str, str], list[float]] = {}
         for index in range(rounds):
             for batch in batches:
-                x = torch.randn(batch, 3, 32, 32)
-                iters, warmup = (20, 5) if batch == 1 else (settings["iters"][f"b{big}"], 1)
+                key = f"b{batch}" if batch == 1 else f"b{big}"
                 for layout in ("nchw", "channels_last"):
                     order = list(variants)
                     order = order[index % len(order) :] + order[: index % len(order)]
                     for v in order:
-                        result = measure_latency(
-                            variants[v],
-                            x,
-                            warmup=warmup,
-                            iters=iters,
-                            threads=args.threads,
-                            channels_last=layout == "channels_last",
-                        )
-                        medians.setdefault((batch, layout, v), []).append(result.median_ms)
+                        warmup, iters = settings["warmup"][key], settings["iters"][key]
+                        ms = time_ms(variants[v], inputs[batch], layout, warmup, iters, args.threads)
+                        medians.setdefault((batch, layout, v), []).append(ms)
             print(f"{name}: round {index + 1}/{rounds} done", flush=True)
         for batch in batches:
             for layout in ("nchw", "channels_last"):
@@ -171,20 +180,25 @@ def main(argv: list[str] | None = None) -> int:
                         f"| {batch} | {layout} | {r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f}) "
                         f"| {(macs['dense'] / macs[v]) / (1 / r['median']):.2f} |"
                     )
-    rec.note("load_average_at_end", list(os.getloadavg()))
-    rec.note("targets_at_large_batch", TARGET)
+        rec.notes["load_average_at_end"] = list(os.getloadavg())
+        path = _save(rec, summary)  # after every model: a slow model never loses the finished ones
+    print(f"results: {path}")
+    return 0
+
+
+def _save(rec: BenchmarkRecorder, rows: list[str]) -> Path:
+    """Save the recorder and append the readable summary table to its markdown page."""
     header = [
         "| model | variant | MAC ratio | param ratio | batch | layout | latency ratio, median (min–max) "
         "| theoretical / measured speed-up |",
         "|---|---|---|---|---|---|---|---|",
     ]
     path = rec.save()
-    table = "\n".join(header + summary)
-    markdown = path.with_suffix(".md")  # the harness page, then the readable summary
+    table = "\n".join(header + rows)
+    markdown = path.with_suffix(".md")
     markdown.write_text(markdown.read_text() + "\n## Latency ratio exported / dense\n\n" + table + "\n")
-    print(table)
-    print(f"results: {path}")
-    return 0
+    print(table, flush=True)
+    return path
 
 
 if __name__ == "__main__":
