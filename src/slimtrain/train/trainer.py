@@ -93,6 +93,8 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, world: World | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir is not None else run_directory(recipe)
+        if recipe.train.threads is not None:
+            torch.set_num_threads(recipe.train.threads)
         device = resolve_device(recipe.train.device)
         self.world = world or init_world(device)
         if device.type == "cuda":
