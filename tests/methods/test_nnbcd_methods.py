@@ -14,6 +14,7 @@ from slimtrain.experiments.sweep import sweep
 from slimtrain.methods.tt_layout import default_tt_modes
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import RecipeError, recipe_from_dict
+from slimtrain.train.distributed import World
 from slimtrain.train.trainer import Trainer, build_run
 
 # digits: 64 input features; hidden 16, 16; 10 classes. Default modes: 16×64 → (4,)^5, 16×16 → (4,)^4.
@@ -176,3 +177,23 @@ def test_default_modes_factor_the_weight(rows, cols):
     assert math.prod(modes) == rows * cols
     assert list(modes) == sorted(modes)
     assert all(m == 4 or all(m % p for p in range(2, m)) for m in modes)
+
+
+def test_full_batch_method_gets_the_whole_split_once_per_epoch_and_refuses_several_processes(tmp_path):
+    """The trainer gives a full-batch method one step per epoch holding every training sample in order,
+    and refuses to run it in more than one process.
+    """
+    trainer = Trainer(_recipe("nnbcd-prune", {"sparsity": 0.5}, epochs=1), tmp_path / "one")
+    seen = []
+    original = trainer.components.method.training_step
+
+    def spy(model, inputs, targets, ctx):
+        seen.append(targets.clone())
+        return original(model, inputs, targets, ctx)
+
+    trainer.components.method.training_step = spy
+    trainer.fit()
+    (targets,) = seen
+    assert torch.equal(targets, trainer.components.splits.train.targets)
+    with pytest.raises(ValueError, match="single process"):
+        Trainer(_recipe("nnbcd", {"rank": 4}), tmp_path / "two", world=World(rank=0, world_size=2))
