@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slimtrain.bcd import TTLinear, tt_storage, tt_storage_fractions
+from slimtrain.bcd import FullBatchMemoryError, TTLinear, tt_storage, tt_storage_fractions
 from slimtrain.experiments.sweep import sweep
 from slimtrain.methods.tt_layout import default_tt_modes
 from slimtrain.train.checkpoint import CheckpointStore
@@ -197,3 +197,13 @@ def test_full_batch_method_gets_the_whole_split_once_per_epoch_and_refuses_sever
     assert torch.equal(targets, trainer.components.splits.train.targets)
     with pytest.raises(ValueError, match="single process"):
         Trainer(_recipe("nnbcd", {"rank": 4}), tmp_path / "two", world=World(rank=0, world_size=2))
+
+
+def test_memory_check_refuses_before_any_sweep(tmp_path):
+    """With a budget too small for the full batch, the first step raises FullBatchMemoryError naming the
+    largest N that fits, before any sweep has run.
+    """
+    trainer = Trainer(_recipe("nnbcd", {"rank": 4, "memory_budget_gib": 1e-5}), tmp_path)
+    with pytest.raises(FullBatchMemoryError, match="largest N that fits"):
+        trainer.fit()
+    assert trainer.components.method.solver.history == []
