@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--experiment", choices=("tt", "baselines"), default="tt")
     parser.add_argument("--sgd-epochs", type=int, default=10, help="baselines: SGD epochs")
+    parser.add_argument("--suffix", default="", help="appended to the results name (keeps earlier runs)")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         if not args.full:
@@ -208,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "baselines":
         if args.arch != "mlp":
             parser.error("--experiment baselines runs the MLP only")
-        rec = BenchmarkRecorder("nnbcd_mnist_baselines", argv)
+        rec = BenchmarkRecorder(f"nnbcd_mnist_baselines{args.suffix}", argv)
         rec.note("setting", f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed})")
         rec.note("hyperparameters", dict(gamma=args.gamma, rho=args.rho, alpha=args.alpha, tau=args.tau))
         run_baselines(rec, args, ((x, y), (xt, yt)), iterations, ranks)
         return 0
-    rec = BenchmarkRecorder("nnbcd_mnist", argv)
+    rec = BenchmarkRecorder(f"nnbcd_mnist{args.suffix}", argv)
     rec.note(
         "setting",
         f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed}), {args.arch}",
