@@ -118,15 +118,15 @@ def test_tt_sgd_trains_and_its_compression_ratio_matches(tmp_path):
 
 
 def test_dense_per_layer_pruning_with_dense_output(tmp_path):
-    """``dense`` with ``unstructured: per_layer`` prunes round(s·n) entries of every hidden layer and, with
+    """``dense`` with ``unstructured: per_layer`` prunes ⌊s·n⌋ entries of every hidden layer and, with
     ``keep_output_dense``, none of the classifier.
     """
     options = {"unstructured": "per_layer", "keep_output_dense": True}
     Trainer(_recipe("dense", options, "evaluation.structure=unstructured", epochs=1), tmp_path).fit()
     (row,) = sweep(tmp_path, levels=[0.9])
     per_layer = row["sparsity_per_layer"]
-    assert per_layer["hidden.0.weight"] == round(0.9 * 1024) / 1024
-    assert per_layer["hidden.1.weight"] == round(0.9 * 256) / 256
+    assert per_layer["hidden.0.weight"] == math.floor(0.9 * 1024) / 1024
+    assert per_layer["hidden.1.weight"] == math.floor(0.9 * 256) / 256
     assert per_layer["classifier.weight"] == 0.0
 
 
