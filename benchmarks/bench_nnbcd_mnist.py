@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -210,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.arch != "mlp":
             parser.error("--experiment baselines runs the MLP only")
         rec = BenchmarkRecorder(f"nnbcd_mnist_baselines{args.suffix}", argv)
+        rec.command = shlex.join(["python", "-m", "benchmarks.bench_nnbcd_mnist", *rec.argv])
         rec.note("setting", f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed})")
         rec.note("hyperparameters", dict(gamma=args.gamma, rho=args.rho, alpha=args.alpha, tau=args.tau))
         run_baselines(rec, args, ((x, y), (xt, yt)), iterations, ranks)
         return 0
     rec = BenchmarkRecorder(f"nnbcd_mnist{args.suffix}", argv)
+    rec.command = shlex.join(["python", "-m", "benchmarks.bench_nnbcd_mnist", *rec.argv])
     rec.note(
         "setting",
         f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed}), {args.arch}",
