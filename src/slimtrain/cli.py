@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from slimtrain.compress import ExportFormatError, OnnxMismatchError, UnsupportedChannelFlowError
     from slimtrain.compress.exportable import ExportMismatchError
     from slimtrain.train.checkpoint import CheckpointError
+    from slimtrain.bcd import FullBatchMemoryError
     from slimtrain.train.config import RecipeError
     from slimtrain.train.trainer import TrainingDiverged
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         ExportMismatchError,
         OnnxMismatchError,
         UnsupportedChannelFlowError,
+        FullBatchMemoryError,
         OSError,
     ) as err:
         print(f"slimtrain {args.command}: {err}", file=sys.stderr)
