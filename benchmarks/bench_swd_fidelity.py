@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         folder, model, baseline = CONFIGS / "fashion-mnist", "mlp", "mlp-magnitude-ft"
         seeds = args.seeds or [0, 1, 2]
-        epochs, levels, candidates = 6, [0.9, 0.95, 0.98, 0.99, 0.995], [1e3, 1e4, 1e5]
+        epochs, levels, candidates = 6, [0.9, 0.95, 0.98, 0.99, 0.995], [1e3, 1e4, 1e5, 1e6, 1e7]
         # By environment, so no absolute path enters the recorded overrides.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
         overrides = [f"train.epochs={epochs}"]
