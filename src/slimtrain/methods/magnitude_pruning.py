@@ -1,0 +1,107 @@
+"""Magnitude pruning with fine-tuning (Han et al.) and learning-rate rewinding (Renda et al.).
+
+Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS 2015; Renda et al.,
+"Comparing Rewinding and Fine-tuning in Neural Network Pruning", ICLR 2020; spec ``swd.md`` §4.
+
+Inside the recipe's epoch budget: dense training up to ``prune_at`` (a fraction of the run's steps), then k
+prune/fine-tune iterations of equal length filling the rest of the run. Iteration i removes, with one global
+magnitude threshold over conv and linear weights, ⌊(i+1)·K/k⌋ weights in total, K = ⌊target·n⌋, and fine-tunes
+with the pruned entries held at zero. Fine-tuning either continues the recipe's learning-rate schedule
+(``magnitude-ft``, the reference's behaviour) or replays the whole schedule, from the initial learning rate,
+compressed into each fine-tuning iteration (``lr-rewinding``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from slimtrain.methods.masked import MaskedTrainingMethod, magnitude_masks, phase_step
+from slimtrain.train.method import StepContext, StepOutput, register_method
+from slimtrain.train.schedule import LRSchedule
+
+__all__ = ["LRRewinding", "LRRewindingOptions", "MagnitudePruningFineTune", "MagnitudePruningOptions"]
+
+
+class MagnitudePruningOptions(BaseModel):
+    """Options of ``magnitude-ft``.
+
+    Attributes:
+        target: Fraction of conv and linear weights removed at the end, in [0, 1).
+        prune_at: Fraction of the run's steps trained dense before the first pruning, in [0, 1).
+        iterations: k, the number of prune/fine-tune iterations (1: one-shot).
+        rewind_lr: Replay the learning-rate schedule from its start in every fine-tuning iteration.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: float = Field(0.9, ge=0.0, lt=1.0)
+    prune_at: float = Field(0.5, ge=0.0, lt=1.0)
+    iterations: int = Field(1, ge=1)
+    rewind_lr: bool = False
+
+
+class LRRewindingOptions(MagnitudePruningOptions):
+    """Options of ``lr-rewinding``: those of ``magnitude-ft`` with ``rewind_lr`` on by default."""
+
+    rewind_lr: bool = True
+
+
+@register_method
+class MagnitudePruningFineTune(MaskedTrainingMethod):
+    """Dense training, then k global magnitude pruning + masked fine-tuning iterations, at equal epochs.
+
+    Ends with exactly ⌊target·n⌋ conv and linear weights at zero. With ``iterations: 1`` and the default
+    options this is "SGD + magnitude pruning with retraining".
+    """
+
+    name = "magnitude-ft"
+    Options = MagnitudePruningOptions
+
+    def prune_steps(self, total_steps: int) -> list[int]:
+        """The step at which each of the k pruning iterations starts."""
+        start = phase_step(self.options.prune_at, total_steps)
+        k = self.options.iterations
+        return [start + i * (total_steps - start) // k for i in range(k)]
+
+    def _prune(self, model: nn.Module, stage: int) -> None:
+        self.set_masks(model, magnitude_masks(model, self.options.target, stage, self.options.iterations))
+        self.stage = stage
+
+    def training_step(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, ctx: StepContext
+    ) -> StepOutput:
+        """Prune when an iteration starts, rewind the learning rate if asked, then one ordinary step."""
+        starts = self.prune_steps(ctx.total_steps)
+        stage = sum(1 for s in starts if s <= ctx.step)
+        if stage > self.stage:
+            self._prune(model, stage)
+        if self.options.rewind_lr and stage > 0:
+            self._rewind(ctx, starts, stage)
+        return super().training_step(model, inputs, targets, ctx)
+
+    def _rewind(self, ctx: StepContext, starts: list[int], stage: int) -> None:
+        # The recipe's schedule, compressed into this iteration: its position is the fraction of the
+        # iteration done, so warm-up, milestones and the cosine shape are replayed from the initial lr.
+        begin = starts[stage - 1]
+        end = starts[stage] if stage < len(starts) else ctx.total_steps
+        epochs = self.recipe.train.epochs
+        schedule = LRSchedule(self.recipe.schedule, ctx.total_steps / epochs, ctx.total_steps)
+        position = (ctx.step - begin) * ctx.total_steps // max(1, end - begin)
+        factor = schedule.factor(position)
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def finalize(self, model: nn.Module) -> None:
+        """Prune to the target if the run stopped before the last iteration (``max_steps``)."""
+        if self.stage < self.options.iterations:
+            self._prune(model, self.options.iterations)
+
+
+@register_method
+class LRRewinding(MagnitudePruningFineTune):
+    """Magnitude pruning whose fine-tuning replays the LR schedule from its start (Renda et al.)."""
+
+    name = "lr-rewinding"
+    Options = LRRewindingOptions

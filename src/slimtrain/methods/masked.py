@@ -1,0 +1,106 @@
+"""Base of the pruning baselines: keep masks held on the model, re-applied after every step, checkpointed.
+
+The baselines of spec ``swd.md`` §4 prune at chosen steps and fine-tune with the pruned entries held at zero
+(masked fine-tuning, Han et al. 2015). Every baseline trains for the recipe's ``train.epochs`` in total: its
+pruning and fine-tuning phases are positions inside that budget (fractions of the run's steps), so a
+comparison with SWD is at equal total epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from slimtrain.pruning import MaskSet, global_magnitude_masks, removal_count
+from slimtrain.swd import population_weights
+from slimtrain.train.method import Method
+
+__all__ = ["MaskedTrainingMethod", "magnitude_masks", "phase_step"]
+
+
+def phase_step(fraction: float, total_steps: int) -> int:
+    """The step at ``fraction`` of the run (rounded down), the same on every rank and after a resume."""
+    return int(fraction * total_steps)
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, stage: int = 1, stages: int = 1) -> dict[str, Tensor]:
+    """Global magnitude keep masks over conv and linear weights (one threshold, ties broken by position).
+
+    Removes exactly ⌊stage·K/stages⌋ weights, K = ⌊sparsity·n⌋ (Han's cumulative targets, spec ``swd.md`` §4;
+    the defaults remove K). Entries already pruned are zero, hence among the smallest: cumulative pruning
+    never revives them.
+    """
+    weights = population_weights(model)
+    n = sum(w.numel() for w in weights.values())
+    return global_magnitude_masks(weights, stage * removal_count(n, sparsity) // stages)
+
+
+class MaskedTrainingMethod(Method):
+    """A method whose pruned entries are held at zero by masks re-applied after every optimizer step.
+
+    Subclasses call :meth:`set_masks` when they prune; the masks and :attr:`stage` (how far the pruning
+    schedule has gone) are checkpointed, so a resumed run holds the same masks and does not prune again.
+    """
+
+    levels_chosen = "during_training"
+    level_option = "target"
+    structures = ("unstructured",)
+
+    def __init__(self, options: Any, recipe: Any) -> None:
+        super().__init__(options, recipe)
+        self.masks: dict[str, Tensor] | None = None
+        self.stage = 0
+        self._handle: RemovableHandle | None = None
+        self._model: nn.Module | None = None
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The recipe's optimizer, with the current masks (if any) re-applied after each of its steps."""
+        optimizer = super().build_optimizer(model)
+        self._model = model
+        self._attach()
+        return optimizer
+
+    def set_masks(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
+        """Replace the masks, zero the pruned entries now and keep them zero after every step."""
+        self.masks = {name: mask.detach().clone() for name, mask in masks.items()}
+        self._model = model
+        self._attach()
+
+    def _attach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.masks is None or self._model is None:
+            return
+        mask_set = MaskSet(self._model, self.masks)
+        mask_set.apply_()
+        if self.optimizer is not None:
+            self._handle = mask_set.attach(self.optimizer)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """The fraction of masked-out entries over the masked tensors, and the pruning stage."""
+        if not self.masks:
+            return {"mask_sparsity": 0.0, "pruning_stage": self.stage}
+        total = sum(m.numel() for m in self.masks.values())
+        removed = sum(int((~m).sum()) for m in self.masks.values())
+        return {"mask_sparsity": removed / total, "pruning_stage": self.stage}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The masks (boolean tensors) and the pruning stage reached."""
+        return {"stage": self.stage, "masks": dict(self.masks) if self.masks is not None else {}}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore masks and stage; :meth:`build_optimizer` (run next by the trainer) re-attaches them."""
+        self.stage = int(state.get("stage", 0))
+        masks = state.get("masks") or {}
+        self.masks = {name: mask.to(torch.bool) for name, mask in masks.items()} or None
+        self._model = model
+
+    def compress(
+        self, model: nn.Module, structure: str, level: float, example_inputs: torch.Tensor
+    ) -> nn.Module:
+        """The trained model is already pruned at its target: it is evaluated as it is."""
+        return model

@@ -1,0 +1,188 @@
+"""The pruning baselines through the engine (magnitude + fine-tuning, LR rewinding, gradual magnitude
+pruning, network slimming): exact final sparsity inside the epoch budget, masks held after every step,
+resume, two-rank data parallelism and option errors.
+"""
+
+import math
+
+import pytest
+import torch
+
+from slimtrain.swd import ChannelGraph, parameter_budget, population_weights
+from slimtrain.train.config import RecipeError, recipe_from_dict
+from slimtrain.train.launch import train_multiprocess
+from slimtrain.train.trainer import Trainer
+
+MLP = {
+    "data": {"name": "digits", "val_fraction": 0.2},
+    "model": {"name": "mlp", "kwargs": {"widths": [32]}},
+    "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine"},
+    "train": {"epochs": 2, "batch_size": 64, "progress": False, "checkpoint_every_steps": 7},
+}
+RESNET = {
+    **MLP,
+    "model": {"name": "resnet8", "kwargs": {"width": 4, "bn_after_add": True, "shortcut": "B"}},
+    "train": {"epochs": 1, "batch_size": 64, "progress": False, "max_steps": 6},
+}
+UNSTRUCTURED = [
+    ("magnitude-ft", {}),
+    ("magnitude-ft", {"iterations": 3, "prune_at": 0.3}),
+    ("lr-rewinding", {}),
+    ("gmp", {"frequency": 3}),
+]
+
+
+def _recipe(base, method, **options):
+    return recipe_from_dict({**base, "name": method, "method": {"name": method, "options": options}})
+
+
+def _zero_count(model):
+    weights = population_weights(model)
+    return sum(int((w == 0).sum()) for w in weights.values()), sum(w.numel() for w in weights.values())
+
+
+def _watch_masks(trainer, seen):
+    """Wrap the training step: after it, every masked-out entry must be exactly zero."""
+    method = trainer.components.method
+    original = method.training_step
+
+    def checked(model, inputs, targets, ctx):
+        out = original(model, inputs, targets, ctx)
+        params = dict(model.named_parameters())
+        for name, mask in (method.masks or {}).items():
+            assert not params[name][~mask].any(), (ctx.step, name)
+        seen.append((ctx.step, method.stage, float(method.optimizer.param_groups[0]["lr"])))
+        return out
+
+    method.training_step = checked
+
+
+@pytest.mark.parametrize(("method", "options"), UNSTRUCTURED)
+def test_final_sparsity_is_the_target_and_masks_hold(tmp_path, method, options):
+    """Within train.epochs, the run ends with exactly ⌊0.9·n⌋ zero conv/linear weights; after every step
+    following the first pruning the masked-out entries are exactly zero.
+    """
+    trainer = Trainer(_recipe(MLP, method, target=0.9, **options), tmp_path / "run")
+    seen = []
+    _watch_masks(trainer, seen)
+    results = trainer.fit()
+    zeros, n = _zero_count(trainer.components.model)
+    assert zeros == math.floor(0.9 * n)
+    assert results["epochs"] == 2
+    assert seen[-1][1] >= 1
+
+
+def test_iterative_pruning_removes_cumulative_shares():
+    """magnitude-ft with k = 3 prunes ⌊i·K/3⌋ weights at iteration i, the last at the full target K."""
+    trainer = Trainer(_recipe(MLP, "magnitude-ft", target=0.9, iterations=3, prune_at=0.3), None)
+    method, model = trainer.components.method, trainer.components.model
+    starts = method.prune_steps(trainer.total_steps)
+    assert starts[0] == int(0.3 * trainer.total_steps) and starts == sorted(set(starts))
+    n = sum(w.numel() for w in population_weights(model).values())
+    for stage in (1, 2, 3):
+        method._prune(model, stage)
+        assert _zero_count(model)[0] == stage * math.floor(0.9 * n) // 3
+
+
+def test_lr_rewinding_restarts_the_learning_rate(tmp_path):
+    """At the pruning step lr-rewinding trains at the initial learning rate again; magnitude-ft continues
+    the cosine schedule (a lower rate).
+    """
+    lrs = {}
+    for method in ("lr-rewinding", "magnitude-ft"):
+        trainer = Trainer(_recipe(MLP, method, target=0.9, prune_at=0.5), tmp_path / method)
+        seen = []
+        _watch_masks(trainer, seen)
+        trainer.fit()
+        prune_step = trainer.components.method.prune_steps(trainer.total_steps)[0]
+        lrs[method] = dict((step, lr) for step, _, lr in seen)[prune_step]
+    assert lrs["lr-rewinding"] == pytest.approx(0.05)
+    assert lrs["magnitude-ft"] < 0.05 * 0.6
+
+
+def test_gmp_sparsity_rises_monotonically_to_the_target():
+    """The scheduled sparsity is 0 before begin, non-decreasing, and the target from end on."""
+    trainer = Trainer(_recipe(MLP, "gmp", target=0.9, begin=0.2, end=0.6, frequency=2), None)
+    method, total = trainer.components.method, trainer.total_steps
+    values = [method.sparsity_at(step, total) for step in range(total)]
+    assert values[0] == 0.0 and values == sorted(values)
+    assert values[int(0.6 * total)] == 0.9 and values[-1] == 0.9
+
+
+@pytest.mark.parametrize(("method", "options"), [UNSTRUCTURED[1], UNSTRUCTURED[3]])
+def test_resume_reaches_the_same_weights(tmp_path, method, options):
+    """A run killed mid-epoch after its first pruning and resumed ends with the weights, masks and
+    pruning stage of an uninterrupted run.
+    """
+    recipe = _recipe(MLP, method, target=0.9, **options)
+    full = Trainer(recipe, tmp_path / "full")
+    full.fit()
+    killed = Trainer(recipe, tmp_path / "split")
+    original = killed.components.method.training_step
+
+    def dies_at_step_30(model, inputs, targets, ctx):
+        if ctx.step == 30:
+            raise KeyboardInterrupt
+        return original(model, inputs, targets, ctx)
+
+    killed.components.method.training_step = dies_at_step_30
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = Trainer(recipe, tmp_path / "split")
+    resumed.fit(resume=True)
+    a, b = full.components.method, resumed.components.method
+    assert a.stage == b.stage
+    assert a.masks.keys() == b.masks.keys()
+    for name in a.masks:
+        assert torch.equal(a.masks[name], b.masks[name]), name
+    for name, value in full.components.model.state_dict().items():
+        assert torch.equal(value, resumed.components.model.state_dict()[name]), name
+
+
+def test_two_ranks_end_identical(tmp_path):
+    """Under two-process data parallelism, gradual pruning leaves both ranks with identical weights and
+    masks (the masks come from identical weights).
+    """
+    tree = {**MLP, "train": {**MLP["train"], "batch_size": 32, "max_steps": 12}}
+    recipe = recipe_from_dict(
+        {**tree, "name": "ddp", "method": {"name": "gmp", "options": {"target": 0.9, "frequency": 2}}}
+    )
+    states = train_multiprocess(recipe, tmp_path / "ddp", world_size=2)
+    for name, value in states[0]["model"].items():
+        assert torch.equal(value, states[1]["model"][name]), name
+    for name, mask in states[0]["method"]["masks"].items():
+        assert torch.equal(mask, states[1]["method"]["masks"][name]), name
+
+
+def test_network_slimming_meets_the_budget_and_holds_masks(tmp_path):
+    """Network slimming prunes channels to the parameter budget (analytic count ≤ ⌊(1 − target)·N⌋) and
+    keeps γ, β of the removed channels at zero while fine-tuning.
+    """
+    trainer = Trainer(_recipe(RESNET, "network-slimming", target=0.5, prune_at=0.5), tmp_path / "run")
+    seen = []
+    _watch_masks(trainer, seen)
+    trainer.fit()
+    model = trainer.components.model
+    graph = ChannelGraph.from_model(model)
+    gammas = torch.cat([model.get_submodule(g).weight.detach().abs() for g in graph.gates])
+    assert (gammas == 0).any()
+    threshold = float(gammas[gammas > 0].min())
+    assert graph.parameter_count(model, threshold) <= parameter_budget(model, 500)
+    assert [stage for _, stage, _ in seen] == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "key"),
+    [
+        ("magnitude-ft", {"iteratons": 2}, "iteratons"),
+        ("magnitude-ft", {"iterations": 0}, "iterations"),
+        ("lr-rewinding", {"prune_at": 1.0}, "prune_at"),
+        ("gmp", {"begin": 0.5, "end": 0.4}, "end"),
+        ("network-slimming", {"strength": -1.0}, "strength"),
+    ],
+)
+def test_option_errors_name_the_key(method, options, key):
+    """A bad option is refused with a message naming the key."""
+    with pytest.raises(RecipeError, match=key):
+        _recipe(MLP, method, **options)
