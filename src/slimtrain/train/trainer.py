@@ -277,7 +277,11 @@ class Trainer:
                     "samples_per_s": seen * self.world.world_size / max(elapsed, 1e-9),
                     "grad_evals": self.grad_evals,
                 }
-                progress.set_postfix(loss=f"{loss:.3f}", acc=f"{row['train_accuracy']:.3f}")
+                progress.set_postfix(
+                    loss=f"{loss:.3f}",
+                    acc=f"{row['train_accuracy']:.3f}",
+                    samples_s=f"{row['samples_per_s']:.0f}",
+                )
                 if self.world.is_main:
                     self.log.append("train_log", row)
             every = recipe.train.checkpoint_every_steps
