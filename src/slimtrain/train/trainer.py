@@ -122,13 +122,14 @@ class Trainer:
         self.batch_in_epoch = 0
         self.grad_evals = 0
         self.train_seconds = 0.0
+        self.finalized = False  # restored from the final checkpoint: `finalize` already ran on these weights
 
     # -- files --------------------------------------------------------------------------------------------
     def _check_output_writable(self) -> None:
         """Fail before training when the output directory cannot be written."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         probe = self.run_dir / ".write-test"
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as err:
@@ -161,7 +162,8 @@ class Trainer:
         loaded = self.checkpoints.load_latest()
         if loaded is None:
             return False
-        state, _ = loaded
+        state, entry = loaded
+        self.finalized = bool(entry["final"])
         model, method = self.components.model, self.components.method
         method.load_state_dict(state["method"], model)
         model.load_state_dict(state["model"])
@@ -199,7 +201,9 @@ class Trainer:
         comp.model.train()
         while self.step < self.total_steps and self.epoch < recipe.train.epochs:
             self._run_epoch()
-        comp.method.finalize(comp.model)
+        if not self.finalized:
+            comp.method.finalize(comp.model)
+            self.finalized = True
         results = self._final_results()
         self._save(final=True)
         if self.world.is_main:
