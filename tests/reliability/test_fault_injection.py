@@ -40,8 +40,16 @@ from .tiny_runs import (
     start_cli,
     tiny_tree,
     trained_state,
+    warm_up,
     write_recipe,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm(tmp_path_factory):
+    """Pay the lazy imports once here rather than in every forked child."""
+    warm_up(tmp_path_factory.mktemp("warm-up"))
+
 
 KILLS_PER_METHOD = 3
 

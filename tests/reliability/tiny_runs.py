@@ -121,3 +121,11 @@ def start_cli(argv: list[str], setup: Any = None) -> multiprocessing.Process:
     process = multiprocessing.get_context("fork").Process(target=_cli_child, args=(argv, setup))
     process.start()
     return process
+
+
+def warm_up(run_dir: Path) -> None:
+    """Train one step in this process, so forked children inherit the lazily imported modules and data."""
+    from slimtrain.train.config import recipe_from_dict
+    from slimtrain.train.trainer import Trainer
+
+    Trainer(recipe_from_dict(tiny_tree("dense", train={"max_steps": 1})), run_dir).fit()

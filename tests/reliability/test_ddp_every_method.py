@@ -1,0 +1,68 @@
+"""Data parallelism for every registered method: two gloo ranks stay bitwise identical (weights, masks,
+ranks) and follow the single-process run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimtrain.train.config import recipe_from_dict
+from slimtrain.train.launch import train_multiprocess
+from slimtrain.train.trainer import Trainer
+
+from .tiny_runs import assert_same_state, methods, tiny_tree, warm_up
+
+
+# float64 parameters of N ranks at batch B and one process at batch N·B differ only by the summation
+# order of the gradient average (a few ulps per step); data-dependent decisions (masks, ranks) must agree.
+@pytest.fixture(autouse=True, scope="module")
+def _warm(tmp_path_factory):
+    """Pay the lazy imports once here rather than in every forked child."""
+    warm_up(tmp_path_factory.mktemp("warm-up"))
+
+
+PARAMETER_ATOL = 1e-9
+
+
+def _float_leaves(state, prefix="state"):
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _float_leaves(value, f"{prefix}.{key}")
+    elif isinstance(state, list | tuple):
+        for index, value in enumerate(state):
+            yield from _float_leaves(value, f"{prefix}[{index}]")
+
+
+@pytest.mark.parametrize("method", methods())
+def test_two_ranks_identical_and_equal_to_one_process(method, tmp_path):
+    """After a few steps of 2-process CPU DDP (gloo, 24 samples per rank), both ranks hold bitwise-identical
+    parameters, buffers and method state (masks, ranks); and these match one process trained on the
+    48-sample global batch: integer and boolean state (ranks, masks, counters) exactly, floating point
+    within ``PARAMETER_ATOL`` (float64).
+    """
+    tree = tiny_tree(method, train={"batch_size": 24, "max_steps": 5, "checkpoint_every_steps": 0})
+    ranks = train_multiprocess(recipe_from_dict(tree), tmp_path / "ddp", world_size=2, start_method="fork")
+    assert_same_state(ranks[1]["model"], ranks[0]["model"], "model")
+    assert_same_state(ranks[1]["method"], ranks[0]["method"], "method")
+
+    single_tree = tiny_tree(method, train={"batch_size": 48, "max_steps": 5, "checkpoint_every_steps": 0})
+    single = Trainer(recipe_from_dict(single_tree), tmp_path / "single")
+    single.fit()
+    expected = {
+        "model": single.components.model.state_dict(),
+        "method": single.components.method.state_dict(),
+    }
+    actual = {"model": ranks[0]["model"], "method": ranks[0]["method"]}
+    got = dict(_float_leaves(actual))
+    want = dict(_float_leaves(expected))
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        if value.is_floating_point():
+            torch.testing.assert_close(got[name], value, rtol=0, atol=PARAMETER_ATOL, msg=name)
+        else:
+            assert torch.equal(got[name], value), name
+    assert ranks[0]["results"]["steps"] == single.step
