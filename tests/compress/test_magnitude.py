@@ -14,6 +14,7 @@ from slimtrain.compress import (
     layerwise_magnitude_prune,
     population_parameters,
 )
+from slimtrain.pruning.magnitude import removal_count
 
 from .toy_models import build, example_input
 
@@ -23,7 +24,7 @@ levels = st.sampled_from([0.0, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0]) | st.floats(0.0,
 @settings(max_examples=15)
 @given(levels, st.sampled_from(["prunable", "all"]))
 def test_global_pruning_reaches_exact_sparsity(sparsity, population):
-    """Exactly round(s·N) entries of the population are zero; nothing outside it changes; input untouched."""
+    """Exactly ⌊s·N⌋ entries of the population are zero; nothing outside it changes; input untouched."""
     model = build("resnet_b")
     with torch.no_grad():  # no exact zeros before pruning
         for p in model.parameters():
@@ -32,7 +33,7 @@ def test_global_pruning_reaches_exact_sparsity(sparsity, population):
     pop = population_parameters(result, population)
     total = sum(p.numel() for p in pop.values())
     zeros = sum(int((p == 0).sum()) for p in pop.values())
-    assert zeros == round(sparsity * total)
+    assert zeros == removal_count(total, sparsity)
     for name, p in result.named_parameters():
         if name not in pop:
             assert torch.equal(p, dict(model.named_parameters())[name])
@@ -71,11 +72,11 @@ def test_ties_are_broken_by_position():
 
 @given(st.floats(0.0, 1.0))
 def test_layerwise_pruning_per_tensor_counts(sparsity):
-    """Every conv/linear weight loses exactly round(s·numel) entries."""
+    """Every conv/linear weight loses exactly ⌊s·numel⌋ entries."""
     model = build("vgg")
     result = layerwise_magnitude_prune(model, sparsity)
     for p in population_parameters(result).values():
-        assert int((p == 0).sum()) == round(sparsity * p.numel())
+        assert int((p == 0).sum()) == removal_count(p.numel(), sparsity)
 
 
 def test_masked_model_equals_folded_torch_prune_model():

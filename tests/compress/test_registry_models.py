@@ -22,7 +22,7 @@ from slimtrain.compress import (
 from slimtrain.models import list_models
 
 NARROW = {
-    **{f"resnet{depth}": {"width": 4} for depth in (8, 20, 32, 44, 56, 110)},
+    **{f"resnet{depth}": {"width": 4} for depth in (8, 18, 20, 32, 44, 56, 110)},
     "vgg16_bn": {"width_multiplier": 0.125},
     "wrn28": {"widen_factor": 1},
     "vit_tiny": {"dim": 24, "depth": 2, "heads": 2},
@@ -61,7 +61,11 @@ def _roundtrip(tmp_path, model, name, **extra):
     path = save_exported(model, tmp_path / name, base=name, base_kwargs=_spec(name, **extra))
     loaded = load_exported(path)
     x = _input(name, 3)
-    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # Same weights bit for bit; outputs may differ in the last bits when a tensor's memory layout (and so
+    # the kernel chosen) differs from the freshly computed one.
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -2,8 +2,9 @@
 
 Global magnitude pruning over the weights of every conv and linear layer is the SFW paper's unstructured
 evaluation; over all parameters (biases and BatchNorm γ/β included) it is Miao et al.'s (ICLR 2022). Spec:
-sfw.md §4; populations: metrics.md §1. Exactly round(s·N) entries are removed; ties in magnitude are broken
-by position (parameter order, then flat index), so every process computes the same mask.
+sfw.md §4; populations: metrics.md §1. Exactly ⌊s·N⌋ entries are removed; ties in magnitude are broken
+by position (parameter order, then flat index), so every process computes the same mask. The selection
+itself is :mod:`slimtrain.pruning.magnitude`'s, shared with the pruning baselines and SWD.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from slimtrain.compress.masks import apply_masks
+from slimtrain.pruning import magnitude
 
 Population = Literal["prunable", "all"]
 
@@ -42,55 +44,31 @@ def population_parameters(model: nn.Module, population: Population = "prunable")
     return dict(sorted(result.items(), key=lambda item: order[item[0]]))
 
 
-def _check_sparsity(sparsity: float) -> None:
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
-
-
-def _smallest_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Keep-mask of a flat score vector dropping the ``count`` smallest (stable: lower index first)."""
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    keep[torch.argsort(scores, stable=True)[:count]] = False
-    return keep
-
-
 def global_magnitude_masks(
     model: nn.Module, sparsity: float, *, population: Population = "prunable"
 ) -> dict[str, torch.Tensor]:
-    """Masks removing the round(sparsity·N) smallest-magnitude entries over the whole population.
+    """Masks removing the ⌊sparsity·N⌋ smallest-magnitude entries over the whole population.
 
     Args:
         model: The model.
-        sparsity: Fraction of the population's entries to remove.
+        sparsity: Fraction of the population's entries to remove, in [0, 1].
         population: ``"prunable"`` (conv + linear weights; the SFW paper) or ``"all"`` (Miao et al.).
 
     Returns:
         Parameter name → boolean keep-mask.
     """
-    _check_sparsity(sparsity)
     params = population_parameters(model, population)
     if not params:
         raise ValueError(f"model has no parameters in population {population!r}")
-    flat = torch.cat([p.detach().abs().flatten().float().cpu() for p in params.values()])
-    keep = _smallest_mask(flat, round(sparsity * flat.numel()))
-    masks, offset = {}, 0
-    for name, p in params.items():
-        masks[name] = keep[offset : offset + p.numel()].view(p.shape).to(p.device)
-        offset += p.numel()
-    return masks
+    total = sum(p.numel() for p in params.values())
+    return magnitude.global_magnitude_masks(params, magnitude.removal_count(total, sparsity))
 
 
 def layerwise_magnitude_masks(
     model: nn.Module, sparsity: float, *, population: Population = "prunable"
 ) -> dict[str, torch.Tensor]:
-    """Masks removing the round(sparsity·n) smallest-magnitude entries of each tensor of a population."""
-    _check_sparsity(sparsity)
-    return {
-        name: _smallest_mask(p.detach().abs().flatten().float().cpu(), round(sparsity * p.numel()))
-        .view(p.shape)
-        .to(p.device)
-        for name, p in population_parameters(model, population).items()
-    }
+    """Masks removing the ⌊sparsity·n⌋ smallest-magnitude entries of each tensor of a population."""
+    return magnitude.layerwise_magnitude_masks(population_parameters(model, population), sparsity)
 
 
 def global_magnitude_prune(
