@@ -89,6 +89,33 @@ class World:
                 offset += n
 
     @_collective
+    def average_batchnorm_statistics(self, module: nn.Module) -> None:
+        """Replace BatchNorm running means and variances by their mean over all processes.
+
+        Each process normalises its own shard, so without this the running statistics (buffers, which
+        gradient averaging does not touch) drift apart and the ranks end with different models.
+        """
+        if not self.distributed:
+            return
+        stats = [
+            buffer
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buffer in (m.running_mean, m.running_var)
+            if buffer is not None
+        ]
+        for dtype in sorted({b.dtype for b in stats}, key=str):
+            group = [b for b in stats if b.dtype == dtype]
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            with torch.no_grad():
+                for b in group:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+
+    @_collective
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean of ``tensor`` over all processes (returned as a new tensor)."""
         if not self.distributed:

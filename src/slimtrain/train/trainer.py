@@ -283,6 +283,7 @@ class Trainer:
                 raise self._diverged(f"a factorization failed ({err})") from err
             if method.optimizer is not None:  # a step may re-create the optimizer (rank changes)
                 self.schedule.apply(method.optimizer, self.step)
+            self.world.average_batchnorm_statistics(model)
             if nonfinite_parameters(model):  # e.g. a closed-form update or a factor that became NaN/inf
                 raise self._diverged("the step produced non-finite weights")
             loss = self.world.all_reduce_mean(out.loss.detach().to(torch.float64).reshape(1)).item()
