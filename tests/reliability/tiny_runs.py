@@ -42,16 +42,17 @@ BASE_TREE: dict[str, Any] = {
     "evaluation": {"levels": [0.0, 0.5]},
 }
 
-# A conv net with BatchNorm (for methods that act on convolutions or gate channels): 4 channels wide,
-# 1×1-conv shortcuts (channel pruning cannot follow zero-padding ones).
+# LeNet-5 for methods that act on convolutions; a 4-wide ResNet-8 (BatchNorm, 1×1-conv shortcuts, which
+# channel pruning can follow) for methods that gate channels through BatchNorm.
+_TINY_CONVNET = {"model": {"name": "lenet5", "kwargs": {}}}
 _TINY_RESNET = {"model": {"name": "resnet8", "kwargs": {"width": 4, "shortcut": "B"}}}
 
 # Per-method changes to ``BASE_TREE`` (merged section by section).
 METHOD_TREES: dict[str, dict[str, Any]] = {
     "sfw": {"optimizer": {"weight_decay": 0.0}},
-    "group-lasso": _TINY_RESNET,
-    "nuclear-norm": _TINY_RESNET,
-    "prox-svd": _TINY_RESNET,
+    "group-lasso": _TINY_CONVNET,
+    "nuclear-norm": _TINY_CONVNET,
+    "prox-svd": _TINY_CONVNET,
     "swd-structured": _TINY_RESNET,
 }
 
