@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,8 @@ class Trainer:
     # -- files --------------------------------------------------------------------------------------------
     def _check_output_writable(self) -> None:
         """Fail before training when the output directory cannot be written."""
-        probe = self.run_dir / ".write-test"
+        # One probe per process: ranks sharing the directory must not delete each other's probe.
+        probe = self.run_dir / f".write-test-{self.world.rank}-{os.getpid()}"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
