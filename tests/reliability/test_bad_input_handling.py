@@ -33,7 +33,7 @@ from slimtrain.train.config import Recipe, RecipeError, recipe_from_dict
 from slimtrain.train.method import get_method_class
 from slimtrain.train.trainer import Trainer, TrainingDiverged
 
-from .tiny_runs import methods, tiny_tree, write_recipe
+from .tiny_runs import cases, methods, tiny_tree, write_recipe
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "slimtrain"
 
@@ -428,8 +428,7 @@ AWKWARD_MODELS = {
 }
 
 
-@pytest.mark.parametrize("model", sorted(AWKWARD_MODELS))
-@pytest.mark.parametrize("method", methods())
+@pytest.mark.parametrize(("method", "model"), cases("awkward-model", methods(), sorted(AWKWARD_MODELS)))
 def test_awkward_model_trains_or_is_refused_naming_the_layer(method, model, tmp_path, capsys, monkeypatch):
     """Grouped/depthwise convolutions, parameterised layers without a ``weight``, and bias-free layers:
     every method either trains and sweeps such a model, or refuses it (status 2 when training; a
@@ -626,7 +625,7 @@ def _edit_manifest(path: Path, edit) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("method", methods())
+@pytest.mark.parametrize("method", cases("export", methods()))
 def test_exported_manifest_with_missing_or_extra_tensors_is_refused(method, tmp_path):
     """For every method, a trained and compressed model exports and reloads equal; a manifest that drops a
     tensor, or lists one the weights file does not hold, is refused with ``ExportFormatError`` naming it.

@@ -52,7 +52,7 @@ def _warm(tmp_path_factory):
     warm_up(tmp_path_factory.mktemp("warm-up"))
 
 
-KILLS_PER_METHOD = 3
+KILLS_PER_METHOD = 2
 
 
 def _reference(tree: dict, run_dir: Path) -> tuple[dict, float]:
