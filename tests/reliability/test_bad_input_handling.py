@@ -652,3 +652,32 @@ def test_exported_manifest_with_missing_or_extra_tensors_is_refused(method, tmp_
     _edit_manifest(path, lambda tensors: tensors.update({"ghost.weight": {"shape": [2], "dtype": "float64"}}))
     with pytest.raises(ExportFormatError, match=r"ghost\.weight"):
         load_exported(path)
+
+
+def test_rank_collapsing_to_the_minimum_is_reported_with_layer_and_step():
+    """A TDLRT tolerance so large that it would keep fewer directions than the minimum rank warns once per
+    layer and mode with ``RankAtMinimumWarning`` naming the layer, the mode and the integrator step, and
+    holds the rank at the minimum.
+    """
+    from slimtrain.lowrank import RankAtMinimumWarning, convert_to_lowrank
+    from slimtrain.lowrank.integrator import TDLRT
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).double()
+    convert_to_lowrank(model, rank_fraction=0.5, max_rank_fraction=1.0)
+    integrator = TDLRT(model, lambda params: torch.optim.SGD(params, lr=0.05), tau=0.999)
+    inputs, targets = torch.randn(32, 16, dtype=torch.float64), torch.randint(0, 3, (32,))
+
+    def closure():
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        loss.backward()
+        return loss
+
+    with pytest.warns(RankAtMinimumWarning) as caught:
+        for _ in range(3):
+            integrator.step(closure)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RankAtMinimumWarning)]
+    assert messages and all("layer '0'" in m and "integrator step 0" in m for m in messages)
+    assert len(messages) == len(set(messages))
+    layer = model[0]
+    assert layer.ranks == layer.min_ranks
