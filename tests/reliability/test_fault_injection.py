@@ -17,6 +17,8 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +90,33 @@ def test_random_sigkills_then_resume_reach_the_uninterrupted_state(method, tmp_p
     assert child.exitcode == 0
     assert_same_state(trained_state(final_state(tmp_path / "run")), expected)
     assert not _leftovers(tmp_path / "run" / "checkpoints")
+
+
+def test_sigkilled_python_m_slimtrain_resumes_exactly(tmp_path):
+    """A real ``python -m slimtrain train`` process SIGKILLed once its manifest lists a checkpoint past
+    step 4 resumes (``--resume``) to bitwise the uninterrupted final state.
+    """
+    tree = tiny_tree("dense")
+    expected, _ = _reference(tree, tmp_path / "reference")
+    run = tmp_path / "run"
+    argv = ["train", str(write_recipe(tree, tmp_path / "r.yaml")), "--run-dir", str(run), "--resume"]
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "slimtrain", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    store = CheckpointStore(run / "checkpoints")
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline:
+        if any(e["step"] > 4 for e in store.entries()):  # the manifest is replaced atomically
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err.decode()
+    assert max(e["step"] for e in store.entries()) < 12
+    assert main(argv) == 0
+    assert_same_state(trained_state(final_state(run)), expected)
 
 
 @pytest.mark.parametrize("method", methods())
