@@ -26,7 +26,7 @@ from torch import nn
 
 from benchmarks.harness import BenchmarkRecorder
 from slimtrain.fw import SFW, KSupportNormBall, build_constraints
-from slimtrain.models.resnet_cifar import CifarResNet
+from slimtrain.models import create_model
 
 SFW_CONFIGS: dict[str, dict] = {
     "k_support": {"mode": "unstructured", "constraint": "k_support"},
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = BenchmarkRecorder("sfw_step", argv)
 
     torch.manual_seed(0)
-    model = CifarResNet(20, num_classes=10, in_channels=3)
+    model = create_model("resnet20", num_classes=10, in_channels=3, image_size=32)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
 from slimtrain.experiments.compare import compare
@@ -50,6 +51,7 @@ def run_fidelity(
     seeds: list[int],
     output: Path | None = None,
     structure: str | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> int:
     """Compare ``recipes`` over ``seeds``, record every level's accuracies and verdicts, save the results.
 
@@ -62,6 +64,7 @@ def run_fidelity(
         seeds: training seeds.
         output: where the runs go (default ``runs/bench/<name>``).
         structure: compression structure for after-training methods (default: each recipe's own).
+        notes: extra fields to record (e.g. the hyperparameters tried during tuning).
     """
     rec = BenchmarkRecorder(name, argv)
     out = output or Path("runs/bench") / name
@@ -87,6 +90,8 @@ def run_fidelity(
     rec.note("verdicts (A = recipe, B = baseline; lead = gap > 2 pooled SE)", verdicts)
     rec.note("seeds", seeds)
     rec.note("overrides", overrides)
+    for key, value in (notes or {}).items():
+        rec.note(key, value)
     results_dir = DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick"
     rec.save(results_dir)
     for plot in out.glob("accuracy_vs_*.png"):

@@ -107,6 +107,11 @@ class Method:
     Args:
         options: the method's validated options.
         recipe: the whole recipe (optimizer, schedule and training settings).
+
+    Attributes:
+        steps_per_epoch: optimizer steps per epoch of the run, set by the trainer before
+            :meth:`build_optimizer` (``None`` outside training, e.g. in a sweep), for methods whose
+            schedules are given in epochs.
     """
 
     name: ClassVar[str] = ""
@@ -119,6 +124,7 @@ class Method:
         self.options = options
         self.recipe = recipe
         self.optimizer: torch.optim.Optimizer | None = None
+        self.steps_per_epoch: int | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -150,6 +150,7 @@ class Trainer:
                 f"({len(self.components.splits.train)} samples) is too small for batch size "
                 f"{recipe.train.batch_size} × {self.world.world_size} processes"
             )
+        self.components.method.steps_per_epoch = self.steps_per_epoch
         planned = recipe.train.epochs * self.steps_per_epoch
         self.total_steps = min(planned, recipe.train.max_steps or planned)
         self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.total_steps)
