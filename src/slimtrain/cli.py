@@ -1,7 +1,8 @@
-"""The ``slimtrain`` command line: train, sweep, compare, report, demo.
+"""The ``slimtrain`` command line: train, sweep, compare, report, export, inspect, demo.
 
-Exit codes: 0 success; 1 the work failed (training diverged, a checkpoint is unusable, ...);
-2 invalid input (bad recipe, unknown key, missing file, bad arguments).
+Exit codes: 0 success; 1 the work failed (training diverged, a checkpoint or exported model is unusable or
+corrupted, a model cannot be exported, ...); 2 invalid input (bad recipe, unknown key, missing file, bad
+arguments).
 """
 
 from __future__ import annotations
@@ -71,6 +72,76 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _level(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"level must be in [0, 1), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.export_run import export_run
+
+    result = export_run(
+        args.run_dir,
+        args.level,
+        structure=args.structure,
+        output=args.output,
+        onnx=args.onnx,
+        round_to=args.round_to,
+        sparse_linear=args.csr,
+        latency_batch_sizes=tuple(args.latency_batch_sizes),
+        overwrite=args.overwrite,
+    )
+    m = result.metrics
+    print(f"exported {result.structure} at level {result.level:g}: {result.path}")
+    print(
+        f"  test accuracy {result.acc_exported:.4f} (compressed model {result.acc_compressed:.4f}); "
+        f"max |output difference| {result.max_abs_error:.2g}"
+    )
+    print(
+        f"  parameters {m['params_stored_all']:,} stored, dense model {result.params_dense_reference:,} "
+        f"({m['compression_ratio_all']:.2f}x)"
+    )
+    if "macs_dense" in m:
+        print(
+            f"  MACs per sample {m['macs_effective']:,.0f} of {m['macs_dense']:,.0f} dense "
+            f"(theoretical speed-up {m['theoretical_speedup']:.2f}x)"
+        )
+    for batch in args.latency_batch_sizes:
+        print(
+            f"  CPU latency batch {batch}: {result.latency[f'latency_ms_b{batch}']:.3f} ms median "
+            f"(measured speed-up {result.latency[f'measured_speedup_b{batch}']:.2f}x)"
+        )
+    if result.onnx_path is not None:
+        print(f"  ONNX: {result.onnx_path} (outputs checked with onnxruntime)")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import slimtrain
+    from slimtrain.compress import read_manifest
+
+    if not args.directory.is_dir():
+        raise FileNotFoundError(f"{args.directory} is not a directory")
+    model = slimtrain.load(args.directory)
+    manifest = read_manifest(args.directory)
+    base = manifest["base_model"]
+    params = sum(t.numel() for t in model.state_dict().values())
+    print(f"{args.directory}: {base.get('registry_name', base.get('factory'))} {base['kwargs']}")
+    print(f"  {len(manifest['changes'])} layers changed, {params:,} stored values; checksums verified")
+    for key, value in manifest.get("extra", {}).items():
+        print(f"  {key}: {value}")
+    return EXIT_OK
+
+
 def demo_recipes() -> list[Path]:
     """The recipes ``slimtrain demo`` compares (shipped inside the package)."""
     folder = resources.files("slimtrain") / "recipes" / "demo"
@@ -82,7 +153,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from slimtrain.experiments.report import results_table, write_report
 
     start = time.perf_counter()
-    result = compare(demo_recipes(), args.output, overrides=["train.progress=false"])
+    # One thread: the demo's models are small, and extra threads only add synchronisation on 2 cores.
+    result = compare(demo_recipes(), args.output, overrides=["train.progress=false", "train.threads=1"])
     report = write_report(args.output, title="slimtrain demo: compression-aware training on digits")
     for line in results_table(result["aggregated"]):
         print("  ".join(f"{cell:>12}" for cell in line[:8]))
@@ -137,6 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
+        "export", help="compress a trained run at one level and save the physically smaller model"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--level", type=_level, required=True, help="compression level in [0, 1)")
+    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="output directory (default RUN_DIR/exported/STRUCTURE-LEVEL)",
+    )
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with onnxruntime")
+    p.add_argument(
+        "--round-to", type=_positive_int, default=None, help="filter: round thinned widths up to a multiple"
+    )
+    p.add_argument("--csr", action="store_true", help="store linear layers with >= 50%% zeros as CSR")
+    p.add_argument(
+        "--latency-batch-sizes",
+        type=_positive_int,
+        nargs="*",
+        default=[1, 256],
+        help="CPU latency batch sizes (none: skip the measurement)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("inspect", help="load an exported model (checksums verified) and print its manifest")
+    p.add_argument("directory", type=Path)
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
         "demo", help="compare every method on the embedded digits data (what `make demo` runs)"
     )
     p.add_argument("--output", type=Path, default=DEMO_OUTPUT)
@@ -146,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` command; returns the exit code."""
+    from slimtrain.compress import ExportFormatError, OnnxMismatchError, UnsupportedChannelFlowError
+    from slimtrain.compress.exportable import ExportMismatchError
     from slimtrain.train.checkpoint import CheckpointError
+    from slimtrain.bcd import FullBatchMemoryError
     from slimtrain.train.config import RecipeError
     from slimtrain.train.trainer import TrainingDiverged
 
@@ -156,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, FileNotFoundError) as err:
         print(f"slimtrain {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (TrainingDiverged, CheckpointError, OSError) as err:
+    except (
+        TrainingDiverged,
+        CheckpointError,
+        ExportFormatError,
+        ExportMismatchError,
+        OnnxMismatchError,
+        UnsupportedChannelFlowError,
+        FullBatchMemoryError,
+        OSError,
+    ) as err:
         print(f"slimtrain {args.command}: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -147,6 +147,12 @@ class _DriftingCopy(CompressedCopy):
     def stored_parameter_count(self):
         return 0
 
+    def state_dict(self):
+        return {"matrix": self._m}
+
+    def load_state_dict(self, state):
+        self._m = state["matrix"]
+
 
 def test_objective_rise_is_warned_with_the_term_that_rose():
     """If a copy step raises Φ, the sweep warns and its record names the compression term first."""

@@ -1,16 +1,12 @@
 """Data-parallel TDLRT through ``grad_reducer``: two ranks match one process on the combined batch.
 
-The thread-based test always runs; the real two-process gloo test takes tens of seconds (process start-up)
-and runs when ``SLIMTRAIN_DISTRIBUTED_TESTS=1``.
+Ranks are simulated by threads here; the real two-process gloo run of TDLRT through the engine is
+``tests/methods/test_tdlrt_methods.py``.
 """
 
-import os
 import threading
 
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -57,26 +53,6 @@ def _train(rank: int, world: int, reducer) -> tuple[dict, dict]:
 
         integrator.step(closure)
     return integrator.ranks(), model.state_dict()
-
-
-def _all_reduce_mean(grads: list[torch.Tensor]) -> None:
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        ranks, state = _train(rank, world, _all_reduce_mean)
-        torch.save({"ranks": ranks, "state": state}, f"{out_dir}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def _check_against_single_process(results: list[dict]) -> None:
@@ -128,12 +104,3 @@ def test_two_thread_ranks_match_single_process_on_combined_batch():
     for thread in threads:
         thread.join()
     _check_against_single_process(results)
-
-
-@pytest.mark.skipif(
-    os.environ.get("SLIMTRAIN_DISTRIBUTED_TESTS") != "1", reason="set SLIMTRAIN_DISTRIBUTED_TESTS=1"
-)
-def test_two_gloo_ranks_match_single_process_on_combined_batch(tmp_path):
-    """Two gloo processes with an all-reduce grad_reducer end with the single-process ranks and weights."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    _check_against_single_process([torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)])

@@ -168,6 +168,8 @@ def test_fixed_rank_trains_free_factors_at_fixed_ranks(tmp_path):
     assert initial == {"hidden.0": (8, 8), "hidden.1": (8, 8)}
     results = trainer.fit()
     assert results["grad_evals"] == results["steps"] == 5
+    assert results["ranks_per_layer"] == {"hidden.0": [8, 8], "hidden.1": [8, 8]}
+    assert "cr_percent_train_tucker" not in results  # no augmentation in vanilla training
     assert _ranks(trainer) == initial
     for name, param in trainer.components.model.named_parameters():
         assert param.requires_grad and not torch.equal(param, before[name]), name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +49,14 @@ class CompressedCopy(ABC):
     @abstractmethod
     def stored_parameter_count(self) -> int:
         """Numbers stored by the copy (core sizes, or non-zeros)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The copy's state (tensors and plain values) for checkpointing."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
 
 
 class TensorTrainCopy(CompressedCopy):
@@ -115,6 +124,28 @@ class TensorTrainCopy(CompressedCopy):
         """Σ_k r_{k−1} n_k r_k."""
         return tt_storage(self.modes, self.rank)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Cores, matrix shape and the count of rejected updates."""
+        return {
+            "cores": [core.clone() for core in self.cores],
+            "shape": list(self.matrix.shape),
+            "rejected_updates": self.rejected_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the cores (𝒯(G) is recomputed from them) and the rejection count.
+
+        Raises:
+            ValueError: If the cores do not have this copy's modes.
+        """
+        cores = list(state["cores"])
+        modes = tuple(int(core.shape[1]) for core in cores)
+        if modes != self.modes:
+            raise ValueError(f"TT state has modes {modes}, this copy has modes {self.modes}")
+        self.cores = cores
+        self._matrix = tt_reconstruct(cores).reshape(tuple(state["shape"]))
+        self.rejected_updates = int(state["rejected_updates"])
+
 
 class PrunedCopy(CompressedCopy):
     """Sparse copy W̃ = H_s(W) per layer (spec §2.5).
@@ -169,3 +200,11 @@ class PrunedCopy(CompressedCopy):
     def stored_parameter_count(self) -> int:
         """Number of non-zeros of W̃."""
         return int(torch.count_nonzero(self.matrix))
+
+    def state_dict(self) -> dict[str, Any]:
+        """W̃."""
+        return {"matrix": self.matrix.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore W̃."""
+        self._matrix = state["matrix"]

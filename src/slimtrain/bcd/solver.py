@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -411,6 +411,84 @@ class NNBCD:
         self._check_data(inputs, labels, "evaluation")
         return self._accuracy(self.to_module(), inputs, labels)
 
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Every block (W, U, V, the copies) and the monitoring history, as tensors and plain values.
+
+        With :meth:`load_state_dict` after :meth:`setup` on the same data, the next sweeps continue exactly
+        as an uninterrupted run would. U and V are d_i × N per layer, so the state grows with N.
+        """
+        return {
+            "weights": [w.clone() for w in self.weights],
+            "preactivations": [u.clone() for u in self.preactivations],
+            "activations": [v.clone() for v in self.activations],
+            "copies": {str(i): copy.state_dict() for i, copy in self.copies.items()},
+            "history": [_record_to_dict(record) for record in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; :meth:`setup` must have loaded the same training set.
+
+        Raises:
+            RuntimeError: If :meth:`setup` has not been called.
+            ValueError: If the state's layers, shapes or number of samples do not match (naming the block).
+        """
+        if not self.activations:
+            raise RuntimeError("NNBCD.load_state_dict() needs setup() with the training data first")
+        for key in ("weights", "preactivations", "activations"):
+            current, saved = getattr(self, key), state[key]
+            if len(saved) != len(current):
+                raise ValueError(f"NN-BCD state has {len(saved)} {key}, the solver has {len(current)}")
+            for index, (now, old) in enumerate(zip(current, saved, strict=True)):
+                if now.shape != old.shape:
+                    raise ValueError(
+                        f"NN-BCD state {key}[{index}] has shape {tuple(old.shape)}, the solver "
+                        f"{tuple(now.shape)} (different network or number of samples)"
+                    )
+        if set(state["copies"]) != {str(i) for i in self.copies}:
+            raise ValueError(
+                f"NN-BCD state compresses layers {sorted(state['copies'])}, the solver {sorted(self.copies)}"
+            )
+        place = {"dtype": self.dtype, "device": self.device}
+        self.weights = [w.to(**place) for w in state["weights"]]
+        self.preactivations = [u.to(**place) for u in state["preactivations"]]
+        self.activations = [v.to(**place) for v in state["activations"]]
+        for index, copy in self.copies.items():
+            copy.load_state_dict(_to_place(state["copies"][str(index)], place))
+            if copy.in_place:
+                self.weights[index] = copy.matrix
+        self.history = [_record_from_dict(record) for record in state["history"]]
+
     def to_module(self) -> nn.Sequential:
         """The compressed network as an ordinary ``nn.Module`` (TT layers, pruned or dense linears)."""
         return compressed_network(self.weights, self.copies, self.conv)
+
+
+def _record_to_dict(record: SweepRecord) -> dict[str, Any]:
+    out = {f.name: getattr(record, f.name) for f in fields(SweepRecord)}
+    out["objective"] = {f.name: getattr(record.objective, f.name) for f in fields(ObjectiveTerms)}
+    out["increased_terms"] = list(record.increased_terms)
+    out["blocks"] = [list(block) for block in record.blocks]
+    return out
+
+
+def _record_from_dict(data: dict[str, Any]) -> SweepRecord:
+    return SweepRecord(
+        **{
+            **data,
+            "objective": ObjectiveTerms(**data["objective"]),
+            "increased_terms": tuple(data["increased_terms"]),
+            "blocks": tuple((name, value) for name, value in data["blocks"]),
+        }
+    )
+
+
+def _to_place(value: Any, place: dict[str, Any]) -> Any:
+    """``value`` with every tensor moved to the solver's dtype and device (checkpoints load on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(**place)
+    if isinstance(value, dict):
+        return {key: _to_place(item, place) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_place(item, place) for item in value]
+    return value

@@ -8,12 +8,21 @@ Operators return a compressed **copy** and never modify their input:
   :func:`remove_channels` (channels physically removed, same function);
 - low rank: :func:`svd_decompose` (k×k + 1×1 conv pairs, two linears), :func:`tucker_decompose`
   (1×1 → k×k → 1×1);
-- export: :func:`save_exported` / :func:`load_exported` (safetensors + JSON manifest), :func:`export_onnx`.
+- export: :func:`to_exported` (a compressed model → its physically smaller form, same function),
+  :func:`save_exported` / :func:`load_exported` (safetensors + JSON manifest), :func:`export_onnx`.
 """
 
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.compress.decompose import FactorizationCostWarning, kept_rank, svd_decompose, tucker_decompose
 from slimtrain.compress.densify import densify
+from slimtrain.compress.exportable import (
+    ExportMismatchError,
+    check_same_outputs,
+    export_lowrank_layers,
+    removable_channels,
+    remove_zero_channels,
+    to_exported,
+)
 from slimtrain.compress.exported_format import (
     ExportFormatError,
     architecture_changes,
@@ -57,6 +66,7 @@ __all__ = [
     "ChannelPruningPlan",
     "ChannelSlice",
     "ExportFormatError",
+    "ExportMismatchError",
     "FactorizationCostWarning",
     "GroupSelection",
     "LowRankLinear",
@@ -72,9 +82,11 @@ __all__ = [
     "channel_masks",
     "channels_kept",
     "check_channel_flow",
+    "check_same_outputs",
     "compress_standard",
     "coupled_channel_groups",
     "densify",
+    "export_lowrank_layers",
     "export_onnx",
     "filter_pruning_plan",
     "fold_masks",
@@ -88,9 +100,12 @@ __all__ = [
     "module_config",
     "population_parameters",
     "read_manifest",
+    "removable_channels",
     "remove_channels",
+    "remove_zero_channels",
     "save_exported",
     "svd_decompose",
+    "to_exported",
     "to_sparse_linear",
     "tucker_decompose",
 ]

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtrain.compress.exportable import to_exported
 from slimtrain.data import BatchLoader
 from slimtrain.io import atomic_write_text
-from slimtrain.metrics import measure_latency, summarize
+from slimtrain.metrics import count_parameters, measure_latency, summarize
 from slimtrain.train.checkpoint import CheckpointError, CheckpointStore
 from slimtrain.train.config import load_recipe
 from slimtrain.train.evaluate import evaluate
+from slimtrain.train.method import Method
 from slimtrain.train.trainer import RunComponents, build_run
 
 
@@ -68,6 +70,36 @@ def recalibrate_batchnorm(model: nn.Module, comp: RunComponents, batches: int, b
     model.eval()
 
 
+def resolve_structure(method: Method, structure: str | None) -> str:
+    """The structure a run is compressed with: ``structure``, else the recipe's evaluation structure.
+
+    Methods that fix their level during training are always evaluated ``native``.
+
+    Raises:
+        ValueError: The method cannot compress with the structure.
+    """
+    structure = structure or method.recipe.evaluation.structure
+    if method.levels_chosen == "during_training" and structure != "native":
+        structure = "native"
+    if structure != "native" and structure not in method.structures:
+        raise ValueError(
+            f"method '{method.name}' cannot compress with structure '{structure}'; "
+            f"supported: {', '.join(method.structures)}, native"
+        )
+    return structure
+
+
+def dense_reference(model: nn.Module) -> nn.Module:
+    """The dense model a trained model is compared with (its latency and MAC reference).
+
+    That is the model itself, or, for rank-adaptive training (``slimtrain.lowrank`` layers), the model with
+    those layers replaced by dense layers of the reconstructed weights.
+    """
+    from slimtrain.lowrank import factorized_layers, to_dense_model
+
+    return to_dense_model(model) if factorized_layers(model) else model
+
+
 def sweep_path(run_dir: str | Path, structure: str) -> Path:
     """File holding a run's sweep rows for one structure."""
     return Path(run_dir) / f"sweep-{structure}.json"
@@ -94,7 +126,10 @@ def sweep(
         structure: ``unstructured``, ``filter``, ``lowrank`` or ``native``; default from the recipe.
         levels: fractions in [0, 1); default from the recipe, else the method's default levels.
         bn_recalibration: also report accuracy after recalibrating BatchNorm statistics; default from recipe.
-        latency: measure CPU latency of each compressed model (slow on a shared CPU).
+        latency: measure the CPU latency of each level's exported model (channels removed, factorized
+            layers in place; :func:`slimtrain.compress.exportable.to_exported`) and of the dense model
+            (slow on a shared CPU). Rows then say ``latency_model_state: exported`` and carry
+            ``params_stored_exported_all``, ``latency_ms_b{N}`` and ``measured_speedup_b{N}``.
         latency_batch_sizes: batch sizes for the latency measurement.
 
     Returns:
@@ -105,14 +140,7 @@ def sweep(
     comp = load_trained(run_dir)
     recipe, method = comp.method.recipe, comp.method
     evaluation = recipe.evaluation
-    structure = structure or evaluation.structure
-    if method.levels_chosen == "during_training" and structure != "native":
-        structure = "native"
-    if structure != "native" and structure not in method.structures:
-        raise ValueError(
-            f"method '{method.name}' cannot compress with structure '{structure}'; "
-            f"supported: {', '.join(method.structures)}, native"
-        )
+    structure = resolve_structure(method, structure)
     levels = levels if levels is not None else evaluation.levels or method.default_levels(structure)
     recalibrate = evaluation.bn_recalibration if bn_recalibration is None else bn_recalibration
 
@@ -127,7 +155,8 @@ def sweep(
     train_info = json.loads(results_file.read_text()) if results_file.exists() else {}
     dense_latency = {}
     if latency:
-        dense_latency = {b: _latency(trained, example, b) for b in latency_batch_sizes}
+        dense = dense_reference(trained)
+        dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes}
     for level in levels:
         if level in done:
             continue
@@ -157,8 +186,13 @@ def sweep(
                 compressed, comp.splits.test, device=comp.device, dtype=comp.dtype
             )["accuracy"]
         row.update(summarize(compressed, example, reference=trained))
+        if latency:
+            # Latency is a property of the deployed model: time the exported form, not the masked one.
+            exported = to_exported(compressed, structure, example)
+            row["latency_model_state"] = "exported"
+            row["params_stored_exported_all"] = count_parameters(exported, "all").stored
         for batch, dense_ms in dense_latency.items():
-            row[f"latency_ms_b{batch}"] = _latency(compressed, example, batch)
+            row[f"latency_ms_b{batch}"] = _latency(exported, example, batch)
             row[f"measured_speedup_b{batch}"] = dense_ms / row[f"latency_ms_b{batch}"]
         rows.append(row)
         rows.sort(key=lambda r: r["requested_level"])

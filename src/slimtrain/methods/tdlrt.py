@@ -282,6 +282,10 @@ class FixedRankTraining(_LowRankMethod):
     Options = FixedRankOptions
     level_option = "rank_fraction"
 
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Per-layer ranks and both eval compression rates (no augmentation: training stores the same)."""
+        return {k: v for k, v in _report_fields(model).items() if not k.startswith("cr_percent_train")}
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """Replace the convolutions and linears by free factorizations at ``rank_fraction``."""
         o = self.options

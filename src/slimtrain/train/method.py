@@ -5,6 +5,11 @@ model is prepared (layers converted, gates added), which optimizer drives it, wh
 (free to run several forward/backward passes), what happens at the end of training, and how the trained
 model is compressed at a given level. The trainer knows nothing about any one method.
 
+A method is either mini-batch (the default: ``training_step`` receives one batch at a time) or
+**full-batch** (:attr:`Method.full_batch`): then the trainer hands ``training_step`` the whole training split,
+unshuffled and unaugmented, once per epoch, and ``train.batch_size`` is not used. Full-batch methods (NN-BCD)
+keep per-sample state across epochs and run in a single process.
+
 Methods choose their compression level either **after** training (one training, many levels: SFW, dense +
 magnitude pruning) or **during** training (one training per level: SWD's target, TDLRT's tolerance). The
 second kind names the option that holds the level in :attr:`Method.level_option`, so ``compare`` can run one
@@ -119,6 +124,7 @@ class Method:
     levels_chosen: ClassVar[Literal["after_training", "during_training"]] = "after_training"
     level_option: ClassVar[str | None] = None
     structures: ClassVar[tuple[str, ...]] = ("unstructured", "filter", "lowrank")
+    full_batch: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel, recipe: Recipe) -> None:
         self.options = options
@@ -131,8 +137,12 @@ class Method:
         """Return the model to train (e.g. with layers converted); the default returns it unchanged."""
         return model
 
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """Build :attr:`optimizer` from the recipe's optimizer section over the trainable parameters."""
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
+        """Build :attr:`optimizer` from the recipe's optimizer section over the trainable parameters.
+
+        A gradient-free method returns ``None`` (and leaves :attr:`optimizer` ``None``); the trainer then
+        applies no learning-rate schedule.
+        """
         self.optimizer = build_standard_optimizer(
             [p for p in model.parameters() if p.requires_grad], self.recipe.optimizer
         )
@@ -152,7 +162,10 @@ class Method:
     def training_step(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ctx: StepContext
     ) -> StepOutput:
-        """Run one optimizer step on a batch; the default is one forward/backward pass and one step."""
+        """Run one optimizer step on a batch; the default is one forward/backward pass and one step.
+
+        For a :attr:`full_batch` method ``inputs``/``targets`` are the whole training split, once per epoch.
+        """
         assert self.optimizer is not None, "build_optimizer must run before training_step"
         self.optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)

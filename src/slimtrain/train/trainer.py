@@ -128,18 +128,28 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, world: World | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir is not None else run_directory(recipe)
+        if recipe.train.threads is not None:
+            torch.set_num_threads(recipe.train.threads)
         device = resolve_device(recipe.train.device)
         self.world = world or init_world(device)
         if device.type == "cuda":
             device = resolve_device("cuda", self.world.local_rank)
         self.components = build_run(recipe, device)
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints")
+        train_split = self.components.splits.train
+        full_batch = self.components.method.full_batch
+        if full_batch and self.world.world_size > 1:
+            raise ValueError(
+                f"method '{recipe.method.name}' is full-batch and runs in a single process, "
+                f"not {self.world.world_size}"
+            )
+        # A full-batch method gets the whole split, in a fixed order and unaugmented, as one step per epoch.
         self.loader = BatchLoader(
-            self.components.splits.train,
-            recipe.train.batch_size,
-            shuffle=True,
+            train_split,
+            len(train_split) if full_batch else recipe.train.batch_size,
+            shuffle=not full_batch,
             seed=recipe.seed,
-            transform=self.components.splits.augment,
+            transform=None if full_batch else self.components.splits.augment,
             rank=self.world.rank,
             world_size=self.world.world_size,
         )
@@ -270,7 +280,11 @@ class Trainer:
                 break
             inputs = inputs.to(device=comp.device, dtype=comp.dtype, non_blocking=True)
             targets = targets.to(comp.device, non_blocking=True)
-            factor = self.schedule.apply(method.optimizer, self.step)
+            factor = (
+                self.schedule.apply(method.optimizer, self.step)
+                if method.optimizer is not None  # gradient-free methods have no optimizer
+                else self.schedule.factor(self.step)
+            )
             ctx = StepContext(
                 step=self.step,
                 epoch=self.epoch,
