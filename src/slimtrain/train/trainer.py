@@ -139,8 +139,8 @@ class Trainer:
         train_split = self.components.splits.train
         full_batch = self.components.method.full_batch
         if full_batch and self.world.world_size > 1:
-            raise ValueError(
-                f"method '{recipe.method.name}' is full-batch and runs in a single process, "
+            raise RunBuildError(
+                f"'method': method '{recipe.method.name}' is full-batch and runs in a single process, "
                 f"not {self.world.world_size}"
             )
         # A full-batch method gets the whole split, in a fixed order and unaugmented, as one step per epoch.
