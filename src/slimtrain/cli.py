@@ -249,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` command; returns the exit code."""
+    from slimtrain.bcd import FullBatchMemoryError
     from slimtrain.compress import ExportFormatError, OnnxMismatchError, UnsupportedChannelFlowError
     from slimtrain.compress.exportable import ExportMismatchError
     from slimtrain.train.checkpoint import CheckpointError
-    from slimtrain.bcd import FullBatchMemoryError
     from slimtrain.train.config import RecipeError
     from slimtrain.train.trainer import TrainingDiverged
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,24 @@ class TTLinear(nn.Module):
         """
         cores = tt_svd_matrix(weight, modes, rank).cores
         return cls(cores, in_features=weight.shape[1], out_features=weight.shape[0])
+
+    @classmethod
+    def from_config(
+        cls, in_features: int, out_features: int, modes: Sequence[int], ranks: Sequence[int], bias: bool
+    ) -> TTLinear:
+        """An uninitialised layer of the given shape (zero cores), to be filled by ``load_state_dict``."""
+        cores = [torch.zeros(ranks[k], modes[k], ranks[k + 1]) for k in range(len(modes))]
+        return cls(cores, in_features, out_features, torch.zeros(out_features) if bias else None)
+
+    def config(self) -> dict[str, Any]:
+        """The :meth:`from_config` arguments of this layer (JSON-serialisable), for export manifests."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "modes": list(self.modes),
+            "ranks": list(self.ranks),
+            "bias": self.bias is not None,
+        }
 
     @property
     def modes(self) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from slimtrain.bcd.tt_linear import TTLinear
 from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
 from slimtrain.compress.sparse_linear import SparseLinear
 
@@ -54,7 +55,10 @@ _CONFIG: dict[type[nn.Module], Callable[[nn.Module], dict[str, Any]]] = {
     TuckerConv2d: TuckerConv2d.config,
     LowRankLinear: LowRankLinear.config,
     SparseLinear: SparseLinear.config,
+    TTLinear: TTLinear.config,
 }
+# Layers built from their config by a named constructor rather than ``__init__``.
+_BUILDERS: dict[type[nn.Module], Callable[..., nn.Module]] = {TTLinear: TTLinear.from_config}
 LAYER_TYPES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in _CONFIG}
 """Type name → class of every layer type an exported model may replace or reshape."""
 
@@ -85,6 +89,7 @@ def build_module(type_name: str, config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"unknown layer type {type_name!r}; known types: {', '.join(LAYER_TYPES)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     try:
-        return LAYER_TYPES[type_name](**kwargs)
+        cls = LAYER_TYPES[type_name]
+        return _BUILDERS.get(cls, cls)(**kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot build {type_name} from {config}: {error}") from error

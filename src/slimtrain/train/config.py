@@ -140,7 +140,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="per process; the global batch is batch_size * world_size")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per process; None: torch's default")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: default)")
     checkpoint_every_steps: int = Field(0, ge=0, description="0: checkpoint only at each epoch end")
     log_every_steps: int = Field(10, ge=1)
     progress: bool = True
