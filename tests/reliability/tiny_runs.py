@@ -75,7 +75,6 @@ KNOWN_ISSUES: dict[tuple[str, str], str] = {
         for model in ("bias-free-linears", "weightless-layers")
     },
     **{("export", m): _NOT_EXPORTABLE.format("LowRankLinear") for m in ("tdlrt", "dlrt", "fixed-rank")},
-    **{("export", m): _NOT_EXPORTABLE.format("TTLinear") for m in ("nnbcd", "tt-sgd")},
 }
 
 
