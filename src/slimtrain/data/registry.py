@@ -111,6 +111,16 @@ def load_dataset(
     raw = builder(None if data_dir is None else Path(data_dir), **options)
     if not isinstance(raw, RawSplits):
         raise TypeError(f"dataset {name!r}: builder returned {type(raw).__name__}, expected RawSplits")
+    for split_name, inputs, targets in (
+        ("train", raw.train_inputs, raw.train_targets),
+        ("test", raw.test_inputs, raw.test_targets),
+    ):
+        # Checked before the validation split, whose indexing would silently drop or misalign samples.
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"dataset {name!r}: the {split_name} split has {inputs.shape[0]} inputs but "
+                f"{targets.shape[0]} labels"
+            )
     if raw.train_inputs.shape[1:] != raw.test_inputs.shape[1:]:
         raise ValueError(
             f"dataset {name!r}: train samples are {tuple(raw.train_inputs.shape[1:])} but test samples are "

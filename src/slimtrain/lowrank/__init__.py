@@ -6,7 +6,7 @@ Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.1357
 
 from slimtrain.lowrank.conversion import convert_to_lowrank, factorized_layers, to_dense_model
 from slimtrain.lowrank.factorized import MatrixFactorizedLayer, TuckerFactorizedLayer
-from slimtrain.lowrank.integrator import TDLRT, transport_state_tensor
+from slimtrain.lowrank.integrator import TDLRT, RankAtMinimumWarning, transport_state_tensor
 from slimtrain.lowrank.matrix_layers import LowRankLinear, MatrixLowRankConv2d
 from slimtrain.lowrank.report import LayerRankReport, lowrank_report
 from slimtrain.lowrank.tucker_conv import TuckerConv2d
@@ -17,6 +17,7 @@ __all__ = [
     "LowRankLinear",
     "MatrixFactorizedLayer",
     "MatrixLowRankConv2d",
+    "RankAtMinimumWarning",
     "TuckerConv2d",
     "TuckerFactorizedLayer",
     "convert_to_lowrank",

@@ -141,9 +141,12 @@ class TuckerFactorizedLayer(nn.Module):
     # ------------------------------------------------------------------------------------------ parameters
     def _init_parameters(self, tensor: Tensor, ranks: Sequence[int]) -> None:
         core, factors = hosvd(tensor.detach(), ranks)
-        self.core = nn.Parameter(core)
+        # Contiguous like every later value (`set_factorization`, `_load_from_state_dict`): a transposed
+        # SVD factor computes the same products with another summation order, so a run resumed from a
+        # checkpoint would drift from the uninterrupted one by rounding.
+        self.core = nn.Parameter(core.contiguous())
         self.factors = nn.ParameterList(
-            nn.Parameter(u, requires_grad=self.free_factors or m in self.adaptive_modes)
+            nn.Parameter(u.contiguous(), requires_grad=self.free_factors or m in self.adaptive_modes)
             for m, u in enumerate(factors)
         )
 

@@ -6,6 +6,7 @@ Lubich, BIT 2022 (rank-adaptive BUG) and the parallel BUG integrator. Spec ``tdl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ GradReducer = Callable[[list[Tensor]], None]
 
 # Adam-type second moments are not rotation-equivariant: transported by the sqrt heuristic (spec §2.7).
 _SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+class RankAtMinimumWarning(UserWarning):
+    """The truncation tolerance would cut a layer's rank below its minimum; the message names the layer."""
 
 
 class TDLRT:
@@ -145,6 +150,7 @@ class TDLRT:
             if any(id(p) in factor_ids for p in group["params"]):
                 raise ValueError("TDLRT: the inner optimizer must not hold factor parameters")
         self.step_count = 0
+        self._floor_reported: set[tuple[str, int]] = set()
         #: Per layer, the last truncation's threshold and per-mode discarded tails (diagnostics, tests).
         self.last_truncation: dict[str, dict[str, Any]] = {}
 
@@ -297,13 +303,15 @@ class TDLRT:
             if self.rank_policy == "fixed":
                 rank = ranks_before[mode]
             else:
-                rank = rank_from_singular_values(
+                wanted = rank_from_singular_values(
                     sigma,
                     threshold,
                     faithful_dlrt_net=self.truncation == "dlrt_net",
                     fallback=ranks_before[mode],
                 )
-                rank = min(max(rank, layer.min_ranks[mode]), layer.max_ranks[mode])
+                if wanted < layer.min_ranks[mode]:
+                    self._report_rank_floor(name, mode, wanted, layer.min_ranks[mode])
+                rank = min(max(wanted, layer.min_ranks[mode]), layer.max_ranks[mode])
             rank = min(rank, core.shape[mode])
             tails[mode] = float(torch.linalg.vector_norm(sigma[rank:]))
             kept = complete_orthonormal(left[:, :rank], rank)
@@ -311,6 +319,23 @@ class TDLRT:
             factors[mode] = factors[mode] @ kept
         self.last_truncation[name] = {"threshold": threshold, "core_norm": norm, "tails": tails}
         self._change_basis(layer, maps, factors)
+
+    def _report_rank_floor(self, name: str, mode: int, wanted: int, floor: int) -> None:
+        """Warn (once per layer and mode) that the tolerance would cut a rank below its minimum ``r_min``.
+
+        The rank is held at ``r_min`` (spec §2.5); a collapse there usually means ``tau`` is too large for
+        this layer, or its gradients vanished, and deserves a look rather than silence.
+        """
+        if (name, mode) in self._floor_reported:
+            return
+        self._floor_reported.add((name, mode))
+        warnings.warn(
+            RankAtMinimumWarning(
+                f"TDLRT: layer {name!r} mode {mode}: tau={self.tau:g} keeps {wanted} direction(s), below the "
+                f"minimum rank {floor}; rank held at {floor} (integrator step {self.step_count})"
+            ),
+            stacklevel=2,
+        )
 
     def _parallel_directions(
         self, layer: TuckerFactorizedLayer

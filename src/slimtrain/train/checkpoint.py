@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from slimtrain.io import atomic_write_bytes, atomic_write_text, sha256_file
+from slimtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -69,7 +69,16 @@ class CheckpointStore:
         atomic_write_text(self.manifest_path, json.dumps({"checkpoints": kept}, indent=1))
         for entry in stale:
             (self.directory / entry["file"]).unlink(missing_ok=True)
+        self._remove_leftovers({e["file"] for e in kept})
         return path
+
+    def _remove_leftovers(self, listed: set[str]) -> None:
+        # A process killed inside `save` leaves a temporary file, or a checkpoint file the manifest no longer
+        # lists; without this they would pile up over many interruptions.
+        remove_stale_temporaries(self.directory)
+        for path in self.directory.glob("step-*.pt"):
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
 
     def load_latest(self, *, final_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Return ``(state, entry)`` of the newest checkpoint that verifies, or ``None`` if there is none.

@@ -9,21 +9,60 @@ valid choices).
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 
 class RecipeError(ValueError):
     """A recipe (or a ``--set`` override) is invalid; the message names the offending key."""
 
 
-class _Strict(BaseModel):
-    """Base for every config section: unknown keys are errors and assignments are validated."""
+def _is_number(annotation: Any) -> bool:
+    """Whether a field's annotation is ``int`` or ``float`` (possibly optional) and not ``bool``."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return bool not in args and any(a in (int, float) for a in args)
+    return False
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class _Strict(BaseModel):
+    """Base for every config section: unknown keys are errors and assignments are validated.
+
+    Numbers must be finite, and a boolean is not accepted for a number (YAML's ``epochs: yes`` would
+    otherwise silently mean one epoch).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+            raise ValueError("expected a number, got a boolean")
+        return value
+
+
+def _path_component(value: str) -> str:
+    """Reject names that are not a single file-name component (they choose the run directory)."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value:
+        raise ValueError("must be a non-empty file name without '/', '\\', '.' or '..'")
+    return value
 
 
 class DataConfig(_Strict):
@@ -35,12 +74,33 @@ class DataConfig(_Strict):
     augment: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from slimtrain.data import list_datasets
+
+        if value not in list_datasets():
+            raise ValueError(f"unknown dataset; registered datasets: {', '.join(list_datasets())}")
+        return value
+
 
 class ModelConfig(_Strict):
     """A registry model name and its keyword arguments."""
 
     name: str = "mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from slimtrain.models import list_models
+
+        if value not in list_models():
+            raise ValueError(f"unknown model; registered models: {', '.join(list_models())}")
+        return value
+
+
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class OptimizerConfig(_Strict):
@@ -51,7 +111,7 @@ class OptimizerConfig(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[_Beta, _Beta] = (0.9, 0.999)
 
 
 class ScheduleConfig(_Strict):
@@ -120,7 +180,7 @@ class Recipe(_Strict):
     """A complete, validated training recipe."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -129,6 +189,8 @@ class Recipe(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    _name_is_a_file_name = field_validator("name")(_path_component)
 
     def method_options(self) -> BaseModel:
         """Return the method's options as its typed options object."""
@@ -214,12 +276,33 @@ def _resolve_method_options(recipe: Recipe) -> None:
     try:
         options_model = get_method_class(recipe.method.name).Options
     except KeyError as err:
-        raise RecipeError(f"'method.name': {err.args[0]}") from None
+        raise RecipeError(f"invalid recipe:\n  'method.name': {err.args[0]}") from None
+    problems = _number_problems(options_model, recipe.method.options, prefix="method.options")
+    if problems:
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
     try:
         parsed = options_model.model_validate(recipe.method.options)
     except ValidationError as err:
         raise RecipeError(_format_errors(err, prefix=("method", "options"), root=options_model)) from None
     recipe.method.options = parsed.model_dump(mode="json")
+
+
+def _number_problems(schema: type[BaseModel], raw: dict[str, Any], *, prefix: str) -> list[str]:
+    """Booleans or NaN/inf given for number fields of a method's options schema.
+
+    Method schemas are plain pydantic models written by each plugin; this applies the recipe's own rules
+    for numbers (see :class:`_Strict`) to them too.
+    """
+    problems = []
+    for key, value in raw.items():
+        field = schema.model_fields.get(key)
+        if field is None or not _is_number(field.annotation):
+            continue
+        if isinstance(value, bool):
+            problems.append(f"'{prefix}.{key}': expected a number, got a boolean (got {value!r})")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"'{prefix}.{key}': must be a finite number (got {value!r})")
+    return problems
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

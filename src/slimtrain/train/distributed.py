@@ -9,12 +9,47 @@ cases.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+TIMEOUT_ENV = "SLIMTRAIN_DDP_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class PeerLostError(ConnectionError):
+    """A collective failed: another process of the run died or stopped answering within the timeout.
+
+    A ``ConnectionError`` (hence an ``OSError``), so the command line reports it and exits with status 1.
+    """
+
+
+def _collective(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn a backend failure inside a :class:`World` collective into a :class:`PeerLostError`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except RuntimeError as err:  # gloo and nccl report lost peers and timeouts as RuntimeError
+            world = args[0]
+            raise PeerLostError(
+                f"process {world.rank} of {world.world_size}: collective '{function.__name__}' failed; "
+                "another process died or did not answer within the timeout "
+                f"({TIMEOUT_ENV}, default {DEFAULT_TIMEOUT_S:g} s). Stopping this process. "
+                f"Backend error: {err}"
+            ) from err
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -35,6 +70,7 @@ class World:
         """Whether more than one process takes part."""
         return self.world_size > 1
 
+    @_collective
     def average_gradients(self, parameters: list[nn.Parameter]) -> None:
         """Replace each parameter's gradient by its mean over all processes (missing gradients count as 0)."""
         if not self.distributed or not parameters:
@@ -52,6 +88,34 @@ class World:
                 p.grad = flat[offset : offset + n].view_as(g).clone()
                 offset += n
 
+    @_collective
+    def average_batchnorm_statistics(self, module: nn.Module) -> None:
+        """Replace BatchNorm running means and variances by their mean over all processes.
+
+        Each process normalises its own shard, so without this the running statistics (buffers, which
+        gradient averaging does not touch) drift apart and the ranks end with different models.
+        """
+        if not self.distributed:
+            return
+        stats = [
+            buffer
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buffer in (m.running_mean, m.running_var)
+            if buffer is not None
+        ]
+        for dtype in sorted({b.dtype for b in stats}, key=str):
+            group = [b for b in stats if b.dtype == dtype]
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            with torch.no_grad():
+                for b in group:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+
+    @_collective
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean of ``tensor`` over all processes (returned as a new tensor)."""
         if not self.distributed:
@@ -60,6 +124,7 @@ class World:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out / self.world_size
 
+    @_collective
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every process."""
         if not self.distributed:
@@ -68,17 +133,37 @@ class World:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
+    @_collective
     def barrier(self) -> None:
         """Wait for every process."""
         if self.distributed:
             dist.barrier()
 
 
-def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
+def collective_timeout_s() -> float:
+    """The collective timeout in seconds: ``$SLIMTRAIN_DDP_TIMEOUT_S`` if set, else 600.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def init_world(device: torch.device, timeout_s: float | None = None) -> World:
     """Join the process group described by ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ...).
 
     A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) gets a trivial world. The collective timeout
-    makes a run whose peer died end with an error instead of hanging forever.
+    (``timeout_s``, default :func:`collective_timeout_s`) makes a run whose peer died or hangs end with a
+    :class:`PeerLostError` instead of waiting forever.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -87,8 +172,9 @@ def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timeout_s if timeout_s is not None else collective_timeout_s()
         dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout)
         )
     return World(rank=rank, world_size=world_size, local_rank=local_rank)
 

@@ -55,13 +55,27 @@ def _rank_main(
             dist.destroy_process_group()
 
 
-def train_multiprocess(recipe: Recipe, run_dir: str | Path, world_size: int = 2) -> list[dict[str, Any]]:
+def train_multiprocess(
+    recipe: Recipe, run_dir: str | Path, world_size: int = 2, start_method: str = "spawn"
+) -> list[dict[str, Any]]:
     """Train ``recipe`` on ``world_size`` local CPU processes (gloo) and return each rank's final state.
+
+    Args:
+        recipe: the recipe every rank trains.
+        run_dir: the run directory (rank 0 writes it).
+        world_size: number of processes.
+        start_method: ``spawn`` (safe everywhere) or ``fork`` (POSIX; no interpreter start-up per rank, for
+            tests; only from a process that has not initialised CUDA or a process group).
 
     Returns:
         Per rank: ``{"model": state_dict, "method": method state, "results": final metrics}``.
     """
     tree = recipe.model_dump(mode="json")
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_rank_main, args=(world_size, _free_port(), tree, str(run_dir), out_dir), nprocs=world_size)
+        mp.start_processes(
+            _rank_main,
+            args=(world_size, _free_port(), tree, str(run_dir), out_dir),
+            nprocs=world_size,
+            start_method=start_method,
+        )
         return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]

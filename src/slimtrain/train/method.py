@@ -38,6 +38,10 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NonFiniteGradientError(ArithmeticError):
+    """A backward pass produced NaN or infinite gradients; the message names the parameters."""
+
+
 @dataclass
 class StepContext:
     """What a method's training step may use besides the model and the batch.
@@ -48,6 +52,8 @@ class StepContext:
         total_steps: the number of steps the whole run will take.
         world: the process group; ``backward`` already averages gradients across it.
         grad_evals: forward/backward passes run so far in this step (counted by ``backward``).
+        parameter_names: ``id(parameter) -> qualified name``, used to name the culprits of a non-finite
+            gradient.
     """
 
     step: int
@@ -55,6 +61,7 @@ class StepContext:
     total_steps: int
     world: World
     grad_evals: int = 0
+    parameter_names: dict[int, str] = field(default_factory=dict)
 
     def backward(self, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
         """Back-propagate ``loss`` and average the gradients of ``parameters`` over all processes.
@@ -65,6 +72,25 @@ class StepContext:
         loss.backward()
         self.world.average_gradients(parameters)
         self.grad_evals += 1
+        self._check_finite(parameters)
+
+    def _check_finite(self, parameters: list[nn.Parameter]) -> None:
+        """Raise :class:`NonFiniteGradientError` naming the parameters whose gradient is NaN or infinite.
+
+        Checked on the averaged gradients, so every process reaches the same verdict.
+        """
+        grads = [(p, p.grad) for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for _, g in grads])
+        if bool(finite.all()):
+            return
+        names = [
+            self.parameter_names.get(id(p), f"<unnamed parameter of shape {tuple(p.shape)}>")
+            for (p, _), ok in zip(grads, finite.tolist(), strict=True)
+            if not ok
+        ]
+        raise NonFiniteGradientError(f"non-finite gradient in {', '.join(names)}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,10 @@ from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe
+from slimtrain.train.config import Recipe, RecipeError
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
-from slimtrain.train.method import Method, StepContext, get_method_class
+from slimtrain.train.method import Method, NonFiniteGradientError, StepContext, get_method_class
 from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule
 
@@ -34,7 +35,29 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+    """Training hit NaN/inf in the loss or gradients, or a factorization failed.
+
+    The message names the step, the parameters (layers) involved and the last good checkpoint.
+    """
+
+
+class RunBuildError(RecipeError):
+    """The recipe is valid but its data, model or method set-up cannot be built from it.
+
+    A :class:`RecipeError` (invalid input, exit status 2 on the command line); the message names the recipe
+    section and the culprit (dataset, layer).
+    """
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters of ``model`` holding NaN or infinite values (one device sync)."""
+    named = list(model.named_parameters())
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
 @dataclass
@@ -53,26 +76,38 @@ def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponen
     device = device or resolve_device(recipe.train.device)
     dtype = DTYPES[recipe.train.dtype]
     data = recipe.data
-    splits = load_dataset(
-        data.name,
-        data_dir=data.data_dir,
-        val_fraction=data.val_fraction,
-        seed=recipe.seed,
-        augment=data.augment,
-        **data.options,
-    )
+    try:
+        splits = load_dataset(
+            data.name,
+            data_dir=data.data_dir,
+            val_fraction=data.val_fraction,
+            seed=recipe.seed,
+            augment=data.augment,
+            **data.options,
+        )
+    except (ValueError, TypeError) as err:  # malformed files, bad labels or shapes, unknown options
+        raise RunBuildError(f"'data': dataset '{data.name}' cannot be used: {err}") from err
     channels, height, _ = splits.input_shape
     torch.manual_seed(recipe.seed)
-    model = create_model(
-        recipe.model.name,
-        num_classes=splits.num_classes,
-        in_channels=channels,
-        image_size=height,
-        **recipe.model.kwargs,
-    )
+    try:
+        model = create_model(
+            recipe.model.name,
+            num_classes=splits.num_classes,
+            in_channels=channels,
+            image_size=height,
+            **recipe.model.kwargs,
+        )
+    except (ValueError, TypeError) as err:
+        raise RunBuildError(f"'model': model '{recipe.model.name}' cannot be built: {err}") from err
     model = model.to(device=device, dtype=dtype)
     method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
-    model = method.prepare(model).to(device=device, dtype=dtype)
+    try:
+        model = method.prepare(model)
+    except (ValueError, TypeError, NotImplementedError) as err:  # layers the method cannot handle
+        raise RunBuildError(
+            f"'method': method '{method.name}' cannot prepare model '{recipe.model.name}': {err}"
+        ) from err
+    model = model.to(device=device, dtype=dtype)
     return RunComponents(splits=splits, model=model, method=method, device=device, dtype=dtype)
 
 
@@ -104,8 +139,8 @@ class Trainer:
         train_split = self.components.splits.train
         full_batch = self.components.method.full_batch
         if full_batch and self.world.world_size > 1:
-            raise ValueError(
-                f"method '{recipe.method.name}' is full-batch and runs in a single process, "
+            raise RunBuildError(
+                f"'method': method '{recipe.method.name}' is full-batch and runs in a single process, "
                 f"not {self.world.world_size}"
             )
         # A full-batch method gets the whole split, in a fixed order and unaugmented, as one step per epoch.
@@ -120,8 +155,9 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the training split of '{recipe.data.name}' is too small for batch size "
+            raise RunBuildError(
+                f"'train.batch_size': the training split of '{recipe.data.name}' "
+                f"({len(self.components.splits.train)} samples) is too small for batch size "
                 f"{recipe.train.batch_size} × {self.world.world_size} processes"
             )
         self.components.method.steps_per_epoch = self.steps_per_epoch
@@ -133,13 +169,15 @@ class Trainer:
         self.batch_in_epoch = 0
         self.grad_evals = 0
         self.train_seconds = 0.0
+        self.finalized = False  # restored from the final checkpoint: `finalize` already ran on these weights
 
     # -- files --------------------------------------------------------------------------------------------
     def _check_output_writable(self) -> None:
         """Fail before training when the output directory cannot be written."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        probe = self.run_dir / ".write-test"
+        # One probe per process: ranks sharing the directory must not delete each other's probe.
+        probe = self.run_dir / f".write-test-{self.world.rank}-{os.getpid()}"
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as err:
@@ -172,7 +210,8 @@ class Trainer:
         loaded = self.checkpoints.load_latest()
         if loaded is None:
             return False
-        state, _ = loaded
+        state, entry = loaded
+        self.finalized = bool(entry["final"])
         model, method = self.components.model, self.components.method
         method.load_state_dict(state["method"], model)
         model.load_state_dict(state["model"])
@@ -210,7 +249,9 @@ class Trainer:
         comp.model.train()
         while self.step < self.total_steps and self.epoch < recipe.train.epochs:
             self._run_epoch()
-        comp.method.finalize(comp.model)
+        if not self.finalized:
+            comp.method.finalize(comp.model)
+            self.finalized = True
         results = self._final_results()
         self._save(final=True)
         if self.world.is_main:
@@ -245,19 +286,26 @@ class Trainer:
                 else self.schedule.factor(self.step)
             )
             ctx = StepContext(
-                step=self.step, epoch=self.epoch, total_steps=self.total_steps, world=self.world
+                step=self.step,
+                epoch=self.epoch,
+                total_steps=self.total_steps,
+                world=self.world,
+                parameter_names={id(p): name for name, p in model.named_parameters()},
             )
-            out = method.training_step(model, inputs, targets, ctx)
+            try:
+                out = method.training_step(model, inputs, targets, ctx)
+            except NonFiniteGradientError as err:
+                raise self._diverged(str(err)) from err
+            except torch.linalg.LinAlgError as err:  # an SVD, QR or Cholesky of non-finite or singular data
+                raise self._diverged(f"a factorization failed ({err})") from err
             if method.optimizer is not None:  # a step may re-create the optimizer (rank changes)
                 self.schedule.apply(method.optimizer, self.step)
+            self.world.average_batchnorm_statistics(model)
+            if nonfinite_parameters(model):  # e.g. a closed-form update or a factor that became NaN/inf
+                raise self._diverged("the step produced non-finite weights")
             loss = self.world.all_reduce_mean(out.loss.detach().to(torch.float64).reshape(1)).item()
             if not math.isfinite(loss):
-                last = self.checkpoints.entries()
-                where = self.checkpoints.directory / last[-1]["file"] if last else "none written yet"
-                raise TrainingDiverged(
-                    f"loss is {loss} at step {self.step} (epoch {self.epoch + 1}, method "
-                    f"'{method.name}'); training stopped. Last good checkpoint: {where}"
-                )
+                raise self._diverged(f"loss is {loss}")
             self.grad_evals += ctx.grad_evals
             self.step += 1
             self.batch_in_epoch = index + 1
@@ -311,6 +359,18 @@ class Trainer:
         if self.world.is_main:
             self.log.append("epochs", row)
         self._save()
+
+    def _diverged(self, problem: str) -> TrainingDiverged:
+        """The error stopping the run at this step; names non-finite layers and the last checkpoint."""
+        model = self.components.model
+        bad = nonfinite_parameters(model)
+        last = self.checkpoints.entries()
+        where = self.checkpoints.directory / last[-1]["file"] if last else "none written yet"
+        return TrainingDiverged(
+            f"{problem} at step {self.step} (epoch {self.epoch + 1}, method '{self.components.method.name}')"
+            f"; non-finite parameters: {', '.join(bad) if bad else 'none'}; training stopped. "
+            f"Last good checkpoint: {where}"
+        )
 
     def _final_results(self) -> dict[str, Any]:
         comp = self.components
