@@ -60,38 +60,14 @@ METHOD_TREES: dict[str, dict[str, Any]] = {
 }
 
 
-_PENALTY_AT_FIRST_STEP = (
-    "the penalty refuses a model without convolutions at the first training step (an uncaught ValueError "
-    "and a traceback) instead of in prepare (exit status 2 naming the missing layer kind)"
-)
-_NOT_EXPORTABLE = "save_exported: {} is not a rebuildable layer type of the exported format"
-
-# Known defects of plugins and libraries, reported to their owners: (area, case id) -> what fails. Marked
-# xfail(strict=True), so the suite stays green until a fix lands and then asks for the entry's removal.
-KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    **{
-        ("awkward-model", f"{method}-{model}"): _PENALTY_AT_FIRST_STEP
-        for method in ("group-lasso", "nuclear-norm", "prox-svd")
-        for model in ("bias-free-linears", "weightless-layers")
-    },
-    **{("export", m): _NOT_EXPORTABLE.format("LowRankLinear") for m in ("tdlrt", "dlrt", "fixed-rank")},
-}
-
-
 def methods() -> list[str]:
     """Every registered method."""
     return list_methods()
 
 
-def cases(area: str, *axes: list[str]) -> list[Any]:
-    """``pytest.param`` sets over the product of ``axes``; those listed in ``KNOWN_ISSUES`` marked xfail."""
-    params = []
-    for combination in itertools.product(*axes):
-        ident = "-".join(combination)
-        reason = KNOWN_ISSUES.get((area, ident))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        params.append(pytest.param(*combination, id=ident, marks=marks))
-    return params
+def cases(*axes: list[str]) -> list[Any]:
+    """``pytest.param`` sets over the product of ``axes``, each with a readable id."""
+    return [pytest.param(*combination, id="-".join(combination)) for combination in itertools.product(*axes)]
 
 
 def tiny_tree(method: str, **sections: dict[str, Any]) -> dict[str, Any]:

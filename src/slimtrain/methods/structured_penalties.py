@@ -14,7 +14,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtrain.fw import group_lasso_penalty, nuclear_norm_penalty, singular_value_soft_threshold_
+from slimtrain.fw import (
+    conv_weights,
+    group_lasso_penalty,
+    nuclear_norm_penalty,
+    singular_value_soft_threshold_,
+)
 from slimtrain.train.method import Method, StepContext, register_method
 
 __all__ = ["GroupLassoTraining", "NuclearNormTraining", "PenaltyOptions", "ProximalSVDTraining"]
@@ -32,8 +37,24 @@ class PenaltyOptions(BaseModel):
     strength: float = Field(1e-4, ge=0.0)
 
 
+class _ConvPenaltyMethod(Method):
+    """Base of the baselines that act on conv weights: a model without convs is refused before training."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return ``model`` unchanged after checking it has a conv layer to act on.
+
+        Raises:
+            ValueError: the model has no conv layer.
+        """
+        if not conv_weights(model):
+            raise ValueError(
+                f"{type(model).__name__} has no conv layer for the '{self.name}' baseline to act on"
+            )
+        return model
+
+
 @register_method
-class GroupLassoTraining(Method):
+class GroupLassoTraining(_ConvPenaltyMethod):
     """SGD with the group-lasso penalty ``λ·Σ_conv Σ_f ‖W_f‖₂`` on conv filters; L1 filter pruning after."""
 
     name = "group-lasso"
@@ -46,7 +67,7 @@ class GroupLassoTraining(Method):
 
 
 @register_method
-class NuclearNormTraining(Method):
+class NuclearNormTraining(_ConvPenaltyMethod):
     """SGD with the nuclear-norm penalty ``λ·Σ_conv ‖mat(W)‖_*`` (through the SVD); SVD truncation after.
 
     The penalty's gradient needs one SVD per conv layer and step, the cost the paper contrasts with SFW.
@@ -62,7 +83,7 @@ class NuclearNormTraining(Method):
 
 
 @register_method
-class ProximalSVDTraining(Method):
+class ProximalSVDTraining(_ConvPenaltyMethod):
     """Proximal SGD: after each SGD step, ``mat(W) ← U·diag(max(σ − λ·η_t, 0))·Vᵀ`` for every conv weight.
 
     η_t is the learning rate of the step just taken (schedule included). Corrected behaviour: the released
