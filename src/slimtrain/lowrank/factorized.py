@@ -279,3 +279,24 @@ class MatrixFactorizedLayer(TuckerFactorizedLayer):
         """DLRT-Net training count ``4(n + m) r + 8 r²`` with ``r = max(r_U, r_V)`` (metrics.md §3)."""
         (n, m), r = self.mode_sizes, max(self.ranks)
         return 4 * (n + m) * r + 8 * r * r
+
+
+def dense_conv_of(layer: TuckerFactorizedLayer) -> nn.Conv2d:
+    """An :class:`torch.nn.Conv2d` computing what a factorized conv layer computes (reconstructed kernel)."""
+    weight = layer.dense_weight().detach()
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=layer.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+    return conv

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from slimtrain.lowrank.factorized import MatrixFactorizedLayer
+from slimtrain.lowrank.factorized import MatrixFactorizedLayer, dense_conv_of
 from slimtrain.lowrank.tucker_conv import check_conv_supported
 
 
@@ -229,23 +229,7 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
 
     def to_dense(self) -> nn.Conv2d:
         """An :class:`torch.nn.Conv2d` with the reconstructed kernel and the same bias."""
-        weight = self.dense_weight().detach()
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return dense_conv_of(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """k×k convolution to ``r_V`` channels, then a 1×1 convolution with ``U S``."""
