@@ -210,6 +210,29 @@ class KConstraintSet(ConstraintSet):
         return relaxed.with_radius(diameter / relaxed.diameter_factor())
 
 
+class VectorKConstraintSet(KConstraintSet):
+    """A ``k``-set over a flat vector of ``n`` entries (K-sparse polytope, k-support ball).
+
+    Args:
+        n: the number of entries.
+        k: ``1 ≤ k ≤ n``.
+        radius: the radius ``r``.
+    """
+
+    def __init__(self, n: int, k: int, radius: float) -> None:
+        super().__init__((n,), radius)
+        self.k = check_k(type(self).__name__, k, n)
+
+    @property
+    def k_max(self) -> int:
+        """``n``."""
+        return self.shape[0]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {"n": self.shape[0], "k": self.k, "radius": self.radius}
+
+
 def check_k(owner: str, k: int, k_max: int) -> int:
     """Validate an integer ``k`` in ``[1, k_max]``; the error names ``owner``."""
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= k_max:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, check_k
+from slimtrain.fw.base import VectorKConstraintSet
 
 __all__ = ["KSparsePolytope"]
 
 
-class KSparsePolytope(KConstraintSet):
+class KSparsePolytope(VectorKConstraintSet):
     """``conv{v ∈ {0, ±r}^n : ‖v‖₀ = k} = {x : ‖x‖∞ ≤ r, ‖x‖₁ ≤ k·r}``.
 
     LMO: ``v_i = −r·sign(g_i)`` on the ``k`` entries of largest ``|g_i|``, 0 elsewhere (signs only, not the
@@ -27,19 +26,6 @@ class KSparsePolytope(KConstraintSet):
     """
 
     name = "k_sparse"
-
-    def __init__(self, n: int, k: int, radius: float) -> None:
-        super().__init__((n,), radius)
-        self.k = check_k("KSparsePolytope", k, n)
-
-    @property
-    def k_max(self) -> int:
-        """``n``."""
-        return self.shape[0]
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"n": self.shape[0], "k": self.k, "radius": self.radius}
 
     def diameter_factor(self) -> float:
         """``D/r = 2√k``."""

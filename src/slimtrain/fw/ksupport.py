@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, check_k
+from slimtrain.fw.base import KConstraintSet, VectorKConstraintSet, check_k
 
 __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
 
@@ -50,7 +50,7 @@ def k_support_norm(x: Tensor, k: int) -> Tensor:
     return sq.gather(1, first).squeeze(1).clamp_min(0).sqrt()
 
 
-class KSupportNormBall(KConstraintSet):
+class KSupportNormBall(VectorKConstraintSet):
     """The k-support norm ball ``conv{v : ‖v‖₀ ≤ k, ‖v‖₂ ≤ r}``.
 
     LMO: ``v = −r·top_k(g)/‖top_k(g)‖₂`` keeping the signed values of the ``k`` entries of largest
@@ -64,19 +64,6 @@ class KSupportNormBall(KConstraintSet):
     """
 
     name = "k_support"
-
-    def __init__(self, n: int, k: int, radius: float) -> None:
-        super().__init__((n,), radius)
-        self.k = check_k("KSupportNormBall", k, n)
-
-    @property
-    def k_max(self) -> int:
-        """``n``."""
-        return self.shape[0]
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"n": self.shape[0], "k": self.k, "radius": self.radius}
 
     def diameter_factor(self) -> float:
         """``D/r = 2``."""
