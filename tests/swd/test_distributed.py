@@ -1,4 +1,8 @@
-"""Under DDP every rank selects the same weights (masks come from the synchronised weights)."""
+"""Under data parallelism every rank selects the same weights (masks come from the synchronised weights).
+
+Gradients are averaged explicitly, as slimtrain's trainer does (a ``DistributedDataParallel`` wrapper torn
+down with its process group can deadlock in gloo's destructor).
+"""
 
 import os
 import socket
@@ -7,9 +11,9 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from slimtrain.swd import MagnitudeSelection, SelectiveWeightDecay
+from slimtrain.train.distributed import World
 
 from .swd_models import SmallCNN
 
@@ -25,18 +29,20 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = DistributedDataParallel(SmallCNN())
+    model = SmallCNN()
+    world_group = World(rank=rank, world_size=world)
     swd = SelectiveWeightDecay(MagnitudeSelection(900), weight_decay=5e-4, total_steps=3, a_max=10.0)
     torch.manual_seed(1 + rank)  # each rank sees different data
     for _ in range(3):
         model.zero_grad()
         model(torch.randn(4, 1, 8, 8)).square().mean().backward()
-        swd.apply_(model.module)
+        world_group.average_gradients(list(model.parameters()))
+        swd.apply_(model)
         with torch.no_grad():  # plain SGD; torch.optim's first step is slow to import in a fresh process
             for p in model.parameters():
                 p.add_(p.grad, alpha=-0.1)
         swd.step()
-    masks = torch.cat([s.removed.flatten() for s in swd.selection.select(model.module)])
+    masks = torch.cat([s.removed.flatten() for s in swd.selection.select(model)])
     torch.save(masks, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
