@@ -37,8 +37,7 @@ def _data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 2, 6, 6, generator=gen, dtype=F64), torch.randint(0, 3, (16,), generator=gen)
 
 
-def _train(rank: int, world: int, reducer) -> tuple[dict, dict]:
-    model = _model()
+def _train(model: nn.Module, rank: int, world: int, reducer) -> tuple[dict, dict]:
     integrator = TDLRT(
         model, lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), tau=0.4, grad_reducer=reducer
     )
@@ -56,7 +55,7 @@ def _train(rank: int, world: int, reducer) -> tuple[dict, dict]:
 
 
 def _check_against_single_process(results: list[dict]) -> None:
-    expected_ranks, expected_state = _train(0, 1, None)
+    expected_ranks, expected_state = _train(_model(), 0, 1, None)
     initial = {name: layer.ranks for name, layer in factorized_layers(_model()).items()}
     assert expected_ranks != initial  # ranks changed, so parameters were re-shaped during training
     for result in results:
@@ -94,8 +93,11 @@ def test_two_thread_ranks_match_single_process_on_combined_batch():
     reducer = _ThreadAllReduce(world)
     results: list[dict] = [{} for _ in range(world)]
 
+    # Built here, one after the other: _model() seeds the global RNG, which the threads would share.
+    models = [_model() for _ in range(world)]
+
     def run(rank: int) -> None:
-        ranks, state = _train(rank, world, reducer.for_rank(rank))
+        ranks, state = _train(models[rank], rank, world, reducer.for_rank(rank))
         results[rank] = {"ranks": ranks, "state": state}
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
