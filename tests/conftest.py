@@ -21,3 +21,32 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+class _Killed(Exception):
+    """Stands in for the process being killed at a chosen step."""
+
+
+@pytest.fixture
+def train_until_killed():
+    """Train ``recipe`` in ``run_dir`` and stop it as a kill would, just before step ``step`` runs.
+
+    Returns the interrupted trainer; whatever checkpoints it wrote before the kill stay on disk.
+    """
+    from slimtrain.train.trainer import Trainer
+
+    def run(recipe, run_dir, step: int):
+        trainer = Trainer(recipe, run_dir)
+        training_step = trainer.components.method.training_step
+
+        def dies_at_step(model, inputs, targets, ctx):
+            if ctx.step == step:
+                raise _Killed
+            return training_step(model, inputs, targets, ctx)
+
+        trainer.components.method.training_step = dies_at_step
+        with pytest.raises(_Killed):
+            trainer.fit()
+        return trainer
+
+    return run

@@ -62,24 +62,14 @@ def test_nnbcd_storage_reduction_picks_the_largest_fitting_rank(tmp_path):
     assert fractions[0] <= 0.2 < fractions[1]
 
 
-def test_nnbcd_resume_continues_exactly(tmp_path):
+def test_nnbcd_resume_continues_exactly(tmp_path, train_until_killed):
     """A run killed after its first sweep and resumed ends with the weights of an uninterrupted run
     (the checkpoint holds every solver block).
     """
     recipe = _recipe("nnbcd", {"rank": 4})
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
-    killed = Trainer(recipe, tmp_path / "split")
-    original = killed.components.method.training_step
-
-    def dies_at_step_2(model, inputs, targets, ctx):
-        if ctx.step == 2:
-            raise KeyboardInterrupt
-        return original(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_2
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=2)
     assert CheckpointStore(tmp_path / "split" / "checkpoints").entries()[-1]["step"] == 2
     resumed = Trainer(recipe, tmp_path / "split")
     resumed.fit(resume=True)

@@ -111,24 +111,14 @@ def test_gmp_sparsity_rises_monotonically_to_the_target():
 
 
 @pytest.mark.parametrize(("method", "options"), [UNSTRUCTURED[1], UNSTRUCTURED[3]])
-def test_resume_reaches_the_same_weights(tmp_path, method, options):
+def test_resume_reaches_the_same_weights(tmp_path, method, options, train_until_killed):
     """A run killed mid-epoch after its first pruning and resumed ends with the weights, masks and
     pruning stage of an uninterrupted run.
     """
     recipe = _recipe(MLP, method, target=0.9, **options)
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
-    killed = Trainer(recipe, tmp_path / "split")
-    original = killed.components.method.training_step
-
-    def dies_at_step_30(model, inputs, targets, ctx):
-        if ctx.step == 30:
-            raise KeyboardInterrupt
-        return original(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_30
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=30)
     resumed = Trainer(recipe, tmp_path / "split")
     resumed.fit(resume=True)
     a, b = full.components.method, resumed.components.method

@@ -145,11 +145,7 @@ def test_initial_shift_flag():
         assert moved is shift
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_resume_equals_uninterrupted_run(tmp_path):
+def test_resume_equals_uninterrupted_run(tmp_path, train_until_killed):
     """A run killed after its checkpoint at step 7 and resumed (across the delayed-k switch at step 9)
     ends with exactly the weights and optimizer state of the uninterrupted run.
     """
@@ -161,17 +157,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
 
-    killed = Trainer(recipe, tmp_path / "split")
-    original_step = killed.components.method.training_step
-
-    def dies_at_step_10(model, inputs, targets, ctx):
-        if ctx.step == 10:
-            raise _Killed
-        return original_step(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_10
-    with pytest.raises(_Killed):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=10)
     assert CheckpointStore(tmp_path / "split" / "checkpoints").entries()[-1]["step"] == 7
 
     resumed = Trainer(recipe, tmp_path / "split")

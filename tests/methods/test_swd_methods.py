@@ -57,24 +57,14 @@ def test_swd_a_follows_the_global_step(tmp_path):
     assert trainer.components.method.swd.a == pytest.approx(0.1 * 1e4 ** (t / total), rel=1e-12)
 
 
-def test_swd_resume_reaches_the_same_weights(tmp_path):
+def test_swd_resume_reaches_the_same_weights(tmp_path, train_until_killed):
     """A run killed mid-epoch and resumed ends with the weights, masks and schedule position of an
     uninterrupted one.
     """
     recipe = _recipe(MLP, "swd", target=0.95, a_max=1e3)
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
-    killed = Trainer(recipe, tmp_path / "split")
-    original = killed.components.method.training_step
-
-    def dies_at_step_10(model, inputs, targets, ctx):
-        if ctx.step == 10:
-            raise KeyboardInterrupt
-        return original(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_10
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=10)
     resumed = Trainer(recipe, tmp_path / "split")
     resumed.fit(resume=True)
     assert resumed.components.method.state_dict() == full.components.method.state_dict()

@@ -70,7 +70,7 @@ def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     assert group["lr"] == pytest.approx(0.05 * trainer.schedule.factor(11))
 
 
-def test_resume_reaches_the_same_weights_and_ranks(tmp_path):
+def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed):
     """A TDLRT run killed mid-epoch and resumed from a checkpoint taken after the ranks changed ends with
     exactly the weights and ranks of the uninterrupted run.
     """
@@ -79,20 +79,7 @@ def test_resume_reaches_the_same_weights_and_ranks(tmp_path):
     initial = _ranks(full)
     full.fit()
 
-    killed = Trainer(recipe, tmp_path / "split")
-    original_step = killed.components.method.training_step
-
-    class Killed(Exception):
-        pass
-
-    def dies_at_step_10(model, inputs, targets, ctx):
-        if ctx.step == 10:
-            raise Killed
-        return original_step(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_10
-    with pytest.raises(Killed):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=10)
     store = CheckpointStore(tmp_path / "split" / "checkpoints")
     assert store.entries()[-1]["step"] == 7
     saved_ranks = store.load_latest()[0]["method"]["ranks"]

@@ -21,27 +21,13 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.components.model.state_dict().items()}
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_resume_reaches_the_same_weights(tmp_path):
+def test_resume_reaches_the_same_weights(tmp_path, train_until_killed):
     """A run killed mid-epoch and resumed from its last checkpoint ends with the uninterrupted weights."""
     recipe = recipe_from_dict({**SMALL, "name": "a"})
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
 
-    killed = Trainer(recipe, tmp_path / "split")
-    original_step = killed.components.method.training_step
-
-    def dies_at_step_10(model, inputs, targets, ctx):
-        if ctx.step == 10:
-            raise _Killed
-        return original_step(model, inputs, targets, ctx)
-
-    killed.components.method.training_step = dies_at_step_10
-    with pytest.raises(_Killed):
-        killed.fit()
+    train_until_killed(recipe, tmp_path / "split", step=10)
     assert CheckpointStore(tmp_path / "split" / "checkpoints").entries()[-1]["step"] == 7
 
     resumed = Trainer(recipe, tmp_path / "split")
