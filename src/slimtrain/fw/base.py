@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["ConstraintSet", "constraint_from_config", "resolve_k"]
+__all__ = ["ConstraintSet", "constraint_from_config", "resolve_k", "top_magnitude_indices"]
 
 _REGISTRY: dict[str, type[ConstraintSet]] = {}
 
@@ -238,6 +238,29 @@ def check_k(owner: str, k: int, k_max: int) -> int:
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= k_max:
         raise ValueError(f"{owner}: k must be an integer in [1, {k_max}], got {k} (see resolve_k)")
     return int(k)
+
+
+_SAME_WIDTH_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def top_magnitude_indices(x: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` entries of largest magnitude in each row of ``x`` (shape ``(b, n)``), unsorted.
+
+    Non-negative IEEE floats order like their bit patterns read as signed integers, and ``torch.topk`` on
+    CPU selects integers about 1.5× faster than floats, so ``|x|`` is viewed as an integer tensor of the
+    same width. The selected set is the same as ``x.abs().topk(k)``'s up to ties (NaN never reaches an LMO:
+    the optimizer skips steps with non-finite gradients).
+    """
+    a = x.abs()
+    int_dtype = _SAME_WIDTH_INT.get(a.dtype)
+    if int_dtype is not None:
+        a = a.view(int_dtype)
+    return a.topk(k, dim=1, sorted=False).indices
 
 
 def active_radii(grad_norms: Tensor, radii: Tensor, ndim: int) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain.fw.base import KConstraintSet, VectorKConstraintSet, check_k
+from slimtrain.fw.base import KConstraintSet, VectorKConstraintSet, check_k, top_magnitude_indices
 
 __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
 
@@ -78,7 +78,7 @@ class KSupportNormBall(VectorKConstraintSet):
         if self.k == self.shape[0]:
             vals, idx = grads, None
         else:
-            idx = grads.abs().topk(self.k, dim=1, sorted=False).indices
+            idx = top_magnitude_indices(grads, self.k)
             vals = grads.gather(1, idx)
         norms = torch.linalg.vector_norm(vals, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
         vals = vals * (-radii / norms)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from slimtrain.fw.base import ConstraintSet, KConstraintSet, active_radii, constraint_from_config
+from slimtrain.fw.base import ZERO_GRAD_NORM, ConstraintSet, KConstraintSet, constraint_from_config
 
 __all__ = ["SFW"]
 
@@ -93,7 +93,7 @@ class SFW(Optimizer):
         }
         # Caches keep their keys' objects alive, so an id() is never reused while cached.
         self._relaxed: dict[int, tuple[ConstraintSet, ConstraintSet]] = {}
-        self._plans: dict[int, tuple[list[ConstraintSet], list[_Bucket]]] = {}
+        self._plans: dict[int, tuple[list[ConstraintSet], _Plan]] = {}
         super().__init__(params, defaults)
         if initial_shift:
             self.shift_inside()
@@ -195,7 +195,7 @@ class SFW(Optimizer):
         params = group["params"]
         return [list(params)] if isinstance(group["constraint"], ConstraintSet) else [[p] for p in params]
 
-    def _plan(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> list[_Bucket]:
+    def _plan(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> _Plan:
         """Buckets of units whose sets differ only by radius (cached while the sets are the same objects)."""
         cached = self._plans.get(id(group))
         if (
@@ -204,11 +204,7 @@ class SFW(Optimizer):
             and all(a is b for a, b in zip(cached[0], constraints, strict=True))
         ):
             return cached[1]
-        buckets: dict[Hashable, _Bucket] = {}
-        for i, c in enumerate(constraints):
-            key = c.batch_key() if c.numel <= _STACK_LIMIT else i
-            buckets.setdefault(key, _Bucket(c)).add(i, c)
-        plan = list(buckets.values())
+        plan = _Plan(constraints)
         self._plans[id(group)] = (list(constraints), plan)
         return plan
 
@@ -220,21 +216,30 @@ class SFW(Optimizer):
             # Delayed k switches now: move the iterate into the target set before using its LMO.
             self._shift_group(group, self._current_constraints(group))
         directions = self._momentum(group, params)
-        constraints = self._current_constraints(group)
+        plan = self._plan(group, self._current_constraints(group))
         units = self._units(group)
         dir_by_param = dict(zip(map(id, params), directions, strict=True))
-        lr, rescale = float(group["lr"]), group["rescale"]
-        for bucket in self._plan(group, constraints):
-            rep, idx = bucket.rep, bucket.indices
-            theta, in_place = _gather_units([units[i] for i in idx], rep.shape)
-            m, _ = _gather_units([[dir_by_param[id(p)] for p in units[i]] for i in idx], rep.shape)
-            radii = bucket.radii(theta)
-            m_norm = torch.linalg.vector_norm(m.flatten(1), dim=1)
-            v = rep.lmo_rows(m, active_radii(m_norm, radii, m.dim()))
-            gamma = _step_size(rescale, lr, m_norm, theta, v, radii * rep.diameter_factor())
-            theta.lerp_(v, gamma.view(-1, *([1] * (theta.dim() - 1))))
+        # Norms, zero-gradient guards and step sizes are computed once for all units of the group, so that
+        # per bucket only the LMO, the gap and the convex combination are launched.
+        m_norms = _unit_norms(units, dir_by_param)
+        radii, factors = plan.radii(m_norms)
+        active = torch.where(m_norms < ZERO_GRAD_NORM, 0.0, radii)
+        batches, gaps = [], []
+        for bucket in plan.buckets:
+            theta, in_place = _gather_units([units[i] for i in bucket.indices], bucket.rep.shape)
+            m, _ = _gather_units(
+                [[dir_by_param[id(p)] for p in units[i]] for i in bucket.indices], bucket.rep.shape
+            )
+            v = bucket.rep.lmo_rows(m, _column(active[bucket.index], m.dim()))
+            if group["rescale"] == "gradient":
+                gaps.append(torch.linalg.vector_norm((theta - v).flatten(1), dim=1))
+            batches.append((bucket, theta, in_place, v))
+        gaps_all = torch.cat(gaps)[plan.order] if gaps else None
+        gamma = _step_size(group["rescale"], float(group["lr"]), m_norms, gaps_all, radii * factors)
+        for bucket, theta, in_place, v in batches:
+            theta.lerp_(v, _column(gamma[bucket.index], theta.dim()))
             if not in_place:
-                _write_back([units[i] for i in idx], theta)
+                _write_back([units[i] for i in bucket.indices], theta)
         for p in params:
             self.state[p]["step"] = step + 1
 
@@ -262,33 +267,51 @@ class SFW(Optimizer):
 
     def _shift_group(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> None:
         units = self._units(group)
-        for bucket in self._plan(group, constraints):
-            idx = bucket.indices
-            theta, in_place = _gather_units([units[i] for i in idx], bucket.rep.shape)
-            factors = bucket.rep.shift_factors(theta, bucket.radii(theta))
-            theta.mul_(factors.view(-1, *([1] * (theta.dim() - 1))))
+        plan = self._plan(group, constraints)
+        for bucket in plan.buckets:
+            theta, in_place = _gather_units([units[i] for i in bucket.indices], bucket.rep.shape)
+            radii = plan.radii(theta)[0][bucket.index]
+            theta.mul_(_column(bucket.rep.shift_factors(theta, radii), theta.dim()))
             if not in_place:
-                _write_back([units[i] for i in idx], theta)
+                _write_back([units[i] for i in bucket.indices], theta)
 
 
 class _Bucket:
-    """Units whose sets differ only by radius: one representative set and the radii of all."""
+    """Units whose sets differ only by radius: one representative set and the units' indices."""
 
     def __init__(self, rep: ConstraintSet) -> None:
         self.rep = rep
         self.indices: list[int] = []
-        self._radii: list[float] = []
-        self._tensors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self.index = torch.empty(0, dtype=torch.long)
 
-    def add(self, index: int, constraint: ConstraintSet) -> _Bucket:
-        self.indices.append(index)
-        self._radii.append(constraint.radius)
-        return self
 
-    def radii(self, like: Tensor) -> Tensor:
+class _Plan:
+    """How a group's units are batched, with per-unit radii and diameter factors in unit order."""
+
+    def __init__(self, constraints: list[ConstraintSet]) -> None:
+        buckets: dict[Hashable, _Bucket] = {}
+        for i, c in enumerate(constraints):
+            key = c.batch_key() if c.numel <= _STACK_LIMIT else i
+            buckets.setdefault(key, _Bucket(c)).indices.append(i)
+        self.buckets = list(buckets.values())
+        for bucket in self.buckets:
+            bucket.index = torch.tensor(bucket.indices, dtype=torch.long)
+        # Position of every unit in the concatenation of the buckets' rows.
+        self.order = torch.argsort(torch.cat([b.index for b in self.buckets]))
+        self._radii = [c.radius for c in constraints]
+        self._factors = [c.diameter_factor() for c in constraints]
+        self._tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def radii(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Radii and diameter factors ``D/r`` of all units, each of shape ``(units,)``, like ``like``."""
         key = (like.device, like.dtype)
         if key not in self._tensors:
-            self._tensors[key] = torch.tensor(self._radii, dtype=like.dtype, device=like.device)
+            self._tensors[key] = tuple(
+                torch.tensor(v, dtype=like.dtype, device=like.device) for v in (self._radii, self._factors)
+            )
+            for bucket in self.buckets:
+                bucket.index = bucket.index.to(like.device)
+            self.order = self.order.to(like.device)
         return self._tensors[key]
 
 
@@ -305,19 +328,36 @@ def _gather_units(units: list[list[Tensor]], shape: tuple[int, ...]) -> tuple[Te
 
 def _write_back(units: list[list[Tensor]], theta: Tensor) -> None:
     targets, sources = [], []
-    for unit, row in zip(units, theta.flatten(1).unbind(0), strict=True):
-        for p, chunk in zip(unit, row.split([p.numel() for p in unit]), strict=True):
+    for unit, row in zip(units, theta.unbind(0), strict=True):
+        if len(unit) == 1:
+            targets.append(unit[0])
+            sources.append(row.view_as(unit[0]))
+            continue
+        for p, chunk in zip(unit, row.reshape(-1).split([p.numel() for p in unit]), strict=True):
             targets.append(p)
             sources.append(chunk.view_as(p))
     torch._foreach_copy_(targets, sources)
 
 
-def _step_size(
-    rescale: str, lr: float, m_norm: Tensor, theta: Tensor, v: Tensor, diameters: Tensor
-) -> Tensor:
-    """``γ = clamp(lr·φ, 0, 1)`` per unit (spec §2.2 step 4)."""
+def _column(x: Tensor, ndim: int) -> Tensor:
+    """A vector as a column broadcastable against a batch of ``ndim`` dimensions."""
+    return x.view(-1, *([1] * (ndim - 1)))
+
+
+def _unit_norms(units: list[list[Tensor]], tensor_of: dict[int, Tensor]) -> Tensor:
+    """L2 norm of every unit's direction, shape ``(units,)``, from one fused norm over all tensors."""
+    flat = [tensor_of[id(p)] for u in units for p in u]
+    norms = torch.stack(torch._foreach_norm(flat))
+    if len(flat) == len(units):
+        return norms
+    sizes = [len(u) for u in units]
+    return torch.stack([n.square().sum().sqrt() for n in norms.split(sizes)])
+
+
+def _step_size(rescale: str, lr: float, m_norm: Tensor, gap: Tensor | None, diameters: Tensor) -> Tensor:
+    """``γ = clamp(lr·φ, 0, 1)`` per unit (spec §2.2 step 4); ``gap = ‖θ − v‖`` for ``"gradient"``."""
     if rescale == "gradient":
-        gap = torch.linalg.vector_norm((theta - v).flatten(1), dim=1)
+        assert gap is not None
         phi = m_norm / gap.clamp_min(torch.finfo(gap.dtype).tiny)
         return torch.where(gap > 0, (lr * phi).clamp(0, 1), 0.0)
     if rescale == "fast_gradient":
