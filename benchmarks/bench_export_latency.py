@@ -15,13 +15,22 @@ parameter counts are those of the same shapes). Timing is interleaved: every rou
 setting (batch size × memory format) once, in a rotating order, so load drift of the shared machine hits
 all of them; the per-round latency ratio exported/dense is recorded with its median and spread.
 
+With glibc's default allocator every large activation is a fresh ``mmap`` whose pages fault in on first
+touch; at batch 256 that costs about half of the dense ResNet-20's time, a fixed cost that hides what
+compression saves. ``--allocator tuned`` re-runs the benchmark with ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_TOP_PAD_`` raised (:data:`TUNED_MALLOC`), so freed activations are
+reused, as a long-running inference server with jemalloc/tcmalloc would; its results are saved as
+``export_latency_tuned_malloc``.
+
     python -m benchmarks.bench_export_latency --quick   # ResNet-20 width 16, batch 1 and 32, 3 rounds
     nice -n 10 python -m benchmarks.bench_export_latency --full --threads 1
+    nice -n 10 python -m benchmarks.bench_export_latency --full --threads 1 --allocator tuned
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -35,6 +44,13 @@ from benchmarks.harness import BenchmarkRecorder
 from slimtrain.compress import FactorizationCostWarning, compress_standard, to_exported, tucker_decompose
 from slimtrain.metrics import count_macs, count_parameters, measure_latency
 from slimtrain.models import create_model
+
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(2**32),
+    "MALLOC_TRIM_THRESHOLD_": str(2**32),
+    "MALLOC_TOP_PAD_": str(2**30),
+}
+"""glibc settings of ``--allocator tuned``: never ``mmap`` a block, never give memory back, grow by 1 GiB."""
 
 TARGET = {"filter50": 0.40, "tucker90": 0.50}
 """Issue targets: latency ratio exported/dense at the large batch."""
@@ -111,9 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=None, help="interleaved rounds (default 3 quick, 4 full)"
     )
+    parser.add_argument(
+        "--allocator",
+        choices=("default", "tuned"),
+        default="default",
+        help="glibc malloc as it comes, or tuned to reuse freed activations (see the module docstring)",
+    )
     args = parser.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    if args.allocator == "tuned" and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        # glibc reads these once at start-up, so the process must be started again with them.
+        env = {**os.environ, **TUNED_MALLOC}
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_export_latency", *argv], env)
     torch.set_num_threads(args.threads)  # also for building the variants: oversubscribed threads crawl
-    rec = BenchmarkRecorder("export_latency", argv if argv is not None else sys.argv[1:])
+    name_suffix = "_tuned_malloc" if args.allocator == "tuned" else ""
+    rec = BenchmarkRecorder(f"export_latency{name_suffix}", argv)
     if args.full:
         models, batches, rounds = list(MODELS), (1, 256), args.rounds or 4
     else:
@@ -132,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "random (latency depends on shapes only)",
         "shortcut": "B (1x1 conv + BN) for the ResNets",
         "nice": os.nice(0),
+        "allocator": "glibc, "
+        + ("tuned: " + json.dumps(TUNED_MALLOC) if args.allocator == "tuned" else "default"),
     }
     rec.note("settings", settings)
     rec.note("load_average_at_start", list(os.getloadavg()))

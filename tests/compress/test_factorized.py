@@ -140,3 +140,35 @@ def test_config_round_trip(layer):
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in layer.state_dict().items()
     }
+
+
+@settings(max_examples=12)
+@given(
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.booleans(),
+    st.sampled_from(["nchw", "channels_last", "unbatched", "sliced"]),
+    st.integers(1, 3),
+)
+def test_pointwise_conv_computes_the_1x1_convolution(c_in, c_out, bias, layout, batch):
+    """The matrix-product 1×1 conv equals ``nn.Conv2d`` with the same weights in every input layout,
+    and its weight gradient too (the fast path must not change the function it stands for).
+    """
+    from slimtrain.compress.factorized import PointwiseConv2d
+
+    torch.manual_seed(0)
+    fast = PointwiseConv2d(c_in, c_out, bias=bias).double()
+    reference = nn.Conv2d(c_in, c_out, 1, bias=bias).double()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(batch, c_in, 5, 7, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "unbatched":
+        x = x[0]
+    elif layout == "sliced":
+        x = torch.randn(batch, c_in, 5, 14, dtype=torch.float64)[..., ::2]
+    out, expected = fast(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad)
