@@ -428,26 +428,46 @@ def test_disk_full_keeps_the_previous_files(target, tmp_path, monkeypatch, capsy
         assert not (run / "checkpoints" / "step-00000004.pt").exists()
 
 
-def test_interrupted_sweep_continues_without_redoing_levels(tmp_path):
-    """A sweep SIGKILLed after some levels are written, then run again, compresses only the missing levels
-    and ends with the rows of an uninterrupted sweep.
-    """
-    tree = tiny_tree("dense")
-    run = tmp_path / "run"
-    Trainer(recipe_from_dict(tree), run).fit()
-    shutil.copytree(run, tmp_path / "uninterrupted")
-    levels = [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    child = start_cli(["sweep", str(run), "--levels", *map(str, levels)])
-    rows_file = sweep_path(run, "unstructured")
-    deadline = time.monotonic() + 60
-    while not rows_file.exists() and time.monotonic() < deadline and child.exitcode is None:
-        time.sleep(0.005)
-    os.kill(child.pid, signal.SIGKILL)
-    child.join()
-    done = [r["requested_level"] for r in json.loads(rows_file.read_text())["rows"]]
-    assert 0 < len(done) < len(levels)
+SWEEP_LEVELS = [0.0, 0.3, 0.6, 0.9]
 
-    method_class = get_method_class("dense")
+
+def _kill_at_compress_call(method: str, call: int) -> None:
+    """Child set-up: SIGKILL the process when the method's ``compress`` is called the ``call``-th time."""
+    method_class = get_method_class(method)
+    real_compress = method_class.compress
+    calls = []
+
+    def dying(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_compress(self, *args, **kwargs)
+
+    method_class.compress = dying
+
+
+@pytest.mark.parametrize("method", methods())
+def test_interrupted_sweep_continues_without_redoing_levels(method, tmp_path, monkeypatch):
+    """A ``slimtrain sweep`` SIGKILLed while compressing a level (the second or third, depending on the
+    method), then run again, compresses only the levels that were not written and ends with the rows of an
+    uninterrupted sweep; the rows file is valid JSON at every moment.
+    """
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(tiny_tree(method, train={"checkpoint_every_steps": 0})), run).fit()
+    shutil.copytree(run, tmp_path / "uninterrupted")
+    kill_at = 2 + sum(map(ord, method)) % 2
+    method_class = get_method_class(method)
+    structure = method_class.structures[0] if method_class.structures else "native"
+    child = start_cli(
+        ["sweep", str(run), "--structure", structure, "--levels", *map(str, SWEEP_LEVELS)],
+        setup=lambda: _kill_at_compress_call(method, kill_at),
+    )
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    rows_file = sweep_path(run, structure)
+    done = [r["requested_level"] for r in json.loads(rows_file.read_text())["rows"]]
+    assert done == SWEEP_LEVELS[: kill_at - 1]
+
     compressed_levels = []
     real_compress = method_class.compress
 
@@ -455,13 +475,11 @@ def test_interrupted_sweep_continues_without_redoing_levels(tmp_path):
         compressed_levels.append(level)
         return real_compress(self, model, structure, level, example_inputs)
 
-    method_class.compress = recording
-    try:
-        rows = sweep(run, levels=levels)
-    finally:
-        method_class.compress = real_compress
-    assert sorted(compressed_levels) == sorted(set(levels) - set(done))
-    reference = sweep(tmp_path / "uninterrupted", levels=levels)
+    monkeypatch.setattr(method_class, "compress", recording)
+    rows = sweep(run, structure=structure, levels=SWEEP_LEVELS)
+    assert compressed_levels == SWEEP_LEVELS[kill_at - 1 :]
+    monkeypatch.setattr(method_class, "compress", real_compress)
+    reference = sweep(tmp_path / "uninterrupted", structure=structure, levels=SWEEP_LEVELS)
     for row, expected in zip(rows, reference, strict=True):
         assert {k: v for k, v in row.items() if k != "run"} == {
             k: v for k, v in expected.items() if k != "run"
@@ -542,3 +560,110 @@ def test_ddp_timeout_variable_is_validated(monkeypatch):
     monkeypatch.delenv(TIMEOUT_ENV)
     assert collective_timeout_s() == 600.0
     assert torch.get_num_threads() >= 1
+
+
+def _export_argv(run: Path, out: Path, level: float, *extra: str) -> list[str]:
+    # No latency measurement: the faults are in writing, not timing.
+    return ["export", str(run), "--output", str(out), "--level", str(level), "--latency-batch-sizes", *extra]
+
+
+def _outputs(path: Path) -> torch.Tensor:
+    import slimtrain
+
+    torch.manual_seed(0)
+    model = slimtrain.load(path)
+    return model(torch.randn(16, 64, dtype=next(model.parameters()).dtype))
+
+
+def _kill_export_at(point: str, out: Path) -> None:
+    """Child set-up: SIGKILL ``slimtrain export`` at ``point`` of writing the export directory ``out``."""
+    import safetensors.torch
+
+    import slimtrain.compress.exported_format as exported_format
+
+    if point == "weights":
+        real_save = safetensors.torch.save_file
+
+        def half_written(state, filename, *args, **kwargs):
+            real_save(state, filename, *args, **kwargs)
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        safetensors.torch.save_file = half_written
+    elif point == "between_renames":
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if Path(dst) == out:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(src, dst)
+
+        exported_format.os.replace = replace
+    else:  # "before_cleanup": the new export is in place, the previous one not yet deleted
+        real_rmtree = shutil.rmtree
+
+        def rmtree(target, *args, **kwargs):
+            if Path(target).name == f".{out.name}.old":
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_rmtree(target, *args, **kwargs)
+
+        exported_format.shutil.rmtree = rmtree
+
+
+@pytest.mark.parametrize("point", ["weights", "between_renames", "before_cleanup"])
+def test_export_killed_while_overwriting_keeps_a_loadable_export(point, tmp_path):
+    """``slimtrain export --overwrite`` SIGKILLed while writing the weights, between parking the previous
+    export and renaming the new one into place, or before deleting the parked one: the output path then
+    loads as the previous export (or, killed after the new one is in place, the new one), never a partial
+    one; running the export again succeeds and leaves no hidden leftovers.
+    """
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(tiny_tree("dense", train={"checkpoint_every_steps": 0})), run).fit()
+    out = tmp_path / "exported"
+    assert main(_export_argv(run, out, 0.3)) == 0
+    previous = _outputs(out)
+    fresh = tmp_path / "fresh"
+    assert main(_export_argv(run, fresh, 0.8)) == 0
+    new = _outputs(fresh)
+    assert not torch.allclose(previous, new)
+
+    child = start_cli(_export_argv(run, out, 0.8, "--overwrite"), setup=lambda: _kill_export_at(point, out))
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    expected = new if point == "before_cleanup" else previous
+    assert torch.equal(_outputs(out), expected)
+
+    assert main(_export_argv(run, out, 0.8, "--overwrite")) == 0
+    assert torch.equal(_outputs(out), new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "fresh", "run"]
+
+
+def test_export_to_a_full_disk_or_unusable_path_fails_cleanly(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing the weights of ``slimtrain export --overwrite`` exits 1 with the error, and
+    the previous export is untouched and no temporary directory is left; an output path below a regular
+    file exits 1 naming it.
+    """
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    Trainer(recipe_from_dict(tiny_tree("dense", train={"checkpoint_every_steps": 0})), run).fit()
+    out = tmp_path / "exported"
+    assert main(_export_argv(run, out, 0.3)) == 0
+    previous = _outputs(out)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    capsys.readouterr()
+    assert main(_export_argv(run, out, 0.8, "--overwrite")) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert torch.equal(_outputs(out), previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(_export_argv(run, blocker / "exported", 0.3)) == 1
+    assert "a-file" in capsys.readouterr().err

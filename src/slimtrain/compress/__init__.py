@@ -26,11 +26,12 @@ from slimtrain.compress.exportable import (
 from slimtrain.compress.exported_format import (
     ExportFormatError,
     architecture_changes,
+    finish_interrupted_save,
     load_exported,
     read_manifest,
     save_exported,
 )
-from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
+from slimtrain.compress.factorized import LowRankLinear, PointwiseConv2d, SVDConv2d, TuckerConv2d
 from slimtrain.compress.filter_pruning import (
     ChannelPruningPlan,
     GroupSelection,
@@ -71,6 +72,7 @@ __all__ = [
     "GroupSelection",
     "LowRankLinear",
     "OnnxMismatchError",
+    "PointwiseConv2d",
     "SVDConv2d",
     "SparseLinear",
     "TuckerConv2d",
@@ -89,6 +91,7 @@ __all__ = [
     "export_lowrank_layers",
     "export_onnx",
     "filter_pruning_plan",
+    "finish_interrupted_save",
     "fold_masks",
     "global_magnitude_masks",
     "global_magnitude_prune",

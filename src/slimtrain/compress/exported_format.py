@@ -10,6 +10,7 @@ replacements and loads the weights strictly; any mismatch is refused with :class
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -112,8 +113,11 @@ def save_exported(
 ) -> Path:
     """Save an exported (compressed) model as a directory ``path`` with weights and manifest.
 
-    The directory is written under a temporary name next to ``path`` and renamed into place, so ``path`` is
-    either absent, the old export, or the complete new one.
+    The directory is written under a temporary name next to ``path`` and renamed into place. Replacing an
+    existing export takes two renames (old → ``.<name>.old``, new → ``path``); a process killed between
+    them leaves the previous export under ``.<name>.old``, which the next :func:`save_exported` or
+    :func:`load_exported` of ``path`` puts back (:func:`finish_interrupted_save`). So ``path`` always
+    reads as the previous export or the complete new one, never a partial one.
 
     Args:
         model: The exported model (channels removed / layers factorized / masks folded).
@@ -133,6 +137,7 @@ def save_exported(
         ExportFormatError: If the architecture change cannot be recorded.
     """
     path = Path(path)
+    finish_interrupted_save(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     kwargs = dict(base_kwargs or {})
@@ -181,6 +186,28 @@ def save_exported(
     return path
 
 
+def finish_interrupted_save(path: str | os.PathLike[str], *, remove_partial: bool = True) -> None:
+    """Clean up after a :func:`save_exported` of ``path`` that was killed part-way.
+
+    A previous export parked under ``.<name>.old`` is renamed back when ``path`` is missing (killed between
+    the two renames of an overwrite) and deleted when ``path`` holds the new export (killed before the
+    clean-up); with ``remove_partial``, half-written temporary directories ``.<name>.<random>`` are
+    deleted too (:func:`load_exported` leaves them, since a save may be in progress). Two processes saving
+    to the same ``path`` at once are not supported.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+    if remove_partial and path.parent.is_dir():
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            if leftover.is_dir() and leftover != old:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate the manifest of an exported-model directory.
 
@@ -222,6 +249,7 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
             or shapes/dtypes that disagree with the weights file or the rebuilt architecture.
     """
     path = Path(path)
+    finish_interrupted_save(path, remove_partial=False)
     manifest = read_manifest(path)
     weights = path / manifest["weights_file"]
     if not weights.is_file():
