@@ -303,3 +303,27 @@ def test_bad_groups_are_rejected_with_their_culprit():
         SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], rescale="bogus")
     with pytest.raises(ValueError, match="k_delay_steps"):
         SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], k_delay_steps=-1)
+
+
+def test_one_group_of_mixed_dtypes_steps_like_separate_groups():
+    """Batching a group's tensors must not mix their dtypes: a group holding a float32 and a float64 tensor
+    (several of each size, so they are stacked) takes exactly the steps of one group per tensor.
+    """
+    torch.manual_seed(0)
+    shapes = [(6,), (6,), (5000,), (40,)]
+    dtypes = [torch.float32, torch.float64, torch.float32, torch.float64]
+    together = [nn.Parameter(torch.randn(s, dtype=d)) for s, d in zip(shapes, dtypes, strict=True)]
+    apart = [nn.Parameter(p.detach().clone()) for p in together]
+    sets = [KSupportNormBall(p.numel(), 2, 1.5 + i) for i, p in enumerate(together)]
+    joint = SFW([{"params": together, "constraint": sets}], lr=0.2)
+    separate = SFW([{"params": [p], "constraint": [c]} for p, c in zip(apart, sets, strict=True)], lr=0.2)
+    for _ in range(4):
+        for a, b in zip(together, apart, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        joint.step()
+        separate.step()
+    for a, b, c in zip(together, apart, sets, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert c.is_feasible(a.detach())

@@ -230,14 +230,14 @@ class SFW(Optimizer):
             m, _ = _gather_units(
                 [[dir_by_param[id(p)] for p in units[i]] for i in bucket.indices], bucket.rep.shape
             )
-            v = bucket.rep.lmo_rows(m, _column(active[bucket.index], m.dim()))
+            v = bucket.rep.lmo_rows(m, _column(active[bucket.index].to(m.dtype), m.dim()))
             if group["rescale"] == "gradient":
                 gaps.append(torch.linalg.vector_norm((theta - v).flatten(1), dim=1))
             batches.append((bucket, theta, in_place, v))
         gaps_all = torch.cat(gaps)[plan.order] if gaps else None
         gamma = _step_size(group["rescale"], float(group["lr"]), m_norms, gaps_all, radii * factors)
         for bucket, theta, in_place, v in batches:
-            theta.lerp_(v, _column(gamma[bucket.index], theta.dim()))
+            theta.lerp_(v, _column(gamma[bucket.index].to(theta.dtype), theta.dim()))
             if not in_place:
                 _write_back([units[i] for i in bucket.indices], theta)
         for p in params:
@@ -270,7 +270,7 @@ class SFW(Optimizer):
         plan = self._plan(group, constraints)
         for bucket in plan.buckets:
             theta, in_place = _gather_units([units[i] for i in bucket.indices], bucket.rep.shape)
-            radii = plan.radii(theta)[0][bucket.index]
+            radii = plan.radii(theta)[0][bucket.index].to(theta.dtype)
             theta.mul_(_column(bucket.rep.shift_factors(theta, radii), theta.dim()))
             if not in_place:
                 _write_back([units[i] for i in bucket.indices], theta)
