@@ -88,9 +88,7 @@ class PointwiseConv2d(nn.Conv2d):
             batch, _, height, width = x.shape
             # bmm on the expanded weight: torch.matmul folds the batch into a transposed copy of the input
             # when the weight requires grad, which costs more than the product itself.
-            out = torch.bmm(
-                weight.expand(batch, -1, -1), x.view(batch, self.in_channels, height * width)
-            )
+            out = torch.bmm(weight.expand(batch, -1, -1), x.view(batch, self.in_channels, height * width))
             out = out.view(batch, self.out_channels, height, width)
             return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
         return super().forward(x)
