@@ -61,6 +61,7 @@ def sgd(lr=0.05, momentum=0.0):
     [
         ({"variant": "two_pass"}, {}),
         ({"variant": "parallel"}, {}),
+        ({"variant": "local", "local_steps": 2}, {}),
         ({"aug_cap": "n", "aug_select": "qr_columns", "truncation": "dlrt_net"}, {"conv": "matrix"}),
         ({"state_transport": "none"}, {"adaptive_modes": (0, 1, 2, 3), "tucker_min_rank": 1}),
     ],
@@ -70,7 +71,7 @@ def test_factors_orthonormal_and_ranks_within_bounds(options, conversion):
     model = tiny_model(**conversion)
     integrator = TDLRT(model, sgd(0.1, 0.9), tau=0.6, **options)
     initial = integrator.ranks()
-    for step in range(3):
+    for step in range(4):  # an even count: local cycles of 2 end truncated
         integrator.step(closure_for(model, *batch(step)))
         for layer in factorized_layers(model).values():
             assert all(ortho_error(u) < 1e-10 for u in layer.factors)
@@ -304,7 +305,7 @@ def test_bad_configurations_rejected():
         TDLRT(vanilla, sgd())
 
 
-@pytest.mark.parametrize("variant", ["two_pass", "parallel"])
+@pytest.mark.parametrize("variant", ["two_pass", "parallel", "local"])
 def test_bfloat16_parameters_use_float32_linear_algebra(variant):
     """With bfloat16 parameters a step runs (QR/SVD promoted to float32), keeping bfloat16 parameters."""
     model = tiny_model().to(torch.bfloat16)
@@ -314,3 +315,73 @@ def test_bfloat16_parameters_use_float32_linear_algebra(variant):
     for layer in factorized_layers(model).values():
         assert layer.core.dtype == torch.bfloat16
         assert all(u.dtype == torch.bfloat16 and ortho_error(u.float()) < 2e-2 for u in layer.factors)
+
+
+def _without_noise(model: nn.Module) -> nn.Module:
+    """The tiny model without BatchNorm and dropout, whose state the two-pass step handles specially."""
+    for index, module in enumerate(model):
+        if isinstance(module, nn.BatchNorm2d | nn.Dropout):
+            model[index] = nn.Identity()
+    return model
+
+
+def test_local_cycle_of_two_on_one_batch_is_the_two_pass_step():
+    """Augmented BUG with local S-iterations (spec §2.10) with a cycle of 2 batches, both the same batch,
+    performs exactly the two-pass step on that batch: augment from the first gradient, one step at the
+    augmented ranks, truncate to the tolerance.
+    """
+    two_pass = _without_noise(tiny_model())
+    local = copy.deepcopy(two_pass)
+    a = TDLRT(two_pass, sgd(0.1, 0.9), tau=0.3)
+    b = TDLRT(local, sgd(0.1, 0.9), tau=0.3, variant="local", local_steps=2)
+    for step in range(3):
+        x, y = batch(step)
+        a.step(closure_for(two_pass, x, y))
+        b.step(closure_for(local, x, y))
+        assert b.cycle_ranks is not None
+        b.step(closure_for(local, x, y))
+        assert b.cycle_ranks is None
+        assert b.ranks() == a.ranks()
+        for (name, p), q in zip(two_pass.state_dict().items(), local.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+
+
+def test_local_cycle_freezes_bases_and_changes_ranks_only_at_its_ends():
+    """Inside a cycle of 4 batches the factors are frozen and the ranks are the augmented ones; the first
+    batch changes no represented weight and no non-factorized parameter (it only augments); the middle
+    ones step; the last one truncates.
+    """
+    model = _without_noise(tiny_model())
+    integrator = TDLRT(model, sgd(0.05, 0.9), tau=0.2, variant="local", local_steps=4)
+    layers = factorized_layers(model)
+    start_ranks = integrator.ranks()
+
+    def plain_parameters():
+        return {
+            n: p.detach().clone()
+            for n, p in model.named_parameters()
+            if ".factors." not in n and not n.endswith("core")
+        }
+
+    for step in range(8):
+        position = step % 4
+        factors = {n: [u.detach().clone() for u in layer.factors] for n, layer in layers.items()}
+        weights = {n: layer.dense_weight().detach().clone() for n, layer in layers.items()}
+        before = plain_parameters()
+        integrator.step(closure_for(model, *batch(step)))
+        after = plain_parameters()
+        if position == 0:
+            assert integrator.cycle_ranks == start_ranks
+            for name, layer in layers.items():
+                assert all(a >= b for a, b in zip(layer.ranks, start_ranks[name], strict=True))
+                torch.testing.assert_close(layer.dense_weight(), weights[name], rtol=0, atol=1e-12)
+            assert all(torch.equal(after[n], before[n]) for n in before)
+        elif position < 3:
+            for name, layer in layers.items():
+                assert all(torch.equal(u, v) for u, v in zip(layer.factors, factors[name], strict=True))
+            assert all(not torch.equal(after[n], before[n]) for n in before)
+        else:
+            assert integrator.cycle_ranks is None
+            start_ranks = integrator.ranks()
+        for layer in layers.values():
+            assert all(ortho_error(u) < 1e-10 for u in layer.factors)

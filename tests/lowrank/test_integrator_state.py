@@ -33,32 +33,41 @@ def test_transport_rules_on_a_hand_checkable_case():
     assert torch.equal(kept, first.new_tensor([[2.0], [0.0], [0.0]]))
 
 
-@pytest.mark.parametrize("variant", ["two_pass", "parallel"])
-def test_checkpoint_mid_training_continues_identically(variant):
-    """Save after ranks changed, load into a model built at other ranks: the next steps match bit for bit."""
+@pytest.mark.parametrize(
+    ("options", "steps_before_save"),
+    [({"variant": "two_pass"}, 2), ({"variant": "parallel"}, 2), ({"variant": "local", "local_steps": 3}, 4)],
+    ids=["two_pass", "parallel", "local"],
+)
+def test_checkpoint_mid_training_continues_identically(options, steps_before_save):
+    """Save after ranks changed (for local S-iterations: inside a cycle, at augmented ranks), load into a
+    model built at other ranks: the next steps, across a truncation, match bit for bit.
+    """
 
     def adam(params):
         return torch.optim.AdamW(params, lr=0.01, weight_decay=0.01)
 
     model = tiny_model()
-    integrator = TDLRT(model, adam, tau=0.5, variant=variant)
+    integrator = TDLRT(model, adam, tau=0.5, **options)
     initial = integrator.ranks()
-    for step in range(2):
+    for step in range(steps_before_save):
         integrator.step(closure_for(model, *batch(step)))
-    assert integrator.ranks() != initial
+    if options["variant"] == "local":  # saved inside a cycle that opened from truncated ranks
+        assert integrator.cycle_ranks is not None and integrator.cycle_ranks != initial
+    else:
+        assert integrator.ranks() != initial
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "integrator": integrator.state_dict()}, buffer)
 
     def continue_training(model, integrator):
         torch.manual_seed(7)
-        for step in range(2, 4):
+        for step in range(steps_before_save, steps_before_save + 2):
             integrator.step(closure_for(model, *batch(step)))
         return integrator.ranks(), {k: v.clone() for k, v in model.state_dict().items()}
 
     expected_ranks, expected_state = continue_training(model, integrator)
 
     restored = tiny_model(rank_fraction=0.3)
-    restored_integrator = TDLRT(restored, adam, tau=0.5, variant=variant)
+    restored_integrator = TDLRT(restored, adam, tau=0.5, **options)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
     with pytest.raises(ValueError, match="load the model"):

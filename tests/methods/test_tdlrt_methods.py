@@ -44,7 +44,7 @@ def test_methods_are_registered_with_strict_typed_options():
         get_method_class("dlrt").Options.model_validate({"tau": -0.1})
 
 
-@pytest.mark.parametrize(("variant", "passes"), [("two_pass", 2), ("parallel", 1)])
+@pytest.mark.parametrize(("variant", "passes"), [("two_pass", 2), ("parallel", 1), ("local", 1)])
 def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     """A TDLRT run counts `passes` gradient evaluations per batch, reports ranks within [r_min, r_max] and
     both eval c.r. conventions, and the cosine schedule reaches the inner optimizer through rank changes.
@@ -70,11 +70,14 @@ def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     assert group["lr"] == pytest.approx(0.05 * trainer.schedule.factor(11))
 
 
-def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed):
-    """A TDLRT run killed mid-epoch and resumed from a checkpoint taken after the ranks changed ends with
-    exactly the weights and ranks of the uninterrupted run.
+@pytest.mark.parametrize("options", [{}, {"variant": "local", "local_steps": 4}], ids=["two_pass", "local"])
+def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed, options):
+    """A TDLRT run killed mid-epoch and resumed from a checkpoint taken after the ranks changed (with local
+    S-iterations: inside a cycle, which the checkpoint must carry) ends with exactly the weights and ranks
+    of the uninterrupted run.
     """
-    recipe = recipe_from_dict(_tree("r", "tdlrt", {"tau": 0.3}, epochs=2, checkpoint_every_steps=7))
+    tree = _tree("r", "tdlrt", {"tau": 0.3, **options}, epochs=2, checkpoint_every_steps=7)
+    recipe = recipe_from_dict(tree)
     full = Trainer(recipe, tmp_path / "full")
     initial = _ranks(full)
     full.fit()
@@ -82,7 +85,10 @@ def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed)
     train_until_killed(recipe, tmp_path / "split", step=10)
     store = CheckpointStore(tmp_path / "split" / "checkpoints")
     assert store.entries()[-1]["step"] == 7
-    saved_ranks = store.load_latest()[0]["method"]["ranks"]
+    saved = store.load_latest()[0]["method"]
+    if options:
+        assert saved["cycle_ranks"] is not None
+    saved_ranks = saved["cycle_ranks"] or saved["ranks"]
     assert {n: tuple(r) for n, r in saved_ranks.items()} != initial
 
     resumed = Trainer(recipe, tmp_path / "split")

@@ -1,7 +1,8 @@
 """Rank-adaptive augmented BUG integrator (TDLRT / matrix DLRT) driving a standard inner optimizer.
 
 Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT); Ceruti, Kusch &
-Lubich, BIT 2022 (rank-adaptive BUG) and the parallel BUG integrator. Spec ``tdlrt.md`` §2.3–§2.9, §5, §6.
+Lubich, BIT 2022 (rank-adaptive BUG), the parallel BUG integrator and augmented BUG with local
+S-iterations (RobustDLRT). Spec ``tdlrt.md`` §2.3–§2.10, §5, §6.
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ class TDLRT:
     4. Every adaptive mode is truncated from the same augmented core by an HOSVD with relative tolerance
        ``tau`` and rank bounds ``[r_min, r_max]`` (§2.5); optimizer state follows.
 
-    ``variant="parallel"`` is the single-pass parallel BUG step (§2.9). The factors ``U_i`` are never
-    given to the inner optimizer (so no optimizer step and no weight decay touches them).
+    ``variant="parallel"`` is the single-pass parallel BUG step (§2.9). ``variant="local"`` is augmented
+    BUG with local S-iterations (§2.10), one forward/backward per batch: cycles of ``local_steps`` batches,
+    where the first batch's gradients augment the bases (no optimizer step), the next ``local_steps − 1``
+    batches step the cores and the non-factorized parameters with the bases frozen, and the last of them
+    ends with the truncation; between augmentation and truncation the layers run at the augmented ranks.
+    The factors ``U_i`` are never given to the inner optimizer (so no optimizer step and no weight decay
+    touches them).
 
     Args:
         model: Model containing factorized layers (see :func:`convert_to_lowrank`).
@@ -63,7 +69,8 @@ class TDLRT:
         absolute_tolerance: Use ``ϑ = tau`` (option of matrix DLRT).
         rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
             step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
-        variant: ``"two_pass"`` (default) or ``"parallel"`` (one forward/backward per step).
+        variant: ``"two_pass"`` (default), ``"parallel"`` or ``"local"`` (one forward/backward per step).
+        local_steps: Batches per cycle of ``variant="local"`` (at least 2; authors: 10).
         aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
             or ``"n"`` (BUG theory: up to the mode size).
         aug_select: ``"svd"`` (corrected default) or ``"qr_columns"`` (faithful RobustDLRT; spec §5).
@@ -95,7 +102,8 @@ class TDLRT:
         tau: float = 0.1,
         absolute_tolerance: bool = False,
         rank_policy: Literal["adaptive", "fixed"] = "adaptive",
-        variant: Literal["two_pass", "parallel"] = "two_pass",
+        variant: Literal["two_pass", "parallel", "local"] = "two_pass",
+        local_steps: int = 10,
         aug_cap: Literal["rmax", "n"] = "rmax",
         aug_select: Literal["svd", "qr_columns"] = "svd",
         truncation: Literal["hosvd", "dlrt_net"] = "hosvd",
@@ -107,7 +115,7 @@ class TDLRT:
     ) -> None:
         options = {
             "rank_policy": (rank_policy, ("adaptive", "fixed")),
-            "variant": (variant, ("two_pass", "parallel")),
+            "variant": (variant, ("two_pass", "parallel", "local")),
             "aug_cap": (aug_cap, ("rmax", "n")),
             "aug_select": (aug_select, ("svd", "qr_columns")),
             "truncation": (truncation, ("hosvd", "dlrt_net")),
@@ -118,6 +126,8 @@ class TDLRT:
                 raise ValueError(f"TDLRT: {key}={value!r} is not one of {allowed}")
         if tau < 0:
             raise ValueError(f"TDLRT: tau must be non-negative, got {tau}")
+        if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 2:
+            raise ValueError(f"TDLRT: local_steps must be an integer ≥ 2, got {local_steps!r}")
         self.model = model
         self.layers: dict[str, TuckerFactorizedLayer] = factorized_layers(model)
         if not self.layers:
@@ -129,6 +139,9 @@ class TDLRT:
         self.absolute_tolerance = absolute_tolerance
         self.rank_policy = rank_policy
         self.variant = variant
+        self.local_steps = int(local_steps)
+        #: ``variant="local"``: the ranks held before the open cycle's augmentation (``None`` between cycles).
+        self.cycle_ranks: dict[str, tuple[int, ...]] | None = None
         self.aug_cap = aug_cap
         # The r_max cap would freeze the bases of fixed-rank layers sitting at r_max.
         self._aug_cap = "n" if rank_policy == "fixed" else aug_cap
@@ -176,13 +189,22 @@ class TDLRT:
             closure: Runs forward and backward on the batch and returns the loss; it is called twice for
                 ``variant="two_pass"``. Gradients are zeroed before each call.
         """
-        ranks_before = self.ranks()
         if self.variant == "two_pass":
-            loss = self._two_pass_step(closure, ranks_before)
+            loss = self._two_pass_step(closure, self.ranks())
+        elif self.variant == "parallel":
+            loss = self._parallel_step(closure, self.ranks())
         else:
-            loss = self._parallel_step(closure, ranks_before)
+            loss = self._local_step(closure)
         self.step_count += 1
         return loss
+
+    def close_cycle(self) -> None:
+        """Truncate now if a ``variant="local"`` cycle is open (e.g. when training stops mid-cycle)."""
+        if self.cycle_ranks is not None:
+            with torch.no_grad():
+                for name, layer in self.layers.items():
+                    self._truncate(name, layer, self.cycle_ranks[name])
+            self.cycle_ranks = None
 
     def state_dict(self) -> dict[str, Any]:
         """Inner optimizer state, ranks per layer and step count (save with the model's ``state_dict``)."""
@@ -190,6 +212,7 @@ class TDLRT:
             "optimizer": self.optimizer.state_dict(),
             "ranks": {name: list(r) for name, r in self.ranks().items()},
             "step_count": self.step_count,
+            "cycle_ranks": _plain_ranks(self.cycle_ranks),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -211,6 +234,7 @@ class TDLRT:
                 )
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.step_count = int(state_dict["step_count"])
+        self.cycle_ranks = _tuple_ranks(state_dict.get("cycle_ranks"))
 
     # -------------------------------------------------------------------------------------- the steps
     def _two_pass_step(
@@ -245,6 +269,22 @@ class TDLRT:
             for name, layer in self.layers.items():
                 self._parallel_assemble(layer, *plans[name])
                 self._truncate(name, layer, ranks_before[name])
+        return loss
+
+    def _local_step(self, closure: Callable[[], Tensor]) -> Tensor:
+        position = self.step_count % self.local_steps
+        loss = self._run_closure(closure)
+        if position == 0:
+            # Open a cycle: this batch's gradients only augment the bases (spec §2.10).
+            self.cycle_ranks = self.ranks()
+            self._reduce([u.grad for layer in self.layers.values() for u in self._adaptive_factors(layer)])
+            with torch.no_grad():
+                for layer in self.layers.values():
+                    self._augment(layer)
+            return loss
+        self._step_inner()
+        if position == self.local_steps - 1:
+            self.close_cycle()
         return loss
 
     def _run_closure(self, closure: Callable[[], Tensor]) -> Tensor:
@@ -434,6 +474,14 @@ def transport_state_tensor(
     if key in _SECOND_MOMENT_KEYS:
         return multi_mode_product(value.sqrt(), cast).square().contiguous()
     return multi_mode_product(value, cast).contiguous()
+
+
+def _plain_ranks(ranks: dict[str, tuple[int, ...]] | None) -> dict[str, list[int]] | None:
+    return None if ranks is None else {name: list(r) for name, r in ranks.items()}
+
+
+def _tuple_ranks(ranks: dict[str, list[int]] | None) -> dict[str, tuple[int, ...]] | None:
+    return None if ranks is None else {name: tuple(int(x) for x in r) for name, r in ranks.items()}
 
 
 def _linalg_copies(tensors: Sequence[Tensor]) -> list[Tensor]:

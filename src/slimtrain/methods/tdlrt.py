@@ -49,7 +49,10 @@ class _IntegratorOptions(_ConversionOptions):
 
     tau: float = Field(0.1, ge=0.0, description="truncation tolerance, relative to ‖C̃‖_F unless absolute")
     absolute_tolerance: bool = False
-    variant: Literal["two_pass", "parallel"] = "two_pass"
+    variant: Literal["two_pass", "parallel", "local"] = Field(
+        "two_pass", description="'parallel': single-pass BUG; 'local': local S-iterations (spec §2.10)"
+    )
+    local_steps: int = Field(10, ge=2, description="batches per augment-step-truncate cycle of 'local'")
     rank_policy: Literal["adaptive", "fixed"] = "adaptive"
     initial_rank_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="initial ranks as a fraction of the mode sizes (default r_max)"
@@ -134,6 +137,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         super().__init__(options, recipe)
         self.integrator: TDLRT | None = None
         self._restored_step_count = 0
+        self._restored_cycle_ranks: dict[str, tuple[int, ...]] | None = None
 
     def _conversion_kwargs(self) -> dict[str, Any]:
         return {}
@@ -169,6 +173,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
             absolute_tolerance=o.absolute_tolerance,
             rank_policy=o.rank_policy,
             variant=o.variant,
+            local_steps=o.local_steps,
             aug_cap=o.aug_cap,
             aug_select=o.aug_select,
             truncation=o.truncation,
@@ -178,6 +183,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
             parallel_pinv_rtol=o.parallel_pinv_rtol,
         )
         self.integrator.step_count = self._restored_step_count
+        self.integrator.cycle_ranks = self._restored_cycle_ranks
         self.optimizer = self.integrator.optimizer
         return self.optimizer
 
@@ -204,11 +210,11 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         return _report_fields(model, aug_cap=self.options.aug_cap)
 
     def state_dict(self) -> dict[str, Any]:
-        """Ranks per layer and the integrator's step count (the inner optimizer is saved by the engine)."""
+        """Ranks per layer, integrator step count and open cycle (the engine saves the inner optimizer)."""
         if self.integrator is None:
             return {"ranks": {}, "step_count": self._restored_step_count}
-        ranks = {name: list(r) for name, r in self.integrator.ranks().items()}
-        return {"ranks": ranks, "step_count": self.integrator.step_count}
+        state = self.integrator.state_dict()
+        return {key: state[key] for key in ("ranks", "step_count", "cycle_ranks")}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         """Reshape every factorized layer of ``model`` to the saved ranks (its weights are loaded next).
@@ -232,6 +238,15 @@ class _IntegratedLowRankMethod(_LowRankMethod):
             ]
             layer.set_factorization(core, factors)
         self._restored_step_count = int(state.get("step_count", 0))
+        cycle = state.get("cycle_ranks")
+        self._restored_cycle_ranks = (
+            None if cycle is None else {name: tuple(int(x) for x in r) for name, r in cycle.items()}
+        )
+
+    def finalize(self, model: nn.Module) -> None:
+        """Truncate an augment-step-truncate cycle left open when training stopped (``variant="local"``)."""
+        if self.integrator is not None:
+            self.integrator.close_cycle()
 
 
 @register_method
