@@ -190,7 +190,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
     def training_step(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ctx: StepContext
     ) -> StepOutput:
-        """One integrator step: two forward/backward passes (one for ``variant="parallel"``)."""
+        """One integrator step: two forward/backward passes (one for ``"parallel"`` and ``"local"``)."""
         assert self.integrator is not None, "build_optimizer must run before training_step"
         first_logits: list[torch.Tensor] = []
 
@@ -257,7 +257,8 @@ class TDLRTTraining(_IntegratedLowRankMethod):
     but the last a :class:`~slimtrain.lowrank.LowRankLinear`, from random orthonormal factors at ``r_max``
     (``initial_rank_fraction`` to start lower). Per batch: two forward/backward passes (basis gradients,
     then the core step on the augmented bases) and a truncated HOSVD with tolerance ``tau`` (spec §2.4,
-    §2.5); ``variant="parallel"`` is the single-pass parallel BUG step (§2.9).
+    §2.5); ``variant="parallel"`` is the single-pass parallel BUG step (§2.9), ``variant="local"`` augmented
+    BUG with local S-iterations (§2.10).
     """
 
     name = "tdlrt"
