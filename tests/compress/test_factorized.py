@@ -151,8 +151,9 @@ def test_config_round_trip(layer):
     st.integers(1, 3),
 )
 def test_pointwise_conv_computes_the_1x1_convolution(c_in, c_out, bias, layout, batch):
-    """The matrix-product 1×1 conv equals ``nn.Conv2d`` with the same weights in every input layout,
-    and its weight gradient too (the fast path must not change the function it stands for).
+    """The matrix-product 1×1 conv (``PointwiseConv2d``, ``pointwise_conv2d``) equals ``nn.Conv2d`` with the
+    same weights in every input layout, and so do the weight and input gradients (the fast path must not
+    change the function it stands for).
     """
     from slimtrain.compress.factorized import PointwiseConv2d
 
@@ -167,8 +168,12 @@ def test_pointwise_conv_computes_the_1x1_convolution(c_in, c_out, bias, layout, 
         x = x[0]
     elif layout == "sliced":
         x = torch.randn(batch, c_in, 5, 14, dtype=torch.float64)[..., ::2]
+    x.requires_grad_(True)
     out, expected = fast(x), reference(x)
     torch.testing.assert_close(out, expected)
-    out.square().sum().backward()
-    expected.square().sum().backward()
+    (grad_fast,) = torch.autograd.grad(out.square().sum(), x)
+    (grad_reference,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad_fast, grad_reference)
+    fast(x).square().sum().backward()
+    reference(x).square().sum().backward()
     torch.testing.assert_close(fast.weight.grad, reference.weight.grad)

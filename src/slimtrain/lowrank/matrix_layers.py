@@ -11,6 +11,7 @@ from torch.nn.modules.utils import _pair
 
 from slimtrain.lowrank.factorized import MatrixFactorizedLayer, dense_conv_of
 from slimtrain.lowrank.tucker_conv import check_conv_supported
+from slimtrain.pointwise import pointwise_conv2d
 
 
 class LowRankLinear(MatrixFactorizedLayer):
@@ -236,7 +237,7 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
         u, v = self.factors
         kernel = v.T.reshape(-1, self.in_channels, *self.kernel_size)
         x = F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation)
-        return F.conv2d(x, (u @ self.core)[:, :, None, None], self.bias)
+        return pointwise_conv2d(x, u @ self.core, self.bias)
 
     def extra_repr(self) -> str:
         """Layer hyper-parameters and ranks, as printed by ``repr``."""

@@ -11,6 +11,7 @@ from torch.nn.modules.utils import _pair
 
 from slimtrain.lowrank.factorized import TuckerFactorizedLayer, dense_conv_of
 from slimtrain.lowrank.tensor_ops import mode_product
+from slimtrain.pointwise import pointwise_conv2d
 
 
 def check_conv_supported(conv: nn.Conv2d, name: str) -> None:
@@ -155,9 +156,9 @@ class TuckerConv2d(TuckerFactorizedLayer):
         """Three-stage Tucker convolution (spec §2.1)."""
         u_out, u_in, u_h, u_w = self.factors
         small = mode_product(mode_product(self.core, u_h, 2), u_w, 3)
-        x = F.conv2d(x, u_in.T[:, :, None, None])
+        x = pointwise_conv2d(x, u_in.T)
         x = F.conv2d(x, small, None, self.stride, self.padding, self.dilation)
-        return F.conv2d(x, u_out[:, :, None, None], self.bias)
+        return pointwise_conv2d(x, u_out, self.bias)
 
     def extra_repr(self) -> str:
         """Layer hyper-parameters and ranks, as printed by ``repr``."""
