@@ -1,4 +1,4 @@
-"""Training step time and peak memory of TDLRT (two-pass and parallel) against dense training (CPU).
+"""Training step time and peak memory of TDLRT (two-pass, parallel, local) against dense training (CPU).
 
 Issue benchmark 1 (spec tdlrt.md §2.4, §2.9): CIFAR ResNet-20 at widths 16, 32 and 64, batch 128, 32×32×3
 inputs, 10 classes, one torch thread. Every conv but the first is a Tucker conv with adaptive channel
@@ -11,7 +11,8 @@ HOSVD) is that of the adaptive policy.
 Per width, side by side:
 
 - training step time (median over rounds, ms): dense SGD step (one forward/backward), TDLRT two-pass step,
-  TDLRT parallel step, and their ratios to dense;
+  TDLRT parallel step, TDLRT with local S-iterations (mean step of a whole 10-batch cycle: one augmenting
+  pass, nine core steps at the augmented ranks, one truncation), and their ratios to dense;
 - peak memory (``slimtrain.metrics.measure_peak_memory``, resident-set high-water mark of one standard
   training step in a fresh process) of the dense and the factorized model. A TDLRT step runs its passes one
   after the other, so its peak is that of one factorized pass plus the augmented factors and core (noted);
@@ -49,6 +50,10 @@ def _timed(step, rounds: int, warmup: int = 1) -> list[float]:
     return times
 
 
+LOCAL_STEPS = 10
+"""Cycle length of the local S-iteration variant (the authors' default, spec tdlrt.md §2.10)."""
+
+
 def _sgd(params):
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
@@ -79,24 +84,29 @@ def measure_width(rec: BenchmarkRecorder, width: int, batch: int, rounds: int, f
         optimizer.step()
 
     times = {"dense": _timed(dense_step, rounds)}
-    for variant in ("two_pass", "parallel"):
+    for variant in ("two_pass", "parallel", "local"):
         model = create_model("resnet20", num_classes=10, in_channels=3, image_size=32, width=width)
         convert_to_lowrank(model, conv="tucker", linear=None, rank_fraction=fraction)
         model.train()
-        integrator = TDLRT(model, _sgd, tau=0.1, variant=variant, rank_policy="fixed")
+        integrator = TDLRT(
+            model, _sgd, tau=0.1, variant=variant, rank_policy="fixed", local_steps=LOCAL_STEPS
+        )
+        steps = LOCAL_STEPS if variant == "local" else 1  # a whole cycle, since its steps differ
 
         def closure(model=model) -> torch.Tensor:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             return loss
 
-        times[f"tdlrt_{variant}"] = _timed(
-            lambda integrator=integrator, c=closure: integrator.step(c), rounds
-        )
+        def run(integrator=integrator, closure=closure, steps=steps) -> None:
+            for _ in range(steps):
+                integrator.step(closure)
+
+        times[f"tdlrt_{variant}"] = [t / steps for t in _timed(run, rounds)]
     for name, values in times.items():
         rec.add(f"{tag} step_ms {name}", values, unit="ms")
     dense_median = statistics.median(times["dense"])
-    for name in ("tdlrt_two_pass", "tdlrt_parallel"):
+    for name in ("tdlrt_two_pass", "tdlrt_parallel", "tdlrt_local"):
         rec.add(f"{tag} step_ratio {name}/dense", [t / dense_median for t in times[name]], unit="x")
 
     for label, model in (("dense", dense), ("factorized", factorized)):
