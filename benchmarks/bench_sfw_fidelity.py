@@ -49,7 +49,13 @@ GRIDS: dict[str, dict[str, list[float]]] = {
     "sfw-ksparse": {"optimizer.lr": [1.0, 3.0], "method.options.tau": [5.0, 15.0]},
     "sfw-ksupport": {"optimizer.lr": [0.1, 0.3], "method.options.tau": [3.0, 10.0]},
     "sfw-ksupport-norescale": {"optimizer.lr": [0.003, 0.01], "method.options.tau": [3.0, 10.0]},
+    "sfw-group-ksupport": {"optimizer.lr": [0.1, 0.3], "method.options.tau": [3.0, 10.0]},
+    "sfw-spectral-ksupport": {"optimizer.lr": [0.1, 0.3], "method.options.tau": [3.0, 10.0]},
+    "group-lasso": {"optimizer.lr": [0.02, 0.1], "method.options.strength": [1e-3, 1e-2]},
+    "nuclear-norm": {"optimizer.lr": [0.02, 0.1], "method.options.strength": [1e-3, 1e-2]},
+    "prox-svd": {"optimizer.lr": [0.02, 0.1], "method.options.strength": [1e-3, 1e-2]},
 }
+UNSTRUCTURED_METHODS = ("dense", "sfw-ksparse", "sfw-ksupport", "sfw-ksupport-norescale")
 BASELINE = "dense"
 # Variants of the tuned recipes tried at the first seed when the claimed ordering does not appear
 # (``--investigate``): step size, k, momentum convention and rescaling of k-support; the last two check
@@ -154,8 +160,18 @@ def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: 
     return 0
 
 
-def run(name: str, model: str, argv: list[str] | None) -> int:
-    """Tune, train, prune and record the recipes of ``model`` (see the module docstring)."""
+def run(
+    name: str,
+    model: str,
+    argv: list[str] | None,
+    methods: tuple[str, ...] = UNSTRUCTURED_METHODS,
+    structure: str | None = None,
+) -> int:
+    """Tune, train, compress and record the ``methods`` of ``model`` (see the module docstring).
+
+    ``structure`` (``filter`` or ``lowrank``) compresses every run that way at :data:`STRUCTURED_LEVELS`;
+    by default the recipes' own unstructured levels are used.
+    """
     parser = fidelity_arguments(__doc__ or name)
     parser.add_argument(
         "--investigate",
@@ -167,6 +183,8 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
     out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
     seeds = args.seeds or SEEDS[mode]
     overrides = list(SETTINGS[model][mode])
+    if structure is not None:
+        overrides += [f"evaluation.structure={structure}", STRUCTURED_LEVELS]
     if args.full:
         if not args.data_dir:
             raise SystemExit("--full needs --data-dir or $SLIMTRAIN_DATA_DIR (with fashion-mnist/)")
@@ -175,10 +193,14 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
     if args.investigate:
         return investigate(name, model, argv, out, seeds[0])
     tuned_paths, tuning = [], {}
-    for method, grid in GRIDS.items():
+    for method in methods:
         stem = f"{model}-{method}"
         path, record = tune(
-            CONFIGS / "fashion-mnist" / f"{stem}.yaml", candidates(grid, mode), overrides, seeds[0], out
+            CONFIGS / "fashion-mnist" / f"{stem}.yaml",
+            candidates(GRIDS[method], mode),
+            overrides,
+            seeds[0],
+            out,
         )
         tuned_paths.append(path)
         tuning[stem] = record
@@ -190,6 +212,7 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
         overrides=overrides,
         seeds=seeds,
         output=out / "final",
+        structure=structure,
         notes={"tuning (first seed, validation split)": tuning},
     )
 
@@ -197,24 +220,9 @@ def run(name: str, model: str, argv: list[str] | None) -> int:
 STRUCTURED_LEVELS = "evaluation.levels=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]"
 
 
-def run_structured(name: str, structure: str, recipes: list[str], argv: list[str] | None) -> int:
-    """Compare LeNet-5 ``recipes`` (untuned) under ``structure`` compression at fractions 0–0.9."""
-    args = fidelity_arguments(__doc__ or name).parse_args(argv)
-    mode = "full" if args.full else "quick"
-    if args.full:
-        if not args.data_dir:
-            raise SystemExit("--full needs --data-dir or $SLIMTRAIN_DATA_DIR (with fashion-mnist/)")
-        os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
-    return run_fidelity(
-        name,
-        argv,
-        [CONFIGS / "fashion-mnist" / f"{r}.yaml" for r in recipes],
-        baseline=recipes[0],
-        overrides=[*SETTINGS["lenet5"][mode], f"evaluation.structure={structure}", STRUCTURED_LEVELS],
-        seeds=args.seeds or SEEDS[mode],
-        output=args.output or Path("runs/bench") / (name + ("" if args.full else "_quick")),
-        structure=structure,
-    )
+def run_structured(name: str, structure: str, methods: tuple[str, ...], argv: list[str] | None) -> int:
+    """Tune and compare LeNet-5 ``methods`` (``dense`` first) under ``structure`` compression, 0–0.9."""
+    return run(name, "lenet5", argv, methods=methods, structure=structure)
 
 
 def main(argv: list[str] | None = None) -> int:
