@@ -3,6 +3,7 @@ pruning, network slimming): exact final sparsity inside the epoch budget, masks 
 resume, two-rank data parallelism and option errors.
 """
 
+import csv
 import math
 
 import pytest
@@ -87,18 +88,25 @@ def test_iterative_pruning_removes_cumulative_shares():
 
 def test_lr_rewinding_restarts_the_learning_rate(tmp_path):
     """At the pruning step lr-rewinding trains at the initial learning rate again; magnitude-ft continues
-    the cosine schedule (a lower rate).
+    the cosine schedule (a lower rate). The ``lr_factor`` column of ``train_log.csv`` shows the rate each
+    step really used.
     """
-    lrs = {}
+    lrs, logged = {}, {}
     for method in ("lr-rewinding", "magnitude-ft"):
-        trainer = Trainer(_recipe(MLP, method, target=0.9, prune_at=0.5), tmp_path / method)
+        tree = {**MLP, "train": {**MLP["train"], "log_every_steps": 1}}
+        trainer = Trainer(_recipe(tree, method, target=0.9, prune_at=0.5), tmp_path / method)
         seen = []
         _watch_masks(trainer, seen)
         trainer.fit()
         prune_step = trainer.components.method.prune_steps(trainer.total_steps)[0]
         lrs[method] = dict((step, lr) for step, _, lr in seen)[prune_step]
+        with (tmp_path / method / "train_log.csv").open() as handle:
+            factors = {int(row["step"]) - 1: float(row["lr_factor"]) for row in csv.DictReader(handle)}
+        logged[method] = factors[prune_step]
+        assert all(factors[step] == pytest.approx(lr / 0.05) for step, _, lr in seen), method
     assert lrs["lr-rewinding"] == pytest.approx(0.05)
     assert lrs["magnitude-ft"] < 0.05 * 0.6
+    assert logged["lr-rewinding"] == pytest.approx(1.0)
 
 
 def test_gmp_sparsity_rises_monotonically_to_the_target():

@@ -292,12 +292,18 @@ class Trainer:
                 world=self.world,
                 parameter_names={id(p): name for name, p in model.named_parameters()},
             )
+            optimizer_before = method.optimizer
             try:
                 out = method.training_step(model, inputs, targets, ctx)
             except NonFiniteGradientError as err:
                 raise self._diverged(str(err)) from err
             except torch.linalg.LinAlgError as err:  # an SVD, QR or Cholesky of non-finite or singular data
                 raise self._diverged(f"a factorization failed ({err})") from err
+            if method.optimizer is not None and method.optimizer is optimizer_before:
+                # The factor the step really used: a method may set its own (LR rewinding replays the
+                # schedule inside each fine-tuning iteration).
+                group = method.optimizer.param_groups[0]
+                factor = group["lr"] / group["initial_lr"] if group.get("initial_lr") else factor
             if method.optimizer is not None:  # a step may re-create the optimizer (rank changes)
                 self.schedule.apply(method.optimizer, self.step)
             self.world.average_batchnorm_statistics(model)
