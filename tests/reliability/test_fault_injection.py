@@ -457,7 +457,9 @@ def test_interrupted_sweep_continues_without_redoing_levels(method, tmp_path, mo
     shutil.copytree(run, tmp_path / "uninterrupted")
     kill_at = 2 + sum(map(ord, method)) % 2
     method_class = get_method_class(method)
-    structure = method_class.structures[0] if method_class.structures else "native"
+    # Methods that fix their level during training are swept "native"; the others with their first structure.
+    during = method_class.levels_chosen == "during_training" or not method_class.structures
+    structure = "native" if during else method_class.structures[0]
     child = start_cli(
         ["sweep", str(run), "--structure", structure, "--levels", *map(str, SWEEP_LEVELS)],
         setup=lambda: _kill_at_compress_call(method, kill_at),
