@@ -212,7 +212,7 @@ class TDLRT:
             "optimizer": self.optimizer.state_dict(),
             "ranks": {name: list(r) for name, r in self.ranks().items()},
             "step_count": self.step_count,
-            "cycle_ranks": _plain_ranks(self.cycle_ranks),
+            "cycle_ranks": ranks_as_lists(self.cycle_ranks),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -234,7 +234,7 @@ class TDLRT:
                 )
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.step_count = int(state_dict["step_count"])
-        self.cycle_ranks = _tuple_ranks(state_dict.get("cycle_ranks"))
+        self.cycle_ranks = ranks_as_tuples(state_dict.get("cycle_ranks"))
 
     # -------------------------------------------------------------------------------------- the steps
     def _two_pass_step(
@@ -476,11 +476,13 @@ def transport_state_tensor(
     return multi_mode_product(value, cast).contiguous()
 
 
-def _plain_ranks(ranks: dict[str, tuple[int, ...]] | None) -> dict[str, list[int]] | None:
+def ranks_as_lists(ranks: dict[str, tuple[int, ...]] | None) -> dict[str, list[int]] | None:
+    """Per-layer ranks as plain lists, for a checkpoint (``None`` stays ``None``)."""
     return None if ranks is None else {name: list(r) for name, r in ranks.items()}
 
 
-def _tuple_ranks(ranks: dict[str, list[int]] | None) -> dict[str, tuple[int, ...]] | None:
+def ranks_as_tuples(ranks: dict[str, list[int]] | None) -> dict[str, tuple[int, ...]] | None:
+    """Per-layer ranks read back from a checkpoint as tuples of ints (``None`` stays ``None``)."""
     return None if ranks is None else {name: tuple(int(x) for x in r) for name, r in ranks.items()}
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimtrain.lowrank import TDLRT, convert_to_lowrank, factorized_layers, lowrank_report
+from slimtrain.lowrank.integrator import ranks_as_lists, ranks_as_tuples
 from slimtrain.train.method import (
     Method,
     StepContext,
@@ -213,8 +214,11 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         """Ranks per layer, integrator step count and open cycle (the engine saves the inner optimizer)."""
         if self.integrator is None:
             return {"ranks": {}, "step_count": self._restored_step_count}
-        state = self.integrator.state_dict()
-        return {key: state[key] for key in ("ranks", "step_count", "cycle_ranks")}
+        return {
+            "ranks": ranks_as_lists(self.integrator.ranks()),
+            "step_count": self.integrator.step_count,
+            "cycle_ranks": ranks_as_lists(self.integrator.cycle_ranks),
+        }
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         """Reshape every factorized layer of ``model`` to the saved ranks (its weights are loaded next).
@@ -238,10 +242,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
             ]
             layer.set_factorization(core, factors)
         self._restored_step_count = int(state.get("step_count", 0))
-        cycle = state.get("cycle_ranks")
-        self._restored_cycle_ranks = (
-            None if cycle is None else {name: tuple(int(x) for x in r) for name, r in cycle.items()}
-        )
+        self._restored_cycle_ranks = ranks_as_tuples(state.get("cycle_ranks"))
 
     def finalize(self, model: nn.Module) -> None:
         """Truncate an augment-step-truncate cycle left open when training stopped (``variant="local"``)."""
