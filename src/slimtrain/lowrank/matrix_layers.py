@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from slimtrain.lowrank.factorized import MatrixFactorizedLayer, dense_conv_of
-from slimtrain.lowrank.tucker_conv import check_conv_supported
+from slimtrain.lowrank.tucker_conv import check_conv_supported, init_conv_geometry, rank_one_like
 from slimtrain.pointwise import pointwise_conv2d
 
 
@@ -174,16 +174,10 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
             min_rank=min_rank,
             free_factors=free_factors,
         )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = (k_h, k_w)
-        self.stride = _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation = _pair(dilation)
-        reference = nn.Conv2d(in_channels, out_channels, (k_h, k_w), bias=bias, device=device, dtype=dtype)
-        self.bias = reference.bias
-        self._init_parameters(
-            reference.weight.reshape(out_channels, -1), self.resolve_ranks(ranks, rank_fraction)
+        kernel = init_conv_geometry(
+            self, in_channels, out_channels, (k_h, k_w), stride, padding, dilation, bias, device, dtype
         )
+        self._init_parameters(kernel.reshape(out_channels, -1), self.resolve_ranks(ranks, rank_fraction))
 
     @classmethod
     def from_conv(
@@ -207,19 +201,7 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
             **layer_kwargs: Further constructor arguments.
         """
         check_conv_supported(conv, name)
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-            ranks=1,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **layer_kwargs,
-        )
+        layer = rank_one_like(cls, conv, **layer_kwargs)
         matrix = conv.weight.detach().reshape(conv.out_channels, -1)
         _init_matrix_layer(layer, matrix, conv.bias, ranks, rank_fraction, tau)
         return layer

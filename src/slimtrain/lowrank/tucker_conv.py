@@ -24,6 +24,52 @@ def check_conv_supported(conv: nn.Conv2d, name: str) -> None:
         )
 
 
+def init_conv_geometry(
+    layer: nn.Module,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] | str,
+    dilation: int | tuple[int, int],
+    bias: bool,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> Tensor:
+    """Give a factorized convolution ``nn.Conv2d``'s hyper-parameters and bias; return a fresh kernel.
+
+    The bias and the returned kernel (to be factorized) have ``nn.Conv2d``'s default initialization.
+    """
+    layer.in_channels, layer.out_channels = in_channels, out_channels
+    layer.kernel_size = _pair(kernel_size)
+    layer.stride = _pair(stride)
+    layer.padding = padding if isinstance(padding, str) else _pair(padding)
+    layer.dilation = _pair(dilation)
+    reference = nn.Conv2d(in_channels, out_channels, layer.kernel_size, bias=bias, device=device, dtype=dtype)
+    layer.bias = reference.bias
+    return reference.weight
+
+
+def rank_one_like(cls: type[nn.Module], conv: nn.Conv2d, **layer_kwargs) -> nn.Module:
+    """A ``cls`` layer with ``conv``'s hyper-parameters, bias flag, device and dtype at rank 1.
+
+    ``from_conv`` constructors build it and then replace its factors by those of ``conv``'s kernel.
+    """
+    return cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        ranks=1,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+        **layer_kwargs,
+    )
+
+
 class TuckerConv2d(TuckerFactorizedLayer):
     """Conv2d whose kernel ``W ∈ R^{C_out×C_in×k_h×k_w}`` is ``C ×₁U₁ ×₂U₂ ×₃U₃ ×₄U₄`` (orthonormal ``U_i``).
 
@@ -89,14 +135,10 @@ class TuckerConv2d(TuckerFactorizedLayer):
             free_factors=free_factors,
             fraction_modes=(0, 1),
         )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = (k_h, k_w)
-        self.stride = _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation = _pair(dilation)
-        reference = nn.Conv2d(in_channels, out_channels, (k_h, k_w), bias=bias, device=device, dtype=dtype)
-        self.bias = reference.bias
-        self._init_parameters(reference.weight, self.resolve_ranks(ranks, rank_fraction))
+        kernel = init_conv_geometry(
+            self, in_channels, out_channels, (k_h, k_w), stride, padding, dilation, bias, device, dtype
+        )
+        self._init_parameters(kernel, self.resolve_ranks(ranks, rank_fraction))
 
     @classmethod
     def from_conv(
@@ -120,19 +162,7 @@ class TuckerConv2d(TuckerFactorizedLayer):
             **layer_kwargs: Further constructor arguments (``adaptive_modes``, ``max_rank``, ...).
         """
         check_conv_supported(conv, name)
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-            ranks=1,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **layer_kwargs,
-        )
+        layer = rank_one_like(cls, conv, **layer_kwargs)
         weight = conv.weight.detach()
         if tau is not None:
             chosen = layer.ranks_for_tolerance(weight, tau)
