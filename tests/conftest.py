@@ -1,10 +1,12 @@
 """Shared test configuration: deterministic hypothesis profiles and a fixed torch seed per test."""
 
 import os
+import threading
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from tqdm import tqdm
 
 # `ci` (the default) is derandomized so the suite gives the same verdict on every run;
 # `dev` explores new examples (HYPOTHESIS_PROFILE=dev make test).
@@ -16,6 +18,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # One thread: the suite is many small ops, for which threading costs more than it gives on 2 cores.
 torch.set_num_threads(1)
+
+
+def _process_local_tqdm_lock() -> None:
+    """Give tqdm a lock of this process only.
+
+    tqdm's default class-wide lock is a multiprocessing semaphore, shared by every process forked from the
+    test process. The kill tests SIGKILL forked children at arbitrary moments; one killed while it held
+    that semaphore (every progress bar takes it, even a disabled one) left all later children, and the
+    test process, blocked on it forever.
+    """
+    tqdm.set_lock(threading.RLock())
+
+
+_process_local_tqdm_lock()
+os.register_at_fork(after_in_child=_process_local_tqdm_lock)
 
 
 @pytest.fixture(autouse=True)
