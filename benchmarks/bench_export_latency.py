@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_export_latency", *argv], env)
     torch.set_num_threads(args.threads)  # also for building the variants: oversubscribed threads crawl
     name_suffix = "_tuned_malloc" if args.allocator == "tuned" else ""
-    rec = BenchmarkRecorder(f"export_latency{name_suffix}", argv)
+    rec = BenchmarkRecorder(f"export_latency{name_suffix}", argv, module="bench_export_latency")
     if args.full:
         models, batches, rounds = list(MODELS), (1, 256), args.rounds or 4
     else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -210,14 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "baselines":
         if args.arch != "mlp":
             parser.error("--experiment baselines runs the MLP only")
-        rec = BenchmarkRecorder(f"nnbcd_mnist_baselines{args.suffix}", argv)
-        rec.command = shlex.join(["python", "-m", "benchmarks.bench_nnbcd_mnist", *rec.argv])
+        rec = BenchmarkRecorder(f"nnbcd_mnist_baselines{args.suffix}", argv, module="bench_nnbcd_mnist")
         rec.note("setting", f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed})")
         rec.note("hyperparameters", dict(gamma=args.gamma, rho=args.rho, alpha=args.alpha, tau=args.tau))
         run_baselines(rec, args, ((x, y), (xt, yt)), iterations, ranks)
         return 0
-    rec = BenchmarkRecorder(f"nnbcd_mnist{args.suffix}", argv)
-    rec.command = shlex.join(["python", "-m", "benchmarks.bench_nnbcd_mnist", *rec.argv])
+    rec = BenchmarkRecorder(f"nnbcd_mnist{args.suffix}", argv, module="bench_nnbcd_mnist")
     rec.note(
         "setting",
         f"MNIST random subsets {n_train} train / {n_test} test (numpy seed {args.seed}), {args.arch}",

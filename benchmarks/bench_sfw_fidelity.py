@@ -22,7 +22,7 @@ recipes at the first seed, into ``sfw_fidelity_investigation.{json,md}``.
 
 ``--quick``: digits, a small MLP, 1 epoch, 2 seeds, two candidates per recipe (seconds). ``--full``:
 Fashion-MNIST, an MLP 784-300-100-10, 6 epochs (the recipes say 20; fewer to fit about 40 CPU-minutes),
-3 seeds.
+3 seeds; ``--full --dataset mnist`` runs the same protocol on MNIST (results ``<name>_mnist``).
 """
 
 from __future__ import annotations
@@ -126,10 +126,9 @@ def tune(
     return path, record
 
 
-def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: int) -> int:
+def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: int, module: str) -> int:
     """Train each :data:`INVESTIGATION` variant of a tuned recipe at ``seed``; record its accuracies."""
-    rec = BenchmarkRecorder(f"{name}_investigation", argv)
-    rec.command = rec.command.replace(f"bench_{name}_investigation", f"bench_{name}")
+    rec = BenchmarkRecorder(f"{name}_investigation", argv, module=module)
     for label, (method, changes) in INVESTIGATION.items():
         stem = f"{model}-{method}"
         tuned = out / "tuned" / f"{stem}.yaml"
@@ -178,11 +177,21 @@ def run(
         action="store_true",
         help="after a run in the same mode: train the INVESTIGATION variants at the first seed",
     )
+    parser.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "mnist"),
+        default="fashion-mnist",
+        help="--full only: the dataset (results of mnist go to <name>_mnist)",
+    )
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
+    overrides = list(SETTINGS[model][mode])
+    module = f"bench_{name}"
+    if args.full and args.dataset != "fashion-mnist":
+        name = f"{name}_{args.dataset.replace('-', '_')}"
+        overrides.append(f"data.name={args.dataset}")
     out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
     seeds = args.seeds or SEEDS[mode]
-    overrides = list(SETTINGS[model][mode])
     if structure is not None:
         overrides += [f"evaluation.structure={structure}", STRUCTURED_LEVELS]
     if args.full:
@@ -191,7 +200,7 @@ def run(
         # By environment, so that no local path ends up in the recorded overrides or recipes.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
     if args.investigate:
-        return investigate(name, model, argv, out, seeds[0])
+        return investigate(name, model, argv, out, seeds[0], module)
     tuned_paths, tuning = [], {}
     for method in methods:
         stem = f"{model}-{method}"
@@ -214,6 +223,7 @@ def run(
         output=out / "final",
         structure=structure,
         notes={"tuning (first seed, validation split)": tuning},
+        module=module,
     )
 
 

@@ -10,7 +10,8 @@ accuracies are recorded. The baselines keep their recipe settings.
 - ``--quick``: digits MLP, few epochs, one seed, two targets (a smoke run).
 - ``--full``: Fashion-MNIST, LeNet-300-100 MLP, 3 seeds, five targets; fewer epochs than the recipes so the
   run fits about 45 CPU-minutes (the epoch count is recorded). Needs ``--data-dir`` or
-  ``$SLIMTRAIN_DATA_DIR``.
+  ``$SLIMTRAIN_DATA_DIR``. ``--epochs N`` trains every method N epochs instead (results
+  ``swd_fidelity_<N>ep``), to see how the ordering changes with the training budget.
 """
 
 from __future__ import annotations
@@ -58,8 +59,15 @@ def _recipe_with(path: Path, out: Path, options: dict[str, float]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
-    args = fidelity_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    name = "swd_fidelity"
+    parser = fidelity_arguments(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="--full only: epochs per run (default 6; results swd_fidelity_<N>ep)",
+    )
+    args = parser.parse_args(argv)
+    name = "swd_fidelity" if args.epochs is None else f"swd_fidelity_{args.epochs}ep"
     out = args.output or Path("runs/bench") / name
     if args.full:
         if not args.data_dir:
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         folder, model, baseline = CONFIGS / "fashion-mnist", "mlp", "mlp-magnitude-ft"
         seeds = args.seeds or [0, 1, 2]
-        epochs, levels, candidates = 6, [0.9, 0.95, 0.98, 0.99, 0.995], [1e3, 1e4, 1e5, 1e6, 1e7]
+        epochs, levels = args.epochs or 6, [0.9, 0.95, 0.98, 0.99, 0.995]
+        candidates = [1e3, 1e4, 1e5, 1e6, 1e7]
         # By environment, so no absolute path enters the recorded overrides.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
         overrides = [f"train.epochs={epochs}"]
@@ -94,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": "recipe settings, not tuned",
     }
     status = run_fidelity(
-        name, argv, recipes, baseline=baseline, overrides=overrides, seeds=seeds, output=out / "compare"
+        name,
+        argv,
+        recipes,
+        baseline=baseline,
+        overrides=overrides,
+        seeds=seeds,
+        output=out / "compare",
+        module="bench_swd_fidelity",
     )
     results_dir = DEFAULT_RESULTS_DIR if args.full else DEFAULT_RESULTS_DIR / "quick"
     (results_dir / f"{name}_tuning.json").write_text(json.dumps(tuning, indent=1) + "\n")

@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = json.loads((output / COMPARE_FILE).read_text())["rows"]
     values, table = rate_table(rows, output)
-    rec = BenchmarkRecorder(f"{name}_rates", argv)
-    rec.command = rec.command.replace(f"bench_{name}_rates", f"bench_{name}")  # the command that ran
+    rec = BenchmarkRecorder(f"{name}_rates", argv, module=f"bench_{name}")
     for key, fields in values.items():
         for field, numbers in fields.items():
             unit = "%" if field != "acc_compressed_no_ft" else "accuracy %"

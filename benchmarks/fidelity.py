@@ -52,6 +52,7 @@ def run_fidelity(
     output: Path | None = None,
     structure: str | None = None,
     notes: dict[str, Any] | None = None,
+    module: str | None = None,
 ) -> int:
     """Compare ``recipes`` over ``seeds``, record every level's accuracies and verdicts, save the results.
 
@@ -65,8 +66,9 @@ def run_fidelity(
         output: where the runs go (default ``runs/bench/<name>``).
         structure: compression structure for after-training methods (default: each recipe's own).
         notes: extra fields to record (e.g. the hyperparameters tried during tuning).
+        module: the benchmark module, when it is not ``bench_<name>`` (recorded in the command).
     """
-    rec = BenchmarkRecorder(name, argv)
+    rec = BenchmarkRecorder(name, argv, module=module)
     out = output or Path("runs/bench") / name
     result = compare(recipes, out, seeds=seeds, overrides=overrides, structure=structure)
     write_report(out, title=f"benchmark {name}")

@@ -68,8 +68,10 @@ class BenchmarkRecorder:
     Args:
         name: Benchmark name; results go to ``<results_dir>/<name>.json`` and ``<name>.md``.
         argv: The arguments the benchmark's ``main`` received (``None``: ``sys.argv[1:]``). They give the
-            reconstructed command ``python -m benchmarks.bench_<name> ...`` and the mode: ``full`` if
+            reconstructed command ``python -m benchmarks.<module> ...`` and the mode: ``full`` if
             ``--full`` is among them, otherwise ``quick``.
+        module: The benchmark module that ran (default ``bench_<name>``); give it when one module writes
+            results under several names.
 
     Example:
         >>> rec = BenchmarkRecorder("toy", ["--quick"])
@@ -78,12 +80,12 @@ class BenchmarkRecorder:
         2.0
     """
 
-    def __init__(self, name: str, argv: list[str] | None) -> None:
+    def __init__(self, name: str, argv: list[str] | None, module: str | None = None) -> None:
         if not name or not name.replace("_", "").isalnum():
             raise ValueError(f"benchmark name must be a non-empty identifier, got {name!r}")
         self.name = name
         self.argv = list(sys.argv[1:] if argv is None else argv)
-        self.command = shlex.join(["python", "-m", f"benchmarks.bench_{name}", *self.argv])
+        self.command = shlex.join(["python", "-m", f"benchmarks.{module or f'bench_{name}'}", *self.argv])
         self.mode = "full" if "--full" in self.argv else "quick"
         self.commit = git_commit()
         self.date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

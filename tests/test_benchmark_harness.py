@@ -29,6 +29,13 @@ def test_saved_json_has_provenance_and_md_has_medians(tmp_path):
     assert data["notes"] == {"threads": 2}
 
 
+def test_command_names_the_module_that_ran(tmp_path):
+    """A module writing results under another name records itself, not ``bench_<name>``, as the command."""
+    rec = BenchmarkRecorder("toy_mnist", ["--full", "--dataset", "mnist"], module="bench_toy")
+    assert rec.command == "python -m benchmarks.bench_toy --full --dataset mnist"
+    assert json.loads(rec.save(tmp_path).read_text())["command"] == rec.command
+
+
 def test_duplicate_quantity_and_empty_values_are_rejected():
     """Adding a quantity twice or with no values raises an error naming the quantity."""
     rec = BenchmarkRecorder("toy", [])

@@ -1,6 +1,6 @@
 """The pruning baselines through the engine (magnitude + fine-tuning, LR rewinding, gradual magnitude
 pruning, network slimming): exact final sparsity inside the epoch budget, masks held after every step,
-resume, two-rank data parallelism and option errors.
+channel pruning within the parameter budget, resume, two-rank data parallelism and option errors.
 """
 
 import csv
@@ -153,21 +153,79 @@ def test_two_ranks_end_identical(tmp_path):
         assert torch.equal(mask, states[1]["method"]["masks"][name]), name
 
 
-def test_network_slimming_meets_the_budget_and_holds_masks(tmp_path):
-    """Network slimming prunes channels to the parameter budget (analytic count ≤ ⌊(1 − target)·N⌋) and
-    keeps γ, β of the removed channels at zero while fine-tuning.
+CHANNELS = [
+    ("network-slimming", {"prune_at": 0.5}),
+    ("magnitude-ft", {"granularity": "channels"}),
+    ("lr-rewinding", {"granularity": "channels", "iterations": 2, "prune_at": 0.3}),
+    ("gmp", {"granularity": "channels", "begin": 0.2, "end": 0.7, "frequency": 1}),
+]
+
+
+def _removed_channels(model, graph):
+    return {
+        (g, c) for g in graph.gates for c in (model.get_submodule(g).weight == 0).nonzero().flatten().tolist()
+    }
+
+
+@pytest.mark.parametrize(("method", "options"), CHANNELS)
+def test_channel_pruning_meets_the_budget_and_holds_masks(tmp_path, method, options):
+    """Channel pruning (network slimming, and the baselines with ``granularity: channels``) ends within the
+    parameter budget (analytic count ≤ ⌊(1 − target)·N⌋) with γ and β of every removed channel exactly zero
+    after every step that follows the first pruning.
     """
-    trainer = Trainer(_recipe(RESNET, "network-slimming", target=0.5, prune_at=0.5), tmp_path / "run")
+    trainer = Trainer(_recipe(RESNET, method, target=0.5, **options), tmp_path / "run")
+    assert trainer.components.method.structures == ("filter",)
     seen = []
     _watch_masks(trainer, seen)
     trainer.fit()
     model = trainer.components.model
     graph = ChannelGraph.from_model(model)
+    removed = _removed_channels(model, graph)
+    assert removed
+    for gate, channel in removed:
+        assert model.get_submodule(gate).bias[channel] == 0, (gate, channel)
     gammas = torch.cat([model.get_submodule(g).weight.detach().abs() for g in graph.gates])
-    assert (gammas == 0).any()
     threshold = float(gammas[gammas > 0].min())
     assert graph.parameter_count(model, threshold) <= parameter_budget(model, 500)
+    stages = [stage for _, stage, _ in seen]
+    assert stages == sorted(stages) and stages[0] == 0 and stages[-1] >= 1
+
+
+def test_network_slimming_prunes_at_prune_at(tmp_path):
+    """Network slimming trains with its penalty for ``prune_at`` of the steps, then prunes once."""
+    trainer = Trainer(_recipe(RESNET, "network-slimming", target=0.5, prune_at=0.5), tmp_path / "run")
+    seen = []
+    _watch_masks(trainer, seen)
+    trainer.fit()
     assert [stage for _, stage, _ in seen] == [0, 0, 0, 1, 1, 1]
+
+
+def test_iterative_channel_pruning_removes_growing_nested_sets():
+    """magnitude-ft by channels with k = 3: iteration i meets the budget of i/3 of the target, and every
+    channel removed at one iteration stays removed at the next.
+    """
+    recipe = _recipe(RESNET, "magnitude-ft", target=0.6, iterations=3, granularity="channels")
+    trainer = Trainer(recipe, None)
+    method, model = trainer.components.method, trainer.components.model
+    graph = ChannelGraph.from_model(model)
+    torch.manual_seed(0)
+    for gate in graph.gates:  # distinct |γ| (at initialisation they all equal 1)
+        model.get_submodule(gate).weight.data.uniform_(0.1, 1.0)
+    before: set = set()
+    for stage in (1, 2, 3):
+        method._prune(model, stage)
+        removed = _removed_channels(model, graph)
+        assert before < removed, stage
+        before = removed
+        gammas = torch.cat([model.get_submodule(g).weight.detach().abs() for g in graph.gates])
+        count = graph.parameter_count(model, float(gammas[gammas > 0].min()))
+        assert count <= parameter_budget(model, 600 * stage / 3), stage
+
+
+def test_channel_granularity_needs_batchnorm_gates():
+    """``granularity: channels`` without BatchNorm in the model is refused before training, naming the key."""
+    with pytest.raises(RecipeError, match="granularity"):
+        Trainer(_recipe(MLP, "gmp", target=0.5, granularity="channels"), None)
 
 
 @pytest.mark.parametrize(
@@ -178,6 +236,7 @@ def test_network_slimming_meets_the_budget_and_holds_masks(tmp_path):
         ("lr-rewinding", {"prune_at": 1.0}, "prune_at"),
         ("gmp", {"begin": 0.5, "end": 0.4}, "end"),
         ("network-slimming", {"strength": -1.0}, "strength"),
+        ("gmp", {"granularity": "filters"}, "granularity"),
     ],
 )
 def test_option_errors_name_the_key(method, options, key):

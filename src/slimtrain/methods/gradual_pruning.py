@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import MaskedTrainingMethod, magnitude_masks, phase_step
+from slimtrain.methods.masked import Granularity, MaskedTrainingMethod, phase_step, pruning_masks
 from slimtrain.pruning import cubic_sparsity
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
@@ -30,6 +30,10 @@ class GradualPruningOptions(BaseModel):
         begin: Fraction of the run's steps before the first pruning.
         end: Fraction of the run's steps at which the target is reached (the rest fine-tunes).
         frequency: Steps between mask updates (Δt).
+        granularity: ``weights`` (default): one global magnitude threshold over conv and linear weights,
+            ``target`` = fraction of those weights; ``channels``: whole BatchNorm-gated channels ranked by
+            ``|γ|`` with their conv slices, ``target`` = fraction of all parameters (the budget of structured
+            SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +42,7 @@ class GradualPruningOptions(BaseModel):
     begin: float = Field(0.1, ge=0.0, lt=1.0)
     end: float = Field(0.7, gt=0.0, le=1.0)
     frequency: int = Field(10, ge=1)
+    granularity: Granularity = "weights"
 
     @model_validator(mode="after")
     def _ordered(self) -> GradualPruningOptions:
@@ -72,7 +77,7 @@ class GradualMagnitudePruning(MaskedTrainingMethod):
         """Update the masks when the schedule's sparsity rises, then one ordinary step."""
         sparsity = self.sparsity_at(ctx.step, ctx.total_steps)
         if sparsity > self.sparsity:
-            self.set_masks(model, magnitude_masks(model, sparsity))
+            self.set_masks(model, pruning_masks(model, self.options.granularity, sparsity))
             self.stage += 1
             self.sparsity = sparsity
         return super().training_step(model, inputs, targets, ctx)
@@ -89,5 +94,5 @@ class GradualMagnitudePruning(MaskedTrainingMethod):
     def finalize(self, model: nn.Module) -> None:
         """Prune to the target if the run stopped before the schedule's end (``max_steps``)."""
         if self.sparsity < self.options.target:
-            self.set_masks(model, magnitude_masks(model, self.options.target))
+            self.set_masks(model, pruning_masks(model, self.options.granularity, self.options.target))
             self.sparsity = self.options.target

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import MaskedTrainingMethod, magnitude_masks, phase_step
+from slimtrain.methods.masked import Granularity, MaskedTrainingMethod, phase_step, pruning_masks
 from slimtrain.train.method import StepContext, StepOutput, register_method
 from slimtrain.train.schedule import LRSchedule
 
@@ -31,6 +31,10 @@ class MagnitudePruningOptions(BaseModel):
         prune_at: Fraction of the run's steps trained dense before the first pruning, in [0, 1).
         iterations: k, the number of prune/fine-tune iterations (1: one-shot).
         rewind_lr: Replay the learning-rate schedule from its start in every fine-tuning iteration.
+        granularity: ``weights`` (default): one global magnitude threshold over conv and linear weights,
+            ``target`` = fraction of those weights; ``channels``: whole BatchNorm-gated channels ranked by
+            ``|γ|`` with their conv slices, ``target`` = fraction of all parameters (the budget of structured
+            SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,6 +43,7 @@ class MagnitudePruningOptions(BaseModel):
     prune_at: float = Field(0.5, ge=0.0, lt=1.0)
     iterations: int = Field(1, ge=1)
     rewind_lr: bool = False
+    granularity: Granularity = "weights"
 
 
 class LRRewindingOptions(MagnitudePruningOptions):
@@ -51,8 +56,9 @@ class LRRewindingOptions(MagnitudePruningOptions):
 class MagnitudePruningFineTune(MaskedTrainingMethod):
     """Dense training, then k global magnitude pruning + masked fine-tuning iterations, at equal epochs.
 
-    Ends with exactly ⌊target·n⌋ conv and linear weights at zero. With ``iterations: 1`` and the default
-    options this is "SGD + magnitude pruning with retraining".
+    Ends with exactly ⌊target·n⌋ conv and linear weights at zero (``granularity: channels``: whole channels
+    removed to the parameter budget). With ``iterations: 1`` and the default options this is "SGD +
+    magnitude pruning with retraining".
     """
 
     name = "magnitude-ft"
@@ -65,7 +71,8 @@ class MagnitudePruningFineTune(MaskedTrainingMethod):
         return [start + i * (total_steps - start) // k for i in range(k)]
 
     def _prune(self, model: nn.Module, stage: int) -> None:
-        self.set_masks(model, magnitude_masks(model, self.options.target, stage, self.options.iterations))
+        opts = self.options
+        self.set_masks(model, pruning_masks(model, opts.granularity, opts.target, stage, opts.iterations))
         self.stage = stage
 
     def training_step(

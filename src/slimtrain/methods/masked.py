@@ -8,17 +8,31 @@ comparison with SWD is at equal total epochs.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from fractions import Fraction
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from slimtrain.pruning import MaskSet, global_magnitude_masks, removal_count
-from slimtrain.swd import population_weights
+from slimtrain.swd import ChannelGraph, ChannelSelection, population_weights
+from slimtrain.swd.budget import Bisection
+from slimtrain.train.config import RecipeError
 from slimtrain.train.method import Method
 
-__all__ = ["MaskedTrainingMethod", "magnitude_masks", "phase_step"]
+__all__ = [
+    "Granularity",
+    "MaskedTrainingMethod",
+    "channel_masks",
+    "fraction_to_permille",
+    "magnitude_masks",
+    "phase_step",
+    "pruning_masks",
+]
+
+Granularity = Literal["weights", "channels"]
 
 
 def phase_step(fraction: float, total_steps: int) -> int:
@@ -38,11 +52,51 @@ def magnitude_masks(model: nn.Module, sparsity: float, stage: int = 1, stages: i
     return global_magnitude_masks(weights, stage * removal_count(n, sparsity) // stages)
 
 
+def fraction_to_permille(fraction: float) -> float:
+    """A removed fraction (0.995) as a per-mille target of :mod:`slimtrain.swd` (995), exactly."""
+    return float(Fraction(repr(float(fraction))) * 1000)
+
+
+def channel_masks(
+    model: nn.Module,
+    fraction: float,
+    bisection: Bisection = "corrected",
+    gates: Iterable[str] | None = None,
+) -> dict[str, Tensor]:
+    """Keep masks that remove whole channels to a parameter budget, ranked by BatchNorm ``|γ|``.
+
+    The gates, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD (spec
+    ``swd.md`` §2.6); γ, β of a removed channel and the conv slices reading or writing it are masked. Channels
+    already pruned have γ = 0, so a larger ``fraction`` removes a superset of them.
+
+    Raises:
+        ValueError: if the model has no BatchNorm gate the channel graph can trace.
+    """
+    selection = ChannelSelection(
+        model, fraction_to_permille(fraction), penalize_filters=True, bisection=bisection, gates=gates
+    )
+    return {s.name: ~s.removed for s in selection.select(model)}
+
+
+def pruning_masks(
+    model: nn.Module, granularity: Granularity, fraction: float, stage: int = 1, stages: int = 1
+) -> dict[str, Tensor]:
+    """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
+
+    ``"weights"``: :func:`magnitude_masks` over the conv and linear weights; ``"channels"``:
+    :func:`channel_masks` removing ``stage/stages·fraction`` of the model's parameters.
+    """
+    if granularity == "channels":
+        return channel_masks(model, fraction * stage / stages)
+    return magnitude_masks(model, fraction, stage, stages)
+
+
 class MaskedTrainingMethod(Method):
     """A method whose pruned entries are held at zero by masks re-applied after every optimizer step.
 
     Subclasses call :meth:`set_masks` when they prune; the masks and :attr:`stage` (how far the pruning
     schedule has gone) are checkpointed, so a resumed run holds the same masks and does not prune again.
+    Options with ``granularity: channels`` make the method a structured (``filter``) one.
     """
 
     levels_chosen = "during_training"
@@ -51,10 +105,22 @@ class MaskedTrainingMethod(Method):
 
     def __init__(self, options: Any, recipe: Any) -> None:
         super().__init__(options, recipe)
+        self.granularity: Granularity = getattr(options, "granularity", "weights")
+        if self.granularity == "channels":
+            self.structures = ("filter",)
         self.masks: dict[str, Tensor] | None = None
         self.stage = 0
         self._handle: RemovableHandle | None = None
         self._model: nn.Module | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Check, before any training, that ``granularity: channels`` finds BatchNorm gates in the model."""
+        if self.granularity == "channels":
+            try:
+                ChannelGraph.from_model(model)
+            except ValueError as exc:
+                raise RecipeError(f"'method.options.granularity': channels: {exc}") from exc
+        return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The recipe's optimizer, with the current masks (if any) re-applied after each of its steps."""

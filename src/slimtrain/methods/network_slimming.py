@@ -14,10 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import MaskedTrainingMethod, phase_step
-from slimtrain.methods.swd import fraction_to_permille
+from slimtrain.methods.masked import MaskedTrainingMethod, channel_masks, phase_step
 from slimtrain.pruning import slimming_penalty
-from slimtrain.swd import ChannelGraph, ChannelSelection
+from slimtrain.swd import ChannelGraph
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["NetworkSlimming", "NetworkSlimmingOptions"]
@@ -65,14 +64,8 @@ class NetworkSlimming(MaskedTrainingMethod):
         return slimming_penalty(gammas, self.options.strength, sign_bug=self.options.sign_bug)
 
     def _prune(self, model: nn.Module) -> None:
-        selection = ChannelSelection(
-            model,
-            fraction_to_permille(self.options.target),
-            penalize_filters=True,
-            bisection=self.options.bisection,
-            gates=self.graph.gates,
-        )
-        self.set_masks(model, {s.name: ~s.removed for s in selection.select(model)})
+        masks = channel_masks(model, self.options.target, self.options.bisection, self.graph.gates)
+        self.set_masks(model, masks)
         self.stage = 1
 
     def training_step(

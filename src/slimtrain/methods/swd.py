@@ -10,13 +10,13 @@ SWD term (spec §2.1).
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from slimtrain.methods.masked import fraction_to_permille
 from slimtrain.swd import ChannelSelection, MagnitudeSelection, SelectiveWeightDecay, prune_to_target
 from slimtrain.swd.selection import Selection
 from slimtrain.train.method import Method, StepContext, StepOutput, register_method, trainable_parameters
@@ -28,11 +28,6 @@ __all__ = [
     "StructuredSWDOptions",
     "fraction_to_permille",
 ]
-
-
-def fraction_to_permille(fraction: float) -> float:
-    """A removed fraction (0.995) as a per-mille target of :mod:`slimtrain.swd` (995), exactly."""
-    return float(Fraction(repr(float(fraction))) * 1000)
 
 
 class SWDOptions(BaseModel):
