@@ -62,6 +62,40 @@ def test_objective_non_increasing_after_every_block(compression):
     assert history[-1].objective.total < start
 
 
+class _UncachedNNBCD(NNBCD):
+    """NN-BCD that computes every product W_iV_{i−1} afresh."""
+
+    def _linear_map(self, index, weight):
+        self._linear_maps.clear()
+        return super()._linear_map(index, weight)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_reused_products_equal_fresh_ones(conv):
+    """Reusing the products W_iV_{i−1} changes nothing: Φ after every block and the final blocks are
+    exactly those of a solver that recomputes every product.
+    """
+    if conv:
+        gen = torch.Generator().manual_seed(0)
+        data = torch.rand(12, 1, 9, 9, generator=gen, dtype=DT), torch.randint(0, 3, (12,), generator=gen)
+        layer = Im2colConv(1, 4, (9, 9))
+        widths, compression = [layer.out_features, 12, 3], {1: (4, 4, 4, 4, 3)}
+    else:
+        data, layer = _data(), None
+        widths, compression = [8, 16, 16, 3], {0: (2, 4, 4, 4)}
+    runs = []
+    for cls in (NNBCD, _UncachedNNBCD):
+        copies = {i: TensorTrainCopy(modes, 2) for i, modes in compression.items()}
+        solver = cls(widths, conv=layer, tau=2.0, compression=copies, trace_blocks=True)
+        solver.setup(*data)
+        runs.append((solver, [solver.sweep().blocks for _ in range(3)]))
+    (cached, cached_trace), (fresh, fresh_trace) = runs
+    assert cached_trace == fresh_trace
+    for key in ("weights", "preactivations", "activations"):
+        for a, b in zip(getattr(cached, key), getattr(fresh, key), strict=True):
+            assert torch.equal(a, b), key
+
+
 def test_conv_first_layer_sweep_is_monotone_and_exports():
     """With an im2col first conv, Φ is non-increasing per block; the exported network matches the solver.
 

@@ -57,6 +57,7 @@ def update_weight(
     alpha: float,
     tau: float = 0.0,
     copy: torch.Tensor | None = None,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Steps 3 and 6: W = (αW^old + τT + ρUV_{prev}ᵀ)((α + τ)I + ρV_{prev}V_{prev}ᵀ)⁻¹.
 
@@ -71,6 +72,7 @@ def update_weight(
         alpha: α.
         tau: τ, used only with ``copy``.
         copy: The compressed copy T (𝒯(G^old) or W̃^old), or ``None``.
+        gram: V_{prev}V_{prev}ᵀ if already known (the fixed input of the first layer), else computed.
 
     Returns:
         The new W.
@@ -80,7 +82,7 @@ def update_weight(
     if copy is not None:
         shift += tau
         rhs = rhs + tau * copy
-    system = rho * (inputs @ inputs.T)
+    system = rho * (inputs @ inputs.T if gram is None else gram)
     system.diagonal().add_(shift)
     return solve_spd_right(rhs, system)
 

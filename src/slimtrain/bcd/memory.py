@@ -1,8 +1,8 @@
 """Up-front memory estimate for full-batch NN-BCD (spec nnbcd.md §6: U_i and V_i are d_i × N).
 
 NN-BCD keeps every pre-activation and activation of the whole training set, so memory grows linearly in
-N. The estimate counts the stored blocks, the largest per-layer temporaries of a sweep and the weight-sized
-work of the solves and TT-SVDs; it is an estimate, used to refuse a run before it starts rather than to
+N. The estimate counts the stored blocks, the cached products W_iV_{i−1}, the largest per-layer temporaries
+of a sweep and the weight-sized work of the solves and TT-SVDs; it is an estimate, used to refuse a run before it starts rather than to
 account for allocator overhead.
 """
 
@@ -41,7 +41,9 @@ def estimate_full_batch_bytes(
     Returns:
         Estimated bytes.
     """
-    per_sample = widths[0] + widths[-1] + 2 * sum(widths[1:]) + _TEMPORARY_BLOCKS * max(widths)
+    # X, Y, U_i and V_i; the cached products W_iV_{i−1} and the previous V_i they keep alive; temporaries.
+    per_sample = widths[0] + widths[-1] + 2 * sum(widths[1:])
+    per_sample += sum(widths[1:]) + sum(widths[1:-1]) + _TEMPORARY_BLOCKS * max(widths)
     fixed = _WEIGHT_COPIES * sum(a * b for a, b in itertools.pairwise(widths))
     fixed += _SOLVE_COPIES * max(widths) ** 2
     if conv is not None:
