@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from slimtrain.bcd import TTLinear
 from slimtrain.metrics import (
     conv2d_macs,
     conv_output_size,
@@ -176,3 +177,18 @@ def test_speedup_below_one_is_flagged():
     with pytest.warns(UserWarning, match="< 1"):
         assert theoretical_speedup(10, 20) == 0.5
     assert theoretical_speedup(20, 10) == 2.0
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_tt_layers_count_as_the_dense_product_at_every_batch_size(batch):
+    """metrics.md §4: an NN-BCD TT layer (dense weight rebuilt every forward) counts in·out MACs per sample,
+    the dense layer's count, whatever batch the reconstruction is spread over; speed-up 1 against it.
+    """
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(48, 64, bias=False), nn.ReLU(), nn.Linear(64, 10, bias=False))
+    tt = TTLinear.from_weight(dense[0].weight.detach(), (4, 4, 4, 4, 3, 4), 4)
+    model = nn.Sequential(tt, nn.ReLU(), dense[2])
+    macs = count_macs(model, torch.randn(batch, 48))
+    assert macs.factorized == {"0": 48 * 64}
+    assert macs.executed == macs.effective == 48 * 64 + 64 * 10
+    assert summarize(model, torch.randn(batch, 48), reference=dense)["theoretical_speedup"] == 1.0

@@ -1,9 +1,9 @@
 """Up-front memory estimate for full-batch NN-BCD (spec nnbcd.md §6: U_i and V_i are d_i × N).
 
 NN-BCD keeps every pre-activation and activation of the whole training set, so memory grows linearly in
-N. The estimate counts the stored blocks, the cached products W_iV_{i−1}, the largest per-layer temporaries
-of a sweep and the weight-sized work of the solves and TT-SVDs; it is an estimate, used to refuse a run before it starts rather than to
-account for allocator overhead.
+N. The estimate counts the stored blocks, the cached products W_iV_{i−1}, the largest per-layer
+temporaries of a sweep and the weight-sized work of the solves and TT-SVDs; it is an estimate, used to
+refuse a run before it starts rather than to account for allocator overhead.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ class TTLinear(nn.Module):
     Raises:
         ValueError: If the cores do not describe an ``out_features × in_features`` matrix.
     """
+
+    # The metrics count the dense product this layer runs (metrics.md §4), not the reconstruction.
+    macs_as_dense: ClassVar[bool] = True
 
     def __init__(
         self,

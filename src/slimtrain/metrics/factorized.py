@@ -31,6 +31,10 @@ class FactorizedLayer(Protocol):
 
     - Optional: a ``ranks`` attribute (an int or a tuple of ints), reported as ``ranks_per_layer``.
 
+    - Optional: ``macs_as_dense = True`` on a layer that stands for a Linear (``in_features``,
+      ``out_features``) and rebuilds the dense weight in every forward pass (storage compression only):
+      its MACs are then counted as the dense product, in·out per token, not as executed.
+
     The counting never descends into a factorized layer: Conv/Linear submodules it uses internally are
     counted as its factors, not as separate layers.
     """

@@ -8,7 +8,10 @@ Two sources are combined:
   output shapes (Conv: C_out·H_out·W_out·(C_in/groups)·k_h·k_w; Linear: in·out·tokens).
 
 Effective MACs follow the unstructured rule of ShrinkBench/SFW (per-layer dense MACs × weight density,
-masks honoured) for plain Conv/Linear layers, and count factorized layers and every other op as executed.
+masks honoured) for plain Conv/Linear layers, and count factorized layers and every other op as executed —
+except factorized linear layers with ``macs_as_dense = True`` (NN-BCD's TT layers, which rebuild the dense
+weight every forward pass): they count as the dense product they run, as metrics.md §4 prescribes, so the
+count does not depend on the batch size the reconstruction is spread over.
 All counts are per sample: totals over the example batch divided by its first dimension.
 """
 
@@ -94,7 +97,9 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     batch = inputs[0].shape[0]
     factorized = factorized_layers(model)
     per_layer: dict[str, int] = {}
-    handles = []
+    # Layers that rebuild their dense weight every forward count as the dense product they run (§4).
+    as_dense = {name: 0 for name, m in factorized.items() if getattr(m, "macs_as_dense", False)}
+    handles = [factorized[name].register_forward_hook(_make_hook(name, as_dense)) for name in as_dense]
     for name, m in model.named_modules():
         inside = any(name == f or name.startswith(f + ".") for f in factorized)
         if isinstance(m, DENSE_LAYER_TYPES) and not inside:
@@ -122,6 +127,9 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
         for name in factorized
     }
     executed = _per_sample(counter.get_total_flops() // 2, batch)
+    for name, dense in as_dense.items():
+        executed += _per_sample(dense, batch) - fact_macs[name]
+        fact_macs[name] = _per_sample(dense, batch)
     saved = sum(layer.dense - layer.effective for layer in layers)
     return MacsCount(executed=executed, effective=executed - saved, layers=layers, factorized=fact_macs)
 
@@ -130,8 +138,8 @@ def _make_hook(name: str, store: dict[str, int]):
     """Forward hook adding the dense MACs of one call of a Conv/Linear layer to ``store[name]``."""
 
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if isinstance(module, nn.Linear):
-            macs = output.numel() * module.in_features
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            macs = output.numel() * module.in_features  # Linear, or a factorized layer standing for one
         elif module.transposed:
             # Each input position is scattered through C_out/groups·k outputs.
             macs = args[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
