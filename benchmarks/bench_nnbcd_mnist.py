@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "storage_fraction_all": round(fractions.all, 4),
             "wall_seconds": round(wall, 1),
             "objective_rises": sum(bool(r.increased_terms) for r in history),
+            "tt_updates_rejected_by_safeguard": {i: c.rejected_updates for i, c in solver.copies.items()},
             "curve_iteration_train_test_objective": curve,
         })  # fmt: skip
         print(
