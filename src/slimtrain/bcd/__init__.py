@@ -13,6 +13,7 @@ from slimtrain.bcd.ratio import StorageFractions, module_storage_fractions, tt_s
 from slimtrain.bcd.relu_prox import relu_prox
 from slimtrain.bcd.solver import NNBCD, ObjectiveIncreaseWarning, SweepRecord
 from slimtrain.bcd.tt import TTSVDResult, tt_ranks, tt_reconstruct, tt_storage, tt_svd, tt_svd_matrix
+from slimtrain.bcd.tt_als import tt_als_sweep
 from slimtrain.bcd.tt_linear import TTLinear
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "module_storage_fractions",
     "penalized_objective",
     "relu_prox",
+    "tt_als_sweep",
     "tt_ranks",
     "tt_reconstruct",
     "tt_storage",

@@ -17,6 +17,7 @@ from torch import nn
 
 from slimtrain.bcd.prune import ThresholdRule, hard_threshold
 from slimtrain.bcd.tt import tt_reconstruct, tt_storage, tt_svd_matrix
+from slimtrain.bcd.tt_als import tt_als_sweep
 from slimtrain.bcd.tt_linear import TTLinear
 
 
@@ -63,14 +64,21 @@ class TensorTrainCopy(CompressedCopy):
     """TT copy 𝒯(G) with uniform capped rank, recomputed by TT-SVD of W each sweep (spec §2.4).
 
     TT-SVD is quasi-optimal, so a fresh projection can be farther from W than the previous cores and raise
-    Φ. With ``safeguard=True`` (default, corrected behaviour of spec §5) the old cores are kept whenever
-    ``‖W − 𝒯(G_new)‖ > ‖W − 𝒯(G_old)‖``, which makes the sweep monotone; ``safeguard=False`` always takes
-    the new cores as the reference code does.
+    Φ. With ``safeguard=True`` (default, corrected behaviour of spec §5), whenever
+    ``‖W − 𝒯(G_new)‖ > ‖W − 𝒯(G_old)‖`` the previous cores are refitted to W by one ALS sweep instead
+    (:func:`~slimtrain.bcd.tt_als.tt_als_sweep`, never farther from W than they were), so the sweep is
+    monotone and the copy still follows W. Merely keeping the old cores would also be monotone, but at low
+    ranks it rejects almost every update (W is pulled towards 𝒯(G_old), where TT-SVD does worst) and the copy
+    stalls near its initial value. ``safeguard=False`` always takes the TT-SVD cores, as the reference code
+    does.
 
     Args:
         modes: Mode tuple of the row-major reshape of the layer's d_out × d_in weight.
         rank: Requested uniform TT rank.
-        safeguard: Keep the old cores when the new ones are farther from W.
+        safeguard: Refit the old cores by ALS when the TT-SVD cores are farther from W.
+
+    Attributes:
+        rejected_updates: How many TT-SVD projections the safeguard replaced by an ALS refit.
     """
 
     def __init__(self, modes: Sequence[int], rank: int, safeguard: bool = True) -> None:
@@ -99,13 +107,17 @@ class TensorTrainCopy(CompressedCopy):
         self._matrix = tt_reconstruct(cores).reshape(weight.shape)
 
     def update(self, weight: torch.Tensor) -> torch.Tensor:
-        """Replace the cores by TT-SVD(W), unless the safeguard rejects them; W is unchanged."""
+        """Replace the cores by TT-SVD(W), or with the safeguard by the better refit; W is unchanged."""
         cores = tt_svd_matrix(weight, self.modes, self.rank).cores
         candidate = tt_reconstruct(cores).reshape(weight.shape)
-        if self.safeguard and torch.linalg.norm(weight - candidate) > torch.linalg.norm(weight - self.matrix):
+        previous = torch.linalg.norm(weight - self.matrix)
+        if self.safeguard and torch.linalg.norm(weight - candidate) > previous:
             self.rejected_updates += 1
-        else:
-            self.cores, self._matrix = cores, candidate
+            cores = tt_als_sweep(weight.reshape(self.modes), self.cores)
+            candidate = tt_reconstruct(cores).reshape(weight.shape)
+            if torch.linalg.norm(weight - candidate) > previous:  # only by rounding: keep the old cores
+                return weight
+        self.cores, self._matrix = cores, candidate
         return weight
 
     @property
