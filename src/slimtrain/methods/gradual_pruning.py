@@ -30,10 +30,8 @@ class GradualPruningOptions(BaseModel):
         begin: Fraction of the run's steps before the first pruning.
         end: Fraction of the run's steps at which the target is reached (the rest fine-tunes).
         frequency: Steps between mask updates (Δt).
-        granularity: ``weights`` (default): one global magnitude threshold over conv and linear weights,
-            ``target`` = fraction of those weights; ``channels``: whole BatchNorm-gated channels ranked by
-            ``|γ|`` with their conv slices, ``target`` = fraction of all parameters (the budget of structured
-            SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
+        granularity: ``weights`` (default) or ``channels`` (see
+            :func:`slimtrain.methods.masked.pruning_masks`).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -31,10 +31,8 @@ class MagnitudePruningOptions(BaseModel):
         prune_at: Fraction of the run's steps trained dense before the first pruning, in [0, 1).
         iterations: k, the number of prune/fine-tune iterations (1: one-shot).
         rewind_lr: Replay the learning-rate schedule from its start in every fine-tuning iteration.
-        granularity: ``weights`` (default): one global magnitude threshold over conv and linear weights,
-            ``target`` = fraction of those weights; ``channels``: whole BatchNorm-gated channels ranked by
-            ``|γ|`` with their conv slices, ``target`` = fraction of all parameters (the budget of structured
-            SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
+        granularity: ``weights`` (default) or ``channels`` (see
+            :func:`slimtrain.methods.masked.pruning_masks`).
     """
 
     model_config = ConfigDict(extra="forbid")

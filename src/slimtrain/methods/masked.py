@@ -83,8 +83,10 @@ def pruning_masks(
 ) -> dict[str, Tensor]:
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
-    ``"weights"``: :func:`magnitude_masks` over the conv and linear weights; ``"channels"``:
-    :func:`channel_masks` removing ``stage/stages·fraction`` of the model's parameters.
+    ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the conv and linear weights,
+    ``fraction`` of those weights. ``"channels"``: :func:`channel_masks`, whole BatchNorm-gated channels
+    ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
+    structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
     """
     if granularity == "channels":
         return channel_masks(model, fraction * stage / stages)
