@@ -26,7 +26,8 @@ class GradualPruningOptions(BaseModel):
     """Options of ``gmp``.
 
     Attributes:
-        target: Final fraction of conv and linear weights removed, in [0, 1).
+        target: Final fraction removed, in [0, 1): of the conv and linear weights (of all parameters with
+            ``granularity: channels``).
         begin: Fraction of the run's steps before the first pruning.
         end: Fraction of the run's steps at which the target is reached (the rest fine-tunes).
         frequency: Steps between mask updates (Δt).

@@ -27,7 +27,8 @@ class MagnitudePruningOptions(BaseModel):
     """Options of ``magnitude-ft``.
 
     Attributes:
-        target: Fraction of conv and linear weights removed at the end, in [0, 1).
+        target: Fraction removed at the end, in [0, 1): of the conv and linear weights (of all parameters
+            with ``granularity: channels``).
         prune_at: Fraction of the run's steps trained dense before the first pruning, in [0, 1).
         iterations: k, the number of prune/fine-tune iterations (1: one-shot).
         rewind_lr: Replay the learning-rate schedule from its start in every fine-tuning iteration.
