@@ -97,7 +97,34 @@ class _SpectralSet(ConstraintSet):
         return top_k_singular(grads, k, self.solver, self.power_iters, self.seed)
 
 
-class SpectralKSupportNormBall(_SpectralSet, KConstraintSet):
+class _SpectralKSet(_SpectralSet, KConstraintSet):
+    """A spectral set with an integer rank ``k`` (arguments of :class:`SpectralKSupportNormBall`)."""
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        k: int,
+        radius: float,
+        solver: SpectralSolver = "exact",
+        power_iters: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(rows, cols, radius, solver, power_iters, seed)
+        self.k = check_k(type(self).__name__, k, min(rows, cols))
+
+    @property
+    def k_max(self) -> int:
+        """``min(rows, cols)``."""
+        return self.rank_max
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        rows, cols = self.shape
+        return {"rows": rows, "cols": cols, "k": self.k, "radius": self.radius, **self._solver_config()}
+
+
+class SpectralKSupportNormBall(_SpectralKSet):
     """The spectral k-support ball: k-support norm of the singular values ``≤ r``.
 
     LMO: ``v = −r·G_k/‖G_k‖_F`` with ``G_k`` the best rank-``k`` approximation of ``G``, so
@@ -115,29 +142,6 @@ class SpectralKSupportNormBall(_SpectralSet, KConstraintSet):
 
     name = "spectral_k_support"
 
-    def __init__(
-        self,
-        rows: int,
-        cols: int,
-        k: int,
-        radius: float,
-        solver: SpectralSolver = "exact",
-        power_iters: int = 10,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(rows, cols, radius, solver, power_iters, seed)
-        self.k = check_k(type(self).__name__, k, min(rows, cols))
-
-    @property
-    def k_max(self) -> int:
-        """``min(rows, cols)``."""
-        return self.rank_max
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        rows, cols = self.shape
-        return {"rows": rows, "cols": cols, "k": self.k, "radius": self.radius, **self._solver_config()}
-
     def diameter_factor(self) -> float:
         """``D/r = 2``."""
         return 2.0
@@ -154,7 +158,7 @@ class SpectralKSupportNormBall(_SpectralSet, KConstraintSet):
         return g_k * (-radii / norms.view(-1, 1, 1))
 
 
-class SpectralKSparsePolytope(_SpectralSet, KConstraintSet):
+class SpectralKSparsePolytope(_SpectralKSet):
     """The spectral K-sparse polytope: ``{X : σ₁(X) ≤ r, ‖X‖_* ≤ k·r}``.
 
     LMO: ``v = −r·U_k·V_kᵀ`` from the top-``k`` SVD of ``G``, so ``⟨G, v⟩ = −r·Σ_{i≤k} σ_i(G)``.
@@ -162,29 +166,6 @@ class SpectralKSparsePolytope(_SpectralSet, KConstraintSet):
     """
 
     name = "spectral_k_sparse"
-
-    def __init__(
-        self,
-        rows: int,
-        cols: int,
-        k: int,
-        radius: float,
-        solver: SpectralSolver = "exact",
-        power_iters: int = 10,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(rows, cols, radius, solver, power_iters, seed)
-        self.k = check_k(type(self).__name__, k, min(rows, cols))
-
-    @property
-    def k_max(self) -> int:
-        """``min(rows, cols)``."""
-        return self.rank_max
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        rows, cols = self.shape
-        return {"rows": rows, "cols": cols, "k": self.k, "radius": self.radius, **self._solver_config()}
 
     def diameter_factor(self) -> float:
         """``D/r = 2√k``."""
