@@ -11,7 +11,8 @@ accuracies are recorded. The baselines keep their recipe settings.
 - ``--full``: Fashion-MNIST, LeNet-300-100 MLP, 3 seeds, five targets; fewer epochs than the recipes so the
   run fits about 45 CPU-minutes (the epoch count is recorded). Needs ``--data-dir`` or
   ``$SLIMTRAIN_DATA_DIR``. ``--epochs N`` trains every method N epochs instead (results
-  ``swd_fidelity_<N>ep``), to see how the ordering changes with the training budget.
+  ``swd_fidelity_<N>ep``), to see how the ordering changes with the training budget; ``--model lenet5``
+  runs the ``lenet5-*`` recipes (LeNet-5) instead of the MLP.
 """
 
 from __future__ import annotations
@@ -66,14 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="--full only: epochs per run (default 6; results swd_fidelity_<N>ep)",
     )
+    parser.add_argument(
+        "--model",
+        choices=("mlp", "lenet5"),
+        default="mlp",
+        help="the model of the recipes (lenet5: results swd_fidelity_lenet5[_<N>ep])",
+    )
     args = parser.parse_args(argv)
-    name = "swd_fidelity" if args.epochs is None else f"swd_fidelity_{args.epochs}ep"
+    name = "swd_fidelity" + ("" if args.model == "mlp" else f"_{args.model}")
+    name += "" if args.epochs is None else f"_{args.epochs}ep"
     out = args.output or Path("runs/bench") / name
     if args.full:
         if not args.data_dir:
             print("--full needs --data-dir or $SLIMTRAIN_DATA_DIR", file=sys.stderr)
             return 2
-        folder, model, baseline = CONFIGS / "fashion-mnist", "mlp", "mlp-magnitude-ft"
+        folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
         seeds = args.seeds or [0, 1, 2]
         epochs, levels = args.epochs or 6, [0.9, 0.95, 0.98, 0.99, 0.995]
         candidates = [1e3, 1e4, 1e5, 1e6, 1e7]
@@ -81,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
         overrides = [f"train.epochs={epochs}"]
     else:
-        folder, model, baseline = CONFIGS / "fashion-mnist", "mlp", "mlp-magnitude-ft"
+        folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
         seeds = args.seeds or [0]
         epochs, levels, candidates = 10, [0.9, 0.99], [1e4, 1e5]
-        overrides = [
-            "data.name=digits",
-            "data.val_fraction=0.15",
-            "model.kwargs.widths=[256,256]",
-            f"train.epochs={epochs}",
-        ]
+        overrides = ["data.name=digits", "data.val_fraction=0.15", f"train.epochs={epochs}"]
+        if model == "mlp":
+            overrides.append("model.kwargs.widths=[256,256]")
     overrides.append(f"evaluation.levels={levels}")
     recipes = [folder / f"{model}-{method}.yaml" for method in METHODS]
     a_max, scores = _tune_a_max(recipes[0], candidates, max(levels), overrides, out / "tuning")
