@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     name = "swd_fidelity" + ("" if args.model == "mlp" else f"_{args.model}")
     name += "" if args.epochs is None else f"_{args.epochs}ep"
     out = args.output or Path("runs/bench") / name
+    folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
     if args.full:
         if not args.data_dir:
             print("--full needs --data-dir or $SLIMTRAIN_DATA_DIR", file=sys.stderr)
             return 2
-        folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
         seeds = args.seeds or [0, 1, 2]
         epochs, levels = args.epochs or 6, [0.9, 0.95, 0.98, 0.99, 0.995]
         candidates = [1e3, 1e4, 1e5, 1e6, 1e7]
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
         overrides = [f"train.epochs={epochs}"]
     else:
-        folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
         seeds = args.seeds or [0]
         epochs, levels, candidates = 10, [0.9, 0.99], [1e4, 1e5]
         overrides = ["data.name=digits", "data.val_fraction=0.15", f"train.epochs={epochs}"]

@@ -110,13 +110,14 @@ class TensorTrainCopy(CompressedCopy):
         """Replace the cores by TT-SVD(W), or with the safeguard by the better refit; W is unchanged."""
         cores = tt_svd_matrix(weight, self.modes, self.rank).cores
         candidate = tt_reconstruct(cores).reshape(weight.shape)
-        previous = torch.linalg.norm(weight - self.matrix)
-        if self.safeguard and torch.linalg.norm(weight - candidate) > previous:
-            self.rejected_updates += 1
-            cores = tt_als_sweep(weight.reshape(self.modes), self.cores)
-            candidate = tt_reconstruct(cores).reshape(weight.shape)
-            if torch.linalg.norm(weight - candidate) > previous:  # only by rounding: keep the old cores
-                return weight
+        if self.safeguard:
+            previous = torch.linalg.norm(weight - self.matrix)
+            if torch.linalg.norm(weight - candidate) > previous:
+                self.rejected_updates += 1
+                cores = tt_als_sweep(weight.reshape(self.modes), self.cores)
+                candidate = tt_reconstruct(cores).reshape(weight.shape)
+                if torch.linalg.norm(weight - candidate) > previous:  # only by rounding: keep the old cores
+                    return weight
         self.cores, self._matrix = cores, candidate
         return weight
 
