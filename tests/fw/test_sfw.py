@@ -182,6 +182,27 @@ def test_missing_gradient_counts_as_zero_and_keeps_feasibility():
     assert sets[1].is_feasible(b)
 
 
+@pytest.mark.parametrize("numel", [4, 5000], ids=["stacked", "alone"])
+def test_vanishing_direction_gives_zero_vertex_in_the_optimizer(numel):
+    """A direction of norm below 1e-10 moves θ toward v = 0, not toward a unit vertex (spec §2.2 step 3).
+
+    Small units are stacked into one LMO call and large ones are not; the guard must hold for both, next
+    to a unit with an ordinary gradient in the same bucket.
+    """
+    a, b = nn.Parameter(torch.randn(numel, dtype=D)), nn.Parameter(torch.randn(numel, dtype=D))
+    sets = [KSupportNormBall(numel, 2, 1.0), KSupportNormBall(numel, 2, 1.0)]
+    opt = SFW([{"params": [a, b], "constraint": sets}], lr=0.5, rescale="diameter", initial_shift=False)
+    before = b.detach().clone()
+    a.grad = torch.randn(numel, dtype=D)
+    b.grad = torch.full((numel,), 1e-14, dtype=D)
+    opt.step()
+    gamma = 0.5 / sets[1].diameter
+    torch.testing.assert_close(
+        b.detach(), torch.lerp(before, torch.zeros_like(before), gamma), rtol=0, atol=0
+    )
+    assert not torch.equal(a.detach(), before)
+
+
 class _Tiny(nn.Module):
     def __init__(self):
         super().__init__()

@@ -88,7 +88,8 @@ class ConstraintSet(ABC):
                 radius 0 gets ``v = 0``.
 
         Returns:
-            The minimizers, shape ``(b, *self.shape)``.
+            The minimizers, shape ``(b, *self.shape)``: a new tensor, never ``grads`` or a view of it
+            (the optimizer writes into it).
         """
 
     @abstractmethod

@@ -218,28 +218,31 @@ class SFW(Optimizer):
         directions = self._momentum(group, params)
         plan = self._plan(group, self._current_constraints(group))
         units = self._units(group)
+        sizes = [len(u) for u in units]
         dir_by_param = dict(zip(map(id, params), directions, strict=True))
-        # Norms, zero-gradient guards and step sizes are computed once for all units of the group, so that
-        # per bucket only the LMO, the gap and the convex combination are launched.
-        m_norms = _unit_norms(units, dir_by_param)
+        # Only the LMO runs per bucket (on the directions, stacked or viewed); norms, gaps, step sizes and the
+        # convex combination run once over all of the group's tensors with fused (foreach) kernels.
+        m_norms = _unit_norms(directions, sizes)
         radii, factors = plan.radii(m_norms)
-        active = torch.where(m_norms < ZERO_GRAD_NORM, 0.0, radii)
-        batches, gaps = [], []
-        for bucket in plan.buckets:
-            theta, in_place = _gather_units([units[i] for i in bucket.indices], bucket.rep.shape)
+        vertices: list[Tensor] = []
+        for bucket, column in zip(plan.buckets, plan.radius_columns(m_norms), strict=True):
             m, _ = _gather_units(
                 [[dir_by_param[id(p)] for p in units[i]] for i in bucket.indices], bucket.rep.shape
             )
-            v = bucket.rep.lmo_rows(m, _column(active[bucket.index].to(m.dtype), m.dim()))
-            if group["rescale"] == "gradient":
-                gaps.append(torch.linalg.vector_norm((theta - v).flatten(1), dim=1))
-            batches.append((bucket, theta, in_place, v))
-        gaps_all = torch.cat(gaps)[plan.order] if gaps else None
-        gamma = _step_size(group["rescale"], float(group["lr"]), m_norms, gaps_all, radii * factors)
-        for bucket, theta, in_place, v in batches:
-            theta.lerp_(v, _column(gamma[bucket.index].to(theta.dtype), theta.dim()))
-            if not in_place:
-                _write_back([units[i] for i in bucket.indices], theta)
+            rows = bucket.rep.lmo_rows(m, column if column.dtype == m.dtype else column.to(m.dtype)).unbind(0)
+            vertices.extend(_split_row(row, units[i]) for i, row in zip(bucket.indices, rows, strict=True))
+        by_unit = [vertices[j] for j in plan.order]
+        # v = 0 where the direction vanishes (spec §2.2 step 3).
+        for i in (m_norms < ZERO_GRAD_NORM).nonzero().flatten().tolist():
+            for v in by_unit[i]:
+                v.zero_()
+        flat_vertices = [v for unit in by_unit for v in unit]
+        gaps = None
+        if group["rescale"] == "gradient":
+            gaps = _unit_norms(torch._foreach_sub(params, flat_vertices), sizes)
+        gamma = _step_size(group["rescale"], float(group["lr"]), m_norms, gaps, radii * factors)
+        weights = [g for g, n in zip(gamma.tolist(), sizes, strict=True) for _ in range(n)]
+        torch._foreach_lerp_(params, flat_vertices, weights)
         for p in params:
             self.state[p]["step"] = step + 1
 
@@ -268,9 +271,9 @@ class SFW(Optimizer):
     def _shift_group(self, group: dict[str, Any], constraints: list[ConstraintSet]) -> None:
         units = self._units(group)
         plan = self._plan(group, constraints)
-        for bucket in plan.buckets:
+        for bucket, column in zip(plan.buckets, plan.radius_columns(group["params"][0]), strict=True):
             theta, in_place = _gather_units([units[i] for i in bucket.indices], bucket.rep.shape)
-            radii = plan.radii(theta)[0][bucket.index].to(theta.dtype)
+            radii = column.flatten().to(theta.dtype)
             theta.mul_(_column(bucket.rep.shift_factors(theta, radii), theta.dim()))
             if not in_place:
                 _write_back([units[i] for i in bucket.indices], theta)
@@ -297,21 +300,27 @@ class _Plan:
         for bucket in self.buckets:
             bucket.index = torch.tensor(bucket.indices, dtype=torch.long)
         # Position of every unit in the concatenation of the buckets' rows.
-        self.order = torch.argsort(torch.cat([b.index for b in self.buckets]))
+        self.order = torch.argsort(torch.cat([b.index for b in self.buckets])).tolist()
         self._radii = [c.radius for c in constraints]
         self._factors = [c.diameter_factor() for c in constraints]
-        self._tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, list[Tensor]]] = {}
 
     def radii(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Radii and diameter factors ``D/r`` of all units, each of shape ``(units,)``, like ``like``."""
+        return self._cached(like)[:2]  # type: ignore[return-value]
+
+    def radius_columns(self, like: Tensor) -> list[Tensor]:
+        """Every bucket's radii as a column broadcastable against its batch of directions."""
+        return self._cached(like)[2]
+
+    def _cached(self, like: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         key = (like.device, like.dtype)
         if key not in self._tensors:
-            self._tensors[key] = tuple(
+            radii, factors = (
                 torch.tensor(v, dtype=like.dtype, device=like.device) for v in (self._radii, self._factors)
             )
-            for bucket in self.buckets:
-                bucket.index = bucket.index.to(like.device)
-            self.order = self.order.to(like.device)
+            columns = [_column(radii[b.index.to(like.device)], len(b.rep.shape) + 1) for b in self.buckets]
+            self._tensors[key] = (radii, factors, columns)
         return self._tensors[key]
 
 
@@ -344,13 +353,18 @@ def _column(x: Tensor, ndim: int) -> Tensor:
     return x.view(-1, *([1] * (ndim - 1)))
 
 
-def _unit_norms(units: list[list[Tensor]], tensor_of: dict[int, Tensor]) -> Tensor:
-    """L2 norm of every unit's direction, shape ``(units,)``, from one fused norm over all tensors."""
-    flat = [tensor_of[id(p)] for u in units for p in u]
-    norms = torch.stack(torch._foreach_norm(flat))
-    if len(flat) == len(units):
+def _split_row(row: Tensor, unit: list[Tensor]) -> list[Tensor]:
+    """One LMO output row shaped like the unit's parameters (views, unless a stacked bucket mixed dtypes)."""
+    chunks = [row] if len(unit) == 1 else row.reshape(-1).split([p.numel() for p in unit])
+    views = [chunk.view_as(p) for p, chunk in zip(unit, chunks, strict=True)]
+    return [v if v.dtype == p.dtype else v.to(p.dtype) for p, v in zip(unit, views, strict=True)]
+
+
+def _unit_norms(tensors: list[Tensor], sizes: list[int]) -> Tensor:
+    """L2 norm of every unit (``sizes[i]`` consecutive tensors), shape ``(units,)``, from one fused norm."""
+    norms = torch.stack(torch._foreach_norm(tensors))
+    if len(tensors) == len(sizes):
         return norms
-    sizes = [len(u) for u in units]
     return torch.stack([n.square().sum().sqrt() for n in norms.split(sizes)])
 
 
