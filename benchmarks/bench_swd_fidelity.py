@@ -3,9 +3,10 @@
 Unstructured targets 90–99.5 % removed on one model, several seeds: SWD (hard pruning at the end, no
 fine-tuning) against magnitude pruning + fine-tuning (Han et al.), learning-rate rewinding (Renda et al.) and
 gradual magnitude pruning (Zhu & Gupta), every method training for the same number of epochs in total (the
-baselines prune and fine-tune inside that budget). Before the comparison a small tuning budget picks SWD's
-``a_max`` on the validation split (seed 0, the hardest target); the values tried and their validation
-accuracies are recorded. The baselines keep their recipe settings.
+baselines prune and fine-tune inside that budget). Before the comparison every method gets the same small
+tuning budget — five values of its key hyperparameter (``TUNING``), chosen by the validation accuracy after
+pruning at the hardest target with seed 0 — and the values tried and their validation accuracies are
+recorded (``<name>_tuning.json``).
 
 - ``--quick``: digits MLP, few epochs, one seed, two targets (a smoke run).
 - ``--full``: Fashion-MNIST, LeNet-300-100 MLP, 3 seeds, five targets; fewer epochs than the recipes so the
@@ -29,22 +30,32 @@ from benchmarks.harness import DEFAULT_RESULTS_DIR
 from slimtrain.experiments.compare import compare
 
 METHODS = ("swd", "magnitude-ft", "lr-rewinding", "gmp")
+# The tuning budget, the same for every method: five values of the option that decides how hard the method
+# can push sparsity — SWD's final penalty, the number of prune/fine-tune rounds of Han et al. and of Renda
+# et al., and when GMP's cubic schedule reaches the target.
+TUNING: dict[str, tuple[str, list[float]]] = {
+    "swd": ("a_max", [1e3, 1e4, 1e5, 1e6, 1e7]),
+    "magnitude-ft": ("iterations", [1, 2, 3, 5, 8]),
+    "lr-rewinding": ("iterations", [1, 2, 3, 5, 8]),
+    "gmp": ("end", [0.3, 0.5, 0.7, 0.8, 0.9]),
+}
 
 
-def _tune_a_max(
-    swd_recipe: Path, candidates: list[float], level: float, overrides: list[str], out: Path
+def _tune(
+    recipe: Path, option: str, candidates: list[float], level: float, overrides: list[str], out: Path
 ) -> tuple[float, dict[str, float]]:
-    """Validation accuracy after pruning at ``level`` for each ``a_max`` (seed 0); return the best."""
+    """Validation accuracy after pruning at ``level`` for each value of ``option`` (seed 0); the best."""
     scores = {}
-    for a_max in candidates:
+    for value in candidates:
         result = compare(
-            [swd_recipe],
-            out / f"a_max-{a_max:g}",
+            [recipe],
+            out / f"{option}-{value:g}",
             seeds=[0],
-            overrides=[*overrides, f"method.options.a_max={a_max}", f"evaluation.levels=[{level}]"],
+            overrides=[*overrides, f"method.options.{option}={value}", f"evaluation.levels=[{level}]"],
         )
-        scores[f"{a_max:g}"] = result["rows"][0]["val_acc_compressed_no_ft"]
-    best = max(candidates, key=lambda a: scores[f"{a:g}"])
+        scores[f"{value:g}"] = result["rows"][0]["val_acc_compressed_no_ft"]
+    # The first of equal scores wins, so ties go to the smaller value (the cheaper setting for rounds).
+    best = max(candidates, key=lambda v: scores[f"{v:g}"])
     return best, scores
 
 
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "swd_fidelity" + ("" if args.model == "mlp" else f"_{args.model}")
     name += "" if args.epochs is None else f"_{args.epochs}ep"
-    out = args.output or Path("runs/bench") / name
+    out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
     folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
     if args.full:
         if not args.data_dir:
@@ -84,28 +95,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seeds = args.seeds or [0, 1, 2]
         epochs, levels = args.epochs or 6, [0.9, 0.95, 0.98, 0.99, 0.995]
-        candidates = [1e3, 1e4, 1e5, 1e6, 1e7]
+        tuning_grid = TUNING
         # By environment, so no absolute path enters the recorded overrides.
         os.environ["SLIMTRAIN_DATA_DIR"] = str(args.data_dir)
         overrides = [f"train.epochs={epochs}"]
     else:
         seeds = args.seeds or [0]
-        epochs, levels, candidates = 10, [0.9, 0.99], [1e4, 1e5]
+        epochs, levels = 10, [0.9, 0.99]
+        tuning_grid = {method: (option, values[1:3]) for method, (option, values) in TUNING.items()}
         overrides = ["data.name=digits", "data.val_fraction=0.15", f"train.epochs={epochs}"]
         if model == "mlp":
             overrides.append("model.kwargs.widths=[256,256]")
     overrides.append(f"evaluation.levels={levels}")
     recipes = [folder / f"{model}-{method}.yaml" for method in METHODS]
-    a_max, scores = _tune_a_max(recipes[0], candidates, max(levels), overrides, out / "tuning")
-    recipes[0] = _recipe_with(recipes[0], out / "tuned", {"a_max": a_max})
-    tuning = {
+    tuning: dict[str, object] = {
         "model": model,
         "epochs (every method, total)": epochs,
         "target used for tuning": max(levels),
-        "swd a_max tried: validation accuracy after pruning (seed 0)": scores,
-        "swd a_max chosen": a_max,
-        "baselines": "recipe settings, not tuned",
     }
+    for i, method in enumerate(METHODS):
+        option, candidates = tuning_grid[method]
+        best, scores = _tune(recipes[i], option, candidates, max(levels), overrides, out / "tuning" / method)
+        recipes[i] = _recipe_with(recipes[i], out / "tuned", {option: best})
+        tuning[f"{method} {option} tried: validation accuracy after pruning (seed 0)"] = scores
+        tuning[f"{method} {option} chosen"] = best
     status = run_fidelity(
         name,
         argv,

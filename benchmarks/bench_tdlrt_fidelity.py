@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         baseline = "dense-sgd"
     name = "tdlrt_fidelity"
-    output = args.output or Path("runs/bench") / name
+    output = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
     status = run_fidelity(
         name, argv, recipes, baseline=baseline, overrides=overrides, seeds=seeds, output=output
     )

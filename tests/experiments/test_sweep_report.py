@@ -95,3 +95,27 @@ def test_compare_refuses_different_models(tmp_path):
     with pytest.raises(RecipeError, match="differ in 'model'"):
         compare([tmp_path / "a.yaml", tmp_path / "b.yaml"], tmp_path / "out")
     assert not (tmp_path / "out" / "compare.json").exists()
+
+
+def test_compare_refuses_to_reuse_a_run_of_another_recipe(tmp_path):
+    """A finished run in the output folder is reused only if it was trained from the same recipe.
+
+    Otherwise the comparison would silently report the old run (say, a smoke run on other data) under the
+    new recipe's name; it stops, names the differing key, and leaves the stored run as it was.
+    """
+    from slimtrain.train.config import RecipeError
+
+    path = tmp_path / "a.yaml"
+    tree = {**TREE, "name": "a", "train": {**TREE["train"], "epochs": 1}}
+    path.write_text(yaml.safe_dump(tree))
+    compare([path], tmp_path / "cmp", seeds=[0])
+    stored = (tmp_path / "cmp" / "a" / "seed0" / "results.json").read_bytes()
+
+    quiet = {**tree, "train": {**tree["train"], "progress": True}}
+    path.write_text(yaml.safe_dump(quiet))
+    compare([path], tmp_path / "cmp", seeds=[0])  # display settings do not change the run: reused
+
+    path.write_text(yaml.safe_dump({**tree, "optimizer": {"lr": 0.2}}))
+    with pytest.raises(RecipeError, match=r"optimizer\.lr: 0\.1 → 0\.2"):
+        compare([path], tmp_path / "cmp", seeds=[0])
+    assert (tmp_path / "cmp" / "a" / "seed0" / "results.json").read_bytes() == stored

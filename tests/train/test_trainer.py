@@ -82,3 +82,17 @@ def test_unwritable_output_fails_before_training(tmp_path):
     with pytest.raises(OSError):
         trainer.fit()
     assert trainer.step == 0
+
+
+def test_resume_refuses_a_run_of_another_recipe(tmp_path):
+    """Resuming under a changed recipe would continue someone else's run; it stops and names the key."""
+    from slimtrain.train.config import RecipeError
+
+    Trainer(
+        recipe_from_dict({**SMALL, "name": "a", "train": {**SMALL["train"], "max_steps": 3}}), tmp_path
+    ).fit()
+    before = (tmp_path / "recipe.yaml").read_text()
+    changed = recipe_from_dict({**SMALL, "name": "a", "optimizer": {"lr": 0.2}})
+    with pytest.raises(RecipeError, match=r"optimizer\.lr: 0\.05 → 0\.2.*train\.max_steps: 3 → None"):
+        Trainer(changed, tmp_path).fit(resume=True)
+    assert (tmp_path / "recipe.yaml").read_text() == before

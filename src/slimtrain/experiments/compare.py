@@ -20,7 +20,7 @@ from slimtrain.io import atomic_write_text
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, RecipeError, load_recipe
 from slimtrain.train.method import get_method_class
-from slimtrain.train.trainer import Trainer
+from slimtrain.train.trainer import Trainer, check_resumable
 
 COMPARE_FILE = "compare.json"
 _SHARED_SECTIONS = ("data", "model")
@@ -124,6 +124,7 @@ def compare(
         for seed in seeds if seeds is not None else [recipe.seed]:
             for run, level in _runs_of(recipe, seed):
                 run_dir = _run_dir(out, run, seed, level)
+                check_resumable(run_dir, run)
                 if CheckpointStore(run_dir / "checkpoints").load_latest(final_only=True) is None:
                     Trainer(run, run_dir).fit(resume=True)
                 rows.extend(sweep(run_dir, structure=structure, latency=latency))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -114,6 +115,61 @@ def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponen
 def run_directory(recipe: Recipe) -> Path:
     """Where a recipe's run writes its files: ``<output_dir>/<name>``."""
     return Path(recipe.output_dir) / recipe.name
+
+
+# Keys that do not change what a run computes, so a run may be resumed or reused with other values:
+# where files go, how progress is shown and logged, where it runs, and how it is evaluated afterwards.
+_NOT_COMPUTED = (
+    "output_dir",
+    "train.progress",
+    "train.tensorboard",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.device",
+    "train.threads",
+    "evaluation",
+)
+
+
+def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
+    """Refuse to resume or reuse the run in ``run_dir`` if it was trained from a different recipe.
+
+    A run directory without a stored ``recipe.yaml`` passes. Only keys that change what is trained are
+    compared (not, e.g., ``output_dir``, ``train.progress`` or the ``evaluation`` section).
+
+    Raises:
+        RecipeError: naming the directory and every key whose value differs (stored → requested).
+    """
+    stored_path = Path(run_dir) / "recipe.yaml"
+    if not stored_path.exists():
+        return
+    try:
+        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
+    wanted = _flatten(recipe.model_dump(mode="json"))
+    differ = sorted(
+        key
+        for key in stored.keys() | wanted.keys()
+        if stored.get(key) != wanted.get(key)
+        and not any(key == k or key.startswith(k + ".") for k in _NOT_COMPUTED)
+    )
+    if differ:
+        details = "; ".join(f"{k}: {stored.get(k)!r} → {wanted.get(k)!r}" for k in differ)
+        raise RecipeError(
+            f"{run_dir} holds a run of a different recipe ({details}); "
+            "use another output directory or delete that run"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "options":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class Trainer:
@@ -236,6 +292,8 @@ class Trainer:
         """
         self._check_output_writable()
         recipe, comp = self.recipe, self.components
+        if resume:
+            check_resumable(self.run_dir, recipe)
         if self.world.is_main:
             atomic_write_text(self.run_dir / "recipe.yaml", recipe.to_yaml())
         resumed = resume and self._restore()
