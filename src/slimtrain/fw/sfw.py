@@ -224,7 +224,7 @@ class SFW(Optimizer):
         # convex combination run once over all of the group's tensors with fused (foreach) kernels.
         m_norms = _unit_norms(directions, sizes)
         radii, factors = plan.radii(m_norms)
-        vertices: list[Tensor] = []
+        vertices: list[list[Tensor]] = []  # per unit, in bucket order
         for bucket, column in zip(plan.buckets, plan.radius_columns(m_norms), strict=True):
             m, _ = _gather_units(
                 [[dir_by_param[id(p)] for p in units[i]] for i in bucket.indices], bucket.rep.shape
