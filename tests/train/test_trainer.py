@@ -96,3 +96,14 @@ def test_resume_refuses_a_run_of_another_recipe(tmp_path):
     with pytest.raises(RecipeError, match=r"optimizer\.lr: 0\.05 → 0\.2.*train\.max_steps: 3 → None"):
         Trainer(changed, tmp_path).fit(resume=True)
     assert (tmp_path / "recipe.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("text", ["[1, 2", "- a list\n"], ids=["broken", "not-a-mapping"])
+def test_resume_names_an_unreadable_stored_recipe(tmp_path, text):
+    """A damaged ``recipe.yaml`` in the run directory stops a resume with its path, not a traceback."""
+    from slimtrain.train.config import RecipeError
+
+    (tmp_path / "recipe.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=r"recipe\.yaml"):
+        Trainer(recipe_from_dict({**SMALL, "name": "a"}), tmp_path).fit(resume=True)
+    assert (tmp_path / "recipe.yaml").read_text() == text

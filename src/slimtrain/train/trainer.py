@@ -144,9 +144,12 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
     if not stored_path.exists():
         return
     try:
-        stored = _flatten(yaml.safe_load(stored_path.read_text()) or {})
+        tree = yaml.safe_load(stored_path.read_text())
     except yaml.YAMLError as err:
         raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{stored_path}: the stored recipe is not a mapping")
+    stored = _flatten(tree)
     wanted = _flatten(recipe.model_dump(mode="json"))
     differ = sorted(
         key
@@ -163,6 +166,7 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a recipe tree; a method's ``options`` stay one value."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value and key != "options":
