@@ -18,6 +18,8 @@ seed. No method is tuned (all keep their recipe settings): the same, zero, tunin
 - ``--quick``: digits, width 4, 1 epoch, 1 seed, two budgets (a smoke run).
 - ``--full``: Fashion-MNIST, width 8, 3 seeds, four budgets, ``--epochs`` epochs (default 1: 60 trainings of
   about 2 CPU-minutes each on this project's 2-core machine; the recipes say width 16 and 10 epochs).
+  Another ``--width`` or ``--epochs`` writes results ``swd_structured_w<W>_<E>ep`` (each part only when it
+  differs from the default).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "swd_structured"
     if args.full:
+        # Other sizes keep their own results and run folders next to the default run's.
+        name += "" if args.width == 8 else f"_w{args.width}"
+        name += "" if args.epochs == 1 else f"_{args.epochs}ep"
         if not args.data_dir:
             print("--full needs --data-dir or $SLIMTRAIN_DATA_DIR", file=sys.stderr)
             return 2
