@@ -14,28 +14,12 @@ from slimtrain.train.config import RecipeError, recipe_from_dict
 from slimtrain.train.launch import train_multiprocess
 from slimtrain.train.trainer import Trainer
 
-MLP = {
-    "data": {"name": "digits", "val_fraction": 0.2},
-    "model": {"name": "mlp", "kwargs": {"widths": [32]}},
-    "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine"},
-    "train": {"epochs": 2, "batch_size": 64, "progress": False, "checkpoint_every_steps": 7},
-}
-RESNET = {
-    **MLP,
-    "model": {"name": "resnet8", "kwargs": {"width": 4, "bn_after_add": True, "shortcut": "B"}},
-    "train": {"epochs": 1, "batch_size": 64, "progress": False, "max_steps": 6},
-}
 UNSTRUCTURED = [
     ("magnitude-ft", {}),
     ("magnitude-ft", {"iterations": 3, "prune_at": 0.3}),
     ("lr-rewinding", {}),
     ("gmp", {"frequency": 3}),
 ]
-
-
-def _recipe(base, method, **options):
-    return recipe_from_dict({**base, "name": method, "method": {"name": method, "options": options}})
 
 
 def _zero_count(model):
@@ -60,11 +44,11 @@ def _watch_masks(trainer, seen):
 
 
 @pytest.mark.parametrize(("method", "options"), UNSTRUCTURED)
-def test_final_sparsity_is_the_target_and_masks_hold(tmp_path, method, options):
+def test_final_sparsity_is_the_target_and_masks_hold(tmp_path, method, options, trees, method_recipe):
     """Within train.epochs, the run ends with exactly ⌊0.9·n⌋ zero conv/linear weights; after every step
     following the first pruning the masked-out entries are exactly zero.
     """
-    trainer = Trainer(_recipe(MLP, method, target=0.9, **options), tmp_path / "run")
+    trainer = Trainer(method_recipe(trees["mlp"], method, target=0.9, **options), tmp_path / "run")
     seen = []
     _watch_masks(trainer, seen)
     results = trainer.fit()
@@ -74,9 +58,11 @@ def test_final_sparsity_is_the_target_and_masks_hold(tmp_path, method, options):
     assert seen[-1][1] >= 1
 
 
-def test_iterative_pruning_removes_cumulative_shares():
+def test_iterative_pruning_removes_cumulative_shares(trees, method_recipe):
     """magnitude-ft with k = 3 prunes ⌊i·K/3⌋ weights at iteration i, the last at the full target K."""
-    trainer = Trainer(_recipe(MLP, "magnitude-ft", target=0.9, iterations=3, prune_at=0.3), None)
+    trainer = Trainer(
+        method_recipe(trees["mlp"], "magnitude-ft", target=0.9, iterations=3, prune_at=0.3), None
+    )
     method, model = trainer.components.method, trainer.components.model
     starts = method.prune_steps(trainer.total_steps)
     assert starts[0] == int(0.3 * trainer.total_steps) and starts == sorted(set(starts))
@@ -86,15 +72,15 @@ def test_iterative_pruning_removes_cumulative_shares():
         assert _zero_count(model)[0] == stage * math.floor(0.9 * n) // 3
 
 
-def test_lr_rewinding_restarts_the_learning_rate(tmp_path):
+def test_lr_rewinding_restarts_the_learning_rate(tmp_path, trees, method_recipe):
     """At the pruning step lr-rewinding trains at the initial learning rate again; magnitude-ft continues
     the cosine schedule (a lower rate). The ``lr_factor`` column of ``train_log.csv`` shows the rate each
     step really used.
     """
     lrs, logged = {}, {}
     for method in ("lr-rewinding", "magnitude-ft"):
-        tree = {**MLP, "train": {**MLP["train"], "log_every_steps": 1}}
-        trainer = Trainer(_recipe(tree, method, target=0.9, prune_at=0.5), tmp_path / method)
+        tree = {**trees["mlp"], "train": {**trees["mlp"]["train"], "log_every_steps": 1}}
+        trainer = Trainer(method_recipe(tree, method, target=0.9, prune_at=0.5), tmp_path / method)
         seen = []
         _watch_masks(trainer, seen)
         trainer.fit()
@@ -109,9 +95,9 @@ def test_lr_rewinding_restarts_the_learning_rate(tmp_path):
     assert logged["lr-rewinding"] == pytest.approx(1.0)
 
 
-def test_gmp_sparsity_rises_monotonically_to_the_target():
+def test_gmp_sparsity_rises_monotonically_to_the_target(trees, method_recipe):
     """The scheduled sparsity is 0 before begin, non-decreasing, and the target from end on."""
-    trainer = Trainer(_recipe(MLP, "gmp", target=0.9, begin=0.2, end=0.6, frequency=2), None)
+    trainer = Trainer(method_recipe(trees["mlp"], "gmp", target=0.9, begin=0.2, end=0.6, frequency=2), None)
     method, total = trainer.components.method, trainer.total_steps
     values = [method.sparsity_at(step, total) for step in range(total)]
     assert values[0] == 0.0 and values == sorted(values)
@@ -119,11 +105,11 @@ def test_gmp_sparsity_rises_monotonically_to_the_target():
 
 
 @pytest.mark.parametrize(("method", "options"), [UNSTRUCTURED[1], UNSTRUCTURED[3]])
-def test_resume_reaches_the_same_weights(tmp_path, method, options, train_until_killed):
+def test_resume_reaches_the_same_weights(tmp_path, method, options, train_until_killed, trees, method_recipe):
     """A run killed mid-epoch after its first pruning and resumed ends with the weights, masks and
     pruning stage of an uninterrupted run.
     """
-    recipe = _recipe(MLP, method, target=0.9, **options)
+    recipe = method_recipe(trees["mlp"], method, target=0.9, **options)
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
     train_until_killed(recipe, tmp_path / "split", step=30)
@@ -138,11 +124,11 @@ def test_resume_reaches_the_same_weights(tmp_path, method, options, train_until_
         assert torch.equal(value, resumed.components.model.state_dict()[name]), name
 
 
-def test_two_ranks_end_identical(tmp_path):
+def test_two_ranks_end_identical(tmp_path, trees):
     """Under two-process data parallelism, gradual pruning leaves both ranks with identical weights and
     masks (the masks come from identical weights).
     """
-    tree = {**MLP, "train": {**MLP["train"], "batch_size": 32, "max_steps": 12}}
+    tree = {**trees["mlp"], "train": {**trees["mlp"]["train"], "batch_size": 32, "max_steps": 12}}
     recipe = recipe_from_dict(
         {**tree, "name": "ddp", "method": {"name": "gmp", "options": {"target": 0.9, "frequency": 2}}}
     )
@@ -168,12 +154,12 @@ def _removed_channels(model, graph):
 
 
 @pytest.mark.parametrize(("method", "options"), CHANNELS)
-def test_channel_pruning_meets_the_budget_and_holds_masks(tmp_path, method, options):
+def test_channel_pruning_meets_the_budget_and_holds_masks(tmp_path, method, options, trees, method_recipe):
     """Channel pruning (network slimming, and the baselines with ``granularity: channels``) ends within the
     parameter budget (analytic count ≤ ⌊(1 − target)·N⌋) with γ and β of every removed channel exactly zero
     after every step that follows the first pruning.
     """
-    trainer = Trainer(_recipe(RESNET, method, target=0.5, **options), tmp_path / "run")
+    trainer = Trainer(method_recipe(trees["resnet"], method, target=0.5, **options), tmp_path / "run")
     assert trainer.components.method.structures == ("filter",)
     seen = []
     _watch_masks(trainer, seen)
@@ -191,20 +177,22 @@ def test_channel_pruning_meets_the_budget_and_holds_masks(tmp_path, method, opti
     assert stages == sorted(stages) and stages[0] == 0 and stages[-1] >= 1
 
 
-def test_network_slimming_prunes_at_prune_at(tmp_path):
+def test_network_slimming_prunes_at_prune_at(tmp_path, trees, method_recipe):
     """Network slimming trains with its penalty for ``prune_at`` of the steps, then prunes once."""
-    trainer = Trainer(_recipe(RESNET, "network-slimming", target=0.5, prune_at=0.5), tmp_path / "run")
+    trainer = Trainer(
+        method_recipe(trees["resnet"], "network-slimming", target=0.5, prune_at=0.5), tmp_path / "run"
+    )
     seen = []
     _watch_masks(trainer, seen)
     trainer.fit()
     assert [stage for _, stage, _ in seen] == [0, 0, 0, 1, 1, 1]
 
 
-def test_iterative_channel_pruning_removes_growing_nested_sets():
+def test_iterative_channel_pruning_removes_growing_nested_sets(trees, method_recipe):
     """magnitude-ft by channels with k = 3: iteration i meets the budget of i/3 of the target, and every
     channel removed at one iteration stays removed at the next.
     """
-    recipe = _recipe(RESNET, "magnitude-ft", target=0.6, iterations=3, granularity="channels")
+    recipe = method_recipe(trees["resnet"], "magnitude-ft", target=0.6, iterations=3, granularity="channels")
     trainer = Trainer(recipe, None)
     method, model = trainer.components.method, trainer.components.model
     graph = ChannelGraph.from_model(model)
@@ -222,10 +210,10 @@ def test_iterative_channel_pruning_removes_growing_nested_sets():
         assert count <= parameter_budget(model, 600 * stage / 3), stage
 
 
-def test_channel_granularity_needs_batchnorm_gates():
+def test_channel_granularity_needs_batchnorm_gates(trees, method_recipe):
     """``granularity: channels`` without BatchNorm in the model is refused before training, naming the key."""
     with pytest.raises(RecipeError, match="granularity"):
-        Trainer(_recipe(MLP, "gmp", target=0.5, granularity="channels"), None)
+        Trainer(method_recipe(trees["mlp"], "gmp", target=0.5, granularity="channels"), None)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +227,7 @@ def test_channel_granularity_needs_batchnorm_gates():
         ("gmp", {"granularity": "filters"}, "granularity"),
     ],
 )
-def test_option_errors_name_the_key(method, options, key):
+def test_option_errors_name_the_key(method, options, key, trees, method_recipe):
     """A bad option is refused with a message naming the key."""
     with pytest.raises(RecipeError, match=key):
-        _recipe(MLP, method, **options)
+        method_recipe(trees["mlp"], method, **options)

@@ -13,23 +13,6 @@ from slimtrain.train.config import RecipeError, recipe_from_dict
 from slimtrain.train.launch import train_multiprocess
 from slimtrain.train.trainer import Trainer
 
-MLP = {
-    "data": {"name": "digits", "val_fraction": 0.2},
-    "model": {"name": "mlp", "kwargs": {"widths": [32]}},
-    "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine"},
-    "train": {"epochs": 2, "batch_size": 64, "progress": False, "checkpoint_every_steps": 7},
-}
-RESNET = {
-    **MLP,
-    "model": {"name": "resnet8", "kwargs": {"width": 4, "bn_after_add": True, "shortcut": "B"}},
-    "train": {"epochs": 1, "batch_size": 64, "progress": False, "max_steps": 6},
-}
-
-
-def _recipe(base, method, **options):
-    return recipe_from_dict({**base, "name": method, "method": {"name": method, "options": options}})
-
 
 def _zeros(model):
     weights = population_weights(model)
@@ -37,11 +20,11 @@ def _zeros(model):
 
 
 @pytest.mark.parametrize("target", [0.9, 0.995])
-def test_swd_ends_with_exactly_the_target_sparsity(tmp_path, target):
+def test_swd_ends_with_exactly_the_target_sparsity(tmp_path, target, trees, method_recipe):
     """After training, exactly ⌊target·n⌋ conv/linear weights are zero (the stated population), and the
     evaluation sweep takes the model as it is.
     """
-    trainer = Trainer(_recipe(MLP, "swd", target=target), tmp_path / "run")
+    trainer = Trainer(method_recipe(trees["mlp"], "swd", target=target), tmp_path / "run")
     trainer.fit()
     zeros, n = _zeros(trainer.components.model)
     assert zeros == math.floor(round(target * 1000) * n / 1000)
@@ -49,19 +32,19 @@ def test_swd_ends_with_exactly_the_target_sparsity(tmp_path, target):
     assert method.compress(trainer.components.model, "unstructured", 0.5, None) is trainer.components.model
 
 
-def test_swd_a_follows_the_global_step(tmp_path):
+def test_swd_a_follows_the_global_step(tmp_path, trees, method_recipe):
     """The final a equals a_min·(a_max/a_min)^((T−1)/T): the schedule spans the run's total steps."""
-    trainer = Trainer(_recipe(MLP, "swd", target=0.9, a_min=0.1, a_max=1e3), tmp_path / "run")
+    trainer = Trainer(method_recipe(trees["mlp"], "swd", target=0.9, a_min=0.1, a_max=1e3), tmp_path / "run")
     trainer.fit()
     t, total = trainer.total_steps - 1, trainer.total_steps
     assert trainer.components.method.swd.a == pytest.approx(0.1 * 1e4 ** (t / total), rel=1e-12)
 
 
-def test_swd_resume_reaches_the_same_weights(tmp_path, train_until_killed):
+def test_swd_resume_reaches_the_same_weights(tmp_path, train_until_killed, trees, method_recipe):
     """A run killed mid-epoch and resumed ends with the weights, masks and schedule position of an
     uninterrupted one.
     """
-    recipe = _recipe(MLP, "swd", target=0.95, a_max=1e3)
+    recipe = method_recipe(trees["mlp"], "swd", target=0.95, a_max=1e3)
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
     train_until_killed(recipe, tmp_path / "split", step=10)
@@ -73,9 +56,9 @@ def test_swd_resume_reaches_the_same_weights(tmp_path, train_until_killed):
         assert torch.equal(value, resumed.components.model.state_dict()[name]), name
 
 
-def test_swd_two_ranks_end_identical(tmp_path):
+def test_swd_two_ranks_end_identical(tmp_path, trees):
     """Under two-process data parallelism both ranks end with bitwise-identical weights, hence masks."""
-    tree = {**MLP, "train": {**MLP["train"], "batch_size": 32, "max_steps": 12}}
+    tree = {**trees["mlp"], "train": {**trees["mlp"]["train"], "batch_size": 32, "max_steps": 12}}
     recipe = recipe_from_dict({**tree, "name": "ddp", "method": {"name": "swd", "options": {"target": 0.9}}})
     states = train_multiprocess(recipe, tmp_path / "ddp", world_size=2)
     for name, value in states[0]["model"].items():
@@ -85,11 +68,13 @@ def test_swd_two_ranks_end_identical(tmp_path):
     assert sum(int((w == 0).sum()) for w in weights) == math.floor(0.9 * n)
 
 
-def test_structured_swd_meets_the_parameter_budget(tmp_path):
+def test_structured_swd_meets_the_parameter_budget(tmp_path, trees, method_recipe):
     """Structured SWD ends with the analytic surviving count ≤ ⌊(1 − target)·N⌋, and every gated-off
     channel (γ below the threshold) has γ = β = 0.
     """
-    trainer = Trainer(_recipe(RESNET, "swd-structured", target=0.5, a_max=1e3), tmp_path / "run")
+    trainer = Trainer(
+        method_recipe(trees["resnet"], "swd-structured", target=0.5, a_max=1e3), tmp_path / "run"
+    )
     trainer.fit()
     model = trainer.components.model
     graph = ChannelGraph.from_model(model)
@@ -103,21 +88,25 @@ def test_structured_swd_meets_the_parameter_budget(tmp_path):
         assert torch.equal(norm.bias[off], torch.zeros_like(norm.bias[off])), gate
 
 
-def test_stability_guard_warns(tmp_path):
+def test_stability_guard_warns(tmp_path, trees):
     """With η·μ·(1 + a) ≥ 2(1 + β) (constant lr 0.1, μ = 5e-4, a = 1e5) training warns once."""
-    tree = {**MLP, "schedule": {"name": "constant"}, "optimizer": {**MLP["optimizer"], "lr": 0.1}}
-    tree["train"] = {**MLP["train"], "max_steps": 2}
+    tree = {
+        **trees["mlp"],
+        "schedule": {"name": "constant"},
+        "optimizer": {**trees["mlp"]["optimizer"], "lr": 0.1},
+    }
+    tree["train"] = {**trees["mlp"]["train"], "max_steps": 2}
     recipe = recipe_from_dict({**tree, "name": "w", "method": {"name": "swd", "options": {"a_min": 1e5}}})
     with pytest.warns(RuntimeWarning, match="SWD may diverge"):
         Trainer(recipe, tmp_path / "run").fit()
 
 
-def test_stable_settings_do_not_warn(tmp_path):
+def test_stable_settings_do_not_warn(tmp_path, trees, method_recipe):
     """The reference scale (cosine schedule, a up to 1e3) stays below the bound: no warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        tree = {**MLP, "train": {**MLP["train"], "max_steps": 3}}
-        Trainer(_recipe(tree, "swd", a_max=1e3), tmp_path / "run").fit()
+        tree = {**trees["mlp"], "train": {**trees["mlp"]["train"], "max_steps": 3}}
+        Trainer(method_recipe(tree, "swd", a_max=1e3), tmp_path / "run").fit()
 
 
 @pytest.mark.parametrize(
@@ -129,7 +118,7 @@ def test_stable_settings_do_not_warn(tmp_path):
         ("swd-structured", {"population": "reference"}, "population"),
     ],
 )
-def test_option_errors_name_the_key(method, options, key):
+def test_option_errors_name_the_key(method, options, key, trees, method_recipe):
     """A bad option is refused with a message naming the key."""
     with pytest.raises(RecipeError, match=key):
-        _recipe(MLP, method, **options)
+        method_recipe(trees["mlp"], method, **options)
