@@ -154,16 +154,22 @@ def _removed_channels(model, graph):
 
 
 @pytest.mark.parametrize(("method", "options"), CHANNELS)
-def test_channel_pruning_meets_the_budget_and_holds_masks(tmp_path, method, options, trees, method_recipe):
+def test_channel_pruning_meets_the_budget_and_holds_masks(
+    tmp_path, monkeypatch, method, options, trees, method_recipe
+):
     """Channel pruning (network slimming, and the baselines with ``granularity: channels``) ends within the
     parameter budget (analytic count ≤ ⌊(1 − target)·N⌋) with γ and β of every removed channel exactly zero
-    after every step that follows the first pruning.
+    after every step that follows the first pruning. The model is traced once, however often it is pruned.
     """
+    traces = []
+    trace = ChannelGraph.from_model
+    monkeypatch.setattr(ChannelGraph, "from_model", lambda *a, **k: traces.append(1) or trace(*a, **k))
     trainer = Trainer(method_recipe(trees["resnet"], method, target=0.5, **options), tmp_path / "run")
     assert trainer.components.method.structures == ("filter",)
     seen = []
     _watch_masks(trainer, seen)
     trainer.fit()
+    assert len(traces) == 1
     model = trainer.components.model
     graph = ChannelGraph.from_model(model)
     removed = _removed_channels(model, graph)

@@ -170,6 +170,18 @@ def test_filter_mode_selects_exactly_the_adjacent_conv_slices() -> None:
         assert torch.equal(selected[f"{conv}.weight"], expected), conv
 
 
+def test_a_traced_graph_selects_what_a_fresh_trace_selects() -> None:
+    """Given a graph traced before, the selection equals the one that traces the model itself; giving
+    both ``gates`` and ``graph`` is refused (they could disagree)."""
+    model = _model(3)
+    traced = ChannelSelection(model, 600, penalize_filters=True).select(model)
+    given_graph = ChannelSelection(model, 600, penalize_filters=True, graph=GRAPH).select(model)
+    assert [s.name for s in traced] == [s.name for s in given_graph]
+    assert all(torch.equal(a.removed, b.removed) for a, b in zip(traced, given_graph, strict=True))
+    with pytest.raises(ValueError, match="either gates or a traced graph"):
+        ChannelSelection(model, 600, gates=GRAPH.gates, graph=GRAPH)
+
+
 def test_structured_penalty_gradient_on_gamma_and_beta() -> None:
     """Structured SWD: gradient μ·a·γ and μ·a·β on selected channels, 0 elsewhere, conv weights untouched."""
     model = _model()

@@ -76,7 +76,7 @@ class GradualMagnitudePruning(MaskedTrainingMethod):
         """Update the masks when the schedule's sparsity rises, then one ordinary step."""
         sparsity = self.sparsity_at(ctx.step, ctx.total_steps)
         if sparsity > self.sparsity:
-            self.set_masks(model, pruning_masks(model, self.granularity, sparsity))
+            self.set_masks(model, pruning_masks(model, self.granularity, sparsity, graph=self.channel_graph))
             self.stage += 1
             self.sparsity = sparsity
         return super().training_step(model, inputs, targets, ctx)
@@ -93,5 +93,6 @@ class GradualMagnitudePruning(MaskedTrainingMethod):
     def finalize(self, model: nn.Module) -> None:
         """Prune to the target if the run stopped before the schedule's end (``max_steps``)."""
         if self.sparsity < self.options.target:
-            self.set_masks(model, pruning_masks(model, self.granularity, self.options.target))
+            masks = pruning_masks(model, self.granularity, self.options.target, graph=self.channel_graph)
+            self.set_masks(model, masks)
             self.sparsity = self.options.target

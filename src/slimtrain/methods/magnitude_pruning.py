@@ -71,7 +71,12 @@ class MagnitudePruningFineTune(MaskedTrainingMethod):
 
     def _prune(self, model: nn.Module, stage: int) -> None:
         opts = self.options
-        self.set_masks(model, pruning_masks(model, self.granularity, opts.target, stage, opts.iterations))
+        self.set_masks(
+            model,
+            pruning_masks(
+                model, self.granularity, opts.target, stage, opts.iterations, graph=self.channel_graph
+            ),
+        )
         self.stage = stage
 
     def training_step(

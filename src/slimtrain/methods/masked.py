@@ -8,7 +8,6 @@ comparison with SWD is at equal total epochs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -61,35 +60,42 @@ def channel_masks(
     model: nn.Module,
     fraction: float,
     bisection: Bisection = "corrected",
-    gates: Iterable[str] | None = None,
+    graph: ChannelGraph | None = None,
 ) -> dict[str, Tensor]:
     """Keep masks that remove whole channels to a parameter budget, ranked by BatchNorm ``|γ|``.
 
     The gates, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD (spec
     ``swd.md`` §2.6); γ, β of a removed channel and the conv slices reading or writing it are masked. Channels
-    already pruned have γ = 0, so a larger ``fraction`` removes a superset of them.
+    already pruned have γ = 0, so a larger ``fraction`` removes a superset of them. ``graph``: the model's
+    :class:`~slimtrain.swd.ChannelGraph` if already traced (default: traced here).
 
     Raises:
         ValueError: if the model has no BatchNorm gate the channel graph can trace.
     """
     selection = ChannelSelection(
-        model, fraction_to_permille(fraction), penalize_filters=True, bisection=bisection, gates=gates
+        model, fraction_to_permille(fraction), penalize_filters=True, bisection=bisection, graph=graph
     )
     return {s.name: ~s.removed for s in selection.select(model)}
 
 
 def pruning_masks(
-    model: nn.Module, granularity: Granularity, fraction: float, stage: int = 1, stages: int = 1
+    model: nn.Module,
+    granularity: Granularity,
+    fraction: float,
+    stage: int = 1,
+    stages: int = 1,
+    graph: ChannelGraph | None = None,
 ) -> dict[str, Tensor]:
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
     ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the conv and linear weights,
     ``fraction`` of those weights. ``"channels"``: :func:`channel_masks`, whole BatchNorm-gated channels
     ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
-    structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``).
+    structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``; ``graph``:
+    its channel graph if already traced).
     """
     if granularity == "channels":
-        return channel_masks(model, fraction * stage / stages)
+        return channel_masks(model, fraction * stage / stages, graph=graph)
     return magnitude_masks(model, fraction, stage, stages)
 
 
@@ -111,15 +117,16 @@ class MaskedTrainingMethod(Method):
         if self.granularity == "channels":
             self.structures = ("filter",)
         self.masks: dict[str, Tensor] | None = None
+        self.channel_graph: ChannelGraph | None = None  # traced by prepare for granularity: channels
         self.stage = 0
         self._handle: RemovableHandle | None = None
         self._model: nn.Module | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Check, before any training, that ``granularity: channels`` finds BatchNorm gates in the model."""
+        """For ``granularity: channels``: trace the channel graph once; refuse a model without gates."""
         if self.granularity == "channels":
             try:
-                ChannelGraph.from_model(model)
+                self.channel_graph = ChannelGraph.from_model(model)
             except ValueError as exc:
                 raise RecipeError(f"'method.options.granularity': channels: {exc}") from exc
         return model

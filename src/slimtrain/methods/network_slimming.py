@@ -64,7 +64,7 @@ class NetworkSlimming(MaskedTrainingMethod):
         return slimming_penalty(gammas, self.options.strength, sign_bug=self.options.sign_bug)
 
     def _prune(self, model: nn.Module) -> None:
-        masks = channel_masks(model, self.options.target, self.options.bisection, self.graph.gates)
+        masks = channel_masks(model, self.options.target, self.options.bisection, self.graph)
         self.set_masks(model, masks)
         self.stage = 1
 

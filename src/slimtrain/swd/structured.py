@@ -27,13 +27,15 @@ class ChannelSelection:
     shortcut convolutions included.
 
     Args:
-        model: The model; its channel graph is traced once here.
+        model: The model; its channel graph is traced once here (unless ``graph`` is given).
         target: Per-mille of parameters removed, in [0, 1000); the budget is in parameters (analytic count).
         penalize_filters: Also select the conv filters adjacent to gated-off channels.
         bisection: ``"corrected"`` (default) or ``"reference"``, see :func:`budget_threshold`.
         gate_compare: Count comparison, ``"ge"`` (corrected, same as the mask) or ``"gt"`` (the reference's
             mixed rule: the mask keeps |γ| ≥ th while the count keeps |γ| > th).
         gates: BatchNorm names to use as gates instead of the automatic rule of :class:`ChannelGraph`.
+        graph: The model's channel graph, traced before (then it is not traced again; ``gates`` must be
+            ``None``): for callers that select channels many times on one model.
     """
 
     def __init__(
@@ -44,11 +46,14 @@ class ChannelSelection:
         bisection: Bisection = "corrected",
         gate_compare: GateCompare = "ge",
         gates: Iterable[str] | None = None,
+        graph: ChannelGraph | None = None,
     ) -> None:
         if gate_compare not in ("ge", "gt"):
             raise ValueError(f"gate_compare must be 'ge' or 'gt', got {gate_compare!r}")
+        if graph is not None and gates is not None:
+            raise ValueError("give either gates or a traced graph, not both")
         parameter_budget(model, target)
-        self.graph = ChannelGraph.from_model(model, gates)
+        self.graph = graph if graph is not None else ChannelGraph.from_model(model, gates)
         self.target = target
         self.penalize_filters = penalize_filters
         self.bisection = bisection
