@@ -172,7 +172,8 @@ def test_filter_mode_selects_exactly_the_adjacent_conv_slices() -> None:
 
 def test_a_traced_graph_selects_what_a_fresh_trace_selects() -> None:
     """Given a graph traced before, the selection equals the one that traces the model itself; giving
-    both ``gates`` and ``graph`` is refused (they could disagree)."""
+    both ``gates`` and ``graph`` is refused (they could disagree).
+    """
     model = _model(3)
     traced = ChannelSelection(model, 600, penalize_filters=True).select(model)
     given_graph = ChannelSelection(model, 600, penalize_filters=True, graph=GRAPH).select(model)
