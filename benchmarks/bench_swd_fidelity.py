@@ -13,7 +13,8 @@ recorded (``<name>_tuning.json``).
   run fits about 45 CPU-minutes (the epoch count is recorded). Needs ``--data-dir`` or
   ``$SLIMTRAIN_DATA_DIR``. ``--epochs N`` trains every method N epochs instead (results
   ``swd_fidelity_<N>ep``), to see how the ordering changes with the training budget; ``--model lenet5``
-  runs the ``lenet5-*`` recipes (LeNet-5) instead of the MLP.
+  runs the ``lenet5-*`` recipes (LeNet-5) instead of the MLP; ``--dataset mnist`` the recipes of
+  ``configs/mnist/`` (results ``swd_fidelity_mnist…``).
 """
 
 from __future__ import annotations
@@ -84,11 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         default="mlp",
         help="the model of the recipes (lenet5: results swd_fidelity_lenet5[_<N>ep])",
     )
+    parser.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "mnist"),
+        default="fashion-mnist",
+        help="--full only: the recipes of configs/<dataset>/ (mnist: results swd_fidelity_mnist…)",
+    )
     args = parser.parse_args(argv)
-    name = "swd_fidelity" + ("" if args.model == "mlp" else f"_{args.model}")
+    dataset = args.dataset if args.full else "fashion-mnist"
+    name = "swd_fidelity" + ("" if dataset == "fashion-mnist" else f"_{dataset.replace('-', '_')}")
+    name += "" if args.model == "mlp" else f"_{args.model}"
     name += "" if args.epochs is None else f"_{args.epochs}ep"
     out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
-    folder, model, baseline = CONFIGS / "fashion-mnist", args.model, f"{args.model}-magnitude-ft"
+    folder, model, baseline = CONFIGS / dataset, args.model, f"{args.model}-magnitude-ft"
     if args.full:
         if not args.data_dir:
             print("--full needs --data-dir or $SLIMTRAIN_DATA_DIR", file=sys.stderr)
