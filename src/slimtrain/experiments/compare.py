@@ -124,9 +124,10 @@ def compare(
         for seed in seeds if seeds is not None else [recipe.seed]:
             for run, level in _runs_of(recipe, seed):
                 run_dir = _run_dir(out, run, seed, level)
-                check_resumable(run_dir, run)
                 if CheckpointStore(run_dir / "checkpoints").load_latest(final_only=True) is None:
-                    Trainer(run, run_dir).fit(resume=True)
+                    Trainer(run, run_dir).fit(resume=True)  # checks the stored recipe itself
+                else:
+                    check_resumable(run_dir, run)
                 rows.extend(sweep(run_dir, structure=structure, latency=latency))
     result = {"recipes": names, "seeds": seeds, "rows": rows, "aggregated": aggregate(rows)}
     atomic_write_text(out / COMPARE_FILE, json.dumps(result, indent=1, default=float))

@@ -53,18 +53,18 @@ class NetworkSlimming(MaskedTrainingMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Trace the gates once (BatchNorms not feeding an addition, as for structured SWD)."""
-        self.graph = ChannelGraph.from_model(model)
+        self.channel_graph = ChannelGraph.from_model(model)
         return model
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         """λ·Σ h(γ) over the gates until the pruning step, nothing afterwards."""
         if self.stage > 0:
             return None
-        gammas = [model.get_submodule(g).weight for g in self.graph.gates]
+        gammas = [model.get_submodule(g).weight for g in self.channel_graph.gates]
         return slimming_penalty(gammas, self.options.strength, sign_bug=self.options.sign_bug)
 
     def _prune(self, model: nn.Module) -> None:
-        masks = channel_masks(model, self.options.target, self.options.bisection, self.graph)
+        masks = channel_masks(model, self.options.target, self.options.bisection, self.channel_graph)
         self.set_masks(model, masks)
         self.stage = 1
 
