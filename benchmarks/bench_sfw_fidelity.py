@@ -171,17 +171,11 @@ def run(
     ``structure`` (``filter`` or ``lowrank``) compresses every run that way at :data:`STRUCTURED_LEVELS`;
     by default the recipes' own unstructured levels are used.
     """
-    parser = fidelity_arguments(__doc__ or name)
+    parser = fidelity_arguments(__doc__ or name, datasets=True)
     parser.add_argument(
         "--investigate",
         action="store_true",
         help="after a run in the same mode: train the INVESTIGATION variants at the first seed",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=("fashion-mnist", "mnist"),
-        default="fashion-mnist",
-        help="--full only: the dataset (results of mnist go to <name>_mnist)",
     )
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"

@@ -24,11 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
+from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity, tune_recipes
 from benchmarks.harness import DEFAULT_RESULTS_DIR
-from slimtrain.experiments.compare import compare
 
 METHODS = ("swd", "magnitude-ft", "lr-rewinding", "gmp")
 # The tuning budget, the same for every method: five values of the option that decides how hard the method
@@ -42,37 +39,9 @@ TUNING: dict[str, tuple[str, list[float]]] = {
 }
 
 
-def _tune(
-    recipe: Path, option: str, candidates: list[float], level: float, overrides: list[str], out: Path
-) -> tuple[float, dict[str, float]]:
-    """Validation accuracy after pruning at ``level`` for each value of ``option`` (seed 0); the best."""
-    scores = {}
-    for value in candidates:
-        result = compare(
-            [recipe],
-            out / f"{option}-{value:g}",
-            seeds=[0],
-            overrides=[*overrides, f"method.options.{option}={value}", f"evaluation.levels=[{level}]"],
-        )
-        scores[f"{value:g}"] = result["rows"][0]["val_acc_compressed_no_ft"]
-    # The first of equal scores wins, so ties go to the smaller value (the cheaper setting for rounds).
-    best = max(candidates, key=lambda v: scores[f"{v:g}"])
-    return best, scores
-
-
-def _recipe_with(path: Path, out: Path, options: dict[str, float]) -> Path:
-    """A copy of the recipe at ``path`` (same name) with extra method options, written under ``out``."""
-    tree = yaml.safe_load(path.read_text())
-    tree["method"]["options"] = {**tree["method"].get("options", {}), **options}
-    out.mkdir(parents=True, exist_ok=True)
-    copy = out / path.name
-    copy.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return copy
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
-    parser = fidelity_arguments(__doc__.splitlines()[0])
+    parser = fidelity_arguments(__doc__.splitlines()[0], datasets=True)
     parser.add_argument(
         "--epochs",
         type=int,
@@ -84,12 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         choices=("mlp", "lenet5"),
         default="mlp",
         help="the model of the recipes (lenet5: results swd_fidelity_lenet5[_<N>ep])",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=("fashion-mnist", "mnist"),
-        default="fashion-mnist",
-        help="--full only: the recipes of configs/<dataset>/ (mnist: results swd_fidelity_mnist…)",
     )
     args = parser.parse_args(argv)
     dataset = args.dataset if args.full else "fashion-mnist"
@@ -122,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "epochs (every method, total)": epochs,
         "target used for tuning": max(levels),
     }
-    for i, method in enumerate(METHODS):
-        option, candidates = tuning_grid[method]
-        best, scores = _tune(recipes[i], option, candidates, max(levels), overrides, out / "tuning" / method)
-        recipes[i] = _recipe_with(recipes[i], out / "tuned", {option: best})
-        tuning[f"{method} {option} tried: validation accuracy after pruning (seed 0)"] = scores
-        tuning[f"{method} {option} chosen"] = best
+    recipes, tried = tune_recipes(recipes, tuning_grid, max(levels), overrides, out)
+    tuning.update(tried)
     status = run_fidelity(
         name,
         argv,

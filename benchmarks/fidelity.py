@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
 from slimtrain.experiments.compare import compare
 from slimtrain.experiments.report import write_report
@@ -25,8 +27,8 @@ from slimtrain.experiments.significance import verdict
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def fidelity_arguments(description: str) -> argparse.ArgumentParser:
-    """The command-line arguments every fidelity benchmark takes."""
+def fidelity_arguments(description: str, *, datasets: bool = False) -> argparse.ArgumentParser:
+    """The command-line arguments every fidelity benchmark takes (and ``--dataset`` if ``datasets``)."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="digits-sized smoke run (default)")
@@ -38,7 +40,67 @@ def fidelity_arguments(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", type=Path, default=None, help="runs folder (default runs/bench/<name>)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    if datasets:
+        parser.add_argument(
+            "--dataset",
+            choices=("fashion-mnist", "mnist"),
+            default="fashion-mnist",
+            help="--full only: the dataset (results of mnist: <name>_mnist…)",
+        )
     return parser
+
+
+def tune_recipes(
+    recipes: list[Path],
+    grid: dict[str, tuple[str, list[float]]],
+    level: float,
+    overrides: list[str],
+    out: Path,
+) -> tuple[list[Path], dict[str, Any]]:
+    """Give every recipe the same tuning budget: its best value of one option, chosen on validation.
+
+    Each recipe trains once (seed 0) per candidate value of its option and is pruned at ``level``; the value
+    with the best validation accuracy after pruning wins (the first of equal scores, so ties go to the
+    smaller value). Test data play no part in the choice.
+
+    Args:
+        recipes: recipe files, each named ``<model>-<method>.yaml``.
+        grid: the option and its candidates, keyed by the part of a recipe's file name after the model
+            (``mlp-swd.yaml`` → ``swd``); a recipe without an entry is left as it is.
+        level: the compression level the candidates are judged at (the hardest one of the benchmark).
+        overrides: ``key=value`` overrides of the benchmark, applied to every tuning run.
+        out: folder of the tuning runs and of the tuned recipe copies.
+
+    Returns:
+        The tuned recipe files (copies with the chosen value, same names) and a record of the values tried,
+        their validation accuracies and the choices.
+    """
+    tuned, record = [], {}
+    for recipe in recipes:
+        method = recipe.stem.split("-", 1)[1]
+        if method not in grid:
+            tuned.append(recipe)
+            continue
+        option, candidates = grid[method]
+        scores = {}
+        for value in candidates:
+            result = compare(
+                [recipe],
+                out / "tuning" / method / f"{option}-{value:g}",
+                seeds=[0],
+                overrides=[*overrides, f"method.options.{option}={value}", f"evaluation.levels=[{level}]"],
+            )
+            scores[f"{value:g}"] = result["rows"][0]["val_acc_compressed_no_ft"]
+        best = max(candidates, key=lambda v: scores[f"{v:g}"])
+        tree = yaml.safe_load(recipe.read_text())
+        tree["method"]["options"] = {**tree["method"].get("options", {}), option: best}
+        (out / "tuned").mkdir(parents=True, exist_ok=True)
+        copy = out / "tuned" / recipe.name
+        copy.write_text(yaml.safe_dump(tree, sort_keys=False))
+        tuned.append(copy)
+        record[f"{method} {option} tried: validation accuracy after pruning (seed 0)"] = scores
+        record[f"{method} {option} chosen"] = best
+    return tuned, record
 
 
 def run_fidelity(
