@@ -7,8 +7,10 @@ values, so only the optimizer is timed. Side by side in one run:
 - ``sfw_<set>``: :class:`slimtrain.fw.SFW` with the sets of :func:`slimtrain.fw.build_constraints`
   (k = 30%): k-support and K-sparse on every tensor, group k-support on convs, spectral k-support
   (exact and randomized power solver) and nuclear ball on convs;
-- ``per_tensor_k_support``: the same SFW k-support update written as one Python-level LMO per tensor (the
-  structure of the reference code), to show what batching the tensors saves on this machine.
+- ``sfw_<set>_torch`` for k-support and K-sparse: the same optimizer with the compiled selection kernel
+  disabled (:func:`slimtrain.fw.native.disabled`), i.e. ``torch.topk``, gather and scatter per bucket;
+- ``per_tensor_k_support``: the same SFW k-support update written as one Python-level LMO per tensor with
+  torch operations (the structure of the reference code), to show what batching the tensors saves.
 
 Each round times a run of consecutive steps of every optimizer in turn (interleaved, so that drift in the
 machine's speed affects all alike) and records the mean per step. The issue's targets: ``step()`` ≤ 6 ms
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from benchmarks.harness import BenchmarkRecorder
-from slimtrain.fw import SFW, KSupportNormBall, build_constraints
+from slimtrain.fw import SFW, KSupportNormBall, build_constraints, native
 from slimtrain.models import create_model
 
 SFW_CONFIGS: dict[str, dict] = {
@@ -66,11 +68,22 @@ def _per_tensor_k_support(model: nn.Module, k: float, lr: float = 0.1, mu: float
     def step() -> None:
         for p, c, m in zip(params, sets, bufs, strict=True):
             m.mul_(mu).add_(p.grad)
-            v = c.lmo(m)
+            with native.disabled():
+                v = c.lmo(m)
             gamma = min(max(lr * (m.norm() / (p - v).norm()).item(), 0.0), 1.0)
             p.mul_(1 - gamma).add_(v, alpha=gamma)
 
     return step
+
+
+def _without_kernel(step: Callable[[], object]) -> Callable[[], None]:
+    """``step`` with the LMOs on torch operations instead of the compiled selection kernel."""
+
+    def run() -> None:
+        with native.disabled():
+            step()
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, cfg in SFW_CONFIGS.items():
         steps_by_name[name] = SFW(build_constraints(model, k=0.3, n_draws=5, **cfg), lr=0.1).step
+    for name in ("k_support", "k_sparse"):
+        steps_by_name[f"{name}_torch"] = _without_kernel(
+            SFW(build_constraints(model, k=0.3, n_draws=5, **SFW_CONFIGS[name]), lr=0.1).step
+        )
     steps_by_name["per_tensor"] = _per_tensor_k_support(model, 0.3)
     medians = {}
     for name, values in _interleaved_round_ms(steps_by_name, rounds, steps).items():
@@ -111,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         medians[name] = rec_add(rec, quantity, values)
     rec.note("median_ratio_to_sgd", {k: round(v / medians["sgd"], 2) for k, v in medians.items()})
     rec.note("batched_speedup_k_support", round(medians["per_tensor"] / medians["k_support"], 2))
+    rec.note("kernel_speedup_k_support", round(medians["k_support_torch"] / medians["k_support"], 2))
+    rec.note("kernel_speedup_k_sparse", round(medians["k_sparse_torch"] / medians["k_sparse"], 2))
 
     if args.full:
         x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))

@@ -4,6 +4,7 @@ Zimmer, Spiegel, Pokutta, "Compression-aware Training of Neural Networks using F
 arXiv:2205.11921; Miao et al., ICLR 2022 (K-sparse polytope). See ``docs/sfw.md``.
 """
 
+from slimtrain.fw import native
 from slimtrain.fw.base import ConstraintSet, KConstraintSet, constraint_from_config, resolve_k
 from slimtrain.fw.builder import build_constraints, miao_k
 from slimtrain.fw.ksparse import KSparsePolytope
@@ -43,6 +44,7 @@ __all__ = [
     "k_support_norm",
     "local_init_norms",
     "miao_k",
+    "native",
     "nuclear_norm_penalty",
     "resolve_k",
     "singular_value_soft_threshold_",

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from slimtrain.fw import native
 from slimtrain.fw.base import VectorKConstraintSet, top_magnitude_indices
 
 __all__ = ["KSparsePolytope"]
@@ -38,6 +39,8 @@ class KSparsePolytope(VectorKConstraintSet):
 
     def lmo_rows(self, grads: Tensor, radii: Tensor) -> Tensor:
         """Batched LMO (see the class docstring)."""
+        if native.supports(grads):
+            return native.top_magnitude_lmo(grads, radii, self.k, "k_sparse")
         idx = top_magnitude_indices(grads, self.k)
         vals = -radii * grads.gather(1, idx).sign()
         return torch.zeros_like(grads).scatter_(1, idx, vals)

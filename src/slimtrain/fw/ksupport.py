@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from slimtrain.fw import native
 from slimtrain.fw.base import KConstraintSet, VectorKConstraintSet, check_k, top_magnitude_indices
 
 __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
@@ -77,11 +78,15 @@ class KSupportNormBall(VectorKConstraintSet):
         """Batched LMO (see the class docstring)."""
         if self.k == self.shape[0]:
             vals, idx = grads, None
+        elif native.supports(grads):
+            return native.top_magnitude_lmo(grads, radii, self.k, "k_support")
         else:
             idx = top_magnitude_indices(grads, self.k)
             vals = grads.gather(1, idx)
-        norms = torch.linalg.vector_norm(vals, dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
-        vals = vals * (-radii / norms)
+        # The norm of vals / max|vals|: in float32 ‖vals‖ itself overflows from |g| ≈ 1e19 on.
+        top = vals.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(grads.dtype).tiny)
+        vals = vals / top
+        vals = vals * (-radii / torch.linalg.vector_norm(vals, dim=1, keepdim=True).clamp_min(1.0))
         return vals if idx is None else torch.zeros_like(grads).scatter_(1, idx, vals)
 
 
