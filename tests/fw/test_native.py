@@ -41,7 +41,7 @@ def _selection(g: torch.Tensor, k: int) -> torch.Tensor:
 @settings(max_examples=60, deadline=None)
 @given(batches())
 def test_k_support_kernel_equals_the_definition(batch):
-    """v = −r·g_S/‖g_S‖₂ with S the k largest |g|, ties completed by lowest index (the documented rule)."""
+    """The k-support kernel gives v = −r·g_S/‖g_S‖₂, S = the k largest |g| (ties: lowest indices)."""
     g, k, radii = batch
     mask = _selection(g, k)
     selected = torch.where(mask, g.double(), 0.0)
@@ -56,7 +56,7 @@ def test_k_support_kernel_equals_the_definition(batch):
 @settings(max_examples=60, deadline=None)
 @given(batches())
 def test_k_sparse_kernel_equals_the_definition(batch):
-    """v = −r·sign(g) on exactly the selected k entries and 0 elsewhere, bit for bit."""
+    """The K-sparse kernel gives v = −r·sign(g) on exactly the selected k entries, 0 elsewhere, exactly."""
     g, k, radii = batch
     expected = torch.where(_selection(g, k), -radii * g.sign(), 0.0)
     assert torch.equal(native.top_magnitude_lmo(g, radii, k, "k_sparse"), expected)
