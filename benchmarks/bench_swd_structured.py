@@ -5,6 +5,7 @@ fine-tuning where pruning baselines lose accuracy. Compared, at equal total epoc
 BatchNorm after every residual addition and 1×1-conv (B) shortcuts (``configs/fashion-mnist/resnet8-*``):
 
 - ``resnet8-swd-structured``: SWD on the BatchNorm gates, hard channel pruning at the end, no fine-tuning;
+- ``resnet8-swd-structured-f``: the same with the adjacent conv filters penalised too (``structuredF``);
 - ``resnet8-network-slimming``: smooth-L1 on γ for half the run, pruning, masked fine-tuning (Liu et al.);
 - ``resnet8-magnitude-ft-channels``: dense for half the run, channels with the smallest |γ| removed,
   masked fine-tuning (the baseline of the verdicts);
@@ -18,8 +19,8 @@ seed. With ``--tune`` every method first gets the same tuning budget — five va
 ``<name>_tuning.json``; without it every method keeps its recipe settings (an equal, zero, budget).
 
 - ``--quick``: digits, width 4, 1 epoch, 1 seed, two budgets (a smoke run).
-- ``--full``: Fashion-MNIST, width 8, 3 seeds, four budgets, ``--epochs`` epochs (default 1: 60 trainings of
-  about 40 CPU-seconds each on this project's 2-core machine, 25 more with ``--tune``; the recipes say
+- ``--full``: Fashion-MNIST, width 8, 3 seeds, four budgets, ``--epochs`` epochs (default 1: 72 trainings of
+  40–120 CPU-seconds each on this project's 2-core machine, 30 more with ``--tune``; the recipes say
   width 16 and 10 epochs). Another ``--width``, ``--epochs`` or ``--dataset`` (``mnist``: the recipes of
   ``configs/mnist/``), or ``--tune``, writes results ``swd_structured[_mnist][_w<W>][_<E>ep][_tuned]``
   (each part only when it differs from the default).
@@ -37,6 +38,7 @@ from benchmarks.harness import DEFAULT_RESULTS_DIR
 
 METHODS = (
     "swd-structured",
+    "swd-structured-f",
     "network-slimming",
     "magnitude-ft-channels",
     "lr-rewinding-channels",
@@ -48,6 +50,7 @@ BASELINE = "resnet8-magnitude-ft-channels"
 # prune/fine-tune rounds, and when GMP's cubic schedule reaches the budget.
 TUNING: dict[str, tuple[str, list[float]]] = {
     "swd-structured": ("a_max", [1e2, 1e3, 1e4, 1e5, 1e6]),
+    "swd-structured-f": ("a_max", [1e2, 1e3, 1e4, 1e5, 1e6]),
     "network-slimming": ("strength", [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]),
     "magnitude-ft-channels": ("iterations", [1, 2, 3, 5, 8]),
     "lr-rewinding-channels": ("iterations", [1, 2, 3, 5, 8]),
