@@ -92,20 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     name += "_tuned" if args.tune else ""
     recipes = [CONFIGS / dataset / f"resnet8-{method}.yaml" for method in METHODS]
     out = args.output or Path("runs/bench") / (name + ("" if args.full else "_quick"))
-    if not args.tune:
-        return run_fidelity(
-            name,
-            argv,
-            recipes,
-            baseline=BASELINE,
-            overrides=overrides,
-            seeds=seeds,
-            output=out,
-            notes={"tuning": "none for any method (recipe settings)"},
-            module="bench_swd_structured",
-        )
-    grid = TUNING if args.full else {method: (option, grid[2:4]) for method, (option, grid) in TUNING.items()}
-    recipes, tried = tune_recipes(recipes, grid, max(levels), overrides, out)
+    tried: dict[str, object] = {}
+    if args.tune:
+        # --quick: two candidates per method (a smoke run of the tuning).
+        grid = TUNING if args.full else {m: (opt, values[2:4]) for m, (opt, values) in TUNING.items()}
+        recipes, tried = tune_recipes(recipes, grid, max(levels), overrides, out)
+        out = out / "compare"
     status = run_fidelity(
         name,
         argv,
@@ -113,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         baseline=BASELINE,
         overrides=overrides,
         seeds=seeds,
-        output=out / "compare",
+        output=out,
+        notes={"tuning": f"{name}_tuning.json" if args.tune else "none for any method (recipe settings)"},
         module="bench_swd_structured",
     )
-    results_dir = DEFAULT_RESULTS_DIR if args.full else DEFAULT_RESULTS_DIR / "quick"
-    epochs = args.epochs if args.full else 1
-    tuning = {"epochs (every method, total)": epochs, "budget used for tuning": max(levels)}
-    (results_dir / f"{name}_tuning.json").write_text(json.dumps({**tuning, **tried}, indent=1) + "\n")
+    if args.tune:
+        results_dir = DEFAULT_RESULTS_DIR if args.full else DEFAULT_RESULTS_DIR / "quick"
+        epochs = args.epochs if args.full else 1
+        tuning = {"epochs (every method, total)": epochs, "budget used for tuning": max(levels)}
+        (results_dir / f"{name}_tuning.json").write_text(json.dumps({**tuning, **tried}, indent=1) + "\n")
     return status
 
 
