@@ -114,6 +114,10 @@ def top_magnitude_lmo(grads: Tensor, radii: Tensor, k: int, kind: str) -> Tensor
 
     Returns:
         A new tensor shaped like ``grads``.
+
+    Raises:
+        ValueError: if the kernel is unavailable, ``kind`` is unknown or ``k`` is outside ``[1, n]``.
+        MemoryError: if the kernel cannot allocate its selection buffer.
     """
     function = _kernel()
     if function is None or kind not in KINDS:
