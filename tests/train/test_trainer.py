@@ -98,6 +98,29 @@ def test_resume_refuses_a_run_of_another_recipe(tmp_path):
     assert (tmp_path / "recipe.yaml").read_text() == before
 
 
+def test_resume_accepts_a_run_stored_before_an_option_existed(tmp_path):
+    """A stored recipe without an option that now has a default (a run from before the option existed) is
+    the same recipe, and resumes; a stored option with another value is not, and stops.
+    """
+    import yaml
+
+    from slimtrain.train.config import RecipeError
+
+    method = {"name": "gmp", "options": {"target": 0.5}}
+    recipe = recipe_from_dict(
+        {**SMALL, "name": "a", "method": method, "train": {**SMALL["train"], "max_steps": 3}}
+    )
+    Trainer(recipe, tmp_path).fit()
+    tree = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert tree["method"]["options"].pop("granularity") == "weights"
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tree))
+    Trainer(recipe, tmp_path).fit(resume=True)
+    tree["method"]["options"]["end"] = 0.123
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(RecipeError, match=r"method\.options.*'end': 0\.123"):
+        Trainer(recipe, tmp_path).fit(resume=True)
+
+
 @pytest.mark.parametrize("text", ["[1, 2", "- a list\n"], ids=["broken", "not-a-mapping"])
 def test_resume_names_an_unreadable_stored_recipe(tmp_path, text):
     """A damaged ``recipe.yaml`` in the run directory stops a resume with its path, not a traceback."""

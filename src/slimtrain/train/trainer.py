@@ -149,7 +149,7 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
         raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
     if not isinstance(tree, dict):
         raise RecipeError(f"{stored_path}: the stored recipe is not a mapping")
-    stored = _flatten(tree)
+    stored = _flatten(_with_resolved_options(tree))
     wanted = _flatten(recipe.model_dump(mode="json"))
     differ = sorted(
         key
@@ -163,6 +163,23 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
             f"{run_dir} holds a run of a different recipe ({details}); "
             "use another output directory or delete that run"
         )
+
+
+def _with_resolved_options(tree: dict[str, Any]) -> dict[str, Any]:
+    """The stored tree with its method options filled in by the method's current schema.
+
+    A run stored before its method gained an option lacks that key; with the option's default it computed
+    the same thing, so only options that the schema rejects, or that differ once resolved, count as changed.
+    """
+    method = tree.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("options", {}), dict):
+        return tree
+    try:
+        schema = get_method_class(method.get("name", "dense")).Options
+        options = schema.model_validate(method.get("options", {})).model_dump(mode="json")
+    except (KeyError, ValueError):  # unknown method or rejected options: compare them as stored
+        return tree
+    return {**tree, "method": {**method, "options": options}}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
