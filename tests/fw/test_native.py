@@ -84,8 +84,10 @@ def test_zero_radius_gives_a_zero_row():
 
 
 def test_bad_arguments_are_named():
-    """An unknown kind or a k outside [1, n] raises an error naming it, not a crash in C."""
+    """An unknown kind, a k outside [1, n] or another dtype raises an error naming it, not a crash in C."""
     g = torch.randn(1, 10)
+    with pytest.raises(ValueError, match="float32"):
+        native.top_magnitude_lmo(g.double(), torch.ones(1), 3, "k_sparse")
     with pytest.raises(ValueError, match="kind"):
         native.top_magnitude_lmo(g, torch.ones(1), 3, "nuclear")
     with pytest.raises(ValueError, match=r"k must lie in \[1, 10\], got 11"):

@@ -116,12 +116,15 @@ def top_magnitude_lmo(grads: Tensor, radii: Tensor, k: int, kind: str) -> Tensor
         A new tensor shaped like ``grads``.
 
     Raises:
-        ValueError: if the kernel is unavailable, ``kind`` is unknown or ``k`` is outside ``[1, n]``.
+        ValueError: if the kernel is unavailable, ``grads`` is not CPU float32, ``kind`` is unknown or ``k``
+            is outside ``[1, n]``.
         MemoryError: if the kernel cannot allocate its selection buffer.
     """
     function = _kernel()
     if function is None or kind not in KINDS:
         raise ValueError(f"top_magnitude_lmo: kernel unavailable or unknown kind {kind!r}; check supports()")
+    if grads.dtype != torch.float32 or grads.device.type != "cpu":
+        raise ValueError(f"top_magnitude_lmo: needs CPU float32, got {grads.dtype} on {grads.device}")
     g = grads.detach().contiguous()
     rows = g.shape[0]
     n = g.numel() // max(rows, 1)
