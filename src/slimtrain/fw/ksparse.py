@@ -18,7 +18,8 @@ class KSparsePolytope(VectorKConstraintSet):
 
     LMO: ``v_i = −r·sign(g_i)`` on the ``k`` entries of largest ``|g_i|``, 0 elsewhere (signs only, not the
     values). Gauge ``max(‖x‖∞, ‖x‖₁/k)``; L2 diameter ``D = 2r√k``. Ties in ``|g|`` are broken by
-    ``torch.topk``; every choice gives the same LMO value.
+    ``torch.topk``, or by lowest index where the compiled kernel of :mod:`slimtrain.fw.native` runs (CPU
+    float32); every choice gives the same LMO value.
 
     Args:
         n: the number of entries.

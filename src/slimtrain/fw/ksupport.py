@@ -56,7 +56,8 @@ class KSupportNormBall(VectorKConstraintSet):
 
     LMO: ``v = −r·top_k(g)/‖top_k(g)‖₂`` keeping the signed values of the ``k`` entries of largest
     magnitude, so ``⟨g, v⟩ = −r·‖top_k(g)‖₂``. L2 diameter ``D = 2r``; gauge :func:`k_support_norm`.
-    At ``k = n`` this is the L2 ball of radius ``r``.
+    At ``k = n`` this is the L2 ball of radius ``r``. On CPU float32 the LMO runs the compiled kernel of
+    :mod:`slimtrain.fw.native` (ties at the threshold go to the lowest indices).
 
     Args:
         n: the number of entries.
