@@ -265,26 +265,30 @@ def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -
         recipe = Recipe.model_validate(tree)
     except ValidationError as err:
         raise RecipeError(_format_errors(err, root=Recipe)) from None
-    _resolve_method_options(recipe)
+    recipe.method.options = resolve_method_options(recipe.method.name, recipe.method.options)
     return recipe
 
 
-def _resolve_method_options(recipe: Recipe) -> None:
-    """Validate the method's options with its own schema and store them with every default filled in."""
+def resolve_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options validated by its own schema, with every default filled in.
+
+    Raises:
+        RecipeError: naming the unknown method, or every rejected option.
+    """
     from slimtrain.train.method import get_method_class
 
     try:
-        options_model = get_method_class(recipe.method.name).Options
+        options_model = get_method_class(name).Options
     except KeyError as err:
         raise RecipeError(f"invalid recipe:\n  'method.name': {err.args[0]}") from None
-    problems = _number_problems(options_model, recipe.method.options, prefix="method.options")
+    problems = _number_problems(options_model, options, prefix="method.options")
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
     try:
-        parsed = options_model.model_validate(recipe.method.options)
+        parsed = options_model.model_validate(options)
     except ValidationError as err:
         raise RecipeError(_format_errors(err, prefix=("method", "options"), root=options_model)) from None
-    recipe.method.options = parsed.model_dump(mode="json")
+    return parsed.model_dump(mode="json")
 
 
 def _number_problems(schema: type[BaseModel], raw: dict[str, Any], *, prefix: str) -> list[str]:

@@ -25,7 +25,7 @@ from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe, RecipeError
+from slimtrain.train.config import Recipe, RecipeError, resolve_method_options
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.method import Method, NonFiniteGradientError, StepContext, get_method_class
@@ -175,9 +175,8 @@ def _with_resolved_options(tree: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(method, dict) or not isinstance(method.get("options", {}), dict):
         return tree
     try:
-        schema = get_method_class(method.get("name", "dense")).Options
-        options = schema.model_validate(method.get("options", {})).model_dump(mode="json")
-    except (KeyError, ValueError):  # unknown method or rejected options: compare them as stored
+        options = resolve_method_options(method.get("name", "dense"), method.get("options", {}))
+    except RecipeError:  # unknown method or rejected options: compare them as stored
         return tree
     return {**tree, "method": {**method, "options": options}}
 
