@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
-from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
+from benchmarks.harness import BenchmarkRecorder
 from slimtrain.experiments.compare import compare
 from slimtrain.io import atomic_write_text
 from slimtrain.train.config import load_recipe
@@ -155,7 +155,7 @@ def investigate(name: str, model: str, argv: list[str] | None, out: Path, seed: 
             },
         )
     rec.note("seed", seed)
-    rec.save(DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick")
+    rec.save()
     return 0
 
 

@@ -19,13 +19,11 @@ recorded (``<name>_tuning.json``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity, tune_recipes
-from benchmarks.harness import DEFAULT_RESULTS_DIR
+from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity, save_tuning, tune_recipes
 
 METHODS = ("swd", "magnitude-ft", "lr-rewinding", "gmp")
 # The tuning budget, the same for every method: five values of the option that decides how hard the method
@@ -97,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         output=out / "compare",
         module="bench_swd_fidelity",
     )
-    results_dir = DEFAULT_RESULTS_DIR if args.full else DEFAULT_RESULTS_DIR / "quick"
-    (results_dir / f"{name}_tuning.json").write_text(json.dumps(tuning, indent=1) + "\n")
+    save_tuning(name, "full" if args.full else "quick", tuning)
     return status
 
 

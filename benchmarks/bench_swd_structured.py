@@ -28,13 +28,11 @@ seed. With ``--tune`` every method first gets the same tuning budget — five va
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity, tune_recipes
-from benchmarks.harness import DEFAULT_RESULTS_DIR
+from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity, save_tuning, tune_recipes
 
 METHODS = (
     "swd-structured",
@@ -110,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         module="bench_swd_structured",
     )
     if args.tune:
-        results_dir = DEFAULT_RESULTS_DIR if args.full else DEFAULT_RESULTS_DIR / "quick"
         epochs = args.epochs if args.full else 1
         tuning = {"epochs (every method, total)": epochs, "budget used for tuning": max(levels)}
-        (results_dir / f"{name}_tuning.json").write_text(json.dumps({**tuning, **tried}, indent=1) + "\n")
+        save_tuning(name, "full" if args.full else "quick", {**tuning, **tried})
     return status
 
 

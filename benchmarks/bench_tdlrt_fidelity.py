@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
-from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
+from benchmarks.harness import BenchmarkRecorder
 from slimtrain.cli import demo_recipes
 from slimtrain.experiments.compare import COMPARE_FILE
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.note("layers", "conv1 and the classifier dense; every other conv and linear factorized")
     if args.full:
         rec.note("DLRT reference (authors' repository, matrix DLRT, 5 seeds, full training)", DLRT_REFERENCE)
-    rec.save(DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick")
+    rec.save()
     print("\n".join(table))
     return status
 

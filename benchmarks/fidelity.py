@@ -11,6 +11,7 @@ the JSON results.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from collections import defaultdict
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.harness import DEFAULT_RESULTS_DIR, BenchmarkRecorder
+from benchmarks.harness import BenchmarkRecorder, results_folder
 from slimtrain.experiments.compare import compare
 from slimtrain.experiments.report import write_report
 from slimtrain.experiments.significance import verdict
@@ -103,6 +104,11 @@ def tune_recipes(
     return tuned, record
 
 
+def save_tuning(name: str, mode: str, record: dict[str, Any]) -> None:
+    """Write the tuning record of benchmark ``name`` as ``<name>_tuning.json`` next to its results."""
+    (results_folder(mode) / f"{name}_tuning.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
 def run_fidelity(
     name: str,
     argv: list[str] | None,
@@ -156,7 +162,7 @@ def run_fidelity(
     rec.note("overrides", overrides)
     for key, value in (notes or {}).items():
         rec.note(key, value)
-    results_dir = DEFAULT_RESULTS_DIR if rec.mode == "full" else DEFAULT_RESULTS_DIR / "quick"
+    results_dir = results_folder(rec.mode)
     rec.save(results_dir)
     for plot in out.glob("accuracy_vs_*.png"):
         shutil.copyfile(plot, results_dir / f"{name}_{plot.name}")

@@ -23,6 +23,14 @@ import torch
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def results_folder(mode: str) -> Path:
+    """Where results of a run in ``mode`` go: ``benchmarks/results``, or its ``quick/`` subfolder.
+
+    Quick runs go to the git-ignored subfolder, so ``make bench`` never overwrites committed full results.
+    """
+    return DEFAULT_RESULTS_DIR if mode == "full" else DEFAULT_RESULTS_DIR / "quick"
+
+
 def git_commit(cwd: Path | None = None) -> str:
     """Return the commit checked out at ``cwd`` (this file's repository by default), or ``"unknown"``."""
     where = cwd if cwd is not None else Path(__file__).resolve().parent
@@ -174,12 +182,9 @@ class BenchmarkRecorder:
     def save(self, results_dir: Path | str | None = None) -> Path:
         """Write ``<name>.json`` and ``<name>.md`` atomically into ``results_dir``; return the JSON path.
 
-        The default is ``benchmarks/results`` for full runs and the git-ignored ``benchmarks/results/quick``
-        for quick runs, so ``make bench`` never overwrites committed full results.
+        The default is :func:`results_folder` of the run's mode.
         """
-        if results_dir is None:
-            results_dir = DEFAULT_RESULTS_DIR if self.mode == "full" else DEFAULT_RESULTS_DIR / "quick"
-        results_dir = Path(results_dir)
+        results_dir = Path(results_dir) if results_dir is not None else results_folder(self.mode)
         results_dir.mkdir(parents=True, exist_ok=True)
         json_path = results_dir / f"{self.name}.json"
         _write_atomic(json_path, json.dumps(self.to_dict(), indent=2) + "\n")
