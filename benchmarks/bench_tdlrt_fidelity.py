@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = json.loads((output / COMPARE_FILE).read_text())["rows"]
     values, table = rate_table(rows, output)
-    rec = BenchmarkRecorder(f"{name}_rates", argv, module=f"bench_{name}")
+    rec = BenchmarkRecorder(f"{name}_rates", argv, module="bench_tdlrt_fidelity")
     for key, fields in values.items():
         for field, numbers in fields.items():
             unit = "%" if field != "acc_compressed_no_ft" else "accuracy %"
