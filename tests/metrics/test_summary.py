@@ -1,8 +1,13 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.utils.prune as prune
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from slimtrain.compress import to_sparse_linear
 from slimtrain.metrics import compressed, summarize
 
 from .test_dlrt_conventions import LowRankLinear
@@ -33,6 +38,27 @@ def test_mlp_summary_reports_effective_sparsity(mlp):
     s = summarize(mlp, torch.randn(3, 4))
     assert s["sparsity_prunable"] == pytest.approx(4 / 18)
     assert s["sparsity_effective_prunable"] == pytest.approx((4 + 2) / 18)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.floats(0.0, 0.95), st.integers(0, 2**16))
+def test_csr_storage_is_counted_like_the_masked_model(amount, seed):
+    """Linears stored as CSR: every metric equals the masked model's, except that the stored count drops
+    by exactly the zeros the CSR layers no longer hold.
+    """
+    torch.manual_seed(seed)
+    masked = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 12), nn.ReLU(), nn.Linear(12, 5)
+    )
+    with torch.no_grad():
+        for layer in (masked[3], masked[5]):
+            layer.weight[torch.rand_like(layer.weight) < amount] = 0
+    zeros = sum(int((layer.weight == 0).sum()) for layer in (masked[3], masked[5]))
+    x = torch.randn(2, 1, 8, 8)
+    expected = summarize(masked, x)
+    got = summarize(to_sparse_linear(copy.deepcopy(masked)), x)
+    assert got.pop("params_stored_all") == expected.pop("params_stored_all") - zeros
+    assert got == expected
 
 
 def test_factorized_summary_with_and_without_reference():

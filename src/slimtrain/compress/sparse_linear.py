@@ -33,6 +33,14 @@ class SparseLinear(nn.Module):
         self.values = nn.Parameter(torch.zeros(nnz))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+    def dense_weight_shape(self) -> tuple[int, int]:
+        """Return ``(out_features, in_features)``, the shape of the weight stored sparsely.
+
+        With ``values`` this makes the layer a :class:`~slimtrain.metrics.SparseWeightLayer`: the metrics
+        count it like the masked ``nn.Linear`` it came from.
+        """
+        return (self.out_features, self.in_features)
+
     def weight_csr(self) -> torch.Tensor:
         """Return the weight as a ``torch.sparse_csr`` tensor of shape (out_features, in_features)."""
         return torch.sparse_csr_tensor(

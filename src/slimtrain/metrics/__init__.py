@@ -51,6 +51,7 @@ from slimtrain.metrics.ratios import (
     level_rel_error,
     storage_fraction,
 )
+from slimtrain.metrics.sparse_weight import SparseWeightLayer
 from slimtrain.metrics.summary import summarize
 from slimtrain.metrics.table import layer_table
 
@@ -64,6 +65,7 @@ __all__ = [
     "ParameterTotals",
     "PeakMemory",
     "Population",
+    "SparseWeightLayer",
     "TensorCount",
     "compressed",
     "compression_ratio",

@@ -3,11 +3,14 @@
 Counts are taken on the *effective* tensors: pruning masks applied through ``torch.nn.utils.prune``
 (``weight_orig`` · ``weight_mask``) or ``torch.nn.utils.parametrize`` are honoured, so a masked model's
 zeros are counted as zeros. A :class:`~slimtrain.metrics.FactorizedLayer` is counted as one unit: its
-factors are *stored*, the dense layer it replaces is its *dense* size.
+factors are *stored*, the dense layer it replaces is its *dense* size. A
+:class:`~slimtrain.metrics.SparseWeightLayer` (CSR storage) counts its stored values as its ``weight``, of the
+dense weight's size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from slimtrain.metrics.factorized import FactorizedLayer
 from slimtrain.metrics.populations import Population, Role, resolve_population
+from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 DENSE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 """Layers whose ``weight`` is ``prunable`` and whose MACs follow the Conv/Linear formulas of §4."""
@@ -189,14 +193,17 @@ def _plain_entries(mname: str, module: nn.Module, seen: set[int]) -> list[Tensor
             continue
         seen.add(id(p))
         n = t.numel()
+        dense, role = n, _role(module, pname)
+        if isinstance(module, SparseWeightLayer) and pname == "values":
+            pname, role, dense = "weight", "weight", math.prod(module.dense_weight_shape())
         entries.append(
             TensorCount(
                 name=_qualified(mname, pname),
                 module=mname,
                 module_type=type(module).__name__,
-                role=_role(module, pname),
+                role=role,
                 shapes=(tuple(t.shape),),
-                dense=n,
+                dense=dense,
                 stored=n,
                 nonzero=int(torch.count_nonzero(t)),
             )

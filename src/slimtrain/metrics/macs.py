@@ -8,7 +8,8 @@ Two sources are combined:
   output shapes (Conv: C_out·H_out·W_out·(C_in/groups)·k_h·k_w; Linear: in·out·tokens).
 
 Effective MACs follow the unstructured rule of ShrinkBench/SFW (per-layer dense MACs × weight density,
-masks honoured) for plain Conv/Linear layers, and count factorized layers and every other op as executed —
+masks honoured) for plain Conv/Linear layers and sparse-storage layers (whose CSR product FlopCounterMode
+counts at dense size), and count factorized layers and every other op as executed —
 except factorized linear layers with ``macs_as_dense = True`` (NN-BCD's TT layers, which rebuild the dense
 weight every forward pass): they count as the dense product they run, as metrics.md §4 prescribes, so the
 count does not depend on the batch size the reconstruction is spread over.
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_tensors, factorized_layers
+from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 ExampleInput = Tensor | Sequence[Tensor]
 """One input tensor, or the positional inputs of ``model(*inputs)``; the first dimension is the batch."""
@@ -102,7 +104,7 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     handles = [factorized[name].register_forward_hook(_make_hook(name, as_dense)) for name in as_dense]
     for name, m in model.named_modules():
         inside = any(name == f or name.startswith(f + ".") for f in factorized)
-        if isinstance(m, DENSE_LAYER_TYPES) and not inside:
+        if isinstance(m, (*DENSE_LAYER_TYPES, SparseWeightLayer)) and not inside:
             handles.append(m.register_forward_hook(_make_hook(name, per_layer)))
     was_training = model.training
     model.eval()
@@ -151,7 +153,9 @@ def _make_hook(name: str, store: dict[str, int]):
 
 
 def _weight_density(module: nn.Module) -> float:
-    """NNZ/numel of the effective (masked) weight of a Conv/Linear layer."""
+    """NNZ/numel of the effective (masked) weight of a Conv/Linear or sparse-storage layer."""
+    if isinstance(module, SparseWeightLayer):
+        return int(torch.count_nonzero(module.values)) / math.prod(module.dense_weight_shape())
     weight = next(t for n, t, _ in effective_tensors(module) if n == "weight")
     return int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 1.0
 
