@@ -94,7 +94,7 @@ def rate_table(rows: list[dict], output: Path) -> tuple[dict[str, dict[str, list
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--full`` needs MNIST under the data directory."""
+    """Run the benchmark; ``--full`` needs MNIST, or Fashion-MNIST with ``--dataset``, in the data folder."""
     parser = fidelity_arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--dataset",
