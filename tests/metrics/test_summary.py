@@ -41,21 +41,24 @@ def test_mlp_summary_reports_effective_sparsity(mlp):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.floats(0.0, 0.95), st.integers(0, 2**16))
-def test_csr_storage_is_counted_like_the_masked_model(amount, seed):
-    """Linears stored as CSR: every metric equals the masked model's, except that the stored count drops
-    by exactly the zeros the CSR layers no longer hold.
+@given(st.floats(0.0, 0.95), st.integers(0, 2**16), st.booleans())
+def test_csr_storage_is_counted_like_the_masked_model(amount, seed, mlp):
+    """Linears stored as CSR: every metric equals the masked model's (for a ReLU MLP its effective sparsity
+    too), except that the stored count drops by exactly the zeros the CSR layers no longer hold.
     """
     torch.manual_seed(seed)
+    features = [nn.Flatten()] if mlp else [nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten()]
     masked = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 12), nn.ReLU(), nn.Linear(12, 5)
+        *features, nn.Linear(64 if mlp else 3 * 6 * 6, 12), nn.ReLU(), nn.Linear(12, 5, bias=not mlp)
     )
+    linears = [m for m in masked if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        for layer in (masked[3], masked[5]):
+        for layer in linears:
             layer.weight[torch.rand_like(layer.weight) < amount] = 0
-    zeros = sum(int((layer.weight == 0).sum()) for layer in (masked[3], masked[5]))
+    zeros = sum(int((layer.weight == 0).sum()) for layer in linears)
     x = torch.randn(2, 1, 8, 8)
     expected = summarize(masked, x)
+    assert ("sparsity_effective_prunable" in expected) == mlp
     got = summarize(to_sparse_linear(copy.deepcopy(masked)), x)
     assert got.pop("params_stored_all") == expected.pop("params_stored_all") - zeros
     assert got == expected

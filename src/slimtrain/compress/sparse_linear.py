@@ -41,6 +41,10 @@ class SparseLinear(nn.Module):
         """
         return (self.out_features, self.in_features)
 
+    def dense_weight(self) -> torch.Tensor:
+        """Return the weight as a dense tensor of shape (out_features, in_features)."""
+        return self.weight_csr().to_dense()
+
     def weight_csr(self) -> torch.Tensor:
         """Return the weight as a ``torch.sparse_csr`` tensor of shape (out_features, in_features)."""
         return torch.sparse_csr_tensor(
@@ -74,7 +78,7 @@ class SparseLinear(nn.Module):
             device=self.values.device, dtype=self.values.dtype
         )
         with torch.no_grad():
-            linear.weight.copy_(self.weight_csr().to_dense())
+            linear.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

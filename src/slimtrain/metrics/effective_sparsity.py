@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtrain.metrics.counting import effective_tensors
+from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 
 def effective_weight_masks(
@@ -69,19 +70,20 @@ def effective_weight_masks(
     return masks
 
 
-def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
-    """The ``nn.Linear`` layers of a plain ReLU MLP, or an error naming what makes it not one.
+def mlp_linear_layers(model: nn.Module) -> list[nn.Module]:
+    """The linear layers of a plain ReLU MLP, or an error naming what makes it not one.
 
-    A plain ReLU MLP here is an ``nn.Sequential`` of ``nn.Linear``, ``nn.ReLU``, ``nn.Flatten`` and
-    ``nn.Identity``/``nn.Dropout`` modules, with exactly one ReLU between consecutive Linear layers and no
+    A plain ReLU MLP here is an ``nn.Sequential`` of linear layers (``nn.Linear`` or a sparse-storage
+    :class:`~slimtrain.metrics.SparseWeightLayer` such as CSR), ``nn.ReLU``, ``nn.Flatten`` and
+    ``nn.Identity``/``nn.Dropout`` modules, with exactly one ReLU between consecutive linear layers and no
     ReLU after the last one.
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"{type(model).__name__} is not an nn.Sequential ReLU MLP")
-    linears: list[nn.Linear] = []
+    linears: list[nn.Module] = []
     relus_since_last = 0
     for name, m in model.named_children():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, SparseWeightLayer)):
             if linears and relus_since_last != 1:
                 raise ValueError(
                     f"layer {name!r}: expected exactly one ReLU before it, got {relus_since_last}"
@@ -107,7 +109,7 @@ def is_relu_mlp(model: nn.Module) -> bool:
 
 
 def effective_sparsity(model: nn.Module) -> float:
-    """Effective sparsity of the Linear weights of a plain ReLU MLP (masks honoured), metrics.md §2.
+    """Effective sparsity of the linear weights of a plain ReLU MLP (masks honoured), metrics.md §2.
 
     Returns:
         ``1 − (live non-zero weights)/(all weights)`` over the Linear weights (the ``prunable`` population).
@@ -116,7 +118,14 @@ def effective_sparsity(model: nn.Module) -> float:
         ValueError: If ``model`` is not a plain ReLU MLP (see :func:`mlp_linear_layers`).
     """
     layers = mlp_linear_layers(model)
-    weights = [dict((n, t) for n, t, _ in effective_tensors(m))["weight"] for m in layers]
+    weights = [_dense_weight(m) for m in layers]
     masks = effective_weight_masks(weights, [m.bias for m in layers])
     total = sum(w.numel() for w in weights)
     return 1.0 - sum(int(torch.count_nonzero(k)) for k in masks) / total
+
+
+def _dense_weight(layer: nn.Module) -> Tensor:
+    """The effective (masked) weight of an ``nn.Linear``, or the dense weight of a sparse-storage layer."""
+    if isinstance(layer, SparseWeightLayer):
+        return layer.dense_weight()
+    return dict((n, t) for n, t, _ in effective_tensors(layer))["weight"]

@@ -26,6 +26,8 @@ class SparseWeightLayer(Protocol):
     - ``dense_weight_shape()`` returns the shape of the dense weight it stands for,
       ``(out_features, in_features)``; the layer also has ``in_features``, so its dense MACs per call are
       ``in_features`` × output elements, as for ``nn.Linear``.
+    - ``dense_weight()`` returns that dense weight (zeros where nothing is stored); the effective-sparsity
+      analysis of ReLU MLPs reads it.
     - Other parameters (``bias``) are counted as for a plain module.
     """
 
@@ -34,4 +36,8 @@ class SparseWeightLayer(Protocol):
 
     def dense_weight_shape(self) -> tuple[int, ...]:
         """Return the shape of the dense weight this layer stores sparsely."""
+        ...
+
+    def dense_weight(self) -> Tensor:
+        """Return the dense weight, of shape ``dense_weight_shape()``."""
         ...
