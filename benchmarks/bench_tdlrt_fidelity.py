@@ -16,7 +16,11 @@ name). Finished runs in the output folder are reused, so seeds can be added by a
 ``configs/fashion-mnist/resnet8-*`` recipes) with dense, fixed-rank Tucker SGD, TDLRT (two-pass and
 parallel) and matrix DLRT, reduced by default to ``--width 16`` and ``--epochs 8`` (the recipes say 32 and
 15), levels 0.1 and 0.2 (τ, or the rank fraction of fixed-rank), two seeds; verdicts against fixed-rank.
-Results ``tdlrt_fidelity_fmnist_resnet8_w<W>_<E>ep``.
+Results ``tdlrt_fidelity_fmnist_resnet8_w<W>_<E>ep``. Since τ and the rank fraction are different knobs,
+``--matched`` adds the comparison at matched compression: fixed-rank at rank fractions 0.15 and 0.2 and
+both TDLRT variants at τ 0.2 (``--taus``) without gradient clipping, five seeds; each TDLRT level is
+compared with the fixed-rank line through those two points at its mean compression rate (results
+``…_matched``).
 
 ``--quick``: the digits demo recipes (MLP 256-256, dense vs TDLRT), two epochs, two seeds.
 
@@ -33,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
 from benchmarks.harness import BenchmarkRecorder
@@ -47,6 +52,9 @@ DLRT_REFERENCE = {
     "tau=0.3": {"test_accuracy_percent": 97.45, "cr_eval_percent": 97.8, "cr_train_percent": 90.6},
     "tau=0.45": {"test_accuracy_percent": 94.07, "cr_eval_percent": 98.5, "cr_train_percent": 95.9},
 }
+
+#: Rank fractions of the fixed-rank baseline whose line the ``--matched`` comparison reads TDLRT against.
+MATCHED_LINE = (0.15, 0.2)
 
 _FIELDS = (
     "acc_compressed_no_ft",
@@ -93,6 +101,62 @@ def rate_table(rows: list[dict], output: Path) -> tuple[dict[str, dict[str, list
     return values, lines
 
 
+def recipe_copy(recipe: Path, folder: Path, levels: list[float], options: dict | None = None) -> Path:
+    """Write ``recipe`` to ``folder`` (same file name) with its own evaluation levels and method options."""
+    tree = yaml.safe_load(recipe.read_text())
+    tree["evaluation"]["levels"] = levels
+    tree["method"]["options"] = {**tree["method"].get("options", {}), **(options or {})}
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / recipe.name
+    copy.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return copy
+
+
+def matched_compression(values: dict[str, dict[str, list[float]]], line: tuple[str, str]) -> dict[str, dict]:
+    """Each ``recipe @ level`` against the line through two baseline points, at the recipe's mean c.r.
+
+    Args:
+        values: per ``recipe @ level``, the seeds' accuracies (%) and factorized-only eval c.r. (%).
+        line: the two baseline keys (``recipe @ level``) the line runs through.
+
+    Returns:
+        Per compared key: its mean c.r. and accuracy, the line's accuracy there, the difference and two
+        standard errors of it (the line's variance from its two points' seeds), and the verdict.
+    """
+    points = [
+        (statistics.mean(values[k]["cr_percent_eval_factorized_only"]), values[k]["acc_compressed_no_ft"])
+        for k in line
+    ]
+    (c0, a0), (c1, a1) = points
+    out = {}
+    for key, fields in values.items():
+        if (
+            key in line
+            or not fields.get("cr_percent_eval_factorized_only")
+            or len(fields["acc_compressed_no_ft"]) < 2
+        ):
+            continue
+        acc = fields["acc_compressed_no_ft"]
+        cr = statistics.mean(fields["cr_percent_eval_factorized_only"])
+        w = (cr - c1) / (c0 - c1)  # weight of the first point; outside [0, 1] means extrapolation
+        at_line = w * statistics.mean(a0) + (1 - w) * statistics.mean(a1)
+        var = (
+            w**2 * statistics.variance(a0) / len(a0)
+            + (1 - w) ** 2 * statistics.variance(a1) / len(a1)
+            + statistics.variance(acc) / len(acc)
+        )
+        diff, two_se = statistics.mean(acc) - at_line, 2 * var**0.5
+        out[key] = {
+            "cr_percent": round(cr, 2),
+            "accuracy_percent": round(statistics.mean(acc), 2),
+            "line_accuracy_percent": round(at_line, 2),
+            "difference": round(diff, 2),
+            "two_se": round(two_se, 2),
+            "verdict": "recipe leads" if diff > two_se else "line leads" if -diff > two_se else "tie",
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; ``--full`` needs MNIST, or Fashion-MNIST with ``--dataset``, in the data folder."""
     parser = fidelity_arguments(__doc__.splitlines()[0])
@@ -110,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steps", type=int, default=None, help="cap on training steps (full default: 200; FM: none)"
     )
     parser.add_argument("--width", type=int, default=16, help="--dataset fashion-mnist: ResNet-8 width")
+    parser.add_argument(
+        "--matched",
+        action="store_true",
+        help="--dataset fashion-mnist: TDLRT against fixed-rank at matched compression (see the module doc)",
+    )
     args = parser.parse_args(argv)
+    if args.matched and not (args.full and args.dataset == "fashion-mnist"):
+        parser.error("--matched needs --full --dataset fashion-mnist")
     torch.set_num_threads(1)
     name = "tdlrt_fidelity" + (f"_{args.epochs}ep" if args.full and args.epochs else "")
     if args.full and args.dataset == "fashion-mnist":
@@ -131,6 +202,25 @@ def main(argv: list[str] | None = None) -> int:
         ]
         baseline = "resnet8-fixed-rank"
         name = f"tdlrt_fidelity_fmnist_resnet8_w{args.width}_{epochs}ep"
+        if args.matched:
+            # Per-recipe levels live in recipe copies; the TDLRT copies drop the recipes' clipping (it
+            # cuts the two-pass step over the augmented cores, docs/tdlrt.md).
+            name += "_matched"
+            folder = (args.output or Path("runs/bench") / name) / "recipes"
+            taus = args.taus or [0.2]
+            seeds = args.seeds or [0, 1, 2, 3, 4]
+            recipes = [
+                recipe_copy(
+                    CONFIGS / "fashion-mnist" / "resnet8-fixed-rank.yaml", folder, list(MATCHED_LINE)
+                ),
+                *(
+                    recipe_copy(
+                        CONFIGS / "fashion-mnist" / f"resnet8-{m}.yaml", folder, taus, {"max_grad_norm": None}
+                    )
+                    for m in ("tdlrt", "tdlrt-parallel")
+                ),
+            ]
+            overrides = [o for o in overrides if not o.startswith("evaluation.levels=")]
     elif args.full:
         if not args.data_dir:
             parser.error("--full needs --data-dir or SLIMTRAIN_DATA_DIR")
@@ -183,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     rec.note("layers", "conv1 and the classifier dense; every other conv and linear factorized")
     if args.full and args.dataset == "mnist":
         rec.note("DLRT reference (authors' repository, matrix DLRT, 5 seeds, full training)", DLRT_REFERENCE)
+    if args.full and args.matched:
+        line = tuple(f"{baseline} @ {level:g}" for level in MATCHED_LINE)
+        matched = matched_compression(values, line)
+        rec.note(f"matched compression against the line through {line[0]} and {line[1]}", matched)
+        table += ["", "| recipe @ τ | c.r. % | accuracy % | fixed-rank line | difference | 2 SE | verdict |"]
+        table += ["|---|---|---|---|---|---|---|"]
+        table += [f"| {k} | {' | '.join(str(v) for v in m.values())} |" for k, m in matched.items()]
     rec.save()
     print("\n".join(table))
     return status
