@@ -37,9 +37,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 
-from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
+from benchmarks.fidelity import CONFIGS, fidelity_arguments, recipe_copy, run_fidelity
 from benchmarks.harness import BenchmarkRecorder
 from slimtrain.cli import demo_recipes
 from slimtrain.experiments.compare import COMPARE_FILE
@@ -99,17 +98,6 @@ def rate_table(rows: list[dict], output: Path) -> tuple[dict[str, dict[str, list
         ]
         lines.append(f"| {key} | {' | '.join(cells)} | {json.dumps(ranks[key]) if ranks[key] else '—'} |")
     return values, lines
-
-
-def recipe_copy(recipe: Path, folder: Path, levels: list[float], options: dict | None = None) -> Path:
-    """Write ``recipe`` to ``folder`` (same file name) with its own evaluation levels and method options."""
-    tree = yaml.safe_load(recipe.read_text())
-    tree["evaluation"]["levels"] = levels
-    tree["method"]["options"] = {**tree["method"].get("options", {}), **(options or {})}
-    folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / recipe.name
-    copy.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return copy
 
 
 def matched_compression(values: dict[str, dict[str, list[float]]], line: tuple[str, str]) -> dict[str, dict]:
@@ -209,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = (args.output or Path("runs/bench") / name) / "recipes"
             taus = args.taus or [0.2]
             seeds = args.seeds or [0, 1, 2, 3, 4]
+            fm = CONFIGS / "fashion-mnist"
             recipes = [
-                recipe_copy(
-                    CONFIGS / "fashion-mnist" / "resnet8-fixed-rank.yaml", folder, list(MATCHED_LINE)
-                ),
+                recipe_copy(fm / "resnet8-fixed-rank.yaml", folder, levels=list(MATCHED_LINE)),
                 *(
                     recipe_copy(
-                        CONFIGS / "fashion-mnist" / f"resnet8-{m}.yaml", folder, taus, {"max_grad_norm": None}
+                        fm / f"resnet8-{m}.yaml", folder, levels=taus, options={"max_grad_norm": None}
                     )
                     for m in ("tdlrt", "tdlrt-parallel")
                 ),

@@ -51,6 +51,27 @@ def fidelity_arguments(description: str, *, datasets: bool = False) -> argparse.
     return parser
 
 
+def recipe_copy(
+    recipe: Path, folder: Path, *, options: dict[str, Any] | None = None, levels: list[float] | None = None
+) -> Path:
+    """Write ``recipe`` to ``folder`` under the same file name, with method options and levels changed.
+
+    Args:
+        recipe: the recipe file.
+        folder: where the copy goes (created if missing).
+        options: method options to set (merged into the recipe's).
+        levels: evaluation levels to set instead of the recipe's (``None`` keeps them).
+    """
+    tree = yaml.safe_load(recipe.read_text())
+    tree["method"]["options"] = {**tree["method"].get("options", {}), **(options or {})}
+    if levels is not None:
+        tree["evaluation"]["levels"] = levels
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / recipe.name
+    copy.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return copy
+
+
 def tune_recipes(
     recipes: list[Path],
     grid: dict[str, tuple[str, list[float]]],
@@ -93,12 +114,7 @@ def tune_recipes(
             )
             scores[f"{value:g}"] = result["rows"][0]["val_acc_compressed_no_ft"]
         best = max(candidates, key=lambda v: scores[f"{v:g}"])
-        tree = yaml.safe_load(recipe.read_text())
-        tree["method"]["options"] = {**tree["method"].get("options", {}), option: best}
-        (out / "tuned").mkdir(parents=True, exist_ok=True)
-        copy = out / "tuned" / recipe.name
-        copy.write_text(yaml.safe_dump(tree, sort_keys=False))
-        tuned.append(copy)
+        tuned.append(recipe_copy(recipe, out / "tuned", options={option: best}))
         record[f"{method} {option} tried: validation accuracy after pruning (seed 0)"] = scores
         record[f"{method} {option} chosen"] = best
     return tuned, record
