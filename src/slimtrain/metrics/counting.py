@@ -176,6 +176,13 @@ def effective_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]
             yield pname, getattr(module, pname), plist.original
 
 
+def effective_weight(module: nn.Module) -> Tensor:
+    """The weight a Conv/Linear layer computes with: masks applied; a sparse-storage layer's dense weight."""
+    if isinstance(module, SparseWeightLayer):
+        return module.dense_weight()
+    return next(t for n, t, _ in effective_tensors(module) if n == "weight")
+
+
 def _role(module: nn.Module, pname: str) -> Role:
     """Role of the parameter ``pname`` of a non-factorized ``module``."""
     if pname == "bias":

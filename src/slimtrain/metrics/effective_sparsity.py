@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from slimtrain.metrics.counting import effective_tensors
+from slimtrain.metrics.counting import effective_weight
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 
@@ -118,14 +118,7 @@ def effective_sparsity(model: nn.Module) -> float:
         ValueError: If ``model`` is not a plain ReLU MLP (see :func:`mlp_linear_layers`).
     """
     layers = mlp_linear_layers(model)
-    weights = [_dense_weight(m) for m in layers]
+    weights = [effective_weight(m) for m in layers]
     masks = effective_weight_masks(weights, [m.bias for m in layers])
     total = sum(w.numel() for w in weights)
     return 1.0 - sum(int(torch.count_nonzero(k)) for k in masks) / total
-
-
-def _dense_weight(layer: nn.Module) -> Tensor:
-    """The effective (masked) weight of an ``nn.Linear``, or the dense weight of a sparse-storage layer."""
-    if isinstance(layer, SparseWeightLayer):
-        return layer.dense_weight()
-    return dict((n, t) for n, t, _ in effective_tensors(layer))["weight"]

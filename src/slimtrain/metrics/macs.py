@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_tensors, factorized_layers
+from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_layers
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 ExampleInput = Tensor | Sequence[Tensor]
@@ -154,9 +154,7 @@ def _make_hook(name: str, store: dict[str, int]):
 
 def _weight_density(module: nn.Module) -> float:
     """NNZ/numel of the effective (masked) weight of a Conv/Linear or sparse-storage layer."""
-    if isinstance(module, SparseWeightLayer):
-        return int(torch.count_nonzero(module.values)) / math.prod(module.dense_weight_shape())
-    weight = next(t for n, t, _ in effective_tensors(module) if n == "weight")
+    weight = effective_weight(module)
     return int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 1.0
 
 
