@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [
             f"train.epochs={epochs}",
             f"model.kwargs.width={args.width}",
-            f"evaluation.levels={taus}",
+            # --matched sets the levels per recipe, in the copies below.
+            *([] if args.matched else [f"evaluation.levels={taus}"]),
             *([f"train.max_steps={max_steps}"] if max_steps else []),
         ]
         baseline = "resnet8-fixed-rank"
@@ -207,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
                     for m in ("tdlrt", "tdlrt-parallel")
                 ),
             ]
-            overrides = [o for o in overrides if not o.startswith("evaluation.levels=")]
     elif args.full:
         if not args.data_dir:
             parser.error("--full needs --data-dir or SLIMTRAIN_DATA_DIR")
