@@ -385,3 +385,31 @@ def test_local_cycle_freezes_bases_and_changes_ranks_only_at_its_ends():
             start_ranks = integrator.ranks()
         for layer in layers.values():
             assert all(ortho_error(u) < 1e-10 for u in layer.factors)
+
+
+def test_faithful_qr_selection_flips_capped_bases_like_robustdlrt():
+    """Every layer starts at r_max, so with ``aug_cap="rmax"`` no mode can grow; with ``aug_select=
+    "qr_columns"`` the augmentation still replaces each adaptive basis by the first r columns of
+    QR([U | −∇_U L]), as RobustDLRT does (the column signs matter to Adam's second-moment transport).
+    """
+    model = _without_noise(tiny_model())
+    x, y = batch(0)
+    probe = copy.deepcopy(model)
+    closure_for(probe, x, y)()
+    expected = {
+        (name, mode): torch.linalg.qr(torch.cat([u.detach(), -u.grad], dim=1))[0][:, : u.shape[1]]
+        for name, layer in factorized_layers(probe).items()
+        for mode, u in enumerate(layer.factors)
+        if mode in layer.adaptive_modes
+    }
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    integrator = TDLRT(model, adam, tau=0.1, variant="local", local_steps=3, aug_select="qr_columns")
+    before = integrator.ranks()
+    integrator.step(closure_for(model, x, y))  # first batch of a cycle: augmentation only
+    assert integrator.ranks() == before
+    flipped = 0
+    for (name, mode), q in expected.items():
+        u = factorized_layers(model)[name].factors[mode].detach()
+        torch.testing.assert_close(u, q, rtol=0, atol=1e-12)
+        flipped += int(not torch.allclose(u, factorized_layers(probe)[name].factors[mode].detach()))
+    assert flipped > 0

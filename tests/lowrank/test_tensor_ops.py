@@ -127,6 +127,59 @@ def test_dlrt_net_rule_reproduces_off_by_one_and_fallback():
     assert rank_from_singular_values(sigma, math.inf) == 0
 
 
+def _dlrt_net_reference_rank(d: list[float], tol: float) -> int:
+    """DLRT-Net's rank rule transcribed from its S-step postprocessing: ``d`` holds the 2r singular values
+    of the augmented core; j runs over 0 … 2r−2 with the tail d[j:2r−1]; r is kept when none qualifies.
+    """
+    rank = len(d) // 2
+    for j in range(0, 2 * rank - 1):
+        if math.sqrt(sum(x * x for x in d[j : 2 * rank - 1])) < tol:
+            return j
+    return rank
+
+
+def test_dlrt_net_rule_keeps_the_old_rank_when_only_the_empty_tail_would_qualify():
+    """σ = (1, 0.5, 0.3, 0.2), absolute ϑ = 0.25, r = 2: the tails over j = 0, 1, 2 are 1.157, 0.583 and 0.3,
+    none below ϑ, so DLRT-Net keeps r = 2 (the empty tail at j = 3 is never looked at).
+    """
+    sigma = torch.tensor([1.0, 0.5, 0.3, 0.2], dtype=F64)
+    assert _dlrt_net_reference_rank(sigma.tolist(), 0.25) == 2
+    assert rank_from_singular_values(sigma, 0.25, faithful_dlrt_net=True, fallback=2) == 2
+    # The corrected rule discards 0.3 and 0.2 together (tail 0.361 > 0.25) but 0.2 alone: rank 3.
+    assert rank_from_singular_values(sigma, 0.25) == 3
+
+
+@given(st.integers(1, 5), st.data())
+def test_dlrt_net_rule_equals_the_reference_loop(rank, data):
+    """On an augmented core's 2r singular values the faithful rule picks DLRT-Net's rank for any ϑ."""
+    values = data.draw(st.lists(st.floats(0, 10), min_size=2 * rank, max_size=2 * rank))
+    values = sorted(values, reverse=True)
+    tol = data.draw(st.floats(0, 12))
+    sigma = torch.tensor(values, dtype=F64)
+    got = rank_from_singular_values(sigma, tol, faithful_dlrt_net=True, fallback=rank)
+    assert got == _dlrt_net_reference_rank(values, tol)
+
+
+def test_qr_columns_takes_the_qr_at_the_cap():
+    """With nothing to add (r̂ = r), the faithful selection still returns the first r columns of
+    QR([U | −G]) as RobustDLRT does: U with some column signs flipped, and M = ŨᵀU their diagonal.
+    """
+    gen = torch.Generator().manual_seed(3)
+    basis, _ = torch.linalg.qr(torch.rand(5, 2, generator=gen, dtype=F64) + 0.5)
+    basis = basis * basis[0].sign()  # positive first row: Householder QR flips these columns' signs
+    grad = torch.randn(5, 2, generator=gen, dtype=F64)
+    expected = torch.linalg.qr(torch.cat([basis, -grad], dim=1))[0][:, :2]
+    assert not torch.allclose(expected, basis)  # the case exercises a sign flip
+    augmented, transport = orthonormal_augmentation(basis, grad, 0, select="qr_columns")
+    torch.testing.assert_close(augmented, expected, rtol=0, atol=1e-14)
+    torch.testing.assert_close(transport, torch.diag(transport.diagonal()), rtol=0, atol=1e-14)
+    torch.testing.assert_close(transport.diagonal().abs(), torch.ones(2, dtype=F64), rtol=0, atol=1e-14)
+    torch.testing.assert_close(augmented @ transport, basis, rtol=0, atol=1e-14)
+    # The corrected selection leaves a capped basis untouched.
+    unchanged, identity = orthonormal_augmentation(basis, grad, 0)
+    assert unchanged is basis and torch.equal(identity, torch.eye(2, dtype=F64))
+
+
 def test_unknown_selection_rejected():
     """An unknown augmentation rule raises a ValueError naming it."""
     with pytest.raises(ValueError, match="bogus"):

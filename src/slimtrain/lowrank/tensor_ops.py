@@ -84,15 +84,17 @@ def rank_from_singular_values(
     Args:
         singular_values: Non-increasing singular values.
         threshold: Absolute threshold ϑ.
-        faithful_dlrt_net: Reproduce the DLRT-Net rule (spec §5): the tail omits the last singular value,
-            the comparison is strict, and when no ρ qualifies ``fallback`` is returned. The corrected default
-            counts every discarded value and ρ may reach 0.
+        faithful_dlrt_net: Reproduce the DLRT-Net rule (spec §5): ρ is scanned over ``0 … count − 2`` only,
+            the tail ``σ_{ρ:count−1}`` omits the last singular value, the comparison is strict, and when no ρ
+            qualifies ``fallback`` is returned. The corrected default counts every discarded value and ρ may
+            reach 0.
         fallback: Rank returned by the faithful rule when no ρ qualifies (the old rank).
     """
     sq = singular_values.double() ** 2
     if faithful_dlrt_net:
         count = sq.numel()
-        for rho in range(count):
+        # The scan stops before the empty tail, which would always qualify and make the fallback unreachable.
+        for rho in range(count - 1):
             if float(sq[rho : count - 1].sum().sqrt()) < threshold:
                 return rho
         return fallback
@@ -111,8 +113,10 @@ def orthonormal_augmentation(
         gradient: ``G`` of shape ``n × m`` (e.g. ``∇_U L``).
         max_new: Most columns to add (``r̂ − r``).
         select: ``"svd"`` (corrected default): the leading left singular vectors of ``(I − UUᵀ)G``,
-            numerically zero directions dropped. ``"qr_columns"`` (faithful RobustDLRT behaviour): the
-            first columns of the Householder QR of ``[U | −G]``.
+            numerically zero directions dropped; with nothing to add the basis is returned unchanged.
+            ``"qr_columns"`` (faithful RobustDLRT behaviour): the first ``r + max_new`` columns of the
+            Householder QR of ``[U | −G]``, taken even when nothing is added (then ``Ũ = U·D`` with ``D`` a
+            diagonal of column signs).
 
     Returns:
         ``(augmented, transport)``: ``Ũ`` with orthonormal columns spanning ``U`` and the new directions,
@@ -120,12 +124,14 @@ def orthonormal_augmentation(
     """
     n, r = basis.shape
     max_new = max(0, min(max_new, n - r))
-    if max_new == 0:
-        return basis, torch.eye(r, dtype=basis.dtype, device=basis.device)
     if select == "qr_columns":
+        # RobustDLRT runs this QR at its augmentation cap too: the column signs it flips reach Adam's
+        # second-moment transport (sqrt, rotate, square), so the faithful mode must flip them as well.
         q, _ = torch.linalg.qr(torch.cat([basis, -gradient], dim=1))
         augmented = q[:, : r + max_new]
     elif select == "svd":
+        if max_new == 0:
+            return basis, torch.eye(r, dtype=basis.dtype, device=basis.device)
         # Project twice: one projection loses orthogonality when G is nearly inside span(U).
         projected = gradient - basis @ (basis.T @ gradient)
         projected = projected - basis @ (basis.T @ projected)
