@@ -296,6 +296,102 @@ def test_delayed_k_uses_the_l2_ball_then_switches_feasibly():
     assert torch.count_nonzero(p.detach()) == 2
 
 
+def _k_support_norm_k2(x: torch.Tensor) -> float:
+    """The 2-support norm of a 4-vector in closed form (Argyriou et al. 2012): with |x| sorted down a₁…a₄,
+    √(a₁² + (a₂+a₃+a₄)²) if a₁ > a₂+a₃+a₄, else (a₁+a₂+a₃+a₄)/√2.
+    """
+    a = sorted(x.abs().tolist(), reverse=True)
+    tail = a[1] + a[2] + a[3]
+    return math.hypot(a[0], tail) if a[0] > tail else sum(a) / math.sqrt(2)
+
+
+def _delayed_k_reference(theta, target, *, radius, lr, mu, delay, steps, shift_before_forward):
+    """SFW with delayed k on L = ½‖θ − c‖², from the formulas of the paper's code: "sum" momentum, gradient
+    rescaling, the L2-ball LMO −r·m/‖m‖ for the first ``delay`` steps, then the 2-support-ball LMO
+    −r·m_S/‖m_S‖ (S: the two largest |m_i|) after the shift θ ← θ·min(1, r/‖θ‖₂ˢᵖ). The shift happens before
+    step ``delay``'s forward pass (the paper's code, at an epoch end) or after its gradient (``in_step``).
+    """
+    theta, m = theta.clone(), None
+    for t in range(steps):
+        if t == delay and shift_before_forward:
+            theta = theta * min(1.0, radius / _k_support_norm_k2(theta))
+        g = theta - target
+        if t == delay and not shift_before_forward:
+            theta = theta * min(1.0, radius / _k_support_norm_k2(theta))
+        m = g.clone() if m is None else mu * m + g
+        if t < delay:
+            v = -radius * m / m.norm()
+        else:
+            top = m.abs().topk(2).indices
+            v = torch.zeros_like(m)
+            v[top] = -radius * m[top] / m[top].norm()
+        gamma = min(max(lr * float(m.norm() / (theta - v).norm()), 0.0), 1.0)
+        theta = (1 - gamma) * theta + gamma * v
+    return theta
+
+
+@pytest.mark.parametrize("k_switch", ["in_step", "on_call"])
+def test_delayed_k_switch_timing_matches_the_reference_formulas(k_switch):
+    """``k_switch="on_call"`` with :meth:`SFW.switch_k` called between the third step and the fourth forward
+    pass takes the fourth gradient at the shifted point, as the paper's code does at an epoch end;
+    ``"in_step"`` takes it before the shift. Each equals its hand-written reference; the two differ (by 6e-3).
+    """
+    theta0 = torch.tensor([0.6, -0.5, 0.4, 0.3], dtype=D)
+    target = torch.tensor([1.0, 1.0, -1.0, 0.2], dtype=D)
+    settings_ = {"radius": 1.0, "lr": 0.3, "mu": 0.9, "delay": 3, "steps": 5}
+    p = nn.Parameter(theta0.clone())
+    delay_steps = settings_["delay"] if k_switch == "in_step" else None
+    opt = SFW(
+        [{"params": [p], "constraint": [KSupportNormBall(4, 2, settings_["radius"])]}],
+        lr=settings_["lr"],
+        momentum=settings_["mu"],
+        k_delay_steps=delay_steps,
+        k_switch=k_switch,
+        initial_shift=False,
+    )
+    for t in range(settings_["steps"]):
+        if t == settings_["delay"]:
+            assert _k_support_norm_k2(p.detach()) > settings_["radius"] * 1.1  # the shift is not trivial
+            if k_switch == "on_call":
+                opt.switch_k()
+        opt.zero_grad()
+        (0.5 * (p - target).square().sum()).backward()
+        opt.step()
+    for timing in (True, False):
+        expected = _delayed_k_reference(theta0, target, shift_before_forward=timing, **settings_)
+        if timing == (k_switch == "on_call"):
+            torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-13)
+        else:
+            assert (p.detach() - expected).abs().max() > 1e-3
+
+
+def test_switch_k_is_checkpointed_and_happens_once():
+    """The relaxed state travels in ``state_dict``; a second ``switch_k`` changes nothing; states saved before
+    the timing option existed resume with the in-step switch still due.
+    """
+    c = KSupportNormBall(6, 2, 1.0)
+    p = nn.Parameter(torch.full((6,), 0.4, dtype=D))
+    opt = SFW([{"params": [p], "constraint": [c]}], lr=0.1, k_switch="on_call", initial_shift=False)
+    p.grad = torch.ones(6, dtype=D)
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["k_relaxed"] is True
+    opt.switch_k()
+    assert c.is_feasible(p, rtol=1e-12)
+    shifted = p.detach().clone()
+    opt.switch_k()
+    assert torch.equal(p.detach(), shifted)
+    clone = nn.Parameter(p.detach().clone())
+    restored = SFW([{"params": [clone], "constraint": [c]}], lr=0.1, initial_shift=False)
+    restored.load_state_dict(saved)
+    assert restored.param_groups[0]["k_relaxed"] and restored.param_groups[0]["k_switch"] == "on_call"
+    legacy = {**saved, "param_groups": [dict(saved["param_groups"][0], k_delay_steps=4)]}
+    for key in ("k_relaxed", "k_switch"):
+        del legacy["param_groups"][0][key]
+    restored.load_state_dict(legacy)  # one step done of a delay of 4
+    assert restored.param_groups[0]["k_relaxed"] and restored.param_groups[0]["k_switch"] == "in_step"
+
+
 def test_global_constraint_acts_on_the_concatenation():
     """A single set over a group acts on the flattened concatenation; shapes round-trip (§7.8)."""
     a, b = nn.Parameter(torch.randn(2, 3, dtype=D)), nn.Parameter(torch.randn(4, dtype=D))
@@ -324,6 +420,10 @@ def test_bad_groups_are_rejected_with_their_culprit():
         SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], rescale="bogus")
     with pytest.raises(ValueError, match="k_delay_steps"):
         SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], k_delay_steps=-1)
+    with pytest.raises(ValueError, match="k_switch"):
+        SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], k_switch="later")
+    with pytest.raises(ValueError, match="give no k_delay_steps"):
+        SFW([{"params": [p], "constraint": [LpBall(6, 1.0)]}], k_delay_steps=3, k_switch="on_call")
 
 
 def test_one_group_of_mixed_dtypes_steps_like_separate_groups():

@@ -117,6 +117,47 @@ def test_delay_in_epochs_becomes_steps(tmp_path):
     assert group["k_delay_steps"] == round(0.5 * trainer.steps_per_epoch)
 
 
+@pytest.mark.parametrize(("fraction", "epochs", "delay_epochs"), [(0.2, 3, 1), (0.7, 3, 2), (1.0, 3, 3)])
+def test_delay_fraction_is_the_reference_count_of_epochs(tmp_path, fraction, epochs, delay_epochs):
+    """k_delay_fraction δ delays k for max(1, int(δ·epochs)) epochs, as the paper's code counts them."""
+    train = {**SMALL["train"], "epochs": epochs, "max_steps": 1}
+    trainer = Trainer(_recipe("fraction", {"k_delay_fraction": fraction}, train=train), tmp_path / "run")
+    trainer.fit()
+    group = trainer.components.method.optimizer.param_groups[0]
+    assert group["k_delay_steps"] == delay_epochs * trainer.steps_per_epoch
+
+
+@pytest.mark.parametrize("k_switch", ["in_step", "epoch_end"])
+def test_epoch_end_switch_happens_after_the_last_step_of_the_delay(tmp_path, k_switch):
+    """With a one-epoch delay in a one-epoch run, ``epoch_end`` switches after the last step (the run ends
+    inside the 2-support balls), while the in-step switch, due at the next step, never comes.
+    """
+    options = {"k": 2, "radius": 0.5, "initial_shift": False, "k_delay_fraction": 1.0, "k_switch": k_switch}
+    trainer = Trainer(_recipe("switch", options), tmp_path / "run")
+    results = trainer.fit()
+    group = trainer.components.method.optimizer.param_groups[0]
+    assert group["k_relaxed"] is (k_switch == "in_step")
+    if k_switch == "epoch_end":
+        assert results["max_gauge_ratio"] <= 1 + 1e-9
+    else:
+        assert results["max_gauge_ratio"] > 1.01
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k_switch": "epoch_end"},
+        {"k_delay_epochs": 0.5, "k_switch": "epoch_end"},
+        {"k_delay_epochs": 1, "k_delay_fraction": 0.5},
+    ],
+    ids=["no-delay", "part-epoch", "both"],
+)
+def test_delay_options_that_contradict_are_refused(options):
+    """An epoch-end switch needs whole epochs of delay; a delay is given one way only."""
+    with pytest.raises(RecipeError, match="k_delay"):
+        _recipe("bad-delay", options)
+
+
 def _built_optimizer(options, model_tree=None):
     """The SFW optimizer built for a fresh model of the recipe, the model's initial weights, the model."""
     comp = build_run(_recipe("built", options, model_tree))
@@ -145,13 +186,18 @@ def test_initial_shift_flag():
         assert moved is shift
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, train_until_killed):
-    """A run killed after its checkpoint at step 7 and resumed (across the delayed-k switch at step 9)
-    ends with exactly the weights and optimizer state of the uninterrupted run.
+@pytest.mark.parametrize(
+    "delay",
+    [{"k_delay_epochs": 0.5}, {"k_delay_epochs": 1, "k_switch": "epoch_end"}],
+    ids=["in-step", "epoch-end"],
+)
+def test_resume_equals_uninterrupted_run(tmp_path, train_until_killed, delay):
+    """A run killed after its checkpoint at step 7 and resumed (across the delayed-k switch at step 9, or at
+    the end of the first epoch) ends with exactly the weights and optimizer state of the uninterrupted run.
     """
     recipe = _recipe(
         "resume",
-        {"k": 0.2, "k_delay_epochs": 0.5},
+        {"k": 0.2, **delay},
         train={**SMALL["train"], "epochs": 2, "checkpoint_every_steps": 7},
     )
     full = Trainer(recipe, tmp_path / "full")

@@ -19,8 +19,10 @@ __all__ = ["SFW"]
 
 RescaleMode = Literal["gradient", "fast_gradient", "diameter", "none"]
 MomentumConvention = Literal["sum", "ema"]
+KSwitch = Literal["in_step", "on_call"]
 _RESCALE_MODES = ("gradient", "fast_gradient", "diameter", "none")
 _CONVENTIONS = ("sum", "ema")
+_K_SWITCHES = ("in_step", "on_call")
 # Units larger than this run their LMO alone on views of the parameter: stacking them would only add copies.
 _STACK_LIMIT = 4096
 
@@ -59,10 +61,16 @@ class SFW(Optimizer):
         dampening: explicit dampening ``d``, overriding the convention.
         rescale: ``"gradient"`` (default, the paper's mode with theory), ``"fast_gradient"``,
             ``"diameter"`` (2020 paper) or ``"none"`` (then ``lr`` must lie in ``[0, 1]``).
-        k_delay_steps: delayed k (spec §2.7): for this many steps every k-set is used with ``k`` at its
-            maximum and the same diameter (the k-support ball is then the L2 ball), then the real ``k`` is
-            set and the parameters are shifted inside. Sets without a ``k`` are not affected. ``None`` for
-            no delay. Momentum is kept (the reference leaves this unspecified).
+        k_delay_steps: delayed k (arXiv:2205.11921; docs/sfw.md, "Delayed k"): for this many steps
+            every k-set is used with ``k`` at its maximum and the same diameter (the k-support ball is then
+            the L2 ball), then the real ``k`` is set and the parameters are shifted inside. Sets without a
+            ``k`` are not affected. ``None`` for no delay. Momentum is kept (the reference leaves this
+            unspecified).
+        k_switch: when the delay ends. ``"in_step"`` (default): inside step ``k_delay_steps + 1``, after its
+            gradient was taken at the unshifted point. ``"on_call"``: the sets stay relaxed until
+            :meth:`switch_k` is called — the paper's code calls it at the end of an epoch, between the last
+            step and the next forward pass, so the next gradient is taken at the shifted point;
+            ``k_delay_steps`` must then be ``None``.
         initial_shift: apply the feasibility shift to every parameter at construction (default, corrected:
             iterates are then provably feasible); ``False`` is faithful to compression-aware-SFW, which starts
             from the raw initialization (spec §5).
@@ -81,6 +89,7 @@ class SFW(Optimizer):
         dampening: float | None = None,
         rescale: RescaleMode = "gradient",
         k_delay_steps: int | None = None,
+        k_switch: KSwitch = "in_step",
         initial_shift: bool = True,
     ) -> None:
         defaults = {
@@ -90,6 +99,7 @@ class SFW(Optimizer):
             "dampening": dampening,
             "rescale": rescale,
             "k_delay_steps": k_delay_steps,
+            "k_switch": k_switch,
         }
         # Caches keep their keys' objects alive, so an id() is never reused while cached.
         self._relaxed: dict[int, tuple[ConstraintSet, ConstraintSet]] = {}
@@ -104,6 +114,9 @@ class SFW(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _validate_group(group, len(self.param_groups) - 1)
+        delay = group["k_delay_steps"]
+        # Whether the group's k-sets are still relaxed; checkpointed with the param groups.
+        group["k_relaxed"] = group["k_switch"] == "on_call" or bool(delay)
 
     # ------------------------------------------------------------------------------------ interface
     @torch.no_grad()
@@ -130,6 +143,19 @@ class SFW(Optimizer):
         return loss
 
     @torch.no_grad()
+    def switch_k(self) -> None:
+        """End delayed k now: every relaxed group takes its real ``k`` and its parameters are shifted inside.
+
+        With ``k_switch="on_call"`` call it where the delay should end; the paper's code does so at the end
+        of an epoch, after the last step and before the next forward pass. Groups whose delay is over (or
+        that have none) are left alone, so calling it again does nothing.
+        """
+        for group in self.param_groups:
+            if group["k_relaxed"]:
+                group["k_relaxed"] = False
+                self._shift_group(group, self._current_constraints(group))
+
+    @torch.no_grad()
     def shift_inside(self) -> None:
         """Apply the feasibility shift ``θ ← r·θ/‖θ‖_C`` (if ``‖θ‖_C > r``) with the current sets."""
         for group in self.param_groups:
@@ -151,6 +177,10 @@ class SFW(Optimizer):
         self._relaxed.clear()
         self._plans.clear()
         for i, group in enumerate(self.param_groups):
+            # States saved before the switch timing existed: the in-step switch, due at step k_delay_steps.
+            group.setdefault("k_switch", "in_step")
+            delay = group["k_delay_steps"]
+            group.setdefault("k_relaxed", bool(delay) and self._group_step(group) <= delay)
             c = group["constraint"]
             group["constraint"] = (
                 constraint_from_config(c) if isinstance(c, dict) else [constraint_from_config(x) for x in c]
@@ -176,8 +206,7 @@ class SFW(Optimizer):
         """Constraints per unit, relaxed to k = k_max while the delay lasts."""
         c = group["constraint"]
         units = [c] if isinstance(c, ConstraintSet) else list(c)
-        delay = group["k_delay_steps"]
-        if delay is not None and self._group_step(group) < delay:
+        if group["k_relaxed"]:
             return [self._relax(u) if isinstance(u, KConstraintSet) else u for u in units]
         return units
 
@@ -211,9 +240,9 @@ class SFW(Optimizer):
     def _step_group(self, group: dict[str, Any]) -> None:
         params: list[Tensor] = group["params"]
         step = self._group_step(group)
-        delay = group["k_delay_steps"]
-        if delay is not None and step == delay and delay > 0:
+        if group["k_relaxed"] and group["k_switch"] == "in_step" and step >= group["k_delay_steps"]:
             # Delayed k switches now: move the iterate into the target set before using its LMO.
+            group["k_relaxed"] = False
             self._shift_group(group, self._current_constraints(group))
         directions = self._momentum(group, params)
         plan = self._plan(group, self._current_constraints(group))
@@ -414,7 +443,11 @@ def _validate_group(group: dict[str, Any], index: int) -> None:
         raise ValueError(f"{where}: momentum must lie in [0, 1), got {group['momentum']}")
     if group["lr"] < 0 or (group["rescale"] == "none" and group["lr"] > 1):
         raise ValueError(f"{where}: lr={group['lr']} invalid for rescale={group['rescale']!r}")
+    if group["k_switch"] not in _K_SWITCHES:
+        raise ValueError(f"{where}: k_switch must be one of {_K_SWITCHES}, got {group['k_switch']!r}")
     delay = group["k_delay_steps"]
+    if delay is not None and group["k_switch"] == "on_call":
+        raise ValueError(f"{where}: k_switch='on_call' ends the delay at switch_k(); give no k_delay_steps")
     if delay is not None:
         if delay < 0:
             raise ValueError(f"{where}: k_delay_steps must be ≥ 0, got {delay}")

@@ -53,6 +53,11 @@ class SFWOptions(BaseModel):
         rescale: ``gradient`` (default, the paper), ``fast_gradient``, ``diameter`` or ``none``.
         k_delay_epochs: delayed k: train with k at its maximum (the L2 ball of the same diameter) for this
             many epochs, then switch to k; converted to steps with the run's steps per epoch.
+        k_delay_fraction: the delay as the paper's code gives it, a fraction δ of the run's epochs:
+            ``max(1, int(δ·epochs))`` epochs (instead of ``k_delay_epochs``).
+        k_switch: ``in_step`` (default): the switch happens inside the first step after the delay, whose
+            gradient was taken before the shift; ``epoch_end`` (faithful to the paper's code): at the end of
+            the delay's last epoch, between its last step and the next forward pass (whole epochs only).
         initial_shift: shift the initial weights inside the sets (corrected default); ``false`` is faithful
             to the paper's code, which starts from the raw initialization.
         radius_lookup: ``per_tensor`` (corrected default) or ``by_shape`` (faithful: the reference keys
@@ -90,6 +95,8 @@ class SFWOptions(BaseModel):
     dampening: float | None = Field(None, ge=0.0, le=1.0)
     rescale: Literal["gradient", "fast_gradient", "diameter", "none"] = "gradient"
     k_delay_epochs: float | None = Field(None, ge=0.0)
+    k_delay_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    k_switch: Literal["in_step", "epoch_end"] = "in_step"
     initial_shift: bool = True
     radius_lookup: Literal["per_tensor", "by_shape"] = "per_tensor"
     group_select: Literal["topk", "kthvalue"] = "topk"
@@ -108,6 +115,18 @@ class SFWOptions(BaseModel):
             raise ValueError("give radius or diameter, not both")
         if self.global_mode and self.mode == "lowrank":
             raise ValueError("global_mode is not defined for the spectral sets of mode 'lowrank'")
+        if self.k_delay_epochs is not None and self.k_delay_fraction is not None:
+            raise ValueError("give k_delay_epochs or k_delay_fraction, not both")
+        if self.k_switch == "epoch_end":
+            if self.k_delay_epochs is None and self.k_delay_fraction is None:
+                raise ValueError("k_switch 'epoch_end' needs a delay: set k_delay_epochs or k_delay_fraction")
+            if self.k_delay_epochs is not None and (
+                self.k_delay_epochs < 1 or self.k_delay_epochs != int(self.k_delay_epochs)
+            ):
+                raise ValueError(
+                    f"k_switch 'epoch_end' switches at an epoch's end: k_delay_epochs must be a whole number "
+                    f"of epochs ≥ 1, got {self.k_delay_epochs}"
+                )
         return self
 
 
@@ -156,13 +175,26 @@ class SFWMethod(Method):
             return k
         return lambda n: min(max(k_min, resolve_k(k, n)), n)
 
+    def _delay_epochs(self) -> float | None:
+        """The delay in epochs; a fraction δ becomes ``max(1, int(δ·epochs))`` as in the paper's code."""
+        o = self.options
+        if o.k_delay_fraction is not None:
+            return max(1, int(o.k_delay_fraction * self.recipe.train.epochs))
+        return o.k_delay_epochs
+
     def _delay_steps(self) -> int | None:
-        epochs = self.options.k_delay_epochs
-        if epochs is None:
+        epochs = self._delay_epochs()
+        if epochs is None or self.options.k_switch == "epoch_end":
             return None
         if self.steps_per_epoch is None:
             raise RecipeError("'method.options.k_delay_epochs' needs the run's steps per epoch (train it)")
         return round(epochs * self.steps_per_epoch)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """With ``k_switch: epoch_end``, end delayed k after the last epoch of the delay."""
+        if self.options.k_switch == "epoch_end" and epoch == self._delay_epochs():
+            assert isinstance(self.optimizer, SFW)
+            self.optimizer.switch_k()
 
     def build_optimizer(self, model: nn.Module) -> SFW:
         """Build the constraints for ``model`` and the :class:`~slimtrain.fw.SFW` optimizer over them."""
@@ -193,6 +225,7 @@ class SFWMethod(Method):
             dampening=o.dampening,
             rescale=o.rescale,
             k_delay_steps=self._delay_steps(),
+            k_switch="on_call" if o.k_switch == "epoch_end" else "in_step",
             # A resumed run's weights are already feasible; shifting them again would perturb them.
             initial_shift=o.initial_shift and not self._resumed,
         )

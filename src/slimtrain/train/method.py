@@ -178,6 +178,13 @@ class Method:
     def after_optimizer_step(self, model: nn.Module, ctx: StepContext) -> None:
         """Hook after each optimizer step (re-apply masks, proximal maps, ...); the default does nothing."""
 
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """Hook after each completed epoch; the default does nothing.
+
+        ``epoch`` epochs are done; it runs after their validation and before the epoch's checkpoint, so what
+        it changes is saved.
+        """
+
     def finalize(self, model: nn.Module) -> None:
         """Hook at the end of training (e.g. a final hard pruning); the default does nothing."""
 

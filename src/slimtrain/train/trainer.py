@@ -442,6 +442,8 @@ class Trainer:
         }
         if self.world.is_main:
             self.log.append("epochs", row)
+        if self.batch_in_epoch == 0:  # the epoch was completed, not cut short by max_steps
+            method.on_epoch_end(model, self.epoch)
         self._save()
 
     def _diverged(self, problem: str) -> TrainingDiverged:
