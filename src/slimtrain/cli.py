@@ -1,8 +1,9 @@
 """The ``slimtrain`` command line: train, sweep, compare, report, export, inspect, demo.
 
-Exit codes: 0 success; 1 the work failed (training diverged, a checkpoint or exported model is unusable or
-corrupted, a model cannot be exported, ...); 2 invalid input (bad recipe, unknown key, missing file, bad
-arguments).
+Exit codes: 0 success; 1 the work failed (:class:`slimtrain.errors.WorkFailedError`: training diverged, a
+checkpoint or exported model is unusable or corrupted, an export does not reproduce its model, ...); 2 invalid
+or unsupported input (:class:`slimtrain.errors.BadInputError`: bad recipe, unknown key, missing file, bad
+arguments, a model the command cannot handle).
 """
 
 from __future__ import annotations
@@ -249,28 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` command; returns the exit code."""
-    from slimtrain.bcd import FullBatchMemoryError
-    from slimtrain.compress import ExportFormatError, OnnxMismatchError, UnsupportedChannelFlowError
-    from slimtrain.compress.exportable import ExportMismatchError
-    from slimtrain.train.checkpoint import CheckpointError
-    from slimtrain.train.config import RecipeError
-    from slimtrain.train.trainer import TrainingDiverged
+    from slimtrain.errors import BadInputError, SlimtrainError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, FileNotFoundError) as err:
+    # A missing file the user named is bad input; other OS errors (disk full, permissions) are failed work.
+    except (BadInputError, FileNotFoundError) as err:
         print(f"slimtrain {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (
-        TrainingDiverged,
-        CheckpointError,
-        ExportFormatError,
-        ExportMismatchError,
-        OnnxMismatchError,
-        UnsupportedChannelFlowError,
-        FullBatchMemoryError,
-        OSError,
-    ) as err:
+    except (SlimtrainError, OSError) as err:
         print(f"slimtrain {args.command}: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -154,8 +154,8 @@ def test_export_cli_refuses_corrupted_files(resnet_run, tmp_path, capsys):
 
 
 def test_export_cli_exit_codes_for_bad_requests(resnet_run, mlp_run, tmp_path, capsys):
-    """A level outside [0, 1) is bad input (2); an existing output without --overwrite, an unfinished run
-    and filter pruning of a model whose channels cannot be followed are failures (1) with a message.
+    """A level outside [0, 1) and filter pruning of a model whose channels cannot be followed are bad input
+    (2); an existing output without --overwrite and an unfinished run are failures (1), each with a message.
     """
     with pytest.raises(SystemExit) as exit_info:
         _export(resnet_run, tmp_path / "x", "--level", "1.5")
@@ -173,7 +173,7 @@ def test_export_cli_exit_codes_for_bad_requests(resnet_run, mlp_run, tmp_path, c
     assert "no final checkpoint" in capsys.readouterr().err
     zero_padding = _train(tmp_path, "r8a", {"name": "resnet8", "kwargs": {"shortcut": "A"}})
     capsys.readouterr()
-    assert _export(zero_padding, tmp_path / "a", "--level", "0.5", "--structure", "filter") == EXIT_FAILED
+    assert _export(zero_padding, tmp_path / "a", "--level", "0.5", "--structure", "filter") == EXIT_BAD_INPUT
     assert "shortcut" in capsys.readouterr().err
 
 

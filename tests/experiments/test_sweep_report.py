@@ -86,7 +86,7 @@ def test_compare_and_report_contain_the_table_numbers(tmp_path):
 
 def test_compare_refuses_different_models(tmp_path):
     """Recipes on different models are not compared (an unfair comparison), naming the section."""
-    from slimtrain.train.config import RecipeError
+    from slimtrain.errors import RecipeError
 
     for name, widths in (("a", [8]), ("b", [16])):
         (tmp_path / f"{name}.yaml").write_text(
@@ -103,7 +103,7 @@ def test_compare_refuses_to_reuse_a_run_of_another_recipe(tmp_path):
     Otherwise the comparison would silently report the old run (say, a smoke run on other data) under the
     new recipe's name; it stops, names the differing key, and leaves the stored run as it was.
     """
-    from slimtrain.train.config import RecipeError
+    from slimtrain.errors import RecipeError
 
     path = tmp_path / "a.yaml"
     tree = {**TREE, "name": "a", "train": {**TREE["train"], "epochs": 1}}

@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slimtrain.bcd import FullBatchMemoryError, TTLinear, tt_storage, tt_storage_fractions
+from slimtrain.errors import RecipeError
 from slimtrain.experiments.sweep import sweep
 from slimtrain.methods.tt_layout import default_tt_modes
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import RecipeError, recipe_from_dict
+from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.distributed import World
 from slimtrain.train.trainer import Trainer, build_run
 

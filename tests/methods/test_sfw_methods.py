@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from slimtrain.errors import RecipeError
 from slimtrain.experiments.compare import compare
 from slimtrain.experiments.sweep import sweep
 from slimtrain.fw import SFW
@@ -14,7 +15,7 @@ from slimtrain.methods.structured_penalties import (
     ProximalSVDTraining,
 )
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import RecipeError, recipe_from_dict
+from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.method import StepContext
 from slimtrain.train.trainer import Trainer, build_run
 

@@ -8,8 +8,9 @@ import warnings
 import pytest
 import torch
 
+from slimtrain.errors import RecipeError
 from slimtrain.swd import ChannelGraph, parameter_budget, population_weights
-from slimtrain.train.config import RecipeError, recipe_from_dict
+from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.launch import train_multiprocess
 from slimtrain.train.trainer import Trainer
 

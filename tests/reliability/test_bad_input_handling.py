@@ -25,14 +25,15 @@ import slimtrain.data.registry as data_registry
 import slimtrain.models.registry as model_registry
 from slimtrain.cli import main
 from slimtrain.compress.exportable import to_exported
-from slimtrain.compress.exported_format import ExportFormatError, load_exported, save_exported
+from slimtrain.compress.exported_format import load_exported, save_exported
 from slimtrain.data import RawSplits, list_datasets
+from slimtrain.errors import CheckpointError, ExportFormatError, RecipeError, TrainingDiverged
 from slimtrain.experiments.sweep import sweep
 from slimtrain.models import list_models
-from slimtrain.train.checkpoint import CheckpointError, CheckpointStore
-from slimtrain.train.config import Recipe, RecipeError, recipe_from_dict
+from slimtrain.train.checkpoint import CheckpointStore
+from slimtrain.train.config import Recipe, recipe_from_dict
 from slimtrain.train.method import get_method_class
-from slimtrain.train.trainer import Trainer, TrainingDiverged
+from slimtrain.train.trainer import Trainer
 
 from .tiny_runs import cases, methods, tiny_tree, write_recipe
 

@@ -5,7 +5,8 @@ import argparse
 import pytest
 import torch
 
-from slimtrain.train.checkpoint import CheckpointError, CheckpointStore
+from slimtrain.errors import CheckpointError
+from slimtrain.train.checkpoint import CheckpointStore
 
 
 def test_round_trip_and_retention(tmp_path):

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from slimtrain.train.config import Recipe, RecipeError, load_recipe, recipe_from_dict
+from slimtrain.errors import RecipeError
+from slimtrain.train.config import Recipe, load_recipe, recipe_from_dict
 
 
 def test_defaults_resolve_and_round_trip(tmp_path):

@@ -5,9 +5,10 @@ import csv
 import pytest
 import torch
 
+from slimtrain.errors import TrainingDiverged
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict
-from slimtrain.train.trainer import Trainer, TrainingDiverged
+from slimtrain.train.trainer import Trainer
 
 SMALL = {
     "data": {"name": "digits", "val_fraction": 0.2},
@@ -86,7 +87,7 @@ def test_unwritable_output_fails_before_training(tmp_path):
 
 def test_resume_refuses_a_run_of_another_recipe(tmp_path):
     """Resuming under a changed recipe would continue someone else's run; it stops and names the key."""
-    from slimtrain.train.config import RecipeError
+    from slimtrain.errors import RecipeError
 
     Trainer(
         recipe_from_dict({**SMALL, "name": "a", "train": {**SMALL["train"], "max_steps": 3}}), tmp_path
@@ -104,7 +105,7 @@ def test_resume_accepts_a_run_stored_before_an_option_existed(tmp_path):
     """
     import yaml
 
-    from slimtrain.train.config import RecipeError
+    from slimtrain.errors import RecipeError
 
     method = {"name": "gmp", "options": {"target": 0.5}}
     recipe = recipe_from_dict(
@@ -124,7 +125,7 @@ def test_resume_accepts_a_run_stored_before_an_option_existed(tmp_path):
 @pytest.mark.parametrize("text", ["[1, 2", "- a list\n"], ids=["broken", "not-a-mapping"])
 def test_resume_names_an_unreadable_stored_recipe(tmp_path, text):
     """A damaged ``recipe.yaml`` in the run directory stops a resume with its path, not a traceback."""
-    from slimtrain.train.config import RecipeError
+    from slimtrain.errors import RecipeError
 
     (tmp_path / "recipe.yaml").write_text(text)
     with pytest.raises(RecipeError, match=r"recipe\.yaml"):

@@ -6,7 +6,7 @@ arXiv:2303.06815; see docs/nnbcd.md.
 
 from slimtrain.bcd.conv_im2col import ChannelLastFlatten, Im2colConv
 from slimtrain.bcd.copies import CompressedCopy, PrunedCopy, TensorTrainCopy
-from slimtrain.bcd.memory import FullBatchMemoryError, estimate_full_batch_bytes, max_full_batch_samples
+from slimtrain.bcd.memory import estimate_full_batch_bytes, max_full_batch_samples
 from slimtrain.bcd.objective import ObjectiveTerms, penalized_objective
 from slimtrain.bcd.prune import hard_threshold
 from slimtrain.bcd.ratio import StorageFractions, module_storage_fractions, tt_storage_fractions
@@ -15,6 +15,7 @@ from slimtrain.bcd.solver import NNBCD, ObjectiveIncreaseWarning, SweepRecord
 from slimtrain.bcd.tt import TTSVDResult, tt_ranks, tt_reconstruct, tt_storage, tt_svd, tt_svd_matrix
 from slimtrain.bcd.tt_als import tt_als_sweep
 from slimtrain.bcd.tt_linear import TTLinear
+from slimtrain.errors import FullBatchMemoryError
 
 __all__ = [
     "NNBCD",

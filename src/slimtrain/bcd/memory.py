@@ -23,10 +23,6 @@ _WEIGHT_COPIES = 3
 _SOLVE_COPIES = 2
 
 
-class FullBatchMemoryError(MemoryError):
-    """Raised when a full-batch NN-BCD problem is estimated not to fit the memory budget."""
-
-
 def estimate_full_batch_bytes(
     widths: Sequence[int], n_samples: int, dtype: torch.dtype, conv: Im2colConv | None = None
 ) -> int:

@@ -30,12 +30,12 @@ from slimtrain.bcd.conv_im2col import Im2colConv
 from slimtrain.bcd.copies import CompressedCopy
 from slimtrain.bcd.export import compressed_network
 from slimtrain.bcd.memory import (
-    FullBatchMemoryError,
     available_memory_bytes,
     estimate_full_batch_bytes,
     max_full_batch_samples,
 )
 from slimtrain.bcd.objective import ObjectiveTerms, penalized_objective
+from slimtrain.errors import FullBatchMemoryError
 
 _EVAL_CHUNK = 4096
 

@@ -16,7 +16,6 @@ from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.compress.decompose import FactorizationCostWarning, kept_rank, svd_decompose, tucker_decompose
 from slimtrain.compress.densify import densify
 from slimtrain.compress.exportable import (
-    ExportMismatchError,
     check_same_outputs,
     export_lowrank_layers,
     removable_channels,
@@ -24,7 +23,6 @@ from slimtrain.compress.exportable import (
     to_exported,
 )
 from slimtrain.compress.exported_format import (
-    ExportFormatError,
     architecture_changes,
     finish_interrupted_save,
     load_exported,
@@ -51,13 +49,18 @@ from slimtrain.compress.magnitude import (
 )
 from slimtrain.compress.masks import apply_masks, fold_masks
 from slimtrain.compress.module_specs import LAYER_TYPES, build_module, module_config
-from slimtrain.compress.onnx_export import OnnxMismatchError, export_onnx
+from slimtrain.compress.onnx_export import export_onnx
 from slimtrain.compress.sparse_linear import SparseLinear, to_sparse_linear
 from slimtrain.compress.standard import STRUCTURES, compress_standard
 from slimtrain.compress.torch_pruning_adapter import (
-    UnsupportedChannelFlowError,
     check_channel_flow,
     coupled_channel_groups,
+)
+from slimtrain.errors import (
+    ExportFormatError,
+    ExportMismatchError,
+    OnnxMismatchError,
+    UnsupportedChannelFlowError,
 )
 
 __all__ = [

@@ -33,11 +33,8 @@ from slimtrain.compress.channel_groups import ChannelGroup
 from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
 from slimtrain.compress.filter_pruning import ChannelPruningPlan, GroupSelection, remove_channels
 from slimtrain.compress.masks import fold_masks
-from slimtrain.compress.torch_pruning_adapter import UnsupportedChannelFlowError, coupled_channel_groups
-
-
-class ExportMismatchError(RuntimeError):
-    """The exported model's outputs differ from the compressed model's beyond the tolerance."""
+from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
+from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError
 
 
 def _nonzero_rows(tensor: torch.Tensor) -> torch.Tensor:

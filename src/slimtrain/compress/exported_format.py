@@ -26,6 +26,7 @@ from torch import nn
 
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, set_submodule
 from slimtrain.compress.module_specs import build_module, is_rebuildable, module_config
+from slimtrain.errors import ExportFormatError
 
 FORMAT_NAME = "slimtrain-exported"
 FORMAT_VERSION = 1
@@ -33,10 +34,6 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 ModelFactory = Callable[..., nn.Module]
-
-
-class ExportFormatError(ValueError):
-    """An exported-model directory is missing, malformed or inconsistent."""
 
 
 def _sha256(path: Path) -> str:

@@ -12,10 +12,7 @@ from torch import nn
 
 from slimtrain.compress._modules import copy_model, set_submodule
 from slimtrain.compress.sparse_linear import SparseLinear
-
-
-class OnnxMismatchError(RuntimeError):
-    """The ONNX model's outputs differ from the PyTorch model's beyond the tolerance."""
+from slimtrain.errors import OnnxMismatchError
 
 
 def export_onnx(

@@ -22,6 +22,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
+from slimtrain.errors import UnsupportedChannelFlowError
 
 TESTED_TORCH_PRUNING_VERSION = "1.6.1"
 
@@ -31,10 +32,6 @@ _SUPPORTED_LAYERS = (_ConvNd, nn.Linear, _BatchNorm)
 # grad_fn name fragments DepGraph maps to dedicated index-mapping ops; any other non-module op is taken
 # as element-wise (torch_pruning.dependency.graph.DependencyGraph._trace_computational_graph).
 _STRUCTURAL_OPS = ("catbackward", "split", "unbind", "expand", "view", "reshape", "slice")
-
-
-class UnsupportedChannelFlowError(ValueError):
-    """The model routes channels through an operation the dependency graph cannot follow correctly."""
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:

@@ -5,7 +5,6 @@ an :class:`ArrayDataset` in reproducible, rank-sharded batches.
 """
 
 from slimtrain.data.dataset import ArrayDataset, BatchTransform, DatasetSplits
-from slimtrain.data.errors import DataFormatError, DatasetNotFoundError
 from slimtrain.data.idx import read_idx
 from slimtrain.data.loader import BatchLoader
 from slimtrain.data.raw import RawSplits
@@ -17,6 +16,7 @@ from slimtrain.data.transforms import (
     RandomHorizontalFlip,
     standard_augmentation,
 )
+from slimtrain.errors import DataFormatError, DatasetNotFoundError
 
 __all__ = [
     "ArrayDataset",

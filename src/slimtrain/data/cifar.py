@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from slimtrain.data.errors import DataFormatError
 from slimtrain.data.files import checked_bytes, find_dataset_dir
 from slimtrain.data.raw import RawSplits
+from slimtrain.errors import DataFormatError
 
 __all__ = ["load_cifar10", "load_cifar100"]
 

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slimtrain.data.errors import DataFormatError, DatasetNotFoundError
+from slimtrain.errors import DataFormatError, DatasetNotFoundError
 
 __all__ = ["DATA_DIR_ENV", "checked_bytes", "find_dataset_dir", "find_file", "read_data_file"]
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from slimtrain.data.errors import DataFormatError
 from slimtrain.data.files import read_data_file
+from slimtrain.errors import DataFormatError
 
 __all__ = ["parse_idx", "read_idx"]
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from slimtrain.data.errors import DataFormatError, DatasetNotFoundError
 from slimtrain.data.raw import RawSplits
+from slimtrain.errors import DataFormatError, DatasetNotFoundError
 
 __all__ = ["IMAGE_SUFFIXES", "load_image_folder"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from slimtrain.data.errors import DataFormatError, DatasetNotFoundError
 from slimtrain.data.files import find_dataset_dir, find_file
 from slimtrain.data.idx import read_idx
 from slimtrain.data.raw import RawSplits
+from slimtrain.errors import DataFormatError, DatasetNotFoundError
 
 __all__ = ["FASHION_MNIST_SYSTEM_DIRS", "IDX_FILES", "load_fashion_mnist", "load_mnist"]
 

@@ -15,10 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from slimtrain.errors import RecipeError
 from slimtrain.experiments.sweep import sweep
 from slimtrain.io import atomic_write_text
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe, RecipeError, load_recipe
+from slimtrain.train.config import Recipe, load_recipe
 from slimtrain.train.method import get_method_class
 from slimtrain.train.trainer import Trainer, check_resumable
 

@@ -19,9 +19,10 @@ from torch import nn
 
 from slimtrain.compress.exportable import to_exported
 from slimtrain.data import BatchLoader
+from slimtrain.errors import CheckpointError
 from slimtrain.io import atomic_write_text
 from slimtrain.metrics import count_parameters, measure_latency, summarize
-from slimtrain.train.checkpoint import CheckpointError, CheckpointStore
+from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import load_recipe
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.method import Method

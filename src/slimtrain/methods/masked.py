@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from slimtrain.errors import RecipeError
 from slimtrain.pruning import MaskSet, global_magnitude_masks, removal_count
 from slimtrain.swd import ChannelGraph, ChannelSelection, population_weights
 from slimtrain.swd.budget import Bisection
-from slimtrain.train.config import RecipeError
 from slimtrain.train.method import Method
 
 __all__ = [

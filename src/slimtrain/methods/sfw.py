@@ -14,8 +14,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from slimtrain.errors import RecipeError
 from slimtrain.fw import SFW, build_constraints, resolve_k
-from slimtrain.train.config import RecipeError
 from slimtrain.train.method import Method, register_method
 
 __all__ = ["SFWMethod", "SFWOptions"]

@@ -18,13 +18,10 @@ from typing import Any
 
 import torch
 
+from slimtrain.errors import CheckpointError
 from slimtrain.io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries, sha256_file
 
 MANIFEST = "manifest.json"
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint could be read; the message names the files tried."""
 
 
 class CheckpointStore:

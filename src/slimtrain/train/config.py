@@ -25,9 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-
-class RecipeError(ValueError):
-    """A recipe (or a ``--set`` override) is invalid; the message names the offending key."""
+from slimtrain.errors import RecipeError
 
 
 def _is_number(annotation: Any) -> bool:

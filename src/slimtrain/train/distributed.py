@@ -19,18 +19,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from slimtrain.errors import PeerLostError
+
 TIMEOUT_ENV = "SLIMTRAIN_DDP_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-class PeerLostError(ConnectionError):
-    """A collective failed: another process of the run died or stopped answering within the timeout.
-
-    A ``ConnectionError`` (hence an ``OSError``), so the command line reports it and exits with status 1.
-    """
 
 
 def _collective(function: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -25,6 +25,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from slimtrain.errors import NonFiniteGradientError
+
 if TYPE_CHECKING:
     from slimtrain.train.config import Recipe
     from slimtrain.train.distributed import World
@@ -36,10 +38,6 @@ class NoOptions(BaseModel):
     """Options schema of a method that takes none."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class NonFiniteGradientError(ArithmeticError):
-    """A backward pass produced NaN or infinite gradients; the message names the parameters."""
 
 
 @dataclass

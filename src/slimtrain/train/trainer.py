@@ -22,32 +22,18 @@ from torch import nn
 from tqdm import tqdm
 
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
+from slimtrain.errors import NonFiniteGradientError, RecipeError, RunBuildError, TrainingDiverged
 from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe, RecipeError, resolve_method_options
+from slimtrain.train.config import Recipe, resolve_method_options
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
-from slimtrain.train.method import Method, NonFiniteGradientError, StepContext, get_method_class
+from slimtrain.train.method import Method, StepContext, get_method_class
 from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class TrainingDiverged(RuntimeError):
-    """Training hit NaN/inf in the loss or gradients, or a factorization failed.
-
-    The message names the step, the parameters (layers) involved and the last good checkpoint.
-    """
-
-
-class RunBuildError(RecipeError):
-    """The recipe is valid but its data, model or method set-up cannot be built from it.
-
-    A :class:`RecipeError` (invalid input, exit status 2 on the command line); the message names the recipe
-    section and the culprit (dataset, layer).
-    """
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
