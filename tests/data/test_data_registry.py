@@ -1,5 +1,7 @@
 """load_dataset: splits, normalization, options and the registry."""
 
+from importlib import metadata
+
 import pytest
 import torch
 
@@ -12,8 +14,18 @@ from slimtrain.data import (
     load_dataset,
     register_dataset,
 )
-from slimtrain.data.registry import _REGISTRY
+from slimtrain.data import registry as data_registry
 from slimtrain.data.synthetic import load_synthetic
+from slimtrain.errors import UnknownNameError
+
+
+@pytest.fixture
+def scratch_registry():
+    """Registrations made by a test are undone afterwards."""
+    saved = dict(data_registry._REGISTRY)
+    yield
+    data_registry._REGISTRY.clear()
+    data_registry._REGISTRY.update(saved)
 
 
 def _rows(ds: ArrayDataset) -> set:
@@ -86,7 +98,7 @@ def test_augment_flag_attaches_standard_recipe():
 @pytest.mark.parametrize(
     ("name", "kwargs", "error", "message"),
     [
-        ("nope", {}, ValueError, "unknown dataset 'nope'"),
+        ("nope", {}, UnknownNameError, "unknown dataset 'nope'; registered: cifar10, cifar100, digits"),
         ("digits", {"val_fraction": 1.0}, ValueError, "val_fraction"),
         ("digits", {"colour": 3}, TypeError, r"unknown option\(s\) \['colour'\]"),
     ],
@@ -97,9 +109,8 @@ def test_bad_arguments_are_named(name, kwargs, error, message):
         load_dataset(name, **kwargs)
 
 
-def test_register_custom_dataset(monkeypatch):
+def test_register_custom_dataset(scratch_registry):
     """A registered builder is loadable by name and gets data_dir and its options; names are not reused."""
-    monkeypatch.setattr("slimtrain.data.registry._REGISTRY", dict(_REGISTRY))
     seen = {}
 
     def build(data_dir, scale=1.0):
@@ -107,10 +118,37 @@ def test_register_custom_dataset(monkeypatch):
         x = torch.rand(10, 2, 2, 2) * scale
         return RawSplits(x, torch.arange(10) % 2, x[:4], torch.tensor([0, 1, 0, 1]), 2)
 
-    register_dataset("toy", build)
+    assert register_dataset("toy", build) is build
     s = load_dataset("toy", data_dir="somewhere", val_fraction=0.2, scale=2.0)
     assert seen["scale"] == 2.0 and str(seen["data_dir"]) == "somewhere"
     assert len(s.val) == 2 and s.num_classes == 2 and len(s.mean) == 2
-    with pytest.raises(ValueError, match=r"already registered"):
-        register_dataset("toy", build)
-    register_dataset("toy", build, replace=True)
+    assert register_dataset("toy", build) is build  # the same builder again (a re-import) is fine
+    with pytest.raises(ValueError, match=r"dataset named 'toy' is already registered"):
+        register_dataset("toy", load_synthetic)
+    register_dataset("toy", load_synthetic, replace=True)
+    assert load_dataset("toy", num_samples=20, input_shape=(1, 2, 2), num_test=10).num_classes == 10
+
+    @register_dataset("toy-decorated")
+    def decorated(data_dir):
+        return build(data_dir)
+
+    assert "toy-decorated" in list_datasets() and load_dataset("toy-decorated").num_classes == 2
+
+
+def test_installed_package_adds_a_dataset_through_entry_points(scratch_registry, monkeypatch):
+    """A builder named by an entry point of group slimtrain.datasets is loadable without being imported."""
+
+    class EntryPoint:
+        name = "plugin-data"
+
+        def load(self):
+            return lambda data_dir: RawSplits(
+                torch.rand(8, 1, 2, 2), torch.arange(8) % 4, torch.rand(4, 1, 2, 2), torch.arange(4), 4
+            )
+
+    monkeypatch.setattr(
+        metadata, "entry_points", lambda group: [EntryPoint()] if group == "slimtrain.datasets" else []
+    )
+    monkeypatch.setattr(data_registry._DATASETS, "_entry_points_loaded", False)
+    assert load_dataset("plugin-data", val_fraction=0.0).num_classes == 4
+    assert "plugin-data" in list_datasets()

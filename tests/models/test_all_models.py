@@ -1,9 +1,11 @@
 """Properties every registered model must have, on every input configuration it supports."""
 
+import inspect
+
 import pytest
 import torch
 
-from slimtrain.models import create_model, list_models
+from slimtrain.models import create_model, list_models, registry
 
 # (in_channels, image_size)
 CONFIGS = [(1, 8), (1, 28), (3, 32)]
@@ -82,3 +84,37 @@ def test_unsupported_configuration_gives_clear_error():
         ValueError, match=r"lenet5_caffe.*image_size=8 is too small.*smallest valid image_size is 16"
     ):
         create_model("lenet5_caffe", in_channels=1, image_size=8)
+
+
+def _options(name):
+    """The factory's declared options (keyword parameters after the common arguments) with their defaults."""
+    parameters = list(inspect.signature(registry._REGISTRY[name]).parameters.values())
+    assert [p.name for p in parameters[:3]] == ["num_classes", "in_channels", "image_size"]
+    return {p.name: p.default for p in parameters[3:] if p.kind is not p.VAR_KEYWORD}, any(
+        p.kind is p.VAR_KEYWORD for p in parameters
+    )
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_options_are_the_factorys(name):
+    """The options register_model derives from the factory are honoured: each, passed explicitly with its
+    default, builds the same model as leaving it out; an undeclared option is refused, naming the valid ones.
+    """
+    declared, open_ended = _options(name)
+    assert all(default is not inspect.Parameter.empty for default in declared.values()), declared
+    fast = FAST_OPTIONS.get(name, {})
+    torch.manual_seed(1)
+    implicit = create_model(name, num_classes=5, in_channels=2, image_size=28, **fast)
+    torch.manual_seed(1)
+    explicit = create_model(name, num_classes=5, in_channels=2, image_size=28, **{**declared, **fast})
+    state = implicit.state_dict()
+    assert list(state) == list(explicit.state_dict())
+    for key, value in explicit.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert implicit(torch.randn(2, 2, 28, 28)).shape == (2, 5)
+    if not open_ended:
+        with pytest.raises(
+            ValueError, match=rf"'no_such_option' for model '{name}'; valid options: "
+        ) as info:
+            create_model(name, no_such_option=1)
+        assert all(option in str(info.value) for option in declared)

@@ -1,6 +1,9 @@
+from importlib import metadata
+
 import pytest
 from torch import nn
 
+from slimtrain.errors import UnknownNameError
 from slimtrain.models import create_model, list_models, register_model, registry
 
 EXPECTED = {
@@ -22,9 +25,12 @@ EXPECTED = {
 
 
 @pytest.fixture
-def scratch_registry(monkeypatch):
-    """A copy of the registry, so registrations made by a test do not leak into other tests."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+def scratch_registry():
+    """Registrations made by a test are undone afterwards, so they do not leak into other tests."""
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
 
 
 def test_list_models_is_sorted_and_complete():
@@ -35,11 +41,11 @@ def test_list_models_is_sorted_and_complete():
 
 
 def test_unknown_model_lists_valid_names():
-    """An unknown name raises ValueError naming it and listing every valid name."""
-    with pytest.raises(ValueError, match="unknown model 'resnet21'") as info:
+    """An unknown name raises UnknownNameError (a ValueError and KeyError) naming it and every valid name."""
+    with pytest.raises(UnknownNameError, match="unknown model 'resnet21'") as info:
         create_model("resnet21")
-    for name in list_models():
-        assert name in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, KeyError)
+    assert str(info.value) == f"unknown model 'resnet21'; registered: {', '.join(list_models())}"
 
 
 def test_unknown_option_names_it_and_valid_options():
@@ -92,11 +98,40 @@ def test_open_ended_factory_accepts_any_option(scratch_registry):
 
 
 def test_duplicate_registration_is_rejected(scratch_registry):
-    """Registering an existing name raises and keeps the original factory."""
+    """Registering another factory under a taken name raises and keeps the original; replace=True swaps it."""
     original = registry._REGISTRY["mlp"]
+    assert register_model("mlp")(original) is original  # the same factory again (a re-import) is fine
+
+    def other(num_classes, in_channels, image_size):
+        return nn.Identity()
+
     with pytest.raises(ValueError, match="'mlp' is already registered"):
-        register_model("mlp")(lambda num_classes, in_channels, image_size: nn.Identity())
+        register_model("mlp")(other)
     assert registry._REGISTRY["mlp"] is original
+    register_model("mlp", replace=True)(other)
+    assert isinstance(create_model("mlp"), nn.Identity)
+
+
+def test_installed_package_adds_a_model_through_entry_points(scratch_registry, monkeypatch):
+    """A factory named by an entry point of group slimtrain.models is created by name, signature checked."""
+
+    def plugin_net(num_classes, in_channels, image_size, *, hidden=3):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+    class EntryPoint:
+        def __init__(self, name, factory):
+            self.name, self.factory = name, factory
+
+        def load(self):
+            return self.factory
+
+    points = [EntryPoint("plugin_net", plugin_net), EntryPoint("plugin_bad", lambda n, c, s: nn.Identity())]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: points if group == "slimtrain.models" else [])
+    monkeypatch.setattr(registry._MODELS, "_entry_points_loaded", False)
+    assert {"plugin_net", "plugin_bad"} <= set(list_models())
+    assert create_model("plugin_net", num_classes=4, in_channels=1, image_size=3)[1].out_features == 4
+    with pytest.raises(ValueError, match="must start with the parameters"):
+        create_model("plugin_bad")
 
 
 def test_factory_signature_is_checked(scratch_registry):

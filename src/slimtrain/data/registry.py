@@ -1,11 +1,16 @@
-"""The dataset registry and :func:`load_dataset`, which turns a builder's output into ready splits."""
+"""The dataset registry and :func:`load_dataset`, which turns a builder's output into ready splits.
+
+The names live in a :class:`slimtrain.registry.Registry` of kind ``"dataset"``; installed packages add
+datasets without being imported by slimtrain through the entry-point group ``slimtrain.datasets`` (each entry
+point names a builder; its name is the dataset's name).
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -20,34 +25,50 @@ from slimtrain.data.seeding import derive_generator
 from slimtrain.data.split import stratified_split
 from slimtrain.data.synthetic import load_synthetic
 from slimtrain.data.transforms import Normalize, standard_augmentation
+from slimtrain.registry import Registry
 
 __all__ = ["DatasetBuilder", "list_datasets", "load_dataset", "register_dataset"]
 
 #: ``builder(data_dir, **options) -> RawSplits``; ``data_dir`` is a ``Path`` or ``None``.
 DatasetBuilder = Callable[..., RawSplits]
 
-_REGISTRY: dict[str, DatasetBuilder] = {}
+_DATASETS: Registry[DatasetBuilder] = Registry("dataset", entry_point_group="slimtrain.datasets")
+# The registry's own name → builder table, patched entry by entry in tests (``monkeypatch.setitem``).
+_REGISTRY: dict[str, DatasetBuilder] = _DATASETS._entries
 
 
-def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = False) -> None:
-    """Make ``builder`` loadable as ``load_dataset(name, ...)``.
+@overload
+def register_dataset(
+    name: str, builder: None = None, *, replace: bool = False
+) -> Callable[[DatasetBuilder], DatasetBuilder]: ...
+
+
+@overload
+def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = False) -> DatasetBuilder: ...
+
+
+def register_dataset(
+    name: str, builder: DatasetBuilder | None = None, *, replace: bool = False
+) -> DatasetBuilder | Callable[[DatasetBuilder], DatasetBuilder]:
+    """Make ``builder`` loadable as ``load_dataset(name, ...)``; without ``builder``, a decorator that does.
 
     Args:
         name: registry name (e.g. ``"mnist"``).
         builder: called as ``builder(data_dir, **options)``; returns unnormalized :class:`RawSplits`.
-        replace: allow overwriting an existing registration.
+        replace: allow another builder to take over a registered name.
+
+    Returns:
+        ``builder`` (or the decorator).
 
     Raises:
-        ValueError: ``name`` is taken and ``replace`` is false.
+        ValueError: ``name`` is registered to another builder and ``replace`` is false.
     """
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"dataset {name!r} is already registered; pass replace=True to overwrite it")
-    _REGISTRY[name] = builder
+    return _DATASETS.register(name, builder, replace=replace)
 
 
 def list_datasets() -> list[str]:
     """Names of all registered datasets, sorted."""
-    return sorted(_REGISTRY)
+    return _DATASETS.names()
 
 
 def _check_options(name: str, builder: DatasetBuilder, options: dict[str, Any]) -> None:
@@ -97,16 +118,15 @@ def load_dataset(
         **options: dataset-specific options (e.g. ``num_samples`` for ``synthetic``).
 
     Raises:
-        ValueError: unknown dataset name or bad ``val_fraction``.
+        UnknownNameError: unknown dataset name (a ``ValueError``; the message lists the registered names).
+        ValueError: bad ``val_fraction``.
         TypeError: an option the dataset does not accept.
         DatasetNotFoundError: the files were not found (the message lists the places looked).
         DataFormatError: a file is corrupted, truncated or malformed (the message names it).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
+    builder = _DATASETS.get(name)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    builder = _REGISTRY[name]
     _check_options(name, builder, options)
     raw = builder(None if data_dir is None else Path(data_dir), **options)
     if not isinstance(raw, RawSplits):

@@ -7,6 +7,10 @@ Every set is a norm ball ``C = {x : ‖x‖_C ≤ r}`` with a linear minimizatio
 The arithmetic of every set is written for a *batch* of inputs of the set's working ``shape`` with one
 radius per batch row, so that the optimizer can stack all tensors that share a set type and size and run
 one LMO for all of them instead of a chain of small kernels per tensor.
+
+Every concrete set class with a ``name`` is registered under it in :data:`CONSTRAINT_SETS` (a
+:class:`slimtrain.registry.Registry`) when the class is defined, so a third-party set becomes loadable by
+:func:`constraint_from_config` (and thus from checkpoints) as soon as its module is imported.
 """
 
 from __future__ import annotations
@@ -19,9 +23,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["ConstraintSet", "constraint_from_config", "resolve_k", "top_magnitude_indices"]
+from slimtrain.errors import BadInputError
+from slimtrain.registry import Registry
 
-_REGISTRY: dict[str, type[ConstraintSet]] = {}
+__all__ = [
+    "CONSTRAINT_SETS",
+    "ConstraintSet",
+    "constraint_from_config",
+    "resolve_k",
+    "top_magnitude_indices",
+]
+
+#: Set name (``ConstraintSet.name``, the ``type`` of :meth:`ConstraintSet.to_config`) → set class.
+CONSTRAINT_SETS: Registry[type[ConstraintSet]] = Registry("constraint set")
 
 # Below this gradient norm the LMO direction is undefined; the LMO then returns v = 0 (spec §2.2 step 3).
 ZERO_GRAD_NORM = 1e-10
@@ -69,7 +83,7 @@ class ConstraintSet(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            _REGISTRY[cls.name] = cls
+            CONSTRAINT_SETS.register(cls.name, cls)
 
     def __init__(self, shape: tuple[int, ...], radius: float) -> None:
         if not radius > 0 or not math.isfinite(radius):
@@ -277,13 +291,16 @@ def constraint_from_config(config: dict[str, Any]) -> ConstraintSet:
     """Rebuild a set from :meth:`ConstraintSet.to_config`.
 
     Raises:
-        ValueError: if the ``type`` key is missing or names no known set.
+        BadInputError: if the ``type`` key is missing (a ``ValueError``).
+        UnknownNameError: if ``type`` names no registered set (a ``ValueError``; the message lists them).
     """
     cfg = dict(config)
-    name = cfg.pop("type", None)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown constraint type {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**cfg)
+    if "type" not in cfg:
+        raise BadInputError(
+            f"a constraint set config needs a 'type' key; registered constraint sets: "
+            f"{', '.join(CONSTRAINT_SETS.names())}"
+        )
+    return CONSTRAINT_SETS.get(cfg.pop("type"))(**cfg)
 
 
 def _hashable(value: Any) -> Hashable:

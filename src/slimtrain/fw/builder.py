@@ -13,17 +13,18 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from slimtrain.fw.base import ConstraintSet, resolve_k
-from slimtrain.fw.ksparse import KSparsePolytope
-from slimtrain.fw.ksupport import GroupKSupportNormBall, KSupportNormBall
+from slimtrain.fw.base import CONSTRAINT_SETS, ConstraintSet, VectorKConstraintSet, resolve_k
+from slimtrain.fw.ksupport import GroupKSupportNormBall
 from slimtrain.fw.lp_balls import LpBall
 from slimtrain.fw.radius import RadiusLookup, estimate_init_norms, local_init_norms
 from slimtrain.fw.spectral import NuclearNormBall, SpectralKSparsePolytope, SpectralKSupportNormBall
 
-__all__ = ["build_constraints", "miao_k"]
+__all__ = ["SETS_BY_MODE", "build_constraints", "miao_k"]
 
 Mode = Literal["unstructured", "filter", "lowrank"]
-_SETS_BY_MODE: dict[str, tuple[str, ...]] = {
+#: The registered constraint sets (names in :data:`~slimtrain.fw.base.CONSTRAINT_SETS`) each mode puts on its
+#: structured tensors, its default first; the other tensors of the structured modes get an L2 ``lp_ball``.
+SETS_BY_MODE: dict[str, tuple[str, ...]] = {
     "unstructured": ("k_support", "k_sparse", "lp_ball"),
     "filter": ("group_k_support",),
     "lowrank": ("spectral_k_support", "spectral_k_sparse", "nuclear"),
@@ -96,11 +97,14 @@ def build_constraints(
         ValueError: on an unknown mode or set, both ``radius`` and ``diameter`` given, or global mode with a
             spectral set.
     """
-    if mode not in _SETS_BY_MODE:
-        raise ValueError(f"build_constraints: unknown mode {mode!r}; use one of {sorted(_SETS_BY_MODE)}")
-    set_name = constraint or _SETS_BY_MODE[mode][0]
-    if set_name not in _SETS_BY_MODE[mode]:
-        raise ValueError(f"build_constraints: constraint {set_name!r} does not fit mode {mode!r}")
+    if mode not in SETS_BY_MODE:
+        raise ValueError(f"build_constraints: unknown mode {mode!r}; use one of {sorted(SETS_BY_MODE)}")
+    set_name = constraint or SETS_BY_MODE[mode][0]
+    if set_name not in SETS_BY_MODE[mode]:
+        raise ValueError(
+            f"build_constraints: constraint {set_name!r} does not fit mode {mode!r}; "
+            f"use one of {', '.join(SETS_BY_MODE[mode])}"
+        )
     if radius is not None and diameter is not None:
         raise ValueError("build_constraints: give radius or diameter, not both")
     if global_mode and mode == "lowrank":
@@ -123,8 +127,8 @@ def build_constraints(
     def make(
         shape: tuple[int, ...], family: str, group_sizes: list[int] | None, norm: float
     ) -> ConstraintSet:
-        kind = set_name if family == "structured" else "l2"
-        c = _make_set(kind, shape, group_sizes, k, p, spectral_solver, seed, group_select)
+        kind, order = (set_name, p) if family == "structured" else ("lp_ball", 2.0)
+        c = _make_set(kind, shape, group_sizes, k, order, spectral_solver, seed, group_select)
         if radius is not None:
             return c.with_radius(radius)
         target_d = diameter if diameter is not None else 2.0 * tau * norm
@@ -184,21 +188,25 @@ def _make_set(
     seed: int,
     group_select: Literal["topk", "kthvalue"],
 ) -> ConstraintSet:
-    """The set of the given kind for a tensor of ``shape``, with radius 1 (rescaled by the caller)."""
+    """The registered set ``kind`` for a tensor of ``shape``, with radius 1 (rescaled by the caller).
+
+    The class is looked up in :data:`~slimtrain.fw.base.CONSTRAINT_SETS`; its family says how the tensor's
+    shape, ``k`` and the options become constructor arguments (a vector of ``n`` entries, groups, or the
+    matrix ``(shape[0], n/shape[0])``).
+    """
+    cls = CONSTRAINT_SETS.get(kind)
     n = math.prod(shape)
-    if kind == "l2":
-        return LpBall(n, 1.0, p=2.0)
-    if kind == "lp_ball":
-        return LpBall(n, 1.0, p=p)
-    if kind == "k_support":
-        return KSupportNormBall(n, _resolve(k, n), 1.0)
-    if kind == "k_sparse":
-        return KSparsePolytope(n, _resolve(k, n), 1.0)
-    if kind == "group_k_support":
-        assert group_sizes is not None
-        return GroupKSupportNormBall(group_sizes, _resolve(k, len(group_sizes)), 1.0, select=group_select)
+    if issubclass(cls, LpBall):
+        return cls(n, 1.0, p=p)
+    if issubclass(cls, GroupKSupportNormBall):
+        if group_sizes is None:
+            raise ValueError(f"build_constraints: constraint {kind!r} needs groups (mode 'filter')")
+        return cls(group_sizes, _resolve(k, len(group_sizes)), 1.0, select=group_select)
+    if issubclass(cls, VectorKConstraintSet):
+        return cls(n, _resolve(k, n), 1.0)
     rows, cols = shape[0], n // shape[0]
-    if kind == "nuclear":
-        return NuclearNormBall(rows, cols, 1.0, solver=solver, seed=seed)
-    cls = SpectralKSupportNormBall if kind == "spectral_k_support" else SpectralKSparsePolytope
-    return cls(rows, cols, _resolve(k, min(rows, cols)), 1.0, solver=solver, seed=seed)
+    if issubclass(cls, NuclearNormBall):
+        return cls(rows, cols, 1.0, solver=solver, seed=seed)
+    if issubclass(cls, SpectralKSupportNormBall | SpectralKSparsePolytope):
+        return cls(rows, cols, _resolve(k, min(rows, cols)), 1.0, solver=solver, seed=seed)
+    raise ValueError(f"build_constraints: no rule turns a tensor into the constraint set {cls.__name__}")

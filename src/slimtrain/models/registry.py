@@ -3,6 +3,10 @@
 Every factory has the signature ``fn(num_classes, in_channels, image_size, *, <options>)``; the keyword-only
 options with their defaults are the model's valid ``kwargs``. A factory that also takes ``**kwargs`` accepts
 any option and validates it itself.
+
+The names live in a :class:`slimtrain.registry.Registry` of kind ``"model"``; installed packages add models
+without being imported by slimtrain through the entry-point group ``slimtrain.models`` (each entry point
+names a factory; its name is the model's name).
 """
 
 from __future__ import annotations
@@ -14,12 +18,29 @@ from typing import Any, TypeVar
 from torch import nn
 
 from slimtrain.models.validation import check_positive_int
+from slimtrain.registry import Registry
 
+__all__ = ["ModelFactory", "create_model", "list_models", "register_model"]
+
+#: ``factory(num_classes, in_channels, image_size, **options) -> nn.Module``.
 ModelFactory = Callable[..., nn.Module]
 FactoryT = TypeVar("FactoryT", bound=ModelFactory)
 
 _COMMON_ARGUMENTS = ("num_classes", "in_channels", "image_size")
-_REGISTRY: dict[str, ModelFactory] = {}
+_MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="slimtrain.models")
+# The registry's own name → factory table, patched entry by entry in tests (``monkeypatch.setitem``).
+_REGISTRY: dict[str, ModelFactory] = _MODELS._entries
+
+
+def _check_signature(name: str, factory: ModelFactory) -> None:
+    """Refuse a factory whose first three parameters are not the common arguments."""
+    leading = list(inspect.signature(factory).parameters)[: len(_COMMON_ARGUMENTS)]
+    if tuple(leading) != _COMMON_ARGUMENTS:
+        qualname = getattr(factory, "__qualname__", repr(factory))
+        raise ValueError(
+            f"factory {qualname} for model {name!r} must start with the parameters "
+            f"{', '.join(_COMMON_ARGUMENTS)}; it starts with {', '.join(leading) or 'none'}"
+        )
 
 
 def _factory_options(factory: ModelFactory) -> tuple[list[str], bool]:
@@ -30,18 +51,19 @@ def _factory_options(factory: ModelFactory) -> tuple[list[str], bool]:
     return options, open_ended
 
 
-def register_model(name: str) -> Callable[[FactoryT], FactoryT]:
+def register_model(name: str, *, replace: bool = False) -> Callable[[FactoryT], FactoryT]:
     """Register a model factory under ``name`` (decorator).
 
     Args:
         name: The name :func:`create_model` looks the factory up by.
+        replace: Allow another factory to take over a registered name.
 
     Returns:
         A decorator that registers the factory and returns it unchanged.
 
     Raises:
-        ValueError: If ``name`` is already registered, or the factory's first three parameters are not
-            ``num_classes, in_channels, image_size``.
+        ValueError: If ``name`` is already registered to another factory (and ``replace`` is false), or the
+            factory's first three parameters are not ``num_classes, in_channels, image_size``.
 
     Example:
         >>> @register_model("my_linear")
@@ -51,15 +73,8 @@ def register_model(name: str) -> Callable[[FactoryT], FactoryT]:
     """
 
     def decorator(factory: FactoryT) -> FactoryT:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
-        leading = list(inspect.signature(factory).parameters)[: len(_COMMON_ARGUMENTS)]
-        if tuple(leading) != _COMMON_ARGUMENTS:
-            raise ValueError(
-                f"factory {factory.__qualname__} for model {name!r} must start with the parameters "
-                f"{', '.join(_COMMON_ARGUMENTS)}; it starts with {', '.join(leading) or 'none'}"
-            )
-        _REGISTRY[name] = factory
+        _check_signature(name, factory)
+        _MODELS.register(name, factory, replace=replace)
         return factory
 
     return decorator
@@ -67,7 +82,7 @@ def register_model(name: str) -> Callable[[FactoryT], FactoryT]:
 
 def list_models() -> list[str]:
     """Return the names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return _MODELS.names()
 
 
 def create_model(
@@ -87,14 +102,13 @@ def create_model(
         so the same ``torch.manual_seed`` gives identical weights.
 
     Raises:
-        ValueError: If the name is unknown (the message lists the valid names), an option is unknown (the
-            message names it and lists the valid options), a common argument is not a positive integer, or
-            the factory rejects the configuration (e.g. an image too small for the model); the message starts
-            with the model's name.
+        UnknownNameError: If the name is unknown (a ``ValueError``; the message lists the registered names).
+        ValueError: If an option is unknown (the message names it and lists the valid options), a common
+            argument is not a positive integer, or the factory rejects the configuration (e.g. an image too
+            small for the model); the message starts with the model's name.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-    factory = _REGISTRY[name]
+    factory = _MODELS.get(name)
+    _check_signature(name, factory)  # entry-point factories are not checked at registration
     options, open_ended = _factory_options(factory)
     unknown = sorted(set(kwargs) - set(options))
     if unknown and not open_ended:
