@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from benchmarks.harness import BenchmarkRecorder
-from slimtrain.bcd import NNBCD, Im2colConv, PrunedCopy, TensorTrainCopy, TTLinear, module_storage_fractions
-from slimtrain.bcd.tt import tt_svd_matrix
+from slimtrain.algebra.tt import tt_svd_matrix
+from slimtrain.bcd import NNBCD, Im2colConv, PrunedCopy, TensorTrainCopy, module_storage_fractions
 from slimtrain.compress import apply_masks, layerwise_magnitude_masks
+from slimtrain.layers import TTLinear
 from slimtrain.models.mlp import MLP
 
 MLP_MODES = {0: (4, 4, 4, 4, 4, 4, 4, 7, 7), 1: (4,) * 10}

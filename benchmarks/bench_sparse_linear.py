@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from benchmarks.harness import BenchmarkRecorder
-from slimtrain.compress import SparseLinear, global_magnitude_prune
+from slimtrain.compress import global_magnitude_prune
+from slimtrain.layers import SparseLinear
 
 
 def _time_per_call(layer: nn.Module, x: torch.Tensor, calls: int) -> float:

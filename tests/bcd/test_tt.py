@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from slimtrain.algebra.tt import tt_ranks, tt_reconstruct, tt_storage, tt_svd, tt_svd_matrix
 from slimtrain.bcd.ratio import module_storage_fractions, tt_storage_fractions
-from slimtrain.bcd.tt import tt_ranks, tt_reconstruct, tt_storage, tt_svd, tt_svd_matrix
-from slimtrain.bcd.tt_linear import TTLinear
+from slimtrain.layers import TTLinear
 
 modes_strategy = st.lists(st.integers(1, 4), min_size=1, max_size=5)
 

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from slimtrain.algebra.tt import tt_reconstruct, tt_svd, tt_svd_matrix
 from slimtrain.bcd import TensorTrainCopy
-from slimtrain.bcd.tt import tt_reconstruct, tt_svd, tt_svd_matrix
 from slimtrain.bcd.tt_als import tt_als_sweep
 
 DT = torch.float64

@@ -2,8 +2,8 @@
 
 import torch
 
-from slimtrain.bcd.tt_linear import TTLinear
 from slimtrain.compress import load_exported, save_exported
+from slimtrain.layers import TTLinear
 from slimtrain.models import create_model
 
 

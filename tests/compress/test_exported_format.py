@@ -77,10 +77,11 @@ def test_manifest_records_kept_channels_and_types(tmp_path):
     manifest = read_manifest(save_exported(exported, tmp_path / "m", base=TinyVGG))
     changes = {c["name"]: c for c in manifest["changes"]}
     conv = changes["features.0"]
-    assert conv["type"] == "Conv2d" and conv["config"]["out_channels"] == 3
+    assert conv["type"] == "torch.nn.Conv2d" and conv["config"]["out_channels"] == 3
+    assert manifest["format_version"] == 2
     assert conv["kept_channels"]["out"] == exported.features[0].slimtrain_kept_channels["out"]
     assert manifest["tensors"]["features.0.weight"]["shape"] == [3, 3, 3, 3]
-    assert manifest["base_model"]["factory"].endswith("TinyVGG")
+    assert manifest["base_model"]["factory"].endswith(":TinyVGG")
 
 
 def _saved(tmp_path):
@@ -121,12 +122,19 @@ def test_inconsistent_manifest_refused(tmp_path, edit, message):
 
 
 def test_unreadable_or_absent_files_refused(tmp_path):
-    """Missing manifest, invalid JSON and a missing factory are refused, naming the problem."""
+    """Missing manifest, invalid JSON and a factory that cannot be imported are refused, naming the problem;
+    an importable factory is imported from its recorded path.
+    """
     with pytest.raises(ExportFormatError, match=r"manifest\.json not found"):
         load_exported(tmp_path)
     path = _saved(tmp_path)
-    with pytest.raises(ExportFormatError, match="factory"):
+    assert isinstance(load_exported(path), TinyMLP)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["base_model"]["factory"] = "no_such_package.models:TinyMLP"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportFormatError, match=r"no_such_package\.models:TinyMLP.*cannot be imported"):
         load_exported(path)
+    assert isinstance(load_exported(path, factory=TinyMLP), TinyMLP)
     (path / "manifest.json").write_text("{not json")
     with pytest.raises(ExportFormatError, match="not valid JSON"):
         load_exported(path, factory=TinyMLP)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from slimtrain.compress import LowRankLinear, SVDConv2d, TuckerConv2d, build_module, module_config
+from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d, build_layer, layer_config, layer_type_of
 
 conv_settings = st.fixed_dictionaries(
     {
@@ -134,9 +134,9 @@ def test_rank_out_of_range_rejected():
     ],
 )
 def test_config_round_trip(layer):
-    """build_module(type, module_config(layer)) rebuilds a layer with the same config and parameter shapes."""
-    rebuilt = build_module(type(layer).__name__, module_config(layer))
-    assert module_config(rebuilt) == module_config(layer)
+    """build_layer(key, layer_config(layer)) rebuilds a layer with the same config and parameter shapes."""
+    rebuilt = build_layer(layer_type_of(layer).key, layer_config(layer))
+    assert layer_config(rebuilt) == layer_config(layer)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in layer.state_dict().items()
     }
@@ -155,7 +155,7 @@ def test_pointwise_conv_computes_the_1x1_convolution(c_in, c_out, bias, layout, 
     same weights in every input layout, and so do the weight and input gradients (the fast path must not
     change the function it stands for).
     """
-    from slimtrain.compress.factorized import PointwiseConv2d
+    from slimtrain.layers import PointwiseConv2d
 
     torch.manual_seed(0)
     fast = PointwiseConv2d(c_in, c_out, bias=bias).double()

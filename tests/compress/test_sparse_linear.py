@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from slimtrain.compress import SparseLinear, global_magnitude_prune, to_sparse_linear
+from slimtrain.compress import global_magnitude_prune, to_sparse_linear
+from slimtrain.layers import SparseLinear
 
 from .toy_models import build, example_input
 

@@ -5,7 +5,8 @@ import warnings
 import pytest
 import torch
 
-from slimtrain.compress import FactorizationCostWarning, SVDConv2d, compress_standard
+from slimtrain.compress import FactorizationCostWarning, compress_standard
+from slimtrain.layers import SVDConv2d
 from slimtrain.pruning.magnitude import removal_count
 
 from .toy_models import build, example_input

@@ -9,9 +9,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slimtrain.bcd import FullBatchMemoryError, TTLinear, tt_storage, tt_storage_fractions
+from slimtrain.algebra.tt import tt_storage
+from slimtrain.bcd import FullBatchMemoryError, tt_storage_fractions
 from slimtrain.errors import RecipeError
 from slimtrain.experiments.sweep import sweep
+from slimtrain.layers import TTLinear
 from slimtrain.methods.tt_layout import default_tt_modes
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from slimtrain.bcd import TTLinear
+from slimtrain.layers import TTLinear
 from slimtrain.metrics import (
     conv2d_macs,
     conv_output_size,

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtrain.algebra.tt import tt_reconstruct, tt_storage, tt_svd_matrix
 from slimtrain.bcd.prune import ThresholdRule, hard_threshold
-from slimtrain.bcd.tt import tt_reconstruct, tt_storage, tt_svd_matrix
 from slimtrain.bcd.tt_als import tt_als_sweep
-from slimtrain.bcd.tt_linear import TTLinear
+from slimtrain.layers import TTLinear
 
 
 class CompressedCopy(ABC):

@@ -24,7 +24,7 @@ def compressed_network(
 ) -> nn.Sequential:
     """Build the compressed evaluation network: zero biases, ReLU between layers, linear output.
 
-    Compressed layers use their copy (:class:`~slimtrain.bcd.tt_linear.TTLinear` for TT copies, an
+    Compressed layers use their copy (:class:`~slimtrain.layers.TTLinear` for TT copies, an
     ``nn.Linear`` holding W̃ for pruned ones), never the raw W; the others are bias-free ``nn.Linear``.
     With ``conv`` the first weight becomes a ``Conv2d`` followed by the position-major flattening, and the
     network takes (N, C, H, W) images; otherwise inputs are flattened from dimension 1.

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimtrain.bcd.tt import tt_storage
-from slimtrain.bcd.tt_linear import TTLinear
+from slimtrain.algebra.tt import tt_storage
+from slimtrain.layers import TTLinear
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def module_storage_fractions(module: nn.Module) -> StorageFractions:
     counted); TTLinear layers count their cores.
 
     Args:
-        module: A network containing at least one :class:`~slimtrain.bcd.tt_linear.TTLinear`.
+        module: A network containing at least one :class:`~slimtrain.layers.TTLinear`.
 
     Returns:
         The two storage fractions.

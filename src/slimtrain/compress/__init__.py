@@ -3,16 +3,18 @@
 Operators return a compressed **copy** and never modify their input:
 
 - unstructured: :func:`global_magnitude_prune`, :func:`layerwise_magnitude_prune` (masks folded into weights),
-  :func:`to_sparse_linear` (CSR storage for linear layers);
+  :func:`to_sparse_linear` (CSR storage for linear layers, :class:`slimtrain.layers.SparseLinear`);
 - structured: :func:`filter_pruning_plan` → :func:`apply_channel_masks` (masked, same shapes) or
   :func:`remove_channels` (channels physically removed, same function);
 - low rank: :func:`svd_decompose` (k×k + 1×1 conv pairs, two linears), :func:`tucker_decompose`
-  (1×1 → k×k → 1×1);
+  (1×1 → k×k → 1×1), both with the deployment layers of :mod:`slimtrain.layers`;
 - export: :func:`to_exported` (a compressed model → its physically smaller form, same function),
   :func:`save_exported` / :func:`load_exported` (safetensors + JSON manifest), :func:`export_onnx`.
 """
 
+from slimtrain._deprecation import moved_names
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
+from slimtrain.compress.csr import to_sparse_linear
 from slimtrain.compress.decompose import FactorizationCostWarning, kept_rank, svd_decompose, tucker_decompose
 from slimtrain.compress.densify import densify
 from slimtrain.compress.exportable import (
@@ -29,7 +31,6 @@ from slimtrain.compress.exported_format import (
     read_manifest,
     save_exported,
 )
-from slimtrain.compress.factorized import LowRankLinear, PointwiseConv2d, SVDConv2d, TuckerConv2d
 from slimtrain.compress.filter_pruning import (
     ChannelPruningPlan,
     GroupSelection,
@@ -48,9 +49,7 @@ from slimtrain.compress.magnitude import (
     population_parameters,
 )
 from slimtrain.compress.masks import apply_masks, fold_masks
-from slimtrain.compress.module_specs import LAYER_TYPES, build_module, module_config
 from slimtrain.compress.onnx_export import export_onnx
-from slimtrain.compress.sparse_linear import SparseLinear, to_sparse_linear
 from slimtrain.compress.standard import STRUCTURES, compress_standard
 from slimtrain.compress.torch_pruning_adapter import (
     check_channel_flow,
@@ -64,7 +63,6 @@ from slimtrain.errors import (
 )
 
 __all__ = [
-    "LAYER_TYPES",
     "STRUCTURES",
     "ChannelGroup",
     "ChannelPruningPlan",
@@ -73,17 +71,11 @@ __all__ = [
     "ExportMismatchError",
     "FactorizationCostWarning",
     "GroupSelection",
-    "LowRankLinear",
     "OnnxMismatchError",
-    "PointwiseConv2d",
-    "SVDConv2d",
-    "SparseLinear",
-    "TuckerConv2d",
     "UnsupportedChannelFlowError",
     "apply_channel_masks",
     "apply_masks",
     "architecture_changes",
-    "build_module",
     "channel_masks",
     "channels_kept",
     "check_channel_flow",
@@ -103,7 +95,6 @@ __all__ = [
     "layerwise_magnitude_masks",
     "layerwise_magnitude_prune",
     "load_exported",
-    "module_config",
     "population_parameters",
     "read_manifest",
     "removable_channels",
@@ -115,3 +106,18 @@ __all__ = [
     "to_sparse_linear",
     "tucker_decompose",
 ]
+
+# Moved to slimtrain.layers (the one layer package); the old names warn for one release.
+__getattr__ = moved_names(
+    "slimtrain.compress",
+    {
+        "LAYER_TYPES": "slimtrain.layers:LAYER_TYPES",
+        "LowRankLinear": "slimtrain.layers:LowRankLinear",
+        "PointwiseConv2d": "slimtrain.layers:PointwiseConv2d",
+        "SVDConv2d": "slimtrain.layers:SVDConv2d",
+        "SparseLinear": "slimtrain.layers:SparseLinear",
+        "TuckerConv2d": "slimtrain.layers:TuckerConv2d",
+        "build_module": "slimtrain.layers:build_layer",
+        "module_config": "slimtrain.layers:layer_config",
+    },
+)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from torch import nn
 
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
-from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
+from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
 
 _FACTORIZED = (SVDConv2d, LowRankLinear, TuckerConv2d)
 

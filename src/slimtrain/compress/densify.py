@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from slimtrain.compress._modules import copy_model, set_submodule
-from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
-from slimtrain.compress.sparse_linear import SparseLinear
+from slimtrain.layers import LowRankLinear, SparseLinear, SVDConv2d, TuckerConv2d
 
 _DENSIFIABLE = (SVDConv2d, TuckerConv2d, LowRankLinear, SparseLinear)
 

@@ -30,11 +30,11 @@ from torch.nn.modules.conv import _ConvNd
 
 from slimtrain.compress._modules import copy_model, get_submodule, set_submodule
 from slimtrain.compress.channel_groups import ChannelGroup
-from slimtrain.compress.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
 from slimtrain.compress.filter_pruning import ChannelPruningPlan, GroupSelection, remove_channels
 from slimtrain.compress.masks import fold_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
 from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError
+from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
 
 
 def _nonzero_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -182,9 +182,9 @@ def _export_lowrank_layer(layer: nn.Module) -> nn.Module | None:
 def export_lowrank_layers(model: nn.Module) -> nn.Module:
     """Return a copy of ``model`` with its ``slimtrain.lowrank`` training layers as export modules.
 
-    TDLRT's Tucker convs become :class:`~slimtrain.compress.TuckerConv2d` (1×1 → k×k → 1×1, the trained
+    TDLRT's Tucker convs become :class:`~slimtrain.layers.TuckerConv2d` (1×1 → k×k → 1×1, the trained
     ranks of the two channel modes; truncated spatial modes are multiplied back into the k×k core), DLRT's
-    matrix layers become :class:`~slimtrain.compress.LowRankLinear` / :class:`~slimtrain.compress.SVDConv2d`
+    matrix layers become :class:`~slimtrain.layers.LowRankLinear` / :class:`~slimtrain.layers.SVDConv2d`
     at the smaller of their two ranks. The function is unchanged (up to rounding).
     """
     from slimtrain.lowrank import TuckerFactorizedLayer

@@ -1,39 +1,48 @@
 """On-disk format of exported models: ``model.safetensors`` + ``manifest.json`` in one directory.
 
 The manifest records how to rebuild the architecture without pickled classes: the base model (a
-``slimtrain.models`` registry name, or a factory the caller supplies again at load time, with its keyword
-arguments), and every layer that differs from the base (type from :data:`LAYER_TYPES`, constructor arguments,
-kept channel indices where channels were removed). It also lists every tensor (shape, dtype), the recipe,
+``slimtrain.models`` registry name, or the import path ``"module:qualname"`` of a factory, with its keyword
+arguments), and every layer that differs from the base (its key in :data:`slimtrain.layers.LAYER_TYPES`,
+constructor arguments, kept channel indices where channels were removed; a re-shaped instance of a subclass of
+a registered type is marked ``"reshape": true`` and keeps its class). It also lists every tensor (shape,
+dtype), the groups of tied tensor names (stored once), the recipe, the input preprocessing when known,
 free-form extra fields and the SHA-256 of the weights file. Loading rebuilds the base, applies the recorded
-replacements and loads the weights strictly; any mismatch is refused with :class:`ExportFormatError`.
+changes and loads the weights strictly; any mismatch is refused with :class:`ExportFormatError`.
+
+Format versions: 2 (written now) records namespaced layer keys (``"slimtrain.TuckerConv2d"``); format-1
+manifests, which recorded bare class names (``"TuckerConv2d"``), are read through
+:data:`slimtrain.layers.specs.V1_TYPE_NAMES`. See docs/export.md.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
 from torch import nn
 
-from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, set_submodule
-from slimtrain.compress.module_specs import build_module, is_rebuildable, module_config
-from slimtrain.errors import ExportFormatError
+from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, get_submodule, set_submodule
+from slimtrain.errors import ExportFormatError, UnknownNameError, UnsupportedModelError
+from slimtrain.layers.specs import build_layer, layer_type_of, reshape_layer
+
+if TYPE_CHECKING:  # the registry itself is imported only when a base is named, in _build_base
+    from slimtrain.models.registry import ModelFactory
 
 FORMAT_NAME = "slimtrain-exported"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
-
-ModelFactory = Callable[..., nn.Module]
 
 
 def _sha256(path: Path) -> str:
@@ -53,13 +62,15 @@ def _build_base(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Modul
 
 
 def architecture_changes(base: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
-    """List the layers of ``model`` that differ from ``base`` (type, constructor arguments, kept channels).
+    """List the layers of ``model`` that differ from ``base`` (type key, arguments, kept channels).
 
-    Containers of the same type are compared child by child; a differing layer must be rebuildable
-    (:data:`slimtrain.compress.module_specs.LAYER_TYPES`).
+    Containers of the same type are compared child by child. A differing layer must be an instance of a
+    registered layer type (:data:`slimtrain.layers.LAYER_TYPES`, recognised through its class hierarchy); an
+    instance of a *subclass* of one (a ``BatchNorm2d`` with a fused activation, say) may only change shape
+    where the base holds the same class, and is recorded as a re-shape so that loading keeps its class.
 
     Raises:
-        ExportFormatError: If a difference cannot be expressed by layer replacements.
+        ExportFormatError: If a difference cannot be expressed by layer replacements and re-shapes.
     """
     changes: list[dict[str, Any]] = []
 
@@ -75,27 +86,51 @@ def architecture_changes(base: nn.Module, model: nn.Module) -> list[dict[str, An
             if child is None:
                 continue
             same_type = base_child is not None and type(base_child) is type(child)
-            if is_rebuildable(child):
-                if not same_type or module_config(child) != module_config(base_child):
-                    entry: dict[str, Any] = {
-                        "name": name,
-                        "type": type(child).__name__,
-                        "config": module_config(child),
-                    }
-                    if hasattr(child, KEPT_CHANNELS_ATTR):
-                        entry["kept_channels"] = getattr(child, KEPT_CHANNELS_ATTR)
-                    changes.append(entry)
-            elif same_type:
+            entry_type = layer_type_of(child)
+            if entry_type is None:
+                if not same_type:
+                    raise ExportFormatError(
+                        f"module {name!r} is a {type(child).__qualname__}, the base model has "
+                        f"{type(base_child).__qualname__ if base_child is not None else 'nothing'} there, "
+                        f"and {type(child).__qualname__} is not a registered layer type "
+                        "(slimtrain.layers.register_layer_type)"
+                    )
                 visit(name, base_child, child)
-            else:
-                raise ExportFormatError(
-                    f"module {name!r} is a {type(child).__name__}, the base model has "
-                    f"{type(base_child).__name__ if base_child is not None else 'nothing'} there, and "
-                    f"{type(child).__name__} is not a rebuildable layer type"
-                )
+                continue
+            config = entry_type.config(child)
+            if same_type and config == entry_type.config(base_child):
+                if next(child.children(), None) is None or type(child) is entry_type.cls:
+                    continue
+                visit(name, base_child, child)
+                continue
+            entry: dict[str, Any] = {"name": name, "type": entry_type.key, "config": config}
+            if type(child) is not entry_type.cls:
+                if not same_type:
+                    raise ExportFormatError(
+                        f"module {name!r} is a {type(child).__qualname__}, a subclass of the registered "
+                        f"{entry_type.key} with its own class, which an export can only re-shape where the "
+                        "base model holds the same class"
+                    )
+                if next(child.children(), None) is not None:
+                    raise ExportFormatError(
+                        f"module {name!r} ({type(child).__qualname__}) changed, and a subclass with child "
+                        "modules cannot be re-shaped; register its class (slimtrain.layers)"
+                    )
+                entry["reshape"] = True
+            if hasattr(child, KEPT_CHANNELS_ATTR):
+                entry["kept_channels"] = getattr(child, KEPT_CHANNELS_ATTR)
+            changes.append(entry)
 
     visit("", base, model)
     return changes
+
+
+def tied_parameter_groups(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters and buffers that are one tensor, grouped (each group of two or more)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def save_exported(
@@ -106,6 +141,7 @@ def save_exported(
     base_kwargs: Mapping[str, Any] | None = None,
     recipe: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Save an exported (compressed) model as a directory ``path`` with weights and manifest.
@@ -120,10 +156,13 @@ def save_exported(
         model: The exported model (channels removed / layers factorized / masks folded).
         path: Directory to create.
         base: The uncompressed architecture: a ``slimtrain.models`` registry name, or a factory callable
-            (recorded by qualified name only; pass it again to :func:`load_exported`).
+            (recorded by its import path ``"module:qualname"``; :func:`load_exported` imports it again when
+            it is importable, otherwise it must be passed to it).
         base_kwargs: Keyword arguments of the registry's ``create_model`` or of the factory.
         recipe: The recipe (configuration) that produced the model, JSON-serialisable.
         manifest_extra: Further JSON-serialisable fields (metrics, provenance) stored under ``"extra"``.
+        preprocessing: How inputs must be prepared (normalization, input shape, dtype, classes),
+            JSON-serialisable, stored under ``"preprocessing"``.
         overwrite: Replace an existing directory at ``path``.
 
     Returns:
@@ -139,11 +178,17 @@ def save_exported(
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     kwargs = dict(base_kwargs or {})
     changes = architecture_changes(_build_base(base, kwargs), model)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tied = tied_parameter_groups(model)
+    duplicates = {name for names in tied for name in names[1:]}
+    # A tied tensor is stored once, under the first of its names.
+    state = {
+        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if k not in duplicates
+    }
+    listed = {k: v for k, v in model.state_dict().items()}
     base_entry: dict[str, Any] = {"kwargs": kwargs}
     if callable(base):
         base_entry["factory"] = (
-            f"{getattr(base, '__module__', '?')}.{getattr(base, '__qualname__', repr(base))}"
+            f"{getattr(base, '__module__', '?')}:{getattr(base, '__qualname__', repr(base))}"
         )
     else:
         base_entry["registry_name"] = base
@@ -158,12 +203,14 @@ def save_exported(
             "changes": changes,
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                for k, v in state.items()
+                for k, v in listed.items()
             },
+            "tied_tensors": tied,
             "weights_file": WEIGHTS_FILE,
             "checksums": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)},
             "recipe": dict(recipe) if recipe is not None else None,
             "extra": dict(manifest_extra or {}),
+            "preprocessing": dict(preprocessing) if preprocessing is not None else None,
             "versions": {"torch": torch.__version__},
         }
         with (tmp / MANIFEST_FILE).open("w") as f:
@@ -220,7 +267,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ExportFormatError(f"{manifest_path} is not valid JSON: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ExportFormatError(f"{manifest_path} is not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ExportFormatError(
             f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}"
         )
@@ -257,20 +304,16 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
         raise ExportFormatError(
             f"checksum mismatch for {weights}: manifest has {expected}, file has {actual}"
         )
-    base_entry = manifest["base_model"]
-    if factory is None and "registry_name" not in base_entry:
-        raise ExportFormatError(
-            f"{path} was saved from the factory {base_entry.get('factory')!r}; "
-            "pass it as load_exported(..., factory=...)"
-        )
-    model = _build_base(
-        factory if factory is not None else base_entry["registry_name"], base_entry.get("kwargs", {})
-    )
+    model = _build_base(_base_of(path, manifest, factory), manifest["base_model"].get("kwargs", {}))
     for change in manifest["changes"]:
         try:
-            module = build_module(change["type"], change["config"])
-            set_submodule(model, change["name"], module)
-        except (KeyError, ValueError) as error:
+            if change.get("reshape"):
+                module = get_submodule(model, change["name"])
+                reshape_layer(module, change["type"], change["config"])
+            else:
+                module = build_layer(change["type"], change["config"])
+                set_submodule(model, change["name"], module)
+        except (KeyError, ValueError, AttributeError, UnknownNameError, UnsupportedModelError) as error:
             raise ExportFormatError(
                 f"{path}: cannot apply the change to {change.get('name')!r}: {error}"
             ) from error
@@ -278,8 +321,12 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
             setattr(module, KEPT_CHANNELS_ATTR, change["kept_channels"])
     tensors = safetensors.torch.load_file(str(weights))
     listed = manifest["tensors"]
-    _check_keys(f"{weights} against {MANIFEST_FILE}", set(listed), set(tensors))
+    tied = manifest.get("tied_tensors", [])
+    duplicates = {name: names[0] for names in tied for name in names[1:]}
+    _check_keys(f"{weights} against {MANIFEST_FILE}", set(listed) - set(duplicates), set(tensors))
     _check_keys(f"the rebuilt model against {MANIFEST_FILE}", set(listed), set(model.state_dict()))
+    for name, first in duplicates.items():
+        tensors[name] = tensors[first]
     for name, spec in listed.items():
         tensor = tensors[name]
         if list(tensor.shape) != spec["shape"] or str(tensor.dtype).removeprefix("torch.") != spec["dtype"]:
@@ -294,7 +341,51 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
                 f"{list(target.shape)}"
             )
     model.load_state_dict(tensors, strict=True, assign=True)
+    _tie(model, tied)
     return model.eval()
+
+
+def _base_of(path: Path, manifest: dict[str, Any], factory: ModelFactory | None) -> str | ModelFactory:
+    """The registry name or factory to build the base model from (an importable factory is imported)."""
+    entry = manifest["base_model"]
+    if factory is not None:
+        return factory
+    if "registry_name" in entry:
+        return entry["registry_name"]
+    module_name, colon, qualname = str(entry.get("factory", "")).partition(":")
+    if colon:  # format 2 records an import path; format 1 only a dotted name
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+            return target
+        except (ImportError, AttributeError) as error:
+            raise ExportFormatError(
+                f"{path} was saved from the factory {entry['factory']!r}, which cannot be imported here "
+                f"({error}); pass it as load_exported(..., factory=...)"
+            ) from error
+    raise ExportFormatError(
+        f"{path} was saved from the factory {entry.get('factory')!r}; "
+        "pass it as load_exported(..., factory=...)"
+    )
+
+
+def _tie(model: nn.Module, tied: list[list[str]]) -> None:
+    """Make every name of each group refer to the first name's tensor again (loading assigned copies)."""
+    for names in tied:
+        first_owner, first_attr = _owner(model, names[0])
+        shared = getattr(first_owner, first_attr)
+        for name in names[1:]:
+            owner, attr = _owner(model, name)
+            if attr in owner._parameters:
+                owner._parameters[attr] = shared
+            else:
+                owner._buffers[attr] = shared
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    return (get_submodule(model, module_name) if module_name else model), attr
 
 
 def _check_keys(what: str, listed: set[str], present: set[str]) -> None:

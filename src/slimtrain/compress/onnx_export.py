@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from slimtrain.compress._modules import copy_model, set_submodule
-from slimtrain.compress.sparse_linear import SparseLinear
 from slimtrain.errors import OnnxMismatchError
+from slimtrain.layers import SparseLinear
 
 
 def export_onnx(

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from slimtrain.compress.csr import to_sparse_linear
 from slimtrain.compress.exportable import check_same_outputs, to_exported
 from slimtrain.compress.exported_format import save_exported
 from slimtrain.compress.onnx_export import export_onnx
-from slimtrain.compress.sparse_linear import to_sparse_linear
 from slimtrain.experiments.sweep import dense_reference, load_trained, resolve_structure
 from slimtrain.metrics import count_parameters, latency_fields, summarize
 from slimtrain.train.evaluate import evaluate

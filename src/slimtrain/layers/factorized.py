@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtrain.pointwise import pointwise_conv2d
+from slimtrain.layers.pointwise import PointwiseConv2d
+from slimtrain.layers.specs import register_layer_type
 
 
 def _conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
@@ -62,27 +63,6 @@ def _dense_conv(
         if bias is not None:
             conv.bias.copy_(bias)
     return conv
-
-
-class PointwiseConv2d(nn.Conv2d):
-    """A 1×1 conv (stride 1, no padding, one group) computed by :func:`slimtrain.pointwise.pointwise_conv2d`.
-
-    Same parameters, state-dict keys and function as the ``nn.Conv2d`` it stands for; NCHW inputs run as a
-    batched matrix product, which on CPU is up to 10× faster than oneDNN's convolution at the few channels
-    of a factor.
-
-    Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
-        bias: Whether the layer has a bias.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Multiply the channel dimension by the ``out × in`` weight matrix (then add the bias)."""
-        return pointwise_conv2d(x, self.weight.reshape(self.out_channels, self.in_channels), self.bias)
 
 
 def _leading_left_singular_vectors(matrix: torch.Tensor, count: int) -> torch.Tensor:
@@ -381,3 +361,8 @@ class TuckerConv2d(nn.Module):
             if conv.bias is not None:
                 layer.expand.bias.copy_(conv.bias)
         return layer
+
+
+register_layer_type("slimtrain.SVDConv2d", SVDConv2d, v1_name="SVDConv2d")
+register_layer_type("slimtrain.LowRankLinear", LowRankLinear, v1_name="LowRankLinear")
+register_layer_type("slimtrain.TuckerConv2d", TuckerConv2d, v1_name="TuckerConv2d")

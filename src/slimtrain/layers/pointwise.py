@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["pointwise_conv2d"]
+from slimtrain.layers.specs import register_layer_type
+
+__all__ = ["PointwiseConv2d", "pointwise_conv2d"]
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -36,3 +38,35 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
         out = out.view(batch, weight.shape[0], height, width)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     return F.conv2d(x, weight[:, :, None, None], bias)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 conv (stride 1, no padding, one group) computed by :func:`pointwise_conv2d`.
+
+    Same parameters, state-dict keys and function as the ``nn.Conv2d`` it stands for; NCHW inputs run as a
+    batched matrix product, which on CPU is up to 10× faster than oneDNN's convolution at the few channels
+    of a factor.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        bias: Whether the layer has a bias.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Multiply the channel dimension by the ``out × in`` weight matrix (then add the bias)."""
+        return pointwise_conv2d(x, self.weight.reshape(self.out_channels, self.in_channels), self.bias)
+
+    def config(self) -> dict[str, int | bool]:
+        """The constructor arguments (JSON-serialisable)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "bias": self.bias is not None,
+        }
+
+
+register_layer_type("slimtrain.PointwiseConv2d", PointwiseConv2d)

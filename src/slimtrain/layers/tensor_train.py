@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtrain.bcd.tt import tt_reconstruct, tt_svd_matrix
+from slimtrain.algebra.tt import tt_reconstruct, tt_svd_matrix
+from slimtrain.layers.specs import register_layer_type
 
 
 class TTLinear(nn.Module):
@@ -119,3 +120,6 @@ class TTLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, modes={self.modes}, "
             f"ranks={self.ranks}, bias={self.bias is not None}"
         )
+
+
+register_layer_type("slimtrain.TTLinear", TTLinear, v1_name="TTLinear")

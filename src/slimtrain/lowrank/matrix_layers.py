@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from slimtrain.layers.pointwise import pointwise_conv2d
 from slimtrain.lowrank.factorized import MatrixFactorizedLayer, dense_conv_of
 from slimtrain.lowrank.tucker_conv import check_conv_supported, init_conv_geometry, rank_one_like
-from slimtrain.pointwise import pointwise_conv2d
 
 
 class LowRankLinear(MatrixFactorizedLayer):

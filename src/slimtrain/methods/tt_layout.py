@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from slimtrain.bcd.tt import tt_ranks, tt_storage
+from slimtrain.algebra.tt import tt_ranks, tt_storage
 from slimtrain.models.mlp import MLP
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from slimtrain.bcd import TTLinear
-from slimtrain.bcd.tt import tt_svd_matrix
+from slimtrain.algebra.tt import tt_svd_matrix
+from slimtrain.layers import TTLinear
 from slimtrain.methods.tt_layout import TTLayoutOptions, check_mlp, resolve_tt_layout
 from slimtrain.train.method import Method, register_method
 

@@ -1,6 +1,6 @@
 """The protocol a layer that stores only its weight's non-zeros implements so that the metrics count it.
 
-A sparse-storage layer (e.g. :class:`~slimtrain.compress.SparseLinear`, CSR) stands in for one dense layer
+A sparse-storage layer (e.g. :class:`~slimtrain.layers.SparseLinear`, CSR) stands in for one dense layer
 whose weight had exact zeros: its *dense* count is that weight's size, its *stored* count the non-zeros it
 keeps (metrics.md §3: N_stored = NNZ for sparse models; index arrays are memory, not parameters). Counted
 this way, a model converted to sparse storage has the same parameter counts, sparsities and effective MACs

@@ -1,0 +1,42 @@
+"""Every layer slimtrain defines, and the export protocol that records and rebuilds them.
+
+- Deployment layers (what an exported model contains): :class:`SVDConv2d` (k×k conv with ``rank`` filters
+  then 1×1), :class:`TuckerConv2d` (1×1 → k×k → 1×1), :class:`LowRankLinear` (two linears),
+  :class:`PointwiseConv2d` (a 1×1 conv run as a matrix product), :class:`SparseLinear` (CSR weights),
+  :class:`TTLinear` (weight stored as tensor-train cores).
+- The export protocol (:mod:`slimtrain.layers.specs`): :data:`LAYER_TYPES`, a registry of namespaced keys
+  (``"slimtrain.TuckerConv2d"``, ``"torch.nn.Conv2d"``) third-party code extends with
+  :func:`register_layer_type`; :func:`layer_config` / :func:`build_layer` record and rebuild a layer.
+"""
+
+from slimtrain.layers import torch_types as _torch_types  # noqa: F401  (registers the torch.nn types)
+from slimtrain.layers.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
+from slimtrain.layers.pointwise import PointwiseConv2d, pointwise_conv2d
+from slimtrain.layers.sparse import SparseLinear
+from slimtrain.layers.specs import (
+    LAYER_TYPES,
+    LayerType,
+    build_layer,
+    layer_config,
+    layer_type_of,
+    register_layer_type,
+    reshape_layer,
+)
+from slimtrain.layers.tensor_train import TTLinear
+
+__all__ = [
+    "LAYER_TYPES",
+    "LayerType",
+    "LowRankLinear",
+    "PointwiseConv2d",
+    "SVDConv2d",
+    "SparseLinear",
+    "TTLinear",
+    "TuckerConv2d",
+    "build_layer",
+    "layer_config",
+    "layer_type_of",
+    "pointwise_conv2d",
+    "register_layer_type",
+    "reshape_layer",
+]
