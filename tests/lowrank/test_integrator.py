@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtrain.algebra.tucker import multi_mode_product
 from slimtrain.lowrank import TDLRT, LowRankLinear, TuckerConv2d, convert_to_lowrank, factorized_layers
-from slimtrain.lowrank.tensor_ops import multi_mode_product
 
 F64 = torch.float64
 

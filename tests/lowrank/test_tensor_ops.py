@@ -7,17 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimtrain.lowrank.tensor_ops import (
+from slimtrain.algebra.tucker import (
     complete_orthonormal,
     fold,
     hosvd,
     mode_product,
     multi_mode_product,
-    orthonormal_augmentation,
-    rank_from_singular_values,
     tucker_to_tensor,
     unfold,
 )
+from slimtrain.lowrank.basis_rules import orthonormal_augmentation, rank_from_singular_values
 
 F64 = torch.float64
 

@@ -137,10 +137,10 @@ def _smaller_split(u: torch.Tensor, core: torch.Tensor, v: torch.Tensor) -> tupl
 
 def _export_lowrank_layer(layer: nn.Module) -> nn.Module | None:
     """The :mod:`slimtrain.compress.factorized` module computing what a ``slimtrain.lowrank`` layer does."""
+    from slimtrain.algebra.tucker import mode_product
     from slimtrain.lowrank import LowRankLinear as TrainLinear
     from slimtrain.lowrank import MatrixLowRankConv2d as TrainMatrixConv
     from slimtrain.lowrank import TuckerConv2d as TrainTuckerConv
-    from slimtrain.lowrank.tensor_ops import mode_product
 
     has_bias = layer.bias is not None
     with torch.no_grad():

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtrain.algebra.tucker import hosvd
 from slimtrain.layers.pointwise import PointwiseConv2d
 from slimtrain.layers.specs import register_layer_type
 
@@ -63,11 +64,6 @@ def _dense_conv(
         if bias is not None:
             conv.bias.copy_(bias)
     return conv
-
-
-def _leading_left_singular_vectors(matrix: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` leading left singular vectors, completed to an orthonormal basis when count > rank."""
-    return torch.linalg.svd(matrix, full_matrices=count > min(matrix.shape))[0][:, :count]
 
 
 class SVDConv2d(nn.Module):
@@ -350,10 +346,7 @@ class TuckerConv2d(nn.Module):
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        weight = conv.weight.detach().double()
-        u_out = _leading_left_singular_vectors(weight.flatten(1), rank_out)
-        u_in = _leading_left_singular_vectors(weight.transpose(0, 1).flatten(1), rank_in)
-        core = torch.einsum("oihw,or,is->rshw", weight, u_out, u_in)
+        core, (u_out, u_in, _, _) = hosvd(conv.weight.detach().double(), (rank_out, rank_in, None, None))
         with torch.no_grad():
             layer.project.weight.copy_(u_in.T[:, :, None, None])
             layer.core.weight.copy_(core)

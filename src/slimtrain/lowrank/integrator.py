@@ -15,16 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from slimtrain.algebra.tucker import complete_orthonormal, fold, multi_mode_product, unfold
+from slimtrain.lowrank.basis_rules import orthonormal_augmentation, rank_from_singular_values
 from slimtrain.lowrank.conversion import factorized_layers
 from slimtrain.lowrank.factorized import TuckerFactorizedLayer
-from slimtrain.lowrank.tensor_ops import (
-    complete_orthonormal,
-    fold,
-    multi_mode_product,
-    orthonormal_augmentation,
-    rank_from_singular_values,
-    unfold,
-)
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 GradReducer = Callable[[list[Tensor]], None]

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from slimtrain.algebra.tucker import mode_product
 from slimtrain.layers.pointwise import pointwise_conv2d
 from slimtrain.lowrank.factorized import TuckerFactorizedLayer, dense_conv_of
-from slimtrain.lowrank.tensor_ops import mode_product
 
 
 def check_conv_supported(conv: nn.Conv2d, name: str) -> None:

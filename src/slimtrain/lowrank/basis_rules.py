@@ -1,79 +1,12 @@
-"""Tucker-format tensor algebra used by the factorized layers and the rank-adaptive integrator.
+"""Basis rules of the rank-adaptive BUG integrator: the truncation rank and the augmentation of a basis.
 
-Unfolding convention (spec ``tdlrt.md`` §2.1): ``Mat_i(T)`` moves axis ``i`` to the front and reshapes to
-``n_i × ∏_{j≠i} n_j``; ``Ten_i`` is its inverse and ``T ×_i A = Ten_i(A · Mat_i(T))``.
+Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT); docs/tdlrt.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
-
-
-def unfold(tensor: Tensor, mode: int) -> Tensor:
-    """Mode-``mode`` unfolding ``Mat_mode(tensor)`` of shape ``n_mode × ∏_{j≠mode} n_j``."""
-    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
-
-
-def fold(matrix: Tensor, mode: int, shape: Sequence[int]) -> Tensor:
-    """Inverse of :func:`unfold`: ``Ten_mode(matrix)`` for a tensor of the given full ``shape``."""
-    moved = [shape[mode], *[s for j, s in enumerate(shape) if j != mode]]
-    return matrix.reshape(moved).movedim(0, mode)
-
-
-def mode_product(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
-    """Mode product ``tensor ×_mode matrix`` (``matrix`` has ``tensor.shape[mode]`` columns)."""
-    shape = list(tensor.shape)
-    shape[mode] = matrix.shape[0]
-    return fold(matrix @ unfold(tensor, mode), mode, shape)
-
-
-def multi_mode_product(tensor: Tensor, matrices: dict[int, Tensor]) -> Tensor:
-    """Apply ``tensor ×_i matrices[i]`` for every mode ``i`` in ``matrices``."""
-    for mode, matrix in matrices.items():
-        tensor = mode_product(tensor, matrix, mode)
-    return tensor
-
-
-def tucker_to_tensor(core: Tensor, factors: Sequence[Tensor]) -> Tensor:
-    """Full tensor ``core ×_1 U_1 ×_2 U_2 … ×_d U_d``."""
-    return multi_mode_product(core, dict(enumerate(factors)))
-
-
-def complete_orthonormal(basis: Tensor, width: int) -> Tensor:
-    """Extend an orthonormal ``n × k`` basis to ``width`` orthonormal columns (the first ``k`` kept).
-
-    Used where a rank lower bound asks for more directions than a matrix's numerical rank provides; the
-    added columns are an arbitrary orthonormal complement (Householder QR of ``[basis | I]``).
-    """
-    n, k = basis.shape
-    if width <= k:
-        return basis[:, :width]
-    if width > n:
-        raise ValueError(f"cannot complete a basis of R^{n} to {width} orthonormal columns")
-    eye = torch.eye(n, dtype=basis.dtype, device=basis.device)
-    q, _ = torch.linalg.qr(torch.cat([basis, eye], dim=1), mode="complete")
-    # QR may flip the signs of the first k columns; keep the given basis verbatim.
-    return torch.cat([basis, q[:, k:width]], dim=1)
-
-
-def leading_left_singular_vectors(matrix: Tensor, rank: int) -> Tensor:
-    """The ``rank`` leading left singular vectors of ``matrix`` (orthonormally completed if needed)."""
-    u, _, _ = torch.linalg.svd(matrix, full_matrices=False)
-    return complete_orthonormal(u[:, :rank], rank)
-
-
-def hosvd(tensor: Tensor, ranks: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
-    """Truncated higher-order SVD (De Lathauwer et al. 2000) at the given multilinear ranks.
-
-    Returns ``(core, factors)`` with ``U_i`` the leading left singular vectors of ``Mat_i(tensor)`` and
-    ``core = tensor ×_i U_iᵀ``; exact when every ``ranks[i]`` equals ``tensor.shape[i]``.
-    """
-    factors = [leading_left_singular_vectors(unfold(tensor, i), r) for i, r in enumerate(ranks)]
-    core = multi_mode_product(tensor, {i: u.T for i, u in enumerate(factors)})
-    return core, factors
 
 
 def rank_from_singular_values(
