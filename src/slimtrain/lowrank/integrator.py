@@ -19,8 +19,8 @@ from slimtrain.algebra.tucker import complete_orthonormal, fold, multi_mode_prod
 from slimtrain.lowrank.basis_rules import orthonormal_augmentation, rank_from_singular_values
 from slimtrain.lowrank.conversion import factorized_layers
 from slimtrain.lowrank.factorized import TuckerFactorizedLayer
+from slimtrain.metrics.memory import OptimizerFactory
 
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 GradReducer = Callable[[list[Tensor]], None]
 
 # Adam-type second moments are not rotation-equivariant: transported by the sqrt heuristic (spec §2.7).

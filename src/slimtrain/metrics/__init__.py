@@ -34,7 +34,6 @@ from slimtrain.metrics.factorized import FactorizedLayer
 from slimtrain.metrics.latency import LatencyResult, latency_fields, measure_latency, measured_speedup
 from slimtrain.metrics.mac_formulas import (
     conv2d_macs,
-    conv_output_size,
     linear_macs,
     svd_conv_macs,
     svd_linear_macs,
@@ -54,6 +53,7 @@ from slimtrain.metrics.ratios import (
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 from slimtrain.metrics.summary import summarize
 from slimtrain.metrics.table import layer_table
+from slimtrain.models.sizes import conv_output_size
 
 __all__ = [
     "ALL",

@@ -11,16 +11,6 @@ import math
 import warnings
 
 
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """Output length of a convolution along one spatial axis (PyTorch's formula)."""
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    if out < 1:
-        raise ValueError(
-            f"convolution of size {size} with kernel {kernel}, dilation {dilation} has no output"
-        )
-    return out
-
-
 def conv2d_macs(
     c_in: int, c_out: int, h_out: int, w_out: int, kernel: tuple[int, int], groups: int = 1
 ) -> int:
