@@ -20,6 +20,18 @@ MOVED = [
     ("slimtrain.bcd", "tt_reconstruct", "slimtrain.algebra.tt", "tt_reconstruct"),
     ("slimtrain.bcd", "tt_storage", "slimtrain.algebra.tt", "tt_storage"),
     ("slimtrain.bcd", "TTSVDResult", "slimtrain.algebra.tt", "TTSVDResult"),
+    (
+        "slimtrain.pruning",
+        "global_magnitude_masks",
+        "slimtrain.pruning.magnitude",
+        "smallest_magnitude_masks",
+    ),
+    (
+        "slimtrain.pruning",
+        "layerwise_magnitude_masks",
+        "slimtrain.pruning.magnitude",
+        "per_tensor_magnitude_masks",
+    ),
 ]
 
 

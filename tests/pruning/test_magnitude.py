@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slimtrain.pruning import (
-    global_magnitude_masks,
-    layerwise_magnitude_masks,
+    per_tensor_magnitude_masks,
     removal_count,
     smallest_k_mask,
+    smallest_magnitude_masks,
 )
 
 
@@ -26,7 +26,7 @@ def test_smallest_k_equals_a_stable_sort_prefix(values: list[int], data: st.Data
 def test_global_masks_split_back_per_tensor() -> None:
     """Global masks have each tensor's shape and remove the globally smallest entries across tensors."""
     tensors = {"a": torch.tensor([[5.0, -1.0], [0.5, 3.0]]), "b": torch.tensor([-0.2, 4.0, 2.0])}
-    masks = global_magnitude_masks(tensors, 3)
+    masks = smallest_magnitude_masks(tensors, 3)
     assert torch.equal(masks["a"], torch.tensor([[True, False], [False, True]]))
     assert torch.equal(masks["b"], torch.tensor([False, True, True]))
 
@@ -35,7 +35,7 @@ def test_global_masks_split_back_per_tensor() -> None:
 def test_layerwise_masks_remove_the_fraction_of_each_layer(sparsity: float) -> None:
     """Per-layer masks remove ⌊s·n_i⌋ entries of every tensor."""
     tensors = {"a": torch.randn(3, 5), "b": torch.randn(7)}
-    masks = layerwise_magnitude_masks(tensors, sparsity)
+    masks = per_tensor_magnitude_masks(tensors, sparsity)
     for name, t in tensors.items():
         assert int((~masks[name]).sum()) == removal_count(t.numel(), sparsity)
 

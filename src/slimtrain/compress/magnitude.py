@@ -18,10 +18,12 @@ from torch.nn.modules.conv import _ConvNd
 from slimtrain.compress.masks import apply_masks
 from slimtrain.pruning import magnitude
 
-Population = Literal["prunable", "all"]
+PopulationName = Literal["prunable", "all"]
 
 
-def population_parameters(model: nn.Module, population: Population = "prunable") -> dict[str, nn.Parameter]:
+def population_parameters(
+    model: nn.Module, population: PopulationName = "prunable"
+) -> dict[str, nn.Parameter]:
     """Return the named parameters of a population (metrics.md §1).
 
     Args:
@@ -45,7 +47,7 @@ def population_parameters(model: nn.Module, population: Population = "prunable")
 
 
 def global_magnitude_masks(
-    model: nn.Module, sparsity: float, *, population: Population = "prunable"
+    model: nn.Module, sparsity: float, *, population: PopulationName = "prunable"
 ) -> dict[str, torch.Tensor]:
     """Masks removing the ⌊sparsity·N⌋ smallest-magnitude entries over the whole population.
 
@@ -61,25 +63,25 @@ def global_magnitude_masks(
     if not params:
         raise ValueError(f"model has no parameters in population {population!r}")
     total = sum(p.numel() for p in params.values())
-    return magnitude.global_magnitude_masks(params, magnitude.removal_count(total, sparsity))
+    return magnitude.smallest_magnitude_masks(params, magnitude.removal_count(total, sparsity))
 
 
 def layerwise_magnitude_masks(
-    model: nn.Module, sparsity: float, *, population: Population = "prunable"
+    model: nn.Module, sparsity: float, *, population: PopulationName = "prunable"
 ) -> dict[str, torch.Tensor]:
     """Masks removing the ⌊sparsity·n⌋ smallest-magnitude entries of each tensor of a population."""
-    return magnitude.layerwise_magnitude_masks(population_parameters(model, population), sparsity)
+    return magnitude.per_tensor_magnitude_masks(population_parameters(model, population), sparsity)
 
 
 def global_magnitude_prune(
-    model: nn.Module, sparsity: float, *, population: Population = "prunable"
+    model: nn.Module, sparsity: float, *, population: PopulationName = "prunable"
 ) -> nn.Module:
     """Return a copy of ``model`` pruned by :func:`global_magnitude_masks` (masks folded into the weights)."""
     return apply_masks(model, global_magnitude_masks(model, sparsity, population=population))
 
 
 def layerwise_magnitude_prune(
-    model: nn.Module, sparsity: float, *, population: Population = "prunable"
+    model: nn.Module, sparsity: float, *, population: PopulationName = "prunable"
 ) -> nn.Module:
     """Return a copy of ``model`` pruned by :func:`layerwise_magnitude_masks` (masks folded in)."""
     return apply_masks(model, layerwise_magnitude_masks(model, sparsity, population=population))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from slimtrain.errors import RecipeError
-from slimtrain.pruning import MaskSet, global_magnitude_masks, removal_count
+from slimtrain.pruning import MaskSet, removal_count, smallest_magnitude_masks
 from slimtrain.swd import ChannelGraph, ChannelSelection, population_weights
 from slimtrain.swd.budget import Bisection
 from slimtrain.train.method import Method
@@ -24,8 +24,8 @@ from slimtrain.train.method import Method
 __all__ = [
     "Granularity",
     "MaskedTrainingMethod",
-    "channel_masks",
     "fraction_to_permille",
+    "gamma_channel_masks",
     "magnitude_masks",
     "phase_step",
     "pruning_masks",
@@ -48,7 +48,7 @@ def magnitude_masks(model: nn.Module, sparsity: float, stage: int = 1, stages: i
     """
     weights = population_weights(model)
     n = sum(w.numel() for w in weights.values())
-    return global_magnitude_masks(weights, stage * removal_count(n, sparsity) // stages)
+    return smallest_magnitude_masks(weights, stage * removal_count(n, sparsity) // stages)
 
 
 def fraction_to_permille(fraction: float) -> float:
@@ -56,7 +56,7 @@ def fraction_to_permille(fraction: float) -> float:
     return float(Fraction(repr(float(fraction))) * 1000)
 
 
-def channel_masks(
+def gamma_channel_masks(
     model: nn.Module,
     fraction: float,
     bisection: Bisection = "corrected",
@@ -89,13 +89,13 @@ def pruning_masks(
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
     ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the conv and linear weights,
-    ``fraction`` of those weights. ``"channels"``: :func:`channel_masks`, whole BatchNorm-gated channels
+    ``fraction`` of those weights. ``"channels"``: :func:`gamma_channel_masks`, whole BatchNorm-gated channels
     ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
     structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``; ``graph``:
     its channel graph if already traced).
     """
     if granularity == "channels":
-        return channel_masks(model, fraction * stage / stages, graph=graph)
+        return gamma_channel_masks(model, fraction * stage / stages, graph=graph)
     return magnitude_masks(model, fraction, stage, stages)
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import MaskedTrainingMethod, channel_masks, phase_step
+from slimtrain.methods.masked import MaskedTrainingMethod, gamma_channel_masks, phase_step
 from slimtrain.pruning import slimming_penalty
 from slimtrain.swd import ChannelGraph
 from slimtrain.train.method import StepContext, StepOutput, register_method
@@ -64,7 +64,7 @@ class NetworkSlimming(MaskedTrainingMethod):
         return slimming_penalty(gammas, self.options.strength, sign_bug=self.options.sign_bug)
 
     def _prune(self, model: nn.Module) -> None:
-        masks = channel_masks(model, self.options.target, self.options.bisection, self.channel_graph)
+        masks = gamma_channel_masks(model, self.options.target, self.options.bisection, self.channel_graph)
         self.set_masks(model, masks)
         self.stage = 1
 

@@ -17,7 +17,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-__all__ = ["global_magnitude_masks", "layerwise_magnitude_masks", "removal_count", "smallest_k_mask"]
+__all__ = ["per_tensor_magnitude_masks", "removal_count", "smallest_k_mask", "smallest_magnitude_masks"]
 
 
 def _exact_fraction(value: float | Fraction) -> Fraction:
@@ -88,7 +88,7 @@ def _magnitudes(tensors: Mapping[str, Tensor]) -> Tensor:
     return torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors.values()]).abs_()
 
 
-def global_magnitude_masks(tensors: Mapping[str, Tensor], n_remove: int) -> dict[str, Tensor]:
+def smallest_magnitude_masks(tensors: Mapping[str, Tensor], n_remove: int) -> dict[str, Tensor]:
     """Keep masks that remove the ``n_remove`` smallest magnitudes over all tensors together.
 
     One global threshold across layers (spec ``swd.md`` §2.2): the tensors are concatenated in mapping order
@@ -105,7 +105,7 @@ def global_magnitude_masks(tensors: Mapping[str, Tensor], n_remove: int) -> dict
         ValueError: If ``tensors`` is empty or ``n_remove`` is out of range.
     """
     if not tensors:
-        raise ValueError("global_magnitude_masks needs at least one tensor")
+        raise ValueError("smallest_magnitude_masks needs at least one tensor")
     removed = smallest_k_mask(_magnitudes(tensors), n_remove)
     masks = {}
     offset = 0
@@ -115,7 +115,9 @@ def global_magnitude_masks(tensors: Mapping[str, Tensor], n_remove: int) -> dict
     return masks
 
 
-def layerwise_magnitude_masks(tensors: Mapping[str, Tensor], sparsity: float | Fraction) -> dict[str, Tensor]:
+def per_tensor_magnitude_masks(
+    tensors: Mapping[str, Tensor], sparsity: float | Fraction
+) -> dict[str, Tensor]:
     """Keep masks that remove ⌊sparsity·n_i⌋ smallest magnitudes of each tensor separately.
 
     Args:

@@ -14,18 +14,18 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from slimtrain.pruning.magnitude import global_magnitude_masks
+from slimtrain.pruning.magnitude import smallest_magnitude_masks
 
 __all__ = [
     "MagnitudeSelection",
-    "Population",
+    "PenalizedPopulation",
     "Selected",
     "Selection",
     "permille_count",
     "population_weights",
 ]
 
-Population = Literal["weights", "reference"]
+PenalizedPopulation = Literal["weights", "reference"]
 
 
 class Selected(NamedTuple):
@@ -90,7 +90,7 @@ class MagnitudeSelection:
         ValueError: On an unknown population or a target out of range.
     """
 
-    def __init__(self, target: float, population: Population = "weights") -> None:
+    def __init__(self, target: float, population: PenalizedPopulation = "weights") -> None:
         if population not in ("weights", "reference"):
             raise ValueError(f"population must be 'weights' or 'reference', got {population!r}")
         permille_count(0, target)
@@ -102,7 +102,7 @@ class MagnitudeSelection:
         if self.population == "weights":
             weights = population_weights(model)
             n = sum(w.numel() for w in weights.values())
-            keep = global_magnitude_masks(weights, permille_count(n, self.target))
+            keep = smallest_magnitude_masks(weights, permille_count(n, self.target))
             return [Selected(name, w, ~keep[name]) for name, w in weights.items()]
         params = dict(model.named_parameters())
         counted = [p.detach().abs().flatten() for name, p in params.items() if "bn" not in name]
