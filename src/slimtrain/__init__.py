@@ -3,10 +3,26 @@
 Train a network once so that it can afterwards be pruned (unstructured or by whole filters) or factorized
 to low rank at many levels with little accuracy lost, and export the result as a model that is really
 smaller and faster.
+
+The main entry points, imported on first use (``import slimtrain`` itself does not import torch):
+
+- :func:`load_recipe` / :func:`recipe_from_dict` and :class:`Trainer` (``Trainer(recipe).fit()``) train a
+  recipe (the engine is the subpackage :mod:`slimtrain.train`, so the training function is
+  :func:`slimtrain.train.train`);
+- :func:`sweep`, :func:`compare`, :func:`write_report` and :func:`export_run` evaluate, compare, report and
+  export trained runs (:mod:`slimtrain.experiments`);
+- :func:`load` rebuilds an exported model.
+
+Example:
+    >>> import slimtrain  # doctest: +SKIP
+    >>> recipe = slimtrain.load_recipe("recipe.yaml")  # doctest: +SKIP
+    >>> slimtrain.Trainer(recipe, "runs/demo").fit()  # doctest: +SKIP
+    >>> rows = slimtrain.sweep("runs/demo")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,7 +30,45 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+    from slimtrain.experiments import compare, export_run, sweep, write_report
+    from slimtrain.train import Trainer, load_recipe, recipe_from_dict
+
 __version__ = "0.1.0"
+
+# Public name → the subpackage exporting it (imported on first use).
+_EXPORTS: dict[str, str] = {
+    "Trainer": "slimtrain.train",
+    "compare": "slimtrain.experiments",
+    "export_run": "slimtrain.experiments",
+    "load_recipe": "slimtrain.train",
+    "recipe_from_dict": "slimtrain.train",
+    "sweep": "slimtrain.experiments",
+    "write_report": "slimtrain.experiments",
+}
+
+__all__ = [
+    "Trainer",
+    "compare",
+    "export_run",
+    "load",
+    "load_recipe",
+    "recipe_from_dict",
+    "sweep",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    package = _EXPORTS.get(name)
+    if package is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(package), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 
 def load(path: str | os.PathLike[str], *, factory: Callable[..., Any] | None = None) -> nn.Module:

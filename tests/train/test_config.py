@@ -34,7 +34,7 @@ def test_name_defaults_to_file_stem(tmp_path):
         ({"optimizer": {"momentum": 1.5}}, "'optimizer.momentum'"),
         ({"evaluation": {"levels": [0.5, 1.2]}}, "'evaluation.levels': levels are fractions in [0, 1)"),
         ({"schedule": {"milestones": [5, 2]}}, "'schedule.milestones'"),
-        ({"method": {"name": "nope"}}, "unknown method 'nope'; registered methods: dense"),
+        ({"method": {"name": "nope"}}, "unknown method 'nope'; registered: dense"),
         ({"method": {"name": "dense", "options": {"x": 1}}}, "unknown key 'method.options.x'"),
     ],
 )

@@ -90,15 +90,20 @@ def resolve_structure(method: Method, structure: str | None) -> str:
     return structure
 
 
-def dense_reference(model: nn.Module) -> nn.Module:
-    """The dense model a trained model is compared with (its latency and MAC reference).
+def dense_reference(model: nn.Module, method: Method | None = None) -> nn.Module:
+    """The dense model a trained model is compared with (its latency and MAC reference), as a new model.
 
-    That is the model itself, or, for rank-adaptive training (``slimtrain.lowrank`` layers), the model with
-    those layers replaced by dense layers of the reconstructed weights.
+    ``model`` is never modified. With ``method``, its :meth:`~slimtrain.train.method.Method.dense_reference`
+    hook decides (low-rank methods reconstruct dense layers from their factors).
+
+    Without ``method`` (callers that predate the hook): a copy with every ``slimtrain.lowrank`` factorized
+    layer replaced by a dense layer of its reconstructed weights. Pass the run's method instead.
     """
-    from slimtrain.lowrank import factorized_layers, to_dense_model
+    if method is not None:
+        return method.dense_reference(model)
+    from slimtrain.lowrank import to_dense_model
 
-    return to_dense_model(model) if factorized_layers(model) else model
+    return to_dense_model(model, inplace=False)
 
 
 def sweep_path(run_dir: str | Path, structure: str) -> Path:
@@ -156,7 +161,7 @@ def sweep(
     train_info = json.loads(results_file.read_text()) if results_file.exists() else {}
     dense_latency = {}
     if latency:
-        dense = dense_reference(trained)
+        dense = method.dense_reference(trained)  # a new model: `trained` keeps its own layers
         dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes}
     for level in levels:
         if level in done:

@@ -145,8 +145,19 @@ def factorized_layers(model: nn.Module) -> dict[str, TuckerFactorizedLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, TuckerFactorizedLayer)}
 
 
-def to_dense_model(model: nn.Module) -> nn.Module:
-    """Replace, in place, every factorized layer by its dense equivalent; returns ``model``."""
+def to_dense_model(model: nn.Module, *, inplace: bool = True) -> nn.Module:
+    """Replace every factorized layer by its dense equivalent (the reconstructed weights).
+
+    Args:
+        model: Any module.
+        inplace: Modify ``model`` itself and return it (the default); ``False``: return a densified deep copy
+            and leave ``model`` untouched.
+
+    Returns:
+        The model with dense layers in place of the factorized ones.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
     for name, layer in factorized_layers(model).items():
         _set_submodule(model, name, layer.to_dense())
     return model

@@ -82,27 +82,31 @@ class MagnitudePruningFineTune(MaskedTrainingMethod):
     def training_step(
         self, model: nn.Module, inputs: Tensor, targets: Tensor, ctx: StepContext
     ) -> StepOutput:
-        """Prune when an iteration starts, rewind the learning rate if asked, then one ordinary step."""
+        """Prune when an iteration starts, then one ordinary step (at the rate of :meth:`lr_factor`)."""
         starts = self.prune_steps(ctx.total_steps)
         stage = sum(1 for s in starts if s <= ctx.step)
         if stage > self.stage:
             self._prune(model, stage)
-        if self.options.rewind_lr and stage > 0:
-            self._rewind(ctx, starts, stage)
         return super().training_step(model, inputs, targets, ctx)
 
-    def _rewind(self, ctx: StepContext, starts: list[int], stage: int) -> None:
-        # The recipe's schedule, compressed into this iteration: its position is the fraction of the
-        # iteration done, so warm-up, milestones and the cosine shape are replayed from the initial lr.
+    def lr_factor(self, step: int, scheduled: float) -> float:
+        """With ``rewind_lr``, from the first pruning on: the schedule replayed inside each iteration.
+
+        The recipe's schedule is compressed into the fine-tuning iteration holding ``step``: its position is
+        the fraction of the iteration done, so warm-up, milestones and the cosine shape are replayed from the
+        initial learning rate. Otherwise (and outside training) the recipe's ``scheduled`` factor.
+        """
+        total = self.total_steps
+        if not self.options.rewind_lr or total is None:
+            return scheduled
+        starts = self.prune_steps(total)
+        stage = sum(1 for s in starts if s <= step)
+        if stage == 0:
+            return scheduled
         begin = starts[stage - 1]
-        end = starts[stage] if stage < len(starts) else ctx.total_steps
-        epochs = self.recipe.train.epochs
-        schedule = LRSchedule(self.recipe.schedule, ctx.total_steps / epochs, ctx.total_steps)
-        position = (ctx.step - begin) * ctx.total_steps // max(1, end - begin)
-        factor = schedule.factor(position)
-        assert self.optimizer is not None
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        end = starts[stage] if stage < len(starts) else total
+        schedule = LRSchedule(self.recipe.schedule, total / self.recipe.train.epochs, total)
+        return schedule.factor((step - begin) * total // max(1, end - begin))
 
     def finalize(self, model: nn.Module) -> None:
         """Prune to the target if the run stopped before the last iteration (``max_steps``)."""

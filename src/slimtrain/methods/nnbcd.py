@@ -205,6 +205,7 @@ class NNBCDTensorTrain(_NNBCDMethod):
     name = "nnbcd"
     Options = NNBCDTensorTrainOptions
     level_option = "storage_reduction"
+    structures = ("lowrank",)  # tensor-train layers
 
     def _copies(self, mlp: MLP) -> dict[int, CompressedCopy]:
         self.layout = resolve_tt_layout(mlp, self.options)
@@ -234,6 +235,7 @@ class NNBCDPruning(_NNBCDMethod):
     name = "nnbcd-prune"
     Options = NNBCDPruningOptions
     level_option = "sparsity"
+    structures = ("unstructured",)
 
     def _copies(self, mlp: MLP) -> dict[int, CompressedCopy]:
         options = self.options

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtrain.lowrank import TDLRT, convert_to_lowrank, factorized_layers, lowrank_report
+from slimtrain.lowrank import TDLRT, convert_to_lowrank, factorized_layers, lowrank_report, to_dense_model
 from slimtrain.lowrank.integrator import ranks_as_lists, ranks_as_tuples
 from slimtrain.train.method import (
     Method,
@@ -120,6 +120,10 @@ class _LowRankMethod(Method):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Per-layer ranks and the eval (both conventions) and training compression rates, in %."""
         return _report_fields(model)
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with every factorized layer replaced by a dense layer of its weights."""
+        return to_dense_model(model, inplace=False)
 
 
 class _IntegratedLowRankMethod(_LowRankMethod):

@@ -30,6 +30,7 @@ class TensorTrainSGD(Method):
     Options = TTLayoutOptions
     levels_chosen = "during_training"
     level_option = "storage_reduction"
+    structures = ("lowrank",)  # tensor-train layers
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Replace every hidden ``nn.Linear`` by a ``TTLinear`` (TT-SVD of its weight, bias kept)."""

@@ -13,11 +13,18 @@ keep per-sample state across epochs and run in a single process.
 Methods choose their compression level either **after** training (one training, many levels: SFW, dense +
 magnitude pruning) or **during** training (one training per level: SWD's target, TDLRT's tolerance). The
 second kind names the option that holds the level in :attr:`Method.level_option`, so ``compare`` can run one
-training per level.
+training per level. :meth:`Method.levels` declares, per structure, which levels a trained run can be evaluated
+at (:class:`Levels`).
+
+Methods are looked up by name in a :class:`slimtrain.registry.Registry` of kind ``"method"``. The engine
+imports no plugin: the built-in methods (and those of installed packages) are declared as entry points of the
+group ``slimtrain.methods`` (``name = "package.module:Class"``), loaded when a name is first looked up; a
+method defined in-process registers itself with :func:`register_method`.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -26,12 +33,30 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from slimtrain.errors import NonFiniteGradientError
+from slimtrain.registry import Registry
 
 if TYPE_CHECKING:
     from slimtrain.train.config import Recipe
     from slimtrain.train.distributed import World
 
-_METHODS: dict[str, type[Method]] = {}
+__all__ = [
+    "DEFAULT_LEVELS",
+    "ENTRY_POINT_GROUP",
+    "Levels",
+    "Method",
+    "NoOptions",
+    "StepContext",
+    "StepOutput",
+    "build_standard_optimizer",
+    "get_method_class",
+    "list_methods",
+    "register_method",
+    "trainable_parameters",
+]
+
+#: Entry-point group through which installed packages (and slimtrain itself) declare methods.
+ENTRY_POINT_GROUP = "slimtrain.methods"
+_METHODS: Registry[type[Method]] = Registry("method", entry_point_group=ENTRY_POINT_GROUP)
 
 
 class NoOptions(BaseModel):
@@ -91,6 +116,47 @@ class StepContext:
         raise NonFiniteGradientError(f"non-finite gradient in {', '.join(names)}")
 
 
+@dataclass(frozen=True)
+class Levels:
+    """The compression levels a trained run of a method produces for one structure.
+
+    Two kinds (build them with :meth:`after_training` and :meth:`set_by_training`):
+
+    - **chosen after training** (``values`` empty): one training, then any level in [0, 1) is applied to
+      the trained model (SFW, dense + magnitude pruning);
+    - **set by training**: training fixed the level; the trained model *is* the compressed model and only
+      the native ``values`` exist, in the unit of the method option ``option`` that set them (SWD's
+      ``target``, TDLRT's tolerance ``tau``, fixed-rank's ``rank_fraction``), or ``(0.0,)`` for a model
+      evaluated as trained without compression. ``values`` is empty when the option is unset because the
+      level came from another option (a TT ``rank`` instead of ``storage_reduction``).
+
+    Attributes:
+        chosen_after_training: Whether any level in [0, 1) may be chosen after training.
+        values: The native level(s) set by training (empty when chosen after training).
+        option: The method option holding the native level, if any.
+    """
+
+    chosen_after_training: bool
+    values: tuple[float, ...] = ()
+    option: str | None = None
+
+    @classmethod
+    def after_training(cls) -> Levels:
+        """Any level in [0, 1), chosen after training."""
+        return cls(chosen_after_training=True)
+
+    @classmethod
+    def set_by_training(cls, values: tuple[float, ...] = (), option: str | None = None) -> Levels:
+        """Only the native ``values``, fixed by training through ``option``."""
+        return cls(chosen_after_training=False, values=tuple(float(v) for v in values), option=option)
+
+    def admits(self, level: float) -> bool:
+        """Whether a trained run can be evaluated or exported at ``level``."""
+        if self.chosen_after_training:
+            return 0.0 <= level < 1.0
+        return level in self.values
+
+
 @dataclass
 class StepOutput:
     """Result of one training step: the loss of the first pass and the logits it produced."""
@@ -104,8 +170,11 @@ class Method:
     """Base class of training methods; the defaults implement plain dense training.
 
     Subclasses set :attr:`name`, :attr:`Options` (a pydantic model with ``extra="forbid"``) and override the
-    hooks they need. A method owns its optimizer (:attr:`optimizer`); the trainer applies the learning-rate
-    schedule to that optimizer's param groups as a factor of each group's ``initial_lr``.
+    hooks they need. A method owns its optimizer(s): :attr:`optimizer`, and any others it lists in
+    :meth:`optimizers` (one per pass of a multi-pass step). Before every step the trainer sets each param
+    group's ``lr`` of every optimizer in :meth:`optimizers` to ``initial_lr × factor``, where ``factor`` is
+    :meth:`lr_factor` of the recipe's scheduled factor (``initial_lr`` defaults to the group's ``lr`` when the
+    optimizer is first scheduled).
 
     Args:
         options: the method's validated options.
@@ -115,6 +184,8 @@ class Method:
         steps_per_epoch: optimizer steps per epoch of the run, set by the trainer before
             :meth:`build_optimizer` (``None`` outside training, e.g. in a sweep), for methods whose
             schedules are given in epochs.
+        total_steps: optimizer steps of the whole run, set by the trainer with :attr:`steps_per_epoch`
+            (``None`` outside training).
     """
 
     name: ClassVar[str] = ""
@@ -129,6 +200,7 @@ class Method:
         self.recipe = recipe
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch: int | None = None
+        self.total_steps: int | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -146,7 +218,31 @@ class Method:
         )
         return self.optimizer
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the trainer schedules (and checkpoints); the default is :attr:`optimizer`, if set.
+
+        A method running several optimizers (e.g. one per pass of a multi-pass step) returns them all, the
+        :attr:`optimizer` (if any) first; the list is read again before every step, so optimizers
+        re-created during training are scheduled too.
+        """
+        return [self.optimizer] if self.optimizer is not None else []
+
     # -- training -----------------------------------------------------------------------------------------
+    def lr_factor(self, step: int, scheduled: float) -> float:
+        """The learning-rate factor step ``step`` trains with; the default is the recipe's ``scheduled`` one.
+
+        The trainer calls this once per step, before :meth:`training_step`, sets every param group of
+        :meth:`optimizers` to ``initial_lr × factor`` and logs the factor (``lr_factor`` in
+        ``train_log.csv``). A method replaying or reshaping the schedule overrides it (``lr-rewinding``
+        replays the whole schedule inside every fine-tuning iteration). It must be a pure function of
+        ``step`` and the method's state, so a resumed run trains with the same rates.
+
+        Args:
+            step: The global optimizer step (0-based).
+            scheduled: The recipe schedule's factor at ``step``.
+        """
+        return scheduled
+
     def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training loss of one pass: cross-entropy plus :meth:`penalty`."""
         loss = nn.functional.cross_entropy(logits, targets)
@@ -199,6 +295,33 @@ class Method:
         """Restore :meth:`state_dict` output; may reshape ``model`` (ranks) before its weights are loaded."""
 
     # -- compression --------------------------------------------------------------------------------------
+    def levels(self, structure: str) -> Levels | None:
+        """The levels a trained run produces for ``structure``; ``None``: the method cannot produce it.
+
+        The default follows :attr:`levels_chosen`: a method choosing its level after training produces any
+        level of each of its :attr:`structures` and, for ``native`` (the model as trained), level 0; a method
+        fixing its level during training produces, for ``native`` and its :attr:`structures`, only the value
+        of its :attr:`level_option`.
+        """
+        if self.levels_chosen == "during_training":
+            if structure != "native" and structure not in self.structures:
+                return None
+            value = getattr(self.options, self.level_option, None) if self.level_option else None
+            values = (value,) if isinstance(value, int | float) and not isinstance(value, bool) else ()
+            return Levels.set_by_training(values, option=self.level_option)
+        if structure == "native":
+            return Levels.set_by_training((0.0,))
+        return Levels.after_training() if structure in self.structures else None
+
+    def dense_reference(self, model: nn.Module) -> nn.Module:
+        """The dense model a trained ``model`` is compared with (N_ref, dense MACs and latency reference).
+
+        Always a new model; ``model`` is never modified. The default is a deep copy; methods that train
+        factorized layers return the copy with those layers replaced by dense layers of the reconstructed
+        weights.
+        """
+        return copy.deepcopy(model)
+
     def default_levels(self, structure: str) -> list[float]:
         """Levels the sweep evaluates when the recipe names none."""
         return list(DEFAULT_LEVELS.get(structure, (0.0,)))
@@ -248,33 +371,28 @@ def build_standard_optimizer(
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator that registers a method under its :attr:`Method.name`."""
+    """Class decorator that registers a method under its :attr:`Method.name`.
+
+    Raises:
+        TypeError: ``cls`` is not a :class:`Method` subclass.
+        ValueError: an empty name, or a name already registered to another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register_method needs a Method subclass, got {cls!r}")
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} must set a non-empty `name`")
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"a method named '{cls.name}' is already registered")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def _load_builtin_methods() -> None:
-    # Importing the plugin modules registers them; kept lazy so importing the engine stays cheap.
-    import slimtrain.methods  # noqa: F401
+    return _METHODS.register(cls.name, cls)
 
 
 def get_method_class(name: str) -> type[Method]:
-    """Return the registered method class called ``name``.
+    """Return the registered method class called ``name`` (loading the entry points on a miss).
 
     Raises:
-        KeyError: no such method; the message lists the registered names.
+        UnknownNameError: no such method (a ``KeyError``); the message lists the registered names.
     """
-    _load_builtin_methods()
-    if name not in _METHODS:
-        raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    """Names of every registered method."""
-    _load_builtin_methods()
-    return sorted(_METHODS)
+    """Names of every registered method (entry points included), sorted."""
+    return _METHODS.names()

@@ -1,7 +1,9 @@
 """The training loop every method plugs into.
 
 One loop for all methods: data sharded across processes, the method's ``training_step`` per batch (free to
-run several passes), the learning-rate schedule applied per step, CSV logs (and TensorBoard when installed),
+run several passes), the learning-rate schedule applied once before each step to every optimizer the method
+declares (:meth:`~slimtrain.train.method.Method.optimizers`, at the factor of
+:meth:`~slimtrain.train.method.Method.lr_factor`), CSV logs (and TensorBoard when installed),
 a progress bar, atomic checkpoints with everything needed to resume bit-exactly, and a clean stop on a
 non-finite loss that leaves the last good checkpoint intact.
 """
@@ -22,7 +24,13 @@ from torch import nn
 from tqdm import tqdm
 
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
-from slimtrain.errors import NonFiniteGradientError, RecipeError, RunBuildError, TrainingDiverged
+from slimtrain.errors import (
+    CheckpointError,
+    NonFiniteGradientError,
+    RecipeError,
+    RunBuildError,
+    TrainingDiverged,
+)
 from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
 from slimtrain.train.checkpoint import CheckpointStore
@@ -45,6 +53,18 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     if bool(finite.all()):
         return []
     return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+
+
+def _set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every param group's ``lr`` to ``initial_lr × factor`` (``initial_lr``: its first ``lr``)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
+
+
+def _other_optimizers(method: Method) -> list[torch.optim.Optimizer]:
+    """The optimizers of :meth:`Method.optimizers` besides :attr:`Method.optimizer` (checkpointed apart)."""
+    return [optimizer for optimizer in method.optimizers() if optimizer is not method.optimizer]
 
 
 @dataclass
@@ -222,9 +242,10 @@ class Trainer:
                 f"({len(self.components.splits.train)} samples) is too small for batch size "
                 f"{recipe.train.batch_size} × {self.world.world_size} processes"
             )
-        self.components.method.steps_per_epoch = self.steps_per_epoch
         planned = recipe.train.epochs * self.steps_per_epoch
         self.total_steps = min(planned, recipe.train.max_steps or planned)
+        self.components.method.steps_per_epoch = self.steps_per_epoch
+        self.components.method.total_steps = self.total_steps
         self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.total_steps)
         self.step = 0
         self.epoch = 0
@@ -259,6 +280,9 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "rng_cpu": torch.get_rng_state(),
         }
+        others = _other_optimizers(method)
+        if others:  # a method with several optimizers: the ones besides `method.optimizer`, in order
+            state["other_optimizers"] = [optimizer.state_dict() for optimizer in others]
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -281,6 +305,14 @@ class Trainer:
         method.build_optimizer(model)
         if state["optimizer"]:
             method.optimizer.load_state_dict(state["optimizer"])
+        others, saved = _other_optimizers(method), state.get("other_optimizers", [])
+        if len(others) != len(saved):
+            raise CheckpointError(
+                f"{self.checkpoints.directory}: the checkpoint holds {len(saved)} optimizers besides the "
+                f"method's main one, method '{method.name}' has {len(others)}"
+            )
+        for optimizer, optimizer_state in zip(others, saved, strict=True):
+            optimizer.load_state_dict(optimizer_state)
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.grad_evals, self.train_seconds = state["grad_evals"], state["train_seconds"]
@@ -344,11 +376,10 @@ class Trainer:
                 break
             inputs = inputs.to(device=comp.device, dtype=comp.dtype, non_blocking=True)
             targets = targets.to(comp.device, non_blocking=True)
-            factor = (
-                self.schedule.apply(method.optimizer, self.step)
-                if method.optimizer is not None  # gradient-free methods have no optimizer
-                else self.schedule.factor(self.step)
-            )
+            # The factor this step trains with: the recipe's schedule, unless the method reshapes it.
+            factor = method.lr_factor(self.step, self.schedule.factor(self.step))
+            for optimizer in method.optimizers():  # none for gradient-free methods
+                _set_lr_factor(optimizer, factor)
             ctx = StepContext(
                 step=self.step,
                 epoch=self.epoch,
@@ -356,20 +387,12 @@ class Trainer:
                 world=self.world,
                 parameter_names={id(p): name for name, p in model.named_parameters()},
             )
-            optimizer_before = method.optimizer
             try:
                 out = method.training_step(model, inputs, targets, ctx)
             except NonFiniteGradientError as err:
                 raise self._diverged(str(err)) from err
             except torch.linalg.LinAlgError as err:  # an SVD, QR or Cholesky of non-finite or singular data
                 raise self._diverged(f"a factorization failed ({err})") from err
-            if method.optimizer is not None and method.optimizer is optimizer_before:
-                # The factor the step really used: a method may set its own (LR rewinding replays the
-                # schedule inside each fine-tuning iteration).
-                group = method.optimizer.param_groups[0]
-                factor = group["lr"] / group["initial_lr"] if group.get("initial_lr") else factor
-            if method.optimizer is not None:  # a step may re-create the optimizer (rank changes)
-                self.schedule.apply(method.optimizer, self.step)
             self.world.average_batchnorm_statistics(model)
             if nonfinite_parameters(model):  # e.g. a closed-form update or a factor that became NaN/inf
                 raise self._diverged("the step produced non-finite weights")
