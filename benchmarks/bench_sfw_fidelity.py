@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, run_fidelity
 from benchmarks.harness import BenchmarkRecorder
-from slimtrain.experiments.compare import compare
+from slimtrain.experiments.comparison import compare
 from slimtrain.io import atomic_write_text
 from slimtrain.train.config import load_recipe
 

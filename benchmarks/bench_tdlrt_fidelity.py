@@ -41,7 +41,7 @@ import torch
 from benchmarks.fidelity import CONFIGS, fidelity_arguments, recipe_copy, run_fidelity
 from benchmarks.harness import BenchmarkRecorder
 from slimtrain.cli import demo_recipes
-from slimtrain.experiments.compare import COMPARE_FILE
+from slimtrain.experiments.comparison import COMPARE_FILE
 
 #: The DLRT authors' LeNet-5/MNIST results (DLRT-Net repository result files, mean of 5 runs, matrix DLRT).
 DLRT_REFERENCE = {

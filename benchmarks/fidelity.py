@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from benchmarks.harness import BenchmarkRecorder, results_folder
-from slimtrain.experiments.compare import compare
+from slimtrain.experiments.comparison import compare
 from slimtrain.experiments.report import write_report
 from slimtrain.experiments.significance import verdict
 

@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from slimtrain.experiments.sweep import sweep
+    from slimtrain.experiments.sweeping import sweep
 
     rows = sweep(
         args.run_dir,
@@ -51,7 +51,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from slimtrain.experiments.compare import compare
+    from slimtrain.experiments.comparison import compare
     from slimtrain.experiments.report import write_report
 
     compare(
@@ -88,7 +88,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from slimtrain.experiments.export_run import export_run
+    from slimtrain.experiments.exporting import export_run
 
     result = export_run(
         args.run_dir,
@@ -150,7 +150,7 @@ def demo_recipes() -> list[Path]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from slimtrain.experiments.compare import compare
+    from slimtrain.experiments.comparison import compare
     from slimtrain.experiments.report import results_table, write_report
 
     start = time.perf_counter()

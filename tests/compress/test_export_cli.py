@@ -24,7 +24,7 @@ from slimtrain.compress import (
     to_exported,
 )
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
-from slimtrain.experiments.sweep import load_trained, sweep
+from slimtrain.experiments.sweeping import load_trained, sweep
 from slimtrain.lowrank import convert_to_lowrank
 from slimtrain.models import create_model
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimtrain.experiments.sweep import load_trained, sweep, sweep_path
+from slimtrain.experiments.sweeping import load_trained, sweep, sweep_path
 from slimtrain.lowrank import factorized_layers
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.trainer import Trainer

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from slimtrain.experiments.compare import compare
+from slimtrain.experiments.comparison import compare
 from slimtrain.experiments.report import write_report
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.trainer import Trainer
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from slimtrain.algebra.tt import tt_storage
 from slimtrain.bcd import FullBatchMemoryError, tt_storage_fractions
 from slimtrain.errors import RecipeError
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.layers import TTLinear
 from slimtrain.methods.tt_layout import default_tt_modes
 from slimtrain.train.checkpoint import CheckpointStore

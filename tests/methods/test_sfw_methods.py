@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from slimtrain.errors import RecipeError
-from slimtrain.experiments.compare import compare
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.comparison import compare
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.fw import SFW
 from slimtrain.methods.sfw import SFWMethod
 from slimtrain.methods.structured_penalties import (

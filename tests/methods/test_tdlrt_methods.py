@@ -4,7 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.lowrank import LowRankLinear, MatrixLowRankConv2d, TuckerConv2d, factorized_layers
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict

@@ -28,7 +28,7 @@ from slimtrain.compress.exportable import to_exported
 from slimtrain.compress.exported_format import load_exported, save_exported
 from slimtrain.data import RawSplits, list_datasets
 from slimtrain.errors import CheckpointError, ExportFormatError, RecipeError, TrainingDiverged
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.models import list_models
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, recipe_from_dict

@@ -29,7 +29,7 @@ from torch import nn
 import slimtrain.io.atomic as atomic_module
 import slimtrain.train.checkpoint as checkpoint_module
 from slimtrain.cli import main
-from slimtrain.experiments.sweep import sweep, sweep_path
+from slimtrain.experiments.sweeping import sweep, sweep_path
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.distributed import TIMEOUT_ENV, collective_timeout_s

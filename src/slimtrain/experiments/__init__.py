@@ -5,32 +5,29 @@
 - :func:`write_report` writes the markdown/HTML report and plots of a compare or run directory;
 - :func:`export_run` saves the physically smaller model of one level.
 
-Usage: ``docs/training.md`` and ``docs/export.md``. The names are imported on first use. ``sweep``,
-``compare`` and ``export_run`` are also the names of the modules defining them; the package attribute is
-always the function, whichever was imported first (``from slimtrain.experiments.sweep import load_trained``
-reaches the module's other names).
+Usage: ``docs/training.md`` and ``docs/export.md``. The names are imported on first use from the modules
+:mod:`~slimtrain.experiments.sweeping`, :mod:`~slimtrain.experiments.comparison`,
+:mod:`~slimtrain.experiments.report` and :mod:`~slimtrain.experiments.exporting`.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slimtrain.experiments.compare import compare
-    from slimtrain.experiments.export_run import ExportResult, export_run
+    from slimtrain.experiments.comparison import compare
+    from slimtrain.experiments.exporting import ExportResult, export_run
     from slimtrain.experiments.report import write_report
-    from slimtrain.experiments.sweep import load_trained, sweep
+    from slimtrain.experiments.sweeping import load_trained, sweep
 
 # Public name → the module of this package that defines it.
 _EXPORTS: dict[str, str] = {
-    "ExportResult": "export_run",
-    "compare": "compare",
-    "export_run": "export_run",
-    "load_trained": "sweep",
-    "sweep": "sweep",
+    "ExportResult": "exporting",
+    "compare": "comparison",
+    "export_run": "exporting",
+    "load_trained": "sweeping",
+    "sweep": "sweeping",
     "write_report": "report",
 }
 
@@ -55,23 +52,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-
-
-class _Package(types.ModuleType):
-    """This package's module type: importing the module ``sweep`` does not replace the function ``sweep``.
-
-    The import system binds every newly imported submodule as an attribute of its package; for the modules
-    named after the function they export, that binding is skipped (the module stays in ``sys.modules``).
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and name in _EXPORTS
-            and value.__name__ == f"{__name__}.{name}"
-        ):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from slimtrain.experiments.compare import COMPARE_FILE, aggregate
+from slimtrain.experiments.comparison import COMPARE_FILE, aggregate
 from slimtrain.io import atomic_write_bytes, atomic_write_text
 
 # (field on the x axis, axis label, log scale); each plot has one line per recipe.

@@ -1,6 +1,6 @@
 """Export one trained run at one compression level as a physically smaller model on disk.
 
-The trained run is rebuilt (:func:`~slimtrain.experiments.sweep.load_trained`), compressed by its method's
+The trained run is rebuilt (:func:`~slimtrain.experiments.sweeping.load_trained`), compressed by its method's
 ``compress`` at the level, turned into the exported model (:func:`slimtrain.compress.exportable.to_exported`:
 channels removed, factorized layers in place, masks folded, optionally CSR), checked to compute the
 compressed model's outputs on a test batch, and saved with :func:`slimtrain.compress.save_exported`. The
@@ -21,7 +21,7 @@ from slimtrain.compress.csr import to_sparse_linear
 from slimtrain.compress.exportable import check_same_outputs, to_exported
 from slimtrain.compress.exported_format import save_exported
 from slimtrain.compress.onnx_export import export_onnx
-from slimtrain.experiments.sweep import dense_reference, load_trained, resolve_structure
+from slimtrain.experiments.sweeping import dense_reference, load_trained, resolve_structure
 from slimtrain.metrics import count_parameters, latency_fields, summarize
 from slimtrain.train.evaluate import evaluate
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtrain.errors import RecipeError
-from slimtrain.experiments.sweep import sweep
+from slimtrain.experiments.sweeping import sweep
 from slimtrain.io import atomic_write_text
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, load_recipe
