@@ -21,7 +21,7 @@ from slimtrain.compress.csr import to_sparse_linear
 from slimtrain.compress.exportable import check_same_outputs, to_exported
 from slimtrain.compress.exported_format import save_exported
 from slimtrain.compress.onnx_export import export_onnx
-from slimtrain.experiments.sweeping import dense_reference, load_trained, resolve_structure
+from slimtrain.experiments.sweeping import load_trained, resolve_structure
 from slimtrain.metrics import count_parameters, latency_fields, summarize
 from slimtrain.train.evaluate import evaluate
 
@@ -122,7 +122,7 @@ def export_run(
     check_inputs = to_device(comp.splits.test.inputs[:CHECK_BATCH])
     compressed = method.compress(copy.deepcopy(comp.model), structure, level, example).eval()
     exported = to_exported(compressed, structure, example, round_to=round_to)
-    dense = dense_reference(comp.model)
+    dense = comp.method.dense_reference(comp.model)
     # A CSR layer stores exactly the non-zeros (plus indices), which is what the masked convention counts.
     metrics = summarize(
         exported, example, reference=dense, model_state="masked" if sparse_linear else "exported"

@@ -90,22 +90,6 @@ def resolve_structure(method: Method, structure: str | None) -> str:
     return structure
 
 
-def dense_reference(model: nn.Module, method: Method | None = None) -> nn.Module:
-    """The dense model a trained model is compared with (its latency and MAC reference), as a new model.
-
-    ``model`` is never modified. With ``method``, its :meth:`~slimtrain.train.method.Method.dense_reference`
-    hook decides (low-rank methods reconstruct dense layers from their factors).
-
-    Without ``method`` (callers that predate the hook): a copy with every ``slimtrain.lowrank`` factorized
-    layer replaced by a dense layer of its reconstructed weights. Pass the run's method instead.
-    """
-    if method is not None:
-        return method.dense_reference(model)
-    from slimtrain.lowrank import to_dense_model
-
-    return to_dense_model(model, inplace=False)
-
-
 def sweep_path(run_dir: str | Path, structure: str) -> Path:
     """File holding a run's sweep rows for one structure."""
     return Path(run_dir) / f"sweep-{structure}.json"
