@@ -5,6 +5,11 @@ import importlib
 import pytest
 
 MOVED = [
+    ("slimtrain.lowrank", "TuckerConv2d", "slimtrain.layers", "TuckerFactorizedConv2d"),
+    ("slimtrain.lowrank", "LowRankLinear", "slimtrain.layers", "MatrixFactorizedLinear"),
+    ("slimtrain.lowrank", "MatrixLowRankConv2d", "slimtrain.layers", "MatrixFactorizedConv2d"),
+    ("slimtrain.lowrank", "TuckerFactorizedLayer", "slimtrain.layers", "TuckerFactorizedLayer"),
+    ("slimtrain.lowrank", "MatrixFactorizedLayer", "slimtrain.layers", "MatrixFactorizedLayer"),
     ("slimtrain.compress", "LowRankLinear", "slimtrain.layers", "LowRankLinear"),
     ("slimtrain.compress", "SVDConv2d", "slimtrain.layers", "SVDConv2d"),
     ("slimtrain.compress", "TuckerConv2d", "slimtrain.layers", "TuckerConv2d"),

@@ -4,15 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from slimtrain.lowrank import (
-    LowRankLinear,
-    MatrixLowRankConv2d,
-    TuckerConv2d,
-    convert_to_lowrank,
-    factorized_layers,
-    lowrank_report,
-    to_dense_model,
-)
+from slimtrain.layers import MatrixFactorizedConv2d, MatrixFactorizedLinear, TuckerFactorizedConv2d
+from slimtrain.lowrank import convert_to_lowrank, factorized_layers, lowrank_report, to_dense_model
 
 F64 = torch.float64
 
@@ -36,7 +29,9 @@ def test_default_conversion_keeps_first_conv_and_last_linear_dense():
     replaced = convert_to_lowrank(model)
     assert sorted(replaced) == ["body.0", "body.2", "head.1"]
     assert isinstance(model.stem, nn.Conv2d) and isinstance(model.head[3], nn.Linear)
-    assert isinstance(model.body[0], TuckerConv2d) and isinstance(model.head[1], LowRankLinear)
+    assert isinstance(model.body[0], TuckerFactorizedConv2d) and isinstance(
+        model.head[1], MatrixFactorizedLinear
+    )
     assert model.body[0].bias is None
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
@@ -48,7 +43,7 @@ def test_conversion_options():
         model, conv="matrix", linear=None, skip=("body.2",), keep_first_conv_dense=False
     )
     assert sorted(replaced) == ["body.0", "stem"]
-    assert all(isinstance(m, MatrixLowRankConv2d) for m in replaced.values())
+    assert all(isinstance(m, MatrixFactorizedConv2d) for m in replaced.values())
     with pytest.raises(ValueError, match="nothere"):
         convert_to_lowrank(Net(), skip=("nothere",))
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtrain.algebra.tucker import multi_mode_product
-from slimtrain.lowrank import TDLRT, LowRankLinear, TuckerConv2d, convert_to_lowrank, factorized_layers
+from slimtrain.layers import MatrixFactorizedLinear, TuckerFactorizedConv2d
+from slimtrain.lowrank import TDLRT, convert_to_lowrank, factorized_layers
 
 F64 = torch.float64
 
@@ -188,12 +189,14 @@ def test_momentum_transport_in_dense_coordinates():
 
 def _quadratic_layer(cls):
     torch.manual_seed(3)
-    if cls is TuckerConv2d:
-        return TuckerConv2d(6, 5, 3, ranks=(2, 2, 3, 3), max_rank_fraction=1.0, min_rank=1, dtype=F64)
-    return LowRankLinear(7, 6, ranks=2, max_rank_fraction=1.0, min_rank=2, dtype=F64)
+    if cls is TuckerFactorizedConv2d:
+        return TuckerFactorizedConv2d(
+            6, 5, 3, ranks=(2, 2, 3, 3), max_rank_fraction=1.0, min_rank=1, dtype=F64
+        )
+    return MatrixFactorizedLinear(7, 6, ranks=2, max_rank_fraction=1.0, min_rank=2, dtype=F64)
 
 
-@pytest.mark.parametrize("cls", [TuckerConv2d, LowRankLinear])
+@pytest.mark.parametrize("cls", [TuckerFactorizedConv2d, MatrixFactorizedLinear])
 def test_descent_on_convex_quadratic(cls):
     """For L(W) = ½‖W − T‖² and a small lr, one step with τ = 0 lowers the loss (spec §7.7)."""
     layer = _quadratic_layer(cls)
@@ -211,7 +214,7 @@ def test_descent_on_convex_quadratic(cls):
     assert float(0.5 * (layer.dense_weight().detach() - target).square().sum()) < second
 
 
-@pytest.mark.parametrize("cls", [TuckerConv2d, LowRankLinear])
+@pytest.mark.parametrize("cls", [TuckerFactorizedConv2d, MatrixFactorizedLinear])
 def test_linear_loss_identity(cls):
     """L = ⟨A, W⟩, SGD, τ = 0: the new weight is W − λ·A ×_i Ũ_iŨ_iᵀ and ranks double (spec §7.9)."""
     layer = _quadratic_layer(cls)
@@ -236,7 +239,7 @@ def test_parallel_bug_blocks():
     """Parallel BUG, τ = 0: λ = 0 keeps W; the old-old block of the new core equals C − λ∇_C L (§7.8)."""
     target = torch.randn(5, 6, 3, 3, dtype=F64)
     for lr in (0.0, 0.3):
-        layer = _quadratic_layer(TuckerConv2d)
+        layer = _quadratic_layer(TuckerFactorizedConv2d)
         probe = copy.deepcopy(layer)
         (0.5 * (probe.dense_weight() - target).square().sum()).backward()
         old_core, old_factors = layer.core.detach().clone(), [u.detach().clone() for u in layer.factors]

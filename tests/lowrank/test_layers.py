@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from slimtrain.lowrank import LowRankLinear, MatrixLowRankConv2d, TuckerConv2d
+from slimtrain.layers import MatrixFactorizedConv2d, MatrixFactorizedLinear, TuckerFactorizedConv2d
 
 F64 = torch.float64
 
@@ -34,7 +34,7 @@ conv_settings = st.fixed_dictionaries(
 
 
 @settings(max_examples=25)
-@given(conv_settings, st.sampled_from([TuckerConv2d, MatrixLowRankConv2d]))
+@given(conv_settings, st.sampled_from([TuckerFactorizedConv2d, MatrixFactorizedConv2d]))
 def test_factorized_conv_forward_equals_conv2d_with_reconstructed_kernel(s, cls):
     """Forward equals F.conv2d with dense_weight(), bias once, any stride/padding/dilation (float32)."""
     layer = cls(
@@ -66,7 +66,7 @@ def test_factorized_conv_forward_equals_conv2d_with_reconstructed_kernel(s, cls)
 def test_tucker_factors_orthonormal_and_ranks_as_requested(c_in, c_out, r_out, r_in, adaptive):
     """Fresh Tucker layers: orthonormal factors, requested adaptive ranks, full non-adaptive modes."""
     ranks = (min(r_out, c_out), min(r_in, c_in), 2, 2)
-    layer = TuckerConv2d(
+    layer = TuckerFactorizedConv2d(
         c_in, c_out, 3, ranks=ranks, adaptive_modes=adaptive, max_rank_fraction=1.0, dtype=F64
     )
     expected = ranks if adaptive == (0, 1, 2, 3) else (*ranks[:2], 3, 3)
@@ -81,14 +81,14 @@ def test_from_trained_layers_exact_at_full_rank(bias):
     conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias, dtype=F64)
     x = torch.randn(2, 3, 7, 7, dtype=F64)
     for new in (
-        TuckerConv2d.from_conv(conv, max_rank_fraction=1.0),
-        MatrixLowRankConv2d.from_conv(conv, max_rank_fraction=1.0),
+        TuckerFactorizedConv2d.from_conv(conv, max_rank_fraction=1.0),
+        MatrixFactorizedConv2d.from_conv(conv, max_rank_fraction=1.0),
     ):
         assert (new(x) - conv(x)).abs().max() < 1e-10
         assert new.dense_parameter_count() == sum(p.numel() for p in conv.parameters())
     linear = nn.Linear(6, 5, bias=bias, dtype=F64)
     z = torch.randn(3, 6, dtype=F64)
-    low = LowRankLinear.from_linear(linear, max_rank_fraction=1.0)
+    low = MatrixFactorizedLinear.from_linear(linear, max_rank_fraction=1.0)
     assert low.ranks == (5, 5)
     assert (low(z) - linear(z)).abs().max() < 1e-10
     assert low.dense_parameter_count() == sum(p.numel() for p in linear.parameters())
@@ -98,7 +98,7 @@ def test_tolerance_init_error_within_hosvd_bound():
     """HOSVD init with tau: ‖W − W_tucker‖_F ≤ sqrt(|A|)·τ‖W‖_F (truncated-HOSVD bound)."""
     conv = nn.Conv2d(8, 10, 3, dtype=F64)
     tau = 0.3
-    layer = TuckerConv2d.from_conv(conv, tau=tau, max_rank_fraction=1.0, min_rank=1)
+    layer = TuckerFactorizedConv2d.from_conv(conv, tau=tau, max_rank_fraction=1.0, min_rank=1)
     assert layer.ranks[0] < 10 or layer.ranks[1] < 8
     err = torch.linalg.vector_norm(layer.dense_weight() - conv.weight)
     assert err <= math.sqrt(2) * tau * torch.linalg.vector_norm(conv.weight) + 1e-12
@@ -107,22 +107,22 @@ def test_tolerance_init_error_within_hosvd_bound():
 def test_groups_and_padding_mode_rejected_with_layer_name():
     """Grouped convolutions and non-zero padding modes raise errors naming the layer."""
     with pytest.raises(ValueError, match="groups=2"):
-        TuckerConv2d(4, 4, 3, groups=2)
+        TuckerFactorizedConv2d(4, 4, 3, groups=2)
     with pytest.raises(ValueError, match=r"'block\.conv'"):
-        TuckerConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=4), name="block.conv")
+        TuckerFactorizedConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=4), name="block.conv")
     with pytest.raises(ValueError, match="padding_mode"):
-        MatrixLowRankConv2d.from_conv(nn.Conv2d(4, 4, 3, padding_mode="reflect"), name="c")
+        MatrixFactorizedConv2d.from_conv(nn.Conv2d(4, 4, 3, padding_mode="reflect"), name="c")
 
 
 def test_initial_rank_above_rmax_rejected():
     """An initial rank above r_max = ⌊n/2⌋ raises instead of building inconsistent shapes (spec §5)."""
     with pytest.raises(ValueError, match="r_max=4"):
-        TuckerConv2d(8, 8, 3, ranks=5)
+        TuckerFactorizedConv2d(8, 8, 3, ranks=5)
 
 
 def test_worked_example_counts():
     """metrics.md §4: 64→64 3×3 Tucker at (16, 16) stores 4,370 parameters; dense 36,864 (+64 bias)."""
-    layer = TuckerConv2d(64, 64, 3, padding=1, ranks=(16, 16, 3, 3))
+    layer = TuckerFactorizedConv2d(64, 64, 3, padding=1, ranks=(16, 16, 3, 3))
     assert layer.stored_parameter_count() == 4370
     assert layer.eval_parameter_count() == 4370
     assert layer.dense_parameter_count() == 36864 + 64
@@ -134,7 +134,7 @@ def test_worked_example_counts():
 
 def test_matrix_counts():
     """Matrix layer: eval (n + m) r and DLRT-Net train 4(n + m) r + 8r² (metrics.md §8.4)."""
-    layer = LowRankLinear(30, 20, ranks=4)
+    layer = MatrixFactorizedLinear(30, 20, ranks=4)
     assert layer.eval_parameter_count() == (20 + 30) * 4
     assert layer.train_parameter_count_dlrt() == 4 * 50 * 4 + 8 * 16
     assert layer.stored_parameter_count() == 50 * 4 + 16
@@ -142,7 +142,7 @@ def test_matrix_counts():
 
 def test_free_factors_are_plain_trainable_parameters():
     """free_factors=True (vanilla baseline) makes every factor trainable by a plain optimizer."""
-    layer = TuckerConv2d(4, 6, 3, ranks=(2, 2, 3, 3), free_factors=True)
+    layer = TuckerFactorizedConv2d(4, 6, 3, ranks=(2, 2, 3, 3), free_factors=True)
     assert all(u.requires_grad for u in layer.factors)
     opt = torch.optim.SGD(layer.parameters(), lr=0.5)
     before = [u.detach().clone() for u in layer.factors]
@@ -153,8 +153,8 @@ def test_free_factors_are_plain_trainable_parameters():
 
 def test_state_dict_loads_across_ranks():
     """A layer loads a state_dict saved at other ranks and then computes what the saved layer computed."""
-    source = TuckerConv2d(6, 6, 3, ranks=(2, 3, 3, 3), dtype=F64)
-    target = TuckerConv2d(6, 6, 3, ranks=(3, 1, 3, 3), dtype=F64)
+    source = TuckerFactorizedConv2d(6, 6, 3, ranks=(2, 3, 3, 3), dtype=F64)
+    target = TuckerFactorizedConv2d(6, 6, 3, ranks=(3, 1, 3, 3), dtype=F64)
     target.load_state_dict(source.state_dict())
     assert target.ranks == source.ranks
     x = torch.randn(1, 6, 5, 5, dtype=F64)
@@ -163,6 +163,6 @@ def test_state_dict_loads_across_ranks():
 
 def test_adaptive_spatial_modes_capped_at_kernel_size():
     """With all modes adaptive, a 3×3 spatial mode has r_max = 3, not ⌊3/2⌋ = 1 (spec §5), and starts full."""
-    layer = TuckerConv2d(8, 6, 3, ranks=2, adaptive_modes=(0, 1, 2, 3))
+    layer = TuckerFactorizedConv2d(8, 6, 3, ranks=2, adaptive_modes=(0, 1, 2, 3))
     assert layer.max_ranks == (3, 4, 3, 3)
     assert layer.ranks == (2, 2, 3, 3)

@@ -13,10 +13,11 @@ from slimtrain.algebra.tucker import (
     hosvd,
     mode_product,
     multi_mode_product,
+    rank_from_singular_values,
     tucker_to_tensor,
     unfold,
 )
-from slimtrain.lowrank.basis_rules import orthonormal_augmentation, rank_from_singular_values
+from slimtrain.lowrank.basis_rules import orthonormal_augmentation
 
 F64 = torch.float64
 

@@ -5,7 +5,8 @@ import torch
 from pydantic import ValidationError
 
 from slimtrain.experiments.sweeping import sweep
-from slimtrain.lowrank import LowRankLinear, MatrixLowRankConv2d, TuckerConv2d, factorized_layers
+from slimtrain.layers import MatrixFactorizedConv2d, MatrixFactorizedLinear, TuckerFactorizedConv2d
+from slimtrain.lowrank import factorized_layers
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.launch import train_multiprocess
@@ -56,7 +57,7 @@ def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     assert results["grad_evals"] == passes * results["steps"] == passes * 12
     assert _ranks(trainer) != initial  # τ = 0.3 shrinks the ranks
     for name, layer in factorized_layers(trainer.components.model).items():
-        assert isinstance(layer, LowRankLinear)
+        assert isinstance(layer, MatrixFactorizedLinear)
         assert all(
             lo <= r <= hi for lo, r, hi in zip(layer.min_ranks, layer.ranks, layer.max_ranks, strict=True)
         )
@@ -123,7 +124,7 @@ def test_two_ranks_match_each_other_and_single_process(tmp_path):
     single = Trainer(
         recipe_from_dict({**tree, "train": {**tree["train"], "batch_size": 32}}), tmp_path / "one"
     )
-    assert any(isinstance(m, TuckerConv2d) for m in single.components.model.modules())
+    assert any(isinstance(m, TuckerFactorizedConv2d) for m in single.components.model.modules())
     initial = {name: list(r) for name, r in _ranks(single).items()}
     single.fit()
     assert states[0]["method"]["ranks"] != initial  # the ranks changed during the run
@@ -139,7 +140,7 @@ def test_sweep_rows_carry_ranks_and_both_conventions(tmp_path):
     tree = _tree("s", "dlrt", {"tau": 0.2}, max_steps=6)
     tree["model"] = {"name": "lenet5"}
     trainer = Trainer(recipe_from_dict(tree), tmp_path / "s")
-    assert any(isinstance(m, MatrixLowRankConv2d) for m in trainer.components.model.modules())
+    assert any(isinstance(m, MatrixFactorizedConv2d) for m in trainer.components.model.modules())
     results = trainer.fit()
     (row,) = sweep(tmp_path / "s")
     assert row["structure"] == "native"

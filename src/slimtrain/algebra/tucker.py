@@ -84,3 +84,30 @@ def hosvd(tensor: Tensor, ranks: Sequence[int | None]) -> tuple[Tensor, list[Ten
     ]
     core = multi_mode_product(tensor, {i: u.T for i, u in enumerate(factors) if u is not None})
     return core, factors
+
+
+def rank_from_singular_values(
+    singular_values: Tensor, threshold: float, *, faithful_dlrt_net: bool = False, fallback: int = 0
+) -> int:
+    """Smallest ρ with ``sqrt(Σ_{j>ρ} σ_j²) ≤ threshold`` (spec §2.5).
+
+    Args:
+        singular_values: Non-increasing singular values.
+        threshold: Absolute threshold ϑ.
+        faithful_dlrt_net: Reproduce the DLRT-Net rule (spec §5): ρ is scanned over ``0 … count − 2`` only,
+            the tail ``σ_{ρ:count−1}`` omits the last singular value, the comparison is strict, and when no ρ
+            qualifies ``fallback`` is returned. The corrected default counts every discarded value and ρ may
+            reach 0.
+        fallback: Rank returned by the faithful rule when no ρ qualifies (the old rank).
+    """
+    sq = singular_values.double() ** 2
+    if faithful_dlrt_net:
+        count = sq.numel()
+        # The scan stops before the empty tail, which would always qualify and make the fallback unreachable.
+        for rho in range(count - 1):
+            if float(sq[rho : count - 1].sum().sqrt()) < threshold:
+                return rho
+        return fallback
+    # tails[ρ] = sqrt(Σ_{j≥ρ} σ_j²) for ρ = 0..k, tails[k] = 0 (0-based: discarding indices ≥ ρ).
+    tails = torch.cat([sq.flip(0).cumsum(0).flip(0), sq.new_zeros(1)]).sqrt()
+    return int(torch.nonzero(tails <= threshold)[0, 0])

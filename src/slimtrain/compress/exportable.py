@@ -5,9 +5,8 @@ unstructured and filter pruning, factorized for low rank. :func:`to_exported` tu
 saved and deployed (spec metrics.md §6: latency is measured on this one):
 
 - pruning re-parametrizations (``torch.nn.utils.prune``, ``parametrize``) are folded into plain weights;
-- layers of rank-adaptive training (``slimtrain.lowrank``: TDLRT Tucker convs, DLRT low-rank linears and
-  convs) are kept at their trained ranks, as the equivalent :mod:`slimtrain.compress.factorized` modules,
-  never re-decomposed;
+- training-time factorized layers (TDLRT Tucker convs, DLRT matrix layers) become their deployment form at
+  their trained ranks (``to_deployment``), never re-decomposed;
 - structure ``filter``: every channel the compressed model has zeroed is physically removed
   (:func:`remove_zero_channels`), so the result computes the same function with thinner layers.
 
@@ -34,7 +33,7 @@ from slimtrain.compress.filter_pruning import ChannelPruningPlan, GroupSelection
 from slimtrain.compress.masks import fold_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
 from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError
-from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
+from slimtrain.layers import TrainingLayer
 
 
 def _nonzero_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -128,73 +127,18 @@ def _has_zero_output_channel(model: nn.Module) -> bool:
     )
 
 
-def _smaller_split(u: torch.Tensor, core: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``U S Vᵀ`` into (reduce, expand) = (S Vᵀ, U) or (Vᵀ, U S), the one of smaller inner rank."""
-    if core.shape[0] <= core.shape[1]:
-        return core @ v.T, u
-    return v.T, u @ core
-
-
-def _export_lowrank_layer(layer: nn.Module) -> nn.Module | None:
-    """The :mod:`slimtrain.compress.factorized` module computing what a ``slimtrain.lowrank`` layer does."""
-    from slimtrain.algebra.tucker import mode_product
-    from slimtrain.lowrank import LowRankLinear as TrainLinear
-    from slimtrain.lowrank import MatrixLowRankConv2d as TrainMatrixConv
-    from slimtrain.lowrank import TuckerConv2d as TrainTuckerConv
-
-    has_bias = layer.bias is not None
-    with torch.no_grad():
-        if isinstance(layer, TrainTuckerConv):
-            u_out, u_in, u_h, u_w = (f.detach() for f in layer.factors)
-            small = mode_product(mode_product(layer.core.detach(), u_h, 2), u_w, 3)
-            out = TuckerConv2d(
-                layer.in_channels, layer.out_channels, layer.kernel_size, small.shape[0], small.shape[1],
-                stride=layer.stride, padding=layer.padding, dilation=layer.dilation, bias=has_bias,
-            )  # fmt: skip
-            out = out.to(device=small.device, dtype=small.dtype)
-            out.project.weight.copy_(u_in.T[:, :, None, None])
-            out.core.weight.copy_(small)
-            out.expand.weight.copy_(u_out[:, :, None, None])
-        elif isinstance(layer, TrainMatrixConv):
-            u, v = (f.detach() for f in layer.factors)
-            reduce, expand = _smaller_split(u, layer.core.detach(), v)
-            out = SVDConv2d(
-                layer.in_channels, layer.out_channels, layer.kernel_size, reduce.shape[0],
-                stride=layer.stride, padding=layer.padding, dilation=layer.dilation, bias=has_bias,
-            )  # fmt: skip
-            out = out.to(device=u.device, dtype=u.dtype)
-            out.reduce.weight.copy_(reduce.reshape(out.reduce.weight.shape))
-            out.expand.weight.copy_(expand[:, :, None, None])
-        elif isinstance(layer, TrainLinear):
-            u, v = (f.detach() for f in layer.factors)
-            reduce, expand = _smaller_split(u, layer.core.detach(), v)
-            out = LowRankLinear(layer.in_features, layer.out_features, reduce.shape[0], bias=has_bias)
-            out = out.to(device=u.device, dtype=u.dtype)
-            out.reduce.weight.copy_(reduce)
-            out.expand.weight.copy_(expand)
-        else:
-            return None
-        if has_bias:
-            out.expand.bias.copy_(layer.bias)
-    return out
-
-
 def export_lowrank_layers(model: nn.Module) -> nn.Module:
-    """Return a copy of ``model`` with its ``slimtrain.lowrank`` training layers as export modules.
+    """Return a copy of ``model`` with every training-time factorized layer in its deployment form.
 
-    TDLRT's Tucker convs become :class:`~slimtrain.layers.TuckerConv2d` (1×1 → k×k → 1×1, the trained
-    ranks of the two channel modes; truncated spatial modes are multiplied back into the k×k core), DLRT's
-    matrix layers become :class:`~slimtrain.layers.LowRankLinear` / :class:`~slimtrain.layers.SVDConv2d`
-    at the smaller of their two ranks. The function is unchanged (up to rounding).
+    A layer with a ``to_deployment()`` method (:class:`slimtrain.layers.TrainingLayer`: TDLRT's Tucker convs,
+    DLRT's matrix layers) is replaced by what it returns — :class:`~slimtrain.layers.TuckerConv2d`,
+    :class:`~slimtrain.layers.SVDConv2d` or :class:`~slimtrain.layers.LowRankLinear` at the trained ranks.
+    The function is unchanged (up to rounding).
     """
-    from slimtrain.lowrank import TuckerFactorizedLayer
-
     result = copy_model(model)
     for name, module in list(result.named_modules()):
-        if isinstance(module, TuckerFactorizedLayer):
-            converted = _export_lowrank_layer(module)
-            if converted is not None:
-                set_submodule(result, name, converted)
+        if isinstance(module, TrainingLayer):
+            set_submodule(result, name, module.to_deployment())
     return result
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -27,6 +27,7 @@ __all__ = [
     "LAYER_TYPES",
     "V1_TYPE_NAMES",
     "LayerType",
+    "TrainingLayer",
     "build_layer",
     "layer_config",
     "layer_type_of",
@@ -50,6 +51,15 @@ class LayerType:
     cls: type[nn.Module]
     config: Callable[[nn.Module], dict[str, Any]]
     build: Callable[..., nn.Module]
+
+
+@runtime_checkable
+class TrainingLayer(Protocol):
+    """A layer used only while training (TDLRT / DLRT factor form) that an export replaces by another."""
+
+    def to_deployment(self) -> nn.Module:
+        """The registered deployment layer computing the same function."""
+        ...
 
 
 LAYER_TYPES: Registry[LayerType] = Registry("layer type", entry_point_group="slimtrain.layers")

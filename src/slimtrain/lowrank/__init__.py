@@ -1,28 +1,34 @@
-"""Low-rank training: Tucker convolutions, low-rank linears and the rank-adaptive TDLRT/DLRT integrator.
+"""Low-rank training: the rank-adaptive TDLRT/DLRT integrator and the conversion of a model's layers.
 
-Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT). See
-``docs/tdlrt.md`` for a walk-through.
+Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT). The layers it trains
+(:class:`slimtrain.layers.TuckerFactorizedConv2d`, :class:`~slimtrain.layers.MatrixFactorizedLinear`,
+:class:`~slimtrain.layers.MatrixFactorizedConv2d`) live in :mod:`slimtrain.layers`. See ``docs/tdlrt.md``.
 """
 
+from slimtrain._deprecation import moved_names
 from slimtrain.lowrank.conversion import convert_to_lowrank, factorized_layers, to_dense_model
-from slimtrain.lowrank.factorized import MatrixFactorizedLayer, TuckerFactorizedLayer
 from slimtrain.lowrank.integrator import TDLRT, RankAtMinimumWarning, transport_state_tensor
-from slimtrain.lowrank.matrix_layers import LowRankLinear, MatrixLowRankConv2d
 from slimtrain.lowrank.report import LayerRankReport, lowrank_report
-from slimtrain.lowrank.tucker_conv import TuckerConv2d
 
 __all__ = [
     "TDLRT",
     "LayerRankReport",
-    "LowRankLinear",
-    "MatrixFactorizedLayer",
-    "MatrixLowRankConv2d",
     "RankAtMinimumWarning",
-    "TuckerConv2d",
-    "TuckerFactorizedLayer",
     "convert_to_lowrank",
     "factorized_layers",
     "lowrank_report",
     "to_dense_model",
     "transport_state_tensor",
 ]
+
+# The training layers moved to slimtrain.layers, under names distinct from the deployment layers'.
+__getattr__ = moved_names(
+    "slimtrain.lowrank",
+    {
+        "TuckerConv2d": "slimtrain.layers:TuckerFactorizedConv2d",
+        "LowRankLinear": "slimtrain.layers:MatrixFactorizedLinear",
+        "MatrixLowRankConv2d": "slimtrain.layers:MatrixFactorizedConv2d",
+        "TuckerFactorizedLayer": "slimtrain.layers:TuckerFactorizedLayer",
+        "MatrixFactorizedLayer": "slimtrain.layers:MatrixFactorizedLayer",
+    },
+)

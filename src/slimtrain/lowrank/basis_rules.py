@@ -1,4 +1,4 @@
-"""Basis rules of the rank-adaptive BUG integrator: the truncation rank and the augmentation of a basis.
+"""The augmentation of a basis by the rank-adaptive BUG integrator (its truncation rank: algebra.tucker).
 
 Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT); docs/tdlrt.md.
 """
@@ -7,33 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def rank_from_singular_values(
-    singular_values: Tensor, threshold: float, *, faithful_dlrt_net: bool = False, fallback: int = 0
-) -> int:
-    """Smallest ρ with ``sqrt(Σ_{j>ρ} σ_j²) ≤ threshold`` (spec §2.5).
-
-    Args:
-        singular_values: Non-increasing singular values.
-        threshold: Absolute threshold ϑ.
-        faithful_dlrt_net: Reproduce the DLRT-Net rule (spec §5): ρ is scanned over ``0 … count − 2`` only,
-            the tail ``σ_{ρ:count−1}`` omits the last singular value, the comparison is strict, and when no ρ
-            qualifies ``fallback`` is returned. The corrected default counts every discarded value and ρ may
-            reach 0.
-        fallback: Rank returned by the faithful rule when no ρ qualifies (the old rank).
-    """
-    sq = singular_values.double() ** 2
-    if faithful_dlrt_net:
-        count = sq.numel()
-        # The scan stops before the empty tail, which would always qualify and make the fallback unreachable.
-        for rho in range(count - 1):
-            if float(sq[rho : count - 1].sum().sqrt()) < threshold:
-                return rho
-        return fallback
-    # tails[ρ] = sqrt(Σ_{j≥ρ} σ_j²) for ρ = 0..k, tails[k] = 0 (0-based: discarding indices ≥ ρ).
-    tails = torch.cat([sq.flip(0).cumsum(0).flip(0), sq.new_zeros(1)]).sqrt()
-    return int(torch.nonzero(tails <= threshold)[0, 0])
 
 
 def orthonormal_augmentation(

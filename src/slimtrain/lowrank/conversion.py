@@ -8,9 +8,9 @@ from typing import Literal
 
 from torch import nn
 
-from slimtrain.lowrank.factorized import TuckerFactorizedLayer
-from slimtrain.lowrank.matrix_layers import LowRankLinear, MatrixLowRankConv2d
-from slimtrain.lowrank.tucker_conv import TuckerConv2d
+from slimtrain.layers.factor_base import TuckerFactorizedLayer
+from slimtrain.layers.matrix_factorized import MatrixFactorizedConv2d, MatrixFactorizedLinear
+from slimtrain.layers.tucker_factorized import TuckerFactorizedConv2d
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -46,9 +46,9 @@ def convert_to_lowrank(
 
     Args:
         model: Any module; modified in place.
-        conv: ``"tucker"`` (:class:`TuckerConv2d`), ``"matrix"`` (:class:`MatrixLowRankConv2d`) or ``None``
-            (convolutions stay dense).
-        linear: ``"matrix"`` (:class:`LowRankLinear`) or ``None``.
+        conv: ``"tucker"`` (:class:`~slimtrain.layers.TuckerFactorizedConv2d`), ``"matrix"``
+            (:class:`~slimtrain.layers.MatrixFactorizedConv2d`) or ``None`` (convolutions stay dense).
+        linear: ``"matrix"`` (:class:`MatrixFactorizedLinear`) or ``None``.
         skip: Module names (as in ``named_modules``) to keep dense.
         keep_first_conv_dense: Keep the first ``nn.Conv2d`` dense.
         keep_last_linear_dense: Keep the last ``nn.Linear`` dense.
@@ -109,10 +109,10 @@ def convert_to_lowrank(
                 )
             if conv == "tucker":
                 kwargs = {**common, "min_rank": tucker_min_rank, "adaptive_modes": adaptive_modes}
-                cls = TuckerConv2d
+                cls = TuckerFactorizedConv2d
             else:
                 kwargs = {**common, "min_rank": matrix_min_rank}
-                cls = MatrixLowRankConv2d
+                cls = MatrixFactorizedConv2d
             if init == "random":
                 dense = _fresh_copy(dense)
             try:
@@ -125,7 +125,9 @@ def convert_to_lowrank(
             if init == "random":
                 dense = _fresh_copy(dense)
             try:
-                new = LowRankLinear.from_linear(dense, **rank_args, **common, min_rank=matrix_min_rank)
+                new = MatrixFactorizedLinear.from_linear(
+                    dense, **rank_args, **common, min_rank=matrix_min_rank
+                )
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from error
         _set_submodule(model, name, new)

@@ -15,10 +15,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from slimtrain.algebra.tucker import complete_orthonormal, fold, multi_mode_product, unfold
-from slimtrain.lowrank.basis_rules import orthonormal_augmentation, rank_from_singular_values
+from slimtrain.algebra.tucker import (
+    complete_orthonormal,
+    fold,
+    multi_mode_product,
+    rank_from_singular_values,
+    unfold,
+)
+from slimtrain.layers.factor_base import TuckerFactorizedLayer
+from slimtrain.lowrank.basis_rules import orthonormal_augmentation
 from slimtrain.lowrank.conversion import factorized_layers
-from slimtrain.lowrank.factorized import TuckerFactorizedLayer
 from slimtrain.metrics.memory import OptimizerFactory
 
 GradReducer = Callable[[list[Tensor]], None]

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from slimtrain.layers.factor_base import MatrixFactorizedLayer, TuckerFactorizedLayer
 from slimtrain.lowrank.conversion import factorized_layers
-from slimtrain.lowrank.factorized import MatrixFactorizedLayer, TuckerFactorizedLayer
 
 
 @dataclass(frozen=True)

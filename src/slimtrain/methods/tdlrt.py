@@ -258,12 +258,12 @@ class _IntegratedLowRankMethod(_LowRankMethod):
 class TDLRTTraining(_IntegratedLowRankMethod):
     """TDLRT: Tucker convolutions and low-rank linears trained by the rank-adaptive augmented BUG step.
 
-    Every convolution but the first becomes a :class:`~slimtrain.lowrank.TuckerConv2d` and every linear
-    but the last a :class:`~slimtrain.lowrank.LowRankLinear`, from random orthonormal factors at ``r_max``
-    (``initial_rank_fraction`` to start lower). Per batch: two forward/backward passes (basis gradients,
-    then the core step on the augmented bases) and a truncated HOSVD with tolerance ``tau`` (spec §2.4,
-    §2.5); ``variant="parallel"`` is the single-pass parallel BUG step (§2.9), ``variant="local"`` augmented
-    BUG with local S-iterations (§2.10).
+    Every convolution but the first becomes a :class:`~slimtrain.layers.TuckerFactorizedConv2d` and every
+    linear but the last a :class:`~slimtrain.layers.MatrixFactorizedLinear`, from random orthonormal
+    factors at ``r_max`` (``initial_rank_fraction`` to start lower). Per batch: two forward/backward
+    passes (basis gradients, then the core step on the augmented bases) and a truncated HOSVD with tolerance
+    ``tau`` (spec §2.4, §2.5); ``variant="parallel"`` is the single-pass parallel BUG step (§2.9),
+    ``variant="local"`` augmented BUG with local S-iterations (§2.10).
     """
 
     name = "tdlrt"

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from slimtrain.algebra.tucker import hosvd, tucker_to_tensor, unfold
-from slimtrain.lowrank.basis_rules import rank_from_singular_values
+from slimtrain.algebra.tucker import hosvd, rank_from_singular_values, tucker_to_tensor, unfold
 
 
 def _as_ranks(ranks: int | Sequence[int] | None, count: int, name: str) -> tuple[int, ...] | None:

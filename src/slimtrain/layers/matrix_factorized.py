@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from slimtrain.layers.factor_base import MatrixFactorizedLayer, dense_conv_of
+from slimtrain.layers.factorized import LowRankLinear, SVDConv2d
 from slimtrain.layers.pointwise import pointwise_conv2d
-from slimtrain.lowrank.factorized import MatrixFactorizedLayer, dense_conv_of
-from slimtrain.lowrank.tucker_conv import check_conv_supported, init_conv_geometry, rank_one_like
+from slimtrain.layers.tucker_factorized import check_conv_supported, init_conv_geometry, rank_one_like
 
 
-class LowRankLinear(MatrixFactorizedLayer):
+class MatrixFactorizedLinear(MatrixFactorizedLayer):
     """Linear layer with weight ``W = U S Vᵀ`` (``U``: ``out × r``, ``V``: ``in × r``, orthonormal).
 
     Forward computes ``((x V) Sᵀ) Uᵀ + b`` without forming ``W``.
@@ -70,7 +71,7 @@ class LowRankLinear(MatrixFactorizedLayer):
         rank_fraction: float | None = None,
         tau: float | None = None,
         **layer_kwargs,
-    ) -> LowRankLinear:
+    ) -> MatrixFactorizedLinear:
         """Factorize a trained linear layer by truncated SVD (exact at full rank).
 
         Args:
@@ -112,13 +113,26 @@ class LowRankLinear(MatrixFactorizedLayer):
                 linear.bias.copy_(self.bias)
         return linear
 
+    def to_deployment(self) -> LowRankLinear:
+        """The deployment :class:`~slimtrain.layers.LowRankLinear` at the smaller of the two trained ranks."""
+        u, v = (f.detach() for f in self.factors)
+        reduce, expand = _smaller_split(u, self.core.detach(), v)
+        out = LowRankLinear(self.in_features, self.out_features, reduce.shape[0], bias=self.bias is not None)
+        out = out.to(device=u.device, dtype=u.dtype)
+        with torch.no_grad():
+            out.reduce.weight.copy_(reduce)
+            out.expand.weight.copy_(expand)
+            if self.bias is not None:
+                out.expand.bias.copy_(self.bias)
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         """``((x V) Sᵀ) Uᵀ + b``."""
         u, v = self.factors
         return F.linear(F.linear(F.linear(x, v.T), self.core), u, self.bias)
 
 
-class MatrixLowRankConv2d(MatrixFactorizedLayer):
+class MatrixFactorizedConv2d(MatrixFactorizedLayer):
     """Conv2d with ``mat(W) = U S Vᵀ`` on ``mat(W) ∈ R^{C_out × C_in k_h k_w}`` (matrix-DLRT conv baseline).
 
     Forward: a ``k_h×k_w`` convolution with kernel ``Vᵀ`` reshaped to ``r_V × C_in × k_h × k_w`` (the layer's
@@ -164,7 +178,9 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         if groups != 1:
-            raise ValueError(f"MatrixLowRankConv2d: grouped convolutions (groups={groups}) are not supported")
+            raise ValueError(
+                f"MatrixFactorizedConv2d: grouped convolutions (groups={groups}) are not supported"
+            )
         k_h, k_w = _pair(kernel_size)
         super().__init__(
             out_channels,
@@ -189,7 +205,7 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
         tau: float | None = None,
         name: str = "conv",
         **layer_kwargs,
-    ) -> MatrixLowRankConv2d:
+    ) -> MatrixFactorizedConv2d:
         """Factorize a trained convolution by truncated SVD of ``mat(W)`` (exact at full rank).
 
         Args:
@@ -213,6 +229,21 @@ class MatrixLowRankConv2d(MatrixFactorizedLayer):
     def to_dense(self) -> nn.Conv2d:
         """An :class:`torch.nn.Conv2d` with the reconstructed kernel and the same bias."""
         return dense_conv_of(self)
+
+    def to_deployment(self) -> SVDConv2d:
+        """The deployment :class:`~slimtrain.layers.SVDConv2d` (k×k conv, then 1×1) at the smaller rank."""
+        u, v = (f.detach() for f in self.factors)
+        reduce, expand = _smaller_split(u, self.core.detach(), v)
+        out = SVDConv2d(
+            self.in_channels, self.out_channels, self.kernel_size, reduce.shape[0],
+            stride=self.stride, padding=self.padding, dilation=self.dilation, bias=self.bias is not None,
+        ).to(device=u.device, dtype=u.dtype)  # fmt: skip
+        with torch.no_grad():
+            out.reduce.weight.copy_(reduce.reshape(out.reduce.weight.shape))
+            out.expand.weight.copy_(expand[:, :, None, None])
+            if self.bias is not None:
+                out.expand.bias.copy_(self.bias)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """k×k convolution to ``r_V`` channels, then a 1×1 convolution with ``U S``."""
@@ -247,3 +278,10 @@ def _init_matrix_layer(
     if bias is not None:
         with torch.no_grad():
             layer.bias.copy_(bias)
+
+
+def _smaller_split(u: Tensor, core: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Split ``U S Vᵀ`` into (reduce, expand) = (S Vᵀ, U) or (Vᵀ, U S), the one of smaller inner rank."""
+    if core.shape[0] <= core.shape[1]:
+        return core @ v.T, u
+    return v.T, u @ core

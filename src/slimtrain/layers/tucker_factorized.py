@@ -10,8 +10,9 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from slimtrain.algebra.tucker import mode_product
+from slimtrain.layers.factor_base import TuckerFactorizedLayer, dense_conv_of
+from slimtrain.layers.factorized import TuckerConv2d
 from slimtrain.layers.pointwise import pointwise_conv2d
-from slimtrain.lowrank.factorized import TuckerFactorizedLayer, dense_conv_of
 
 
 def check_conv_supported(conv: nn.Conv2d, name: str) -> None:
@@ -70,7 +71,7 @@ def rank_one_like(cls: type[nn.Module], conv: nn.Conv2d, **layer_kwargs) -> nn.M
     )
 
 
-class TuckerConv2d(TuckerFactorizedLayer):
+class TuckerFactorizedConv2d(TuckerFactorizedLayer):
     """Conv2d whose kernel ``W ∈ R^{C_out×C_in×k_h×k_w}`` is ``C ×₁U₁ ×₂U₂ ×₃U₃ ×₄U₄`` (orthonormal ``U_i``).
 
     Forward (spec §2.1): a 1×1 convolution with ``U₂ᵀ`` (``C_in → r₂``, at input resolution), a
@@ -124,7 +125,9 @@ class TuckerConv2d(TuckerFactorizedLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         if groups != 1:
-            raise ValueError(f"TuckerConv2d: grouped convolutions (groups={groups}) are not supported")
+            raise ValueError(
+                f"TuckerFactorizedConv2d: grouped convolutions (groups={groups}) are not supported"
+            )
         k_h, k_w = _pair(kernel_size)
         super().__init__(
             (out_channels, in_channels, k_h, k_w),
@@ -150,7 +153,7 @@ class TuckerConv2d(TuckerFactorizedLayer):
         tau: float | None = None,
         name: str = "conv",
         **layer_kwargs,
-    ) -> TuckerConv2d:
+    ) -> TuckerFactorizedConv2d:
         """Factorize a trained convolution by truncated HOSVD of its kernel (exact at full ranks).
 
         Args:
@@ -181,6 +184,27 @@ class TuckerConv2d(TuckerFactorizedLayer):
     def to_dense(self) -> nn.Conv2d:
         """An :class:`torch.nn.Conv2d` with the reconstructed kernel and the same bias."""
         return dense_conv_of(self)
+
+    def to_deployment(self) -> TuckerConv2d:
+        """The deployment :class:`~slimtrain.layers.TuckerConv2d` computing the same function.
+
+        1×1 → k×k → 1×1 at the trained channel ranks; truncated spatial modes are multiplied back into the
+        k×k core, never re-decomposed.
+        """
+        u_out, u_in, u_h, u_w = (f.detach() for f in self.factors)
+        small = mode_product(mode_product(self.core.detach(), u_h, 2), u_w, 3)
+        has_bias = self.bias is not None
+        out = TuckerConv2d(
+            self.in_channels, self.out_channels, self.kernel_size, small.shape[0], small.shape[1],
+            stride=self.stride, padding=self.padding, dilation=self.dilation, bias=has_bias,
+        ).to(device=small.device, dtype=small.dtype)  # fmt: skip
+        with torch.no_grad():
+            out.project.weight.copy_(u_in.T[:, :, None, None])
+            out.core.weight.copy_(small)
+            out.expand.weight.copy_(u_out[:, :, None, None])
+            if has_bias:
+                out.expand.bias.copy_(self.bias)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """Three-stage Tucker convolution (spec §2.1)."""
