@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 MOVED = [
+    ("slimtrain.metrics", "tt_parameter_count", "slimtrain.algebra.tt", "tt_storage"),
     ("slimtrain.lowrank", "TuckerConv2d", "slimtrain.layers", "TuckerFactorizedConv2d"),
     ("slimtrain.lowrank", "LowRankLinear", "slimtrain.layers", "MatrixFactorizedLinear"),
     ("slimtrain.lowrank", "MatrixLowRankConv2d", "slimtrain.layers", "MatrixFactorizedConv2d"),

@@ -63,8 +63,11 @@ def test_train_counts_by_hand():
 
 
 def test_train_tucker_by_hand():
-    """Tucker (8, 8, 3, 3) at (4, 4, 3, 3): 82 + 146 + 144 + 576 + 82 = 1030; +100 others over 1000: −13 %."""
-    assert cr_percent_train_tucker([((8, 8, 3, 3), (4, 4, 3, 3))], 100, 1000) == pytest.approx(-13.0)
+    """Tucker (8, 8, 3, 3) at (4, 4, 3, 3), augmented to (8, 8, 3, 3): 82 + 146 + 144 + 576 + 82 = 1030;
+    +100 others over 1000: −13 %.
+    """
+    layers = [((8, 8, 3, 3), (4, 4, 3, 3), (8, 8, 3, 3))]
+    assert cr_percent_train_tucker(layers, 100, 1000) == pytest.approx(-13.0)
 
 
 class USVLinear(LowRankLinear):

@@ -8,8 +8,9 @@ from slimtrain.metrics import (
     dlrt_train_parameter_count,
     storage_fraction,
     svd_parameter_count,
-    tt_parameter_count,
     tt_ranks,
+    tt_storage,
+    tucker_augmented_ranks,
     tucker_parameter_count,
     tucker_train_parameter_count,
 )
@@ -29,7 +30,7 @@ def test_nnbcd_mlp4_rank80_storage_fractions():
     """MLP4 at TT rank 80: CR₂ = 0.1668 (TT layers) and CR₁ = 0.1676 (all layers), spec §8.5."""
     for modes, size in MLP4_TT:
         assert math.prod(modes) == size
-    tt = sum(tt_parameter_count(modes, 80) for modes, _ in MLP4_TT)
+    tt = sum(tt_storage(modes, 80) for modes, _ in MLP4_TT)
     dense = sum(size for _, size in MLP4_TT)
     assert round(storage_fraction(tt, dense), 4) == 0.1668
     assert round(storage_fraction(tt + MLP4_DENSE_OUTPUT, dense + MLP4_DENSE_OUTPUT), 4) == 0.1676
@@ -40,7 +41,7 @@ def test_nnbcd_mlp4_rank80_storage_fractions():
 )
 def test_nnbcd_cnn_storage_fractions(rank, cr2):
     """CNN FC1/FC2 TT layers reproduce the notebook CRs over compressed layers (nnbcd.md §7.4)."""
-    tt = sum(tt_parameter_count(modes, rank) for modes, _ in CNN_TT)
+    tt = sum(tt_storage(modes, rank) for modes, _ in CNN_TT)
     assert round(storage_fraction(tt, sum(size for _, size in CNN_TT)), 4) == cr2
 
 
@@ -52,13 +53,13 @@ def test_tt_ranks_are_capped(modes, rank):
     for k in range(1, len(modes)):
         assert r[k] == min(rank, math.prod(modes[:k]), math.prod(modes[k:]))
     if rank >= math.prod(modes):
-        assert tt_parameter_count(modes, rank) >= math.prod(modes)
+        assert tt_storage(modes, rank) >= math.prod(modes)
 
 
 def test_tt_hand_example():
     """Modes (2, 3, 4) at rank 5: ranks 1, 2, 4, 1 → 1·2·2 + 2·3·4 + 4·4·1 = 44."""
     assert tt_ranks((2, 3, 4), 5) == [1, 2, 4, 1]
-    assert tt_parameter_count((2, 3, 4), 5) == 44
+    assert tt_storage((2, 3, 4), 5) == 44
 
 
 @given(st.integers(1, 500), st.integers(1, 500), st.integers(1, 50))
@@ -75,7 +76,7 @@ def test_tucker_counts_by_hand():
     assert tucker_parameter_count(dims, ranks) == 4_370
     # r̂ = (32, 32, 3, 3): Σn r̂ = 2·2048 + 18; ∏r̂ = 9216; Σ r̂ r = 2·512 + 18
     expected = 4_370 + (4096 + 18) + 9216 + (1024 + 18)
-    assert tucker_train_parameter_count(dims, ranks) == expected
+    assert tucker_train_parameter_count(dims, ranks, tucker_augmented_ranks(ranks, dims)) == expected
 
 
 def test_bad_shapes_are_named():

@@ -31,6 +31,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from slimtrain import __version__ as slimtrain_version
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, get_submodule, set_submodule
 from slimtrain.errors import ExportFormatError, UnknownNameError, UnsupportedModelError
 from slimtrain.layers.specs import build_layer, layer_type_of, reshape_layer
@@ -211,7 +212,7 @@ def save_exported(
             "recipe": dict(recipe) if recipe is not None else None,
             "extra": dict(manifest_extra or {}),
             "preprocessing": dict(preprocessing) if preprocessing is not None else None,
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": torch.__version__, "slimtrain": slimtrain_version},
         }
         with (tmp / MANIFEST_FILE).open("w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False)

@@ -14,6 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from slimtrain.algebra.tucker import hosvd, rank_from_singular_values, tucker_to_tensor, unfold
+from slimtrain.layers.counts import (
+    dlrt_train_parameter_count,
+    tucker_augmented_ranks,
+    tucker_parameter_count,
+    tucker_train_parameter_count,
+)
 
 
 def _as_ranks(ranks: int | Sequence[int] | None, count: int, name: str) -> tuple[int, ...] | None:
@@ -198,34 +204,31 @@ class TuckerFactorizedLayer(nn.Module):
         return math.prod(self.mode_sizes) + bias
 
     def stored_parameter_count(self) -> int:
-        """Stored factor count ``Σ_i n_i r_i + ∏_i r_i`` (metrics.md §3; bias excluded)."""
-        return sum(n * r for n, r in zip(self.mode_sizes, self.ranks, strict=True)) + math.prod(self.ranks)
+        """Stored factor count ``Σ_i n_i r_i + ∏_i r_i``, bias excluded (``tucker_parameter_count``)."""
+        return tucker_parameter_count(self.mode_sizes, self.ranks)
 
     def eval_parameter_count(self) -> int:
         """Parameters of the inference model in the eval c.r. (metrics.md §3; bias excluded)."""
         return self.stored_parameter_count()
 
     def augmented_ranks(self, aug_cap: str = "rmax") -> tuple[int, ...]:
-        """Widths ``r̂_i = min(2 r_i, r̄_i)`` after augmentation (``r̄ = r_max`` or ``n``; spec §2.6)."""
-        out = []
-        for mode, (n, r) in enumerate(zip(self.mode_sizes, self.ranks, strict=True)):
-            if mode not in self.adaptive_modes:
-                out.append(r)
-                continue
-            cap = self.max_ranks[mode] if aug_cap == "rmax" else n
-            out.append(max(r, min(2 * r, cap)))
-        return tuple(out)
+        """Widths ``r̂_i = min(2 r_i, r̄_i)`` after augmentation, ``r̄ = r_max`` or ``n`` by ``aug_cap``.
+
+        A mode that does not adapt keeps its rank (docs/tdlrt.md; :func:`~slimtrain.layers.counts.
+        tucker_augmented_ranks`).
+        """
+        caps = [
+            (self.max_ranks[mode] if aug_cap == "rmax" else n) if mode in self.adaptive_modes else r
+            for mode, (n, r) in enumerate(zip(self.mode_sizes, self.ranks, strict=True))
+        ]
+        return tucker_augmented_ranks(self.ranks, caps)
 
     def train_parameter_count_tucker(self, aug_cap: str = "rmax") -> int:
-        """Training count of this project (metrics.md §3): U_i, Ũ_i, C, C̃ and M_i over all modes."""
-        ranks, wide = self.ranks, self.augmented_ranks(aug_cap)
-        return (
-            sum(n * r for n, r in zip(self.mode_sizes, ranks, strict=True))
-            + sum(n * w for n, w in zip(self.mode_sizes, wide, strict=True))
-            + math.prod(ranks)
-            + math.prod(wide)
-            + sum(w * r for w, r in zip(wide, ranks, strict=True))
-        )
+        """Training count of this project: U_i, Ũ_i, C, C̃ and M_i over all modes, at the cap ``aug_cap``.
+
+        :func:`~slimtrain.layers.counts.tucker_train_parameter_count` with :meth:`augmented_ranks`.
+        """
+        return tucker_train_parameter_count(self.mode_sizes, self.ranks, self.augmented_ranks(aug_cap))
 
     def extra_repr(self) -> str:
         """Layer hyper-parameters and ranks, as printed by ``repr``."""
@@ -276,9 +279,12 @@ class MatrixFactorizedLayer(TuckerFactorizedLayer):
         return n * ru + m * rv
 
     def train_parameter_count_dlrt(self) -> int:
-        """DLRT-Net training count ``4(n + m) r + 8 r²`` with ``r = max(r_U, r_V)`` (metrics.md §3)."""
+        """DLRT-Net training count ``4(n + m) r + 8 r²`` with ``r = max(r_U, r_V)``.
+
+        :func:`~slimtrain.layers.counts.dlrt_train_parameter_count`.
+        """
         (n, m), r = self.mode_sizes, max(self.ranks)
-        return 4 * (n + m) * r + 8 * r * r
+        return dlrt_train_parameter_count(n, m, r)
 
 
 def dense_conv_of(layer: TuckerFactorizedLayer) -> nn.Conv2d:

@@ -5,13 +5,22 @@ masked or an exported model. Main entry points: :func:`summarize` (the §7 field
 :func:`layer_table`, :func:`measure_latency`, :func:`measure_peak_memory`.
 """
 
+from slimtrain._deprecation import moved_names
+from slimtrain.algebra.tt import tt_ranks, tt_storage
+from slimtrain.layers.counts import (
+    dlrt_train_parameter_count,
+    svd_parameter_count,
+    tucker_augmented_ranks,
+    tucker_parameter_count,
+    tucker_train_parameter_count,
+)
 from slimtrain.metrics.counting import (
     ParameterTotals,
     TensorCount,
     count_parameters,
     count_tensors,
     density,
-    factorized_layers,
+    factorized_modules,
     sparsity,
     sparsity_per_layer,
 )
@@ -22,14 +31,6 @@ from slimtrain.metrics.dlrt_conventions import (
     cr_percent_train_tucker,
 )
 from slimtrain.metrics.effective_sparsity import effective_sparsity, effective_weight_masks
-from slimtrain.metrics.factor_counts import (
-    dlrt_train_parameter_count,
-    svd_parameter_count,
-    tt_parameter_count,
-    tt_ranks,
-    tucker_parameter_count,
-    tucker_train_parameter_count,
-)
 from slimtrain.metrics.factorized import FactorizedLayer
 from slimtrain.metrics.latency import LatencyResult, latency_fields, measure_latency, measured_speedup
 from slimtrain.metrics.mac_formulas import (
@@ -84,7 +85,7 @@ __all__ = [
     "dlrt_train_parameter_count",
     "effective_sparsity",
     "effective_weight_masks",
-    "factorized_layers",
+    "factorized_modules",
     "latency_fields",
     "layer_table",
     "level_rel_error",
@@ -100,9 +101,13 @@ __all__ = [
     "svd_linear_macs",
     "svd_parameter_count",
     "theoretical_speedup",
-    "tt_parameter_count",
     "tt_ranks",
+    "tt_storage",
+    "tucker_augmented_ranks",
     "tucker_conv_macs",
     "tucker_parameter_count",
     "tucker_train_parameter_count",
 ]
+
+# One name per count: the tensor-train storage is slimtrain.algebra.tt.tt_storage.
+__getattr__ = moved_names("slimtrain.metrics", {"tt_parameter_count": "slimtrain.algebra.tt:tt_storage"})

@@ -267,7 +267,7 @@ def _qualified(module_name: str, local: str) -> str:
     return f"{module_name}.{local}" if module_name else local
 
 
-def factorized_layers(model: nn.Module) -> dict[str, nn.Module]:
+def factorized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The outermost :class:`~slimtrain.metrics.FactorizedLayer` modules of ``model``, by name."""
     found: dict[str, nn.Module] = {}
     for name, m in model.named_modules():

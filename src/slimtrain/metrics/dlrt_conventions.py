@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from slimtrain.layers.counts import dlrt_train_parameter_count, tucker_train_parameter_count
 from slimtrain.metrics.counting import TensorCount, count_tensors
-from slimtrain.metrics.factor_counts import dlrt_train_parameter_count, tucker_train_parameter_count
 from slimtrain.metrics.ratios import cr_percent
 
 
@@ -99,7 +99,7 @@ def cr_percent_train_dlrt(
 
 
 def cr_percent_train_tucker(
-    layers: Sequence[tuple[Sequence[int], Sequence[int]]],
+    layers: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
     n_nonfactorized: int,
     n_full: int,
     *,
@@ -108,7 +108,8 @@ def cr_percent_train_tucker(
     """Train c.r. in percent of a TDLRT Tucker model (this project's definition, metrics.md §3).
 
     Args:
-        layers: ``(dims, ranks)`` of every Tucker layer; augmented ranks are ``min(2·r_i, n_i)``.
+        layers: ``(dims, ranks, augmented_ranks)`` of every Tucker layer; the augmented ranks depend on the
+            cap the training used — a layer's ``augmented_ranks(aug_cap)``.
         n_nonfactorized: Parameters of the non-factorized layers counted in the numerator.
         n_full: Denominator (dense Conv/Linear weights).
         decimals: Rounding of the ratio before conversion to percent (``None``: exact).
@@ -117,5 +118,5 @@ def cr_percent_train_tucker(
         ``100·(1 − (Σ tucker_train_parameter_count + non-factorized)/N_full)``; gradients and optimizer
         state are not included (report them as separate counts).
     """
-    numerator = sum(tucker_train_parameter_count(dims, ranks) for dims, ranks in layers)
+    numerator = sum(tucker_train_parameter_count(dims, ranks, wide) for dims, ranks, wide in layers)
     return cr_percent(numerator + n_nonfactorized, n_full, decimals)

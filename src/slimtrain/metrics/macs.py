@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_layers
+from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_modules
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 ExampleInput = Tensor | Sequence[Tensor]
@@ -97,7 +97,7 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     """
     inputs = as_inputs(example_input)
     batch = inputs[0].shape[0]
-    factorized = factorized_layers(model)
+    factorized = factorized_modules(model)
     per_layer: dict[str, int] = {}
     # Layers that rebuild their dense weight every forward count as the dense product they run (§4).
     as_dense = {name: 0 for name, m in factorized.items() if getattr(m, "macs_as_dense", False)}

@@ -9,7 +9,7 @@ from torch import nn
 from slimtrain.metrics.counting import (
     ParameterTotals,
     count_parameters,
-    factorized_layers,
+    factorized_modules,
     sparsity_per_layer,
 )
 from slimtrain.metrics.dlrt_conventions import (
@@ -65,7 +65,7 @@ def summarize(
     refs = (
         {p: count_parameters(reference, p) for p in ("all", "prunable")} if reference is not None else totals
     )
-    factorized = factorized_layers(model)
+    factorized = factorized_modules(model)
     if model_state is None:
         model_state = "exported" if factorized or refs["all"].dense != totals["all"].dense else "masked"
     elif model_state not in ("masked", "exported"):

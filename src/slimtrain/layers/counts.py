@@ -1,7 +1,8 @@
-"""Parameter counts of factorized layers from their shapes and ranks (metrics.md §3, nnbcd.md §2.4).
+"""Parameter counts of factorized layers from their shapes and ranks, defined once (docs/metrics.md).
 
-Pure functions: they need no model and are checked by hand-computed values. ``n`` is the number of output
-rows and ``m`` of input columns of a matrix layer; the counts exclude biases.
+Pure functions on shapes and ranks; the layers' own count methods and :mod:`slimtrain.metrics` use them.
+``n`` is the number of output rows and ``m`` of input columns of a matrix layer; the counts exclude biases.
+Tensor-train counts are :func:`slimtrain.algebra.tt.tt_ranks` and :func:`~slimtrain.algebra.tt.tt_storage`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def svd_parameter_count(n: int, m: int, rank: int) -> int:
 
 
 def dlrt_train_parameter_count(n: int, m: int, rank: int, with_grads: bool = False) -> int:
-    """Training-time count of one DLRT-Net layer (Schotthöfer et al., NeurIPS 2022; metrics.md §3).
+    """Training-time count of one DLRT-Net layer (Schotthöfer et al., NeurIPS 2022; docs/metrics.md).
 
     K, L (n·r, m·r), U, V (n·r, m·r), Û, V̂ (n·2r, m·2r), Ŝ (2r×2r), M̂, N̂ (2r×r each):
     ``4(n + m)·r + 8r²``. With ``with_grads`` the trainable K, L and Ŝ are counted a second time
@@ -31,55 +32,44 @@ def dlrt_train_parameter_count(n: int, m: int, rank: int, with_grads: bool = Fal
 
 
 def tucker_parameter_count(dims: Sequence[int], ranks: Sequence[int]) -> int:
-    """Stored parameters of a Tucker tensor: Σ_i n_i·r_i + ∏_i r_i (factors plus core, metrics.md §3)."""
+    """Stored parameters of a Tucker tensor: Σ_i n_i·r_i + ∏_i r_i (factors plus core, docs/metrics.md)."""
     _check_modes(dims, ranks)
     return sum(n * r for n, r in zip(dims, ranks, strict=True)) + math.prod(ranks)
 
 
-def tucker_train_parameter_count(
-    dims: Sequence[int], ranks: Sequence[int], augmented_ranks: Sequence[int] | None = None
-) -> int:
-    """Training-time count of one TDLRT Tucker layer (this project's definition, metrics.md §3).
+def tucker_augmented_ranks(ranks: Sequence[int], caps: Sequence[int]) -> tuple[int, ...]:
+    """Widths after a basis augmentation: ``r̂_i = max(r_i, min(2·r_i, cap_i))``.
+
+    The cap ``r̄_i`` is ``r_max,i`` (the default of :class:`slimtrain.lowrank.TDLRT`, ``aug_cap="rmax"``),
+    ``n_i`` (the BUG theory, ``aug_cap="n"``) or ``r_i`` for a mode that does not adapt (Zangrando et al.,
+    arXiv:2305.19059; docs/tdlrt.md).
+    """
+    _check_modes(caps, ranks)
+    return tuple(max(r, min(2 * r, cap)) for r, cap in zip(ranks, caps, strict=True))
+
+
+def tucker_train_parameter_count(dims: Sequence[int], ranks: Sequence[int], augmented: Sequence[int]) -> int:
+    """Training-time count of one TDLRT Tucker layer (this project's definition, docs/metrics.md).
 
     ``Σ n_i r_i (U_i) + Σ n_i r̂_i (Ũ_i) + ∏ r_i (C) + ∏ r̂_i (C̃) + Σ r̂_i r_i (M_i)``.
 
     Args:
         dims: Mode sizes n_i (e.g. ``(C_out, C_in, k_h, k_w)``).
         ranks: Tucker ranks r_i.
-        augmented_ranks: Augmented ranks r̂_i of the basis-update step; default ``min(2·r_i, n_i)``.
+        augmented: Augmented ranks r̂_i of the basis-update step, from :func:`tucker_augmented_ranks` with
+            the cap the training used (a layer's ``augmented_ranks(aug_cap)``). There is no default: the cap
+            changes the count (a 64→64 3×3 conv at ranks 20 counts 20,806 with ``r_max`` = 32 and 27,334
+            with ``n`` = 64).
     """
     _check_modes(dims, ranks)
-    aug = (
-        [min(2 * r, n) for n, r in zip(dims, ranks, strict=True)]
-        if augmented_ranks is None
-        else augmented_ranks
-    )
-    _check_modes(dims, aug)
+    _check_modes(dims, augmented)
     return (
         sum(n * r for n, r in zip(dims, ranks, strict=True))
-        + sum(n * a for n, a in zip(dims, aug, strict=True))
+        + sum(n * a for n, a in zip(dims, augmented, strict=True))
         + math.prod(ranks)
-        + math.prod(aug)
-        + sum(a * r for a, r in zip(aug, ranks, strict=True))
+        + math.prod(augmented)
+        + sum(a * r for a, r in zip(augmented, ranks, strict=True))
     )
-
-
-def tt_ranks(modes: Sequence[int], rank: int) -> list[int]:
-    """Capped TT ranks r_0 … r_d for a uniform requested rank (nnbcd.md §2.4).
-
-    r_0 = r_d = 1 and r_k = min(r, ∏_{j≤k} n_j, ∏_{j>k} n_j).
-    """
-    if not modes or any(n < 1 for n in modes):
-        raise ValueError(f"TT modes must be positive integers, got {tuple(modes)}")
-    _check_positive(rank=rank)
-    inner = [min(rank, math.prod(modes[:k]), math.prod(modes[k:])) for k in range(1, len(modes))]
-    return [1, *inner, 1]
-
-
-def tt_parameter_count(modes: Sequence[int], rank: int) -> int:
-    """TT storage Σ_k r_{k−1}·n_k·r_k with capped ranks (nnbcd.md §2.4, metrics.md §3)."""
-    r = tt_ranks(modes, rank)
-    return sum(r[k] * n * r[k + 1] for k, n in enumerate(modes))
 
 
 def _check_positive(**values: int) -> None:
