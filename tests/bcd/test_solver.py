@@ -1,6 +1,8 @@
 """Tests of the NN-BCD sweep: monotone Φ, copies, memory refusal, monitoring (spec nnbcd.md §7.3, 6, 9)."""
 
+import dataclasses
 import itertools
+import math
 import warnings
 
 import pytest
@@ -13,6 +15,7 @@ from slimtrain.bcd import (
     CompressedCopy,
     FullBatchMemoryError,
     Im2colConv,
+    NNBCDConfig,
     ObjectiveIncreaseWarning,
     PrunedCopy,
     TensorTrainCopy,
@@ -260,3 +263,98 @@ def test_runs_on_cuda():
     history = solver.fit(x, y, 3)
     assert solver.weights[0].is_cuda
     assert history[-1].objective.total < history[0].objective.total
+
+
+def _first_sweep(solver):
+    x, y = _data()
+    solver.setup(x, y)
+    record = solver.sweep()
+    return record.objective, record.blocks, [w.clone() for w in solver.weights]
+
+
+def _assert_same_sweep(a, b):
+    assert a[0] == b[0] and a[1] == b[1]
+    assert all(torch.equal(u, v) for u, v in zip(a[2], b[2], strict=True))
+
+
+def test_config_object_and_keywords_give_the_same_first_sweep():
+    """NNBCDConfig, the same options as keywords, or another config overridden by them: the same sweep."""
+    options = {
+        "gamma": 0.7,
+        "rho": 0.4,
+        "alpha": 2.0,
+        "tau": 1.5,
+        "init": "normal",
+        "init_scale": 0.1,
+        "seed": 3,
+        "trace_blocks": True,
+    }
+
+    def copies():
+        return {0: PrunedCopy(0.5), 1: TensorTrainCopy((4, 4, 4, 4), 2)}
+
+    widths = [8, 16, 16, 3]
+    by_config = NNBCD(widths, NNBCDConfig(**options), compression=copies())
+    by_keywords = NNBCD(widths, compression=copies(), **options)
+    base = NNBCDConfig(gamma=9.0, seed=11, dtype=torch.float32)
+    overridden = NNBCD(widths, base, compression=copies(), dtype=DT, **options)
+    assert by_config.config == by_keywords.config == overridden.config == NNBCDConfig(**options)
+    expected = _first_sweep(by_config)
+    _assert_same_sweep(_first_sweep(by_keywords), expected)
+    _assert_same_sweep(_first_sweep(overridden), expected)
+    assert expected[1], "trace_blocks reached the solver"
+    default = NNBCD(widths, compression=copies())
+    assert default.config == NNBCDConfig() and default.tau == 0.0 and default.dtype == DT
+    assert _first_sweep(default)[0] != expected[0]  # the options do change the sweep
+
+
+def test_unknown_option_is_refused_naming_it_and_the_valid_ones():
+    """A misspelt option is a TypeError naming it and listing NNBCDConfig's fields."""
+    with pytest.raises(TypeError, match=r"'gama'.*fields of NNBCDConfig: gamma, rho, alpha, tau, init"):
+        NNBCD([8, 16, 3], gama=0.5)
+    with pytest.raises(TypeError, match="'gama'"):
+        NNBCD([8, 16, 3], NNBCDConfig(), gama=0.5)
+    with pytest.raises(TypeError, match="config must be a NNBCDConfig"):
+        NNBCD([8, 16, 3], {"gamma": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("gamma", 0.0),
+        ("rho", -1.0),
+        ("alpha", math.inf),
+        ("alpha", math.nan),
+        ("tau", -0.1),
+        ("init", "uniform"),
+        ("init_scale", 0.0),
+        ("dtype", torch.int64),
+        ("dtype", "float32"),
+        ("device", "gpu0"),
+        ("seed", 1.5),
+        ("memory_budget_bytes", 0),
+        ("memory_budget_bytes", 1.5),
+        ("trace_blocks", "yes"),
+    ],
+)
+def test_invalid_field_values_are_refused_naming_the_field(field, value):
+    """An invalid value raises ValueError naming the field: at construction, in replace, as a keyword."""
+    pattern = rf"NNBCDConfig\.{field}="
+    with pytest.raises(ValueError, match=pattern):
+        NNBCDConfig(**{field: value})
+    with pytest.raises(ValueError, match=pattern):
+        dataclasses.replace(NNBCDConfig(), **{field: value})
+    with pytest.raises(ValueError, match=pattern):
+        NNBCD([8, 16, 3], **{field: value})
+
+
+def test_config_is_frozen_and_round_trips_through_asdict():
+    """The config cannot change in place; asdict gives every field; rebuilding gives an equal config."""
+    config = NNBCDConfig(gamma=5.0, tau=0.1, init="normal", dtype=torch.float32, device="cpu", seed=2)
+    assert config.device == torch.device("cpu")  # a device string is stored as the torch.device
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.gamma = 1.0  # type: ignore[misc]
+    plain = dataclasses.asdict(config)
+    assert list(plain) == [f.name for f in dataclasses.fields(NNBCDConfig)]
+    assert NNBCDConfig(**plain) == config
+    assert NNBCDConfig(**dataclasses.asdict(NNBCDConfig())) == NNBCDConfig()

@@ -1,5 +1,6 @@
 """Radius estimation and per-model constraint building (spec sfw.md §2.4, §2.5, §5, §7.7)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from slimtrain.fw import (
+    ConstraintsConfig,
     GroupKSupportNormBall,
     KSparsePolytope,
     KSupportNormBall,
@@ -147,3 +149,123 @@ def test_bad_arguments_are_rejected():
         build_constraints(net, radius=1.0, diameter=2.0)
     with pytest.raises(ValueError, match="global mode"):
         build_constraints(net, "lowrank", global_mode=True)
+
+
+def _describe(groups):
+    """The groups as plain data: names and each set's full description (type, shape, k, radius, …)."""
+    out = []
+    for g in groups:
+        sets = g["constraint"] if isinstance(g["constraint"], list) else [g["constraint"]]
+        out.append((g["names"], [c.to_config() for c in sets]))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("config", "keywords"),
+    [
+        pytest.param(ConstraintsConfig(), {}, id="defaults"),
+        pytest.param(
+            ConstraintsConfig(mode="filter", k=0.5, tau=3.0, n_draws=3, seed=2, group_select="kthvalue"),
+            {"mode": "filter", "k": 0.5, "tau": 3.0, "n_draws": 3, "seed": 2, "group_select": "kthvalue"},
+            id="filter",
+        ),
+        pytest.param(
+            ConstraintsConfig(mode="lowrank", constraint="nuclear", diameter=4.0, spectral_solver="power"),
+            {"mode": "lowrank", "constraint": "nuclear", "diameter": 4.0, "spectral_solver": "power"},
+            id="lowrank",
+        ),
+        pytest.param(
+            ConstraintsConfig(k=miao_k, global_mode=True, n_draws=2, radius_lookup="by_shape"),
+            {"k": miao_k, "global_mode": True, "n_draws": 2, "radius_lookup": "by_shape"},
+            id="global-callable-k",
+        ),
+        pytest.param(
+            ConstraintsConfig(constraint="lp_ball", p=math.inf, radius=2.0),
+            {"constraint": "lp_ball", "p": math.inf, "radius": 2.0},
+            id="lp-ball",
+        ),
+    ],
+)
+def test_config_object_and_keywords_build_the_same_groups(config, keywords):
+    """A config, the same options as keywords, a positional mode, or another config overridden by keywords.
+
+    All four give identical param groups (same tensors, same sets, same radii).
+    """
+    net = _Net()
+    expected = _describe(build_constraints(net, config))
+    assert _describe(build_constraints(net, **keywords)) == expected
+    assert _describe(build_constraints(net, config=config)) == expected
+    mode = keywords.pop("mode", "unstructured")
+    assert _describe(build_constraints(net, mode, **keywords)) == expected
+    # Options replace the config's fields: start from another config and override every field.
+    other = ConstraintsConfig(tau=99.0, n_draws=1, seed=7)
+    assert _describe(build_constraints(net, other, **dataclasses.asdict(config))) == expected
+
+
+def test_unknown_option_is_refused_naming_it_and_the_valid_ones():
+    """A misspelt option is a TypeError naming it and listing the fields; the mode cannot come twice."""
+    with pytest.raises(TypeError, match=r"'raduis'.*fields of ConstraintsConfig: mode, constraint, k, tau"):
+        build_constraints(_Net(), raduis=1.0)
+    with pytest.raises(TypeError, match="'raduis'"):
+        build_constraints(_Net(), ConstraintsConfig(), raduis=1.0)
+    with pytest.raises(TypeError, match="mode twice"):
+        build_constraints(_Net(), "filter", mode="lowrank")
+    with pytest.raises(TypeError, match="config must be a ConstraintsConfig"):
+        build_constraints(_Net(), {"mode": "filter"})
+
+
+@pytest.mark.parametrize(
+    ("field", "options"),
+    [
+        ("mode", {"mode": "channels"}),
+        ("constraint", {"mode": "filter", "constraint": "k_support"}),
+        ("constraint", {"constraint": "nuclear"}),
+        ("k", {"k": 0}),
+        ("k", {"k": -0.5}),
+        ("k", {"k": True}),
+        ("k", {"k": "0.3"}),
+        ("tau", {"tau": 0.0}),
+        ("tau", {"tau": math.nan}),
+        ("radius", {"radius": -1.0}),
+        ("diameter", {"diameter": math.inf}),
+        ("p", {"p": 0.5}),
+        ("global_mode", {"global_mode": "yes"}),
+        ("global_mode", {"mode": "lowrank", "global_mode": True}),
+        ("n_draws", {"n_draws": 0}),
+        ("n_draws", {"n_draws": 2.0}),
+        ("seed", {"seed": 0.5}),
+        ("radius_lookup", {"radius_lookup": "by_name"}),
+        ("spectral_solver", {"spectral_solver": "lanczos"}),
+        ("group_select", {"group_select": "quantile"}),
+    ],
+)
+def test_invalid_field_values_are_refused_naming_the_field(field, options):
+    """An invalid value raises ValueError naming the field: at construction, in replace, as a keyword."""
+    pattern = rf"ConstraintsConfig\.{field}="
+    with pytest.raises(ValueError, match=pattern):
+        ConstraintsConfig(**options)
+    with pytest.raises(ValueError, match=pattern):
+        dataclasses.replace(ConstraintsConfig(), **options)
+    with pytest.raises(ValueError, match=pattern):
+        build_constraints(_Net(), **options)
+
+
+def test_radius_and_diameter_together_name_both_fields():
+    """The radius and the diameter are alternatives; giving both names both fields."""
+    with pytest.raises(ValueError, match=r"ConstraintsConfig\.radius=1.0, ConstraintsConfig\.diameter=2.0"):
+        ConstraintsConfig(radius=1.0, diameter=2.0)
+
+
+def test_config_is_frozen_and_round_trips_through_asdict():
+    """The config cannot change in place; asdict gives every field; rebuilding gives an equal config."""
+    config = ConstraintsConfig(mode="filter", k=miao_k, tau=3.0, n_draws=5, group_select="kthvalue")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.tau = 1.0  # type: ignore[misc]
+    plain = dataclasses.asdict(config)
+    assert list(plain) == [f.name for f in dataclasses.fields(ConstraintsConfig)]
+    assert ConstraintsConfig(**plain) == config
+    assert ConstraintsConfig(**dataclasses.asdict(ConstraintsConfig())) == ConstraintsConfig()
+    assert (
+        config.set_name == "group_k_support"
+        and ConstraintsConfig(constraint="k_sparse").set_name == "k_sparse"
+    )

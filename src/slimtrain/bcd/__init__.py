@@ -12,7 +12,7 @@ from slimtrain.bcd.objective import ObjectiveTerms, penalized_objective
 from slimtrain.bcd.prune import hard_threshold
 from slimtrain.bcd.ratio import StorageFractions, module_storage_fractions, tt_storage_fractions
 from slimtrain.bcd.relu_prox import relu_prox
-from slimtrain.bcd.solver import NNBCD, ObjectiveIncreaseWarning, SweepRecord
+from slimtrain.bcd.solver import NNBCD, NNBCDConfig, ObjectiveIncreaseWarning, SweepRecord
 from slimtrain.bcd.tt_als import tt_als_sweep
 from slimtrain.errors import FullBatchMemoryError
 
@@ -22,6 +22,7 @@ __all__ = [
     "CompressedCopy",
     "FullBatchMemoryError",
     "Im2colConv",
+    "NNBCDConfig",
     "ObjectiveIncreaseWarning",
     "ObjectiveTerms",
     "PrunedCopy",

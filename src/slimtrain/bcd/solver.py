@@ -2,8 +2,9 @@
 
 Li, Chung, Du, Wang, Zhou, Shen, "On Model Compression for Neural Networks: Framework, Algorithm, and
 Convergence Guarantee", arXiv:2303.06815, built on Zeng et al., ICML 2019. One call of :meth:`NNBCD.sweep`
-is one iteration of spec nnbcd.md §2.2: output block, then for each hidden layer from the top V_i, U_i,
-W_i and the compressed copy, each by its closed-form minimiser (:mod:`slimtrain.bcd.blocks`).
+is one iteration of the paper's algorithm: output block, then for each hidden layer from the top V_i, U_i,
+W_i and the compressed copy, each by its closed-form minimiser (:mod:`slimtrain.bcd.blocks`). The solver's
+options live in one frozen :class:`NNBCDConfig`; see ``docs/nnbcd.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from slimtrain._config import is_int, is_real, with_options
 from slimtrain.bcd.blocks import (
     update_activation,
     update_conv_weight,
@@ -67,75 +69,128 @@ class SweepRecord:
     blocks: tuple[tuple[str, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class NNBCDConfig:
+    """The options of :class:`NNBCD` (everything but the network: widths, conv layer and copies).
+
+    Defaults are the reference MLP settings of Li et al. (arXiv:2303.06815), except ``tau`` = 0 (no coupling
+    to the copies unless asked for).
+
+    Attributes:
+        gamma: Activation and output coupling γ > 0.
+        rho: Linear coupling ρ > 0.
+        alpha: Proximal weight α > 0.
+        tau: Compressed-copy coupling τ ≥ 0.
+        init: Initial weight distribution, ``"xavier_normal"`` or ``"normal"`` (N(0, 1)), multiplied by
+            ``init_scale``.
+        init_scale: Scale > 0 of the initial weights (reference: 0.2·Xavier for MLPs, 0.01·N(0,1) for the
+            CNN).
+        dtype: Floating dtype of all blocks (float64 recommended for small γ or ρ).
+        device: Device of all blocks (CPU or CUDA); a string is stored as the :class:`torch.device` it names.
+        seed: Seed of the weight initialisation.
+        memory_budget_bytes: Budget (≥ 1) for the full-batch memory estimate; ``None``: what the device has
+            available.
+        trace_blocks: Evaluate Φ after every block update (slow; for checking monotonicity).
+
+    Raises:
+        ValueError: A field has a wrong value; the message names the field.
+    """
+
+    gamma: float = 0.5
+    rho: float = 0.5
+    alpha: float = 1.0
+    tau: float = 0.0
+    init: Literal["xavier_normal", "normal"] = "xavier_normal"
+    init_scale: float = 0.2
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    memory_budget_bytes: int | None = None
+    trace_blocks: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"NNBCDConfig.{field}={getattr(self, field)!r}: {why}")
+
+        for field in ("gamma", "rho", "alpha", "init_scale"):
+            value = getattr(self, field)
+            if not (is_real(value) and 0 < value < math.inf):
+                raise bad(field, "must be positive and finite")
+        if not (is_real(self.tau) and 0 <= self.tau < math.inf):
+            raise bad("tau", "must be non-negative and finite")
+        if self.init not in ("xavier_normal", "normal"):
+            raise bad("init", "unknown init; use 'xavier_normal' or 'normal'")
+        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise bad("dtype", "must be a floating torch.dtype such as torch.float64")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise bad("device", "not a torch.device or a device string such as 'cpu' or 'cuda:0'") from None
+        object.__setattr__(self, "device", device)
+        if not is_int(self.seed):
+            raise bad("seed", "must be an integer")
+        if self.memory_budget_bytes is not None and not (
+            is_int(self.memory_budget_bytes) and self.memory_budget_bytes >= 1
+        ):
+            raise bad("memory_budget_bytes", "must be None or an integer ≥ 1")
+        if not isinstance(self.trace_blocks, bool):
+            raise bad("trace_blocks", "must be a bool")
+
+
 class NNBCD:
     """Full-batch NN-BCD for a bias-free ReLU MLP, optionally with a first im2col convolution.
 
     Layers are indexed from 0 (``weights[0]`` is the first layer, the conv when ``conv`` is given). The
     output layer is never compressed; the conv layer is not compressed either.
+    ``NNBCD(widths, NNBCDConfig(tau=1.0))`` and ``NNBCD(widths, tau=1.0)`` are the same solver.
 
     Args:
         widths: Linear widths ``[d_0, …, d_L]``; with ``conv``, d_0 must equal ``conv.out_features``.
-        gamma: Activation and output coupling γ.
-        rho: Linear coupling ρ.
-        alpha: Proximal weight α.
-        tau: Compressed-copy coupling τ.
+        config: The solver's options (:class:`NNBCDConfig`); ``None`` for the defaults.
         compression: Layer index → :class:`~slimtrain.bcd.copies.TensorTrainCopy` or
             :class:`~slimtrain.bcd.copies.PrunedCopy` (the solver takes ownership of the objects).
-        conv: Optional first convolution (spec §2.6).
-        init: ``"xavier_normal"`` or ``"normal"``, multiplied by ``init_scale``.
-        init_scale: Scale of the initial weights (reference: 0.2·Xavier for MLPs, 0.01·N(0,1) for the CNN).
-        dtype: Floating dtype (float64 recommended for small γ or ρ).
-        device: Device of all blocks (CPU or CUDA).
-        seed: Seed of the weight initialisation.
-        memory_budget_bytes: Budget for the full-batch estimate; default: what the device has available.
-        trace_blocks: Evaluate Φ after every block update (slow; for checking monotonicity).
+        conv: Optional first convolution, solved in im2col form (docs/nnbcd.md, "The paper's CNN").
+        **options: Fields of :class:`NNBCDConfig` (``gamma``, ``rho``, ``alpha``, ``tau``, ``init``,
+            ``init_scale``, ``dtype``, ``device``, ``seed``, ``memory_budget_bytes``, ``trace_blocks``) that
+            replace those of ``config``.
+
+    Attributes:
+        config: The options in effect.
 
     Raises:
-        ValueError: On inconsistent widths, penalties or compression keys (naming the culprit).
+        TypeError: On an option that is not a field of :class:`NNBCDConfig` (named, with the valid ones).
+        ValueError: On an invalid option (naming the field), or inconsistent widths or compression keys
+            (naming the culprit).
     """
 
     def __init__(
         self,
         widths: Sequence[int],
+        config: NNBCDConfig | None = None,
         *,
-        gamma: float = 0.5,
-        rho: float = 0.5,
-        alpha: float = 1.0,
-        tau: float = 0.0,
         compression: Mapping[int, CompressedCopy] | None = None,
         conv: Im2colConv | None = None,
-        init: Literal["xavier_normal", "normal"] = "xavier_normal",
-        init_scale: float = 0.2,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        memory_budget_bytes: int | None = None,
-        trace_blocks: bool = False,
+        **options: Any,
     ) -> None:
+        self.config = cfg = with_options(NNBCDConfig, config, options, "NNBCD")
         self.widths = [int(w) for w in widths]
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"widths must list at least an input and an output size ≥ 1, got {list(widths)}")
-        for name, value in (("gamma", gamma), ("rho", rho), ("alpha", alpha)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if tau < 0:
-            raise ValueError(f"tau must be non-negative, got {tau}")
         if conv is not None and conv.out_features != self.widths[0]:
             raise ValueError(
                 f"widths[0]={self.widths[0]} must equal the conv output width {conv.out_features}"
             )
-        if init not in ("xavier_normal", "normal"):
-            raise ValueError(f"unknown init {init!r}; use 'xavier_normal' or 'normal'")
         self.conv = conv
         self.num_layers = len(self.widths) - 1 + (conv is not None)
         self.copies: dict[int, CompressedCopy] = dict(compression or {})
         self._check_compression()
-        self.gamma, self.rho, self.alpha, self.tau = float(gamma), float(rho), float(alpha), float(tau)
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.memory_budget_bytes = memory_budget_bytes
-        self.trace_blocks = trace_blocks
-        self.weights = self._initial_weights(init, init_scale, seed)
+        self.gamma, self.rho = float(cfg.gamma), float(cfg.rho)
+        self.alpha, self.tau = float(cfg.alpha), float(cfg.tau)
+        self.dtype = cfg.dtype
+        self.device = torch.device(cfg.device)
+        self.memory_budget_bytes = cfg.memory_budget_bytes
+        self.trace_blocks = cfg.trace_blocks
+        self.weights = self._initial_weights(cfg.init, cfg.init_scale, cfg.seed)
         self.preactivations: list[torch.Tensor] = []
         self.activations: list[torch.Tensor] = []
         self.history: list[SweepRecord] = []
@@ -261,7 +316,7 @@ class NNBCD:
 
     # ---------------------------------------------------------------------------------- objective
     def objective(self) -> ObjectiveTerms:
-        """Φ and its terms at the current blocks (spec §2.1)."""
+        """Φ and its terms at the current blocks (the penalized objective of docs/nnbcd.md)."""
         last = self.num_layers - 1
         return penalized_objective(
             targets=self.targets,
@@ -278,7 +333,7 @@ class NNBCD:
 
     # -------------------------------------------------------------------------------------- sweep
     def sweep(self) -> SweepRecord:
-        """One backward Gauss–Seidel sweep over all blocks (spec §2.2) and its monitoring record.
+        """One backward Gauss–Seidel sweep over all blocks (one iteration) and its monitoring record.
 
         Warns with :class:`ObjectiveIncreaseWarning`, naming the terms that rose, if Φ increased.
 
@@ -375,8 +430,8 @@ class NNBCD:
     ) -> list[SweepRecord]:
         """Set up on the full training set and run ``iterations`` sweeps with monitoring.
 
-        Accuracies of the compressed network (spec §2.7) are evaluated every ``eval_every`` sweeps and after
-        the last one.
+        Accuracies of the compressed network (the copies, not W) are evaluated every ``eval_every`` sweeps
+        and after the last one.
 
         Args:
             inputs: Training inputs (see :meth:`setup`).

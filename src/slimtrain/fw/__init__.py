@@ -6,7 +6,7 @@ arXiv:2205.11921; Miao et al., ICLR 2022 (K-sparse polytope). See ``docs/sfw.md`
 
 from slimtrain.fw import native
 from slimtrain.fw.base import ConstraintSet, KConstraintSet, constraint_from_config, resolve_k
-from slimtrain.fw.builder import build_constraints, miao_k
+from slimtrain.fw.builder import ConstraintsConfig, build_constraints, miao_k
 from slimtrain.fw.ksparse import KSparsePolytope
 from slimtrain.fw.ksupport import GroupKSupportNormBall, KSupportNormBall, k_support_norm
 from slimtrain.fw.lp_balls import LpBall
@@ -28,6 +28,7 @@ from slimtrain.fw.spectral import (
 __all__ = [
     "SFW",
     "ConstraintSet",
+    "ConstraintsConfig",
     "GroupKSupportNormBall",
     "KConstraintSet",
     "KSparsePolytope",

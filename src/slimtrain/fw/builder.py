@@ -1,25 +1,27 @@
 """Constraints for a whole model, as Zimmer, Spiegel, Pokutta (arXiv:2205.11921) assign them.
 
-Spec ``sfw.md`` §2.4 (radius and k) and §2.5 (which set goes on which tensor). Every trainable tensor is
-constrained, BatchNorm γ/β and biases included, each with its own set (local mode) or, in global mode,
-one set per tensor family over the flattened concatenation.
+Every trainable tensor is constrained, BatchNorm γ/β and biases included, each with its own set (local mode)
+or, in global mode, one set per tensor family over the flattened concatenation. The options live in one
+frozen :class:`ConstraintsConfig`; see ``docs/sfw.md`` ("Building the sets for a model").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from slimtrain._config import is_int, is_real, with_options
 from slimtrain.fw.base import CONSTRAINT_SETS, ConstraintSet, VectorKConstraintSet, resolve_k
 from slimtrain.fw.ksupport import GroupKSupportNormBall
 from slimtrain.fw.lp_balls import LpBall
 from slimtrain.fw.radius import RadiusLookup, estimate_init_norms, local_init_norms
 from slimtrain.fw.spectral import NuclearNormBall, SpectralKSparsePolytope, SpectralKSupportNormBall
 
-__all__ = ["SETS_BY_MODE", "build_constraints", "miao_k"]
+__all__ = ["SETS_BY_MODE", "ConstraintsConfig", "build_constraints", "miao_k"]
 
 Mode = Literal["unstructured", "filter", "lowrank"]
 #: The registered constraint sets (names in :data:`~slimtrain.fw.base.CONSTRAINT_SETS`) each mode puts on its
@@ -38,77 +40,140 @@ def miao_k(n: int, k_abs: int = 10, k_frac: float = 0.05) -> int:
     return min(max(k_abs, math.floor(k_frac * n)), n)
 
 
+@dataclass(frozen=True)
+class ConstraintsConfig:
+    """Every option of :func:`build_constraints`, validated when the object is made.
+
+    Radius: by default the L2 diameter of each set is ``D = 2·τ·E‖θ_init‖`` (so ``r = τ·E‖θ_init‖`` for the
+    balls and ``τ·E‖θ_init‖/√k`` for the K-sparse polytopes), with ``E‖θ_init‖`` from
+    :func:`~slimtrain.fw.estimate_init_norms` (on a copy; the model is not touched). In local mode a mean
+    of 0 becomes 1.0. ``radius`` or ``diameter`` set every radius or diameter directly instead. Global mode:
+    one set over all tensors of each family (conv weights, everything else in the structured modes),
+    ``D = 2τ·sqrt(Σ_l E‖θ_l‖²)`` without replacing zeros (as the reference code).
+
+    Attributes:
+        mode: ``"unstructured"``: the set ``constraint`` on every tensor. ``"filter"``: ``"group_k_support"``
+            on conv weights (groups = output filters), an L2 ball elsewhere. ``"lowrank"``: a spectral set on
+            conv weights as ``mat(W)`` of shape ``(c_out, c_in·kh·kw)``, an L2 ball elsewhere (Linear
+            weights included).
+        constraint: the set on the mode's structured tensors, one of :data:`SETS_BY_MODE` ``[mode]``
+            (``"k_support"``, ``"k_sparse"``, ``"lp_ball"``; ``"group_k_support"``; ``"spectral_k_support"``,
+            ``"spectral_k_sparse"``, ``"nuclear"``); ``None`` for the mode's default (the first).
+        k: a fraction in ``(0, 1]`` or an absolute count ``> 1`` (see :func:`~slimtrain.fw.resolve_k`), or
+            a function ``n ↦ k`` such as :func:`miao_k`. ``n`` is the number of entries, of filters, or
+            ``min(c_out, c_in·kh·kw)``.
+        tau: τ > 0, the multiple of the expected initial norm (reference ``lmo_value``; Miao ``--tau``).
+        radius: the radius of every set, instead of τ (not with ``diameter``).
+        diameter: the L2 diameter of every set, instead of τ (not with ``radius``).
+        p: the order ``p ≥ 1`` (``math.inf`` allowed) of ``"lp_ball"``.
+        global_mode: one set per tensor family instead of one per tensor (not for mode ``"lowrank"``).
+        n_draws: re-initializations (≥ 1) for the estimate of ``E‖θ_init‖``.
+        seed: seed of the norm estimate and of the power-iteration solver.
+        radius_lookup: ``"per_tensor"`` (default) or ``"by_shape"`` (faithful to the reference code, which
+            keys the initial norms by tensor shape, so same-shape tensors share one radius).
+        spectral_solver: ``"exact"`` (default) or ``"power"`` (the reference's randomized block power
+            method) for the spectral sets.
+        group_select: ``"topk"`` (default: exactly k filters) or ``"kthvalue"`` (faithful: ties can select
+            more than k) for the group k-support set.
+
+    Raises:
+        ValueError: a field has a wrong value or does not fit the others; the message names the field.
+    """
+
+    mode: Mode = "unstructured"
+    constraint: str | None = None
+    k: KSpec = 0.3
+    tau: float = 10.0
+    radius: float | None = None
+    diameter: float | None = None
+    p: float = 2.0
+    global_mode: bool = False
+    n_draws: int = 100
+    seed: int = 0
+    radius_lookup: RadiusLookup = "per_tensor"
+    spectral_solver: Literal["exact", "power"] = "exact"
+    group_select: Literal["topk", "kthvalue"] = "topk"
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"ConstraintsConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if not isinstance(self.mode, str) or self.mode not in SETS_BY_MODE:
+            raise bad("mode", f"unknown mode; use one of {', '.join(SETS_BY_MODE)}")
+        if self.constraint is not None and self.constraint not in SETS_BY_MODE[self.mode]:
+            raise bad(
+                "constraint",
+                f"the set does not fit mode {self.mode!r}; use one of {', '.join(SETS_BY_MODE[self.mode])}",
+            )
+        if not callable(self.k) and not (is_real(self.k) and 0 < self.k < math.inf):
+            raise bad("k", "must be a fraction in (0, 1], a count > 1 or a function n ↦ k")
+        if not (is_real(self.tau) and 0 < self.tau < math.inf):
+            raise bad("tau", "must be positive and finite")
+        for field in ("radius", "diameter"):
+            value = getattr(self, field)
+            if value is not None and not (is_real(value) and 0 < value < math.inf):
+                raise bad(field, "must be None or positive and finite")
+        if self.radius is not None and self.diameter is not None:
+            raise ValueError(
+                f"ConstraintsConfig.radius={self.radius!r}, ConstraintsConfig.diameter={self.diameter!r}: "
+                "give radius or diameter, not both"
+            )
+        if not (is_real(self.p) and self.p >= 1):
+            raise bad("p", "must be ≥ 1")
+        if not isinstance(self.global_mode, bool):
+            raise bad("global_mode", "must be a bool")
+        if self.global_mode and self.mode == "lowrank":
+            raise bad("global_mode", "global mode is not defined for the spectral sets of mode 'lowrank'")
+        if not (is_int(self.n_draws) and self.n_draws >= 1):
+            raise bad("n_draws", "must be an integer ≥ 1")
+        if not is_int(self.seed):
+            raise bad("seed", "must be an integer")
+        for field, allowed in (
+            ("radius_lookup", ("per_tensor", "by_shape")),
+            ("spectral_solver", ("exact", "power")),
+            ("group_select", ("topk", "kthvalue")),
+        ):
+            if getattr(self, field) not in allowed:
+                raise bad(field, f"use one of {', '.join(allowed)}")
+
+    @property
+    def set_name(self) -> str:
+        """The set on the structured tensors: ``constraint``, or the mode's default."""
+        return self.constraint or SETS_BY_MODE[self.mode][0]
+
+
 def build_constraints(
     model: nn.Module,
-    mode: Mode = "unstructured",
-    *,
-    constraint: str | None = None,
-    k: KSpec = 0.3,
-    tau: float = 10.0,
-    radius: float | None = None,
-    diameter: float | None = None,
-    p: float = 2.0,
-    global_mode: bool = False,
-    n_draws: int = 100,
-    seed: int = 0,
-    radius_lookup: RadiusLookup = "per_tensor",
-    spectral_solver: Literal["exact", "power"] = "exact",
-    group_select: Literal["topk", "kthvalue"] = "topk",
+    config: ConstraintsConfig | Mode | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Param groups with constraints for :class:`~slimtrain.fw.SFW`.
 
-    - ``"unstructured"``: the set ``constraint`` (``"k_support"`` default, ``"k_sparse"``, ``"lp_ball"``)
-      on every tensor.
-    - ``"filter"``: ``"group_k_support"`` on conv weights (groups = output filters); an L2 ball elsewhere.
-    - ``"lowrank"``: ``"spectral_k_support"`` (default), ``"spectral_k_sparse"`` or ``"nuclear"`` on conv
-      weights as ``mat(W)`` of shape ``(c_out, c_in·kh·kw)``; an L2 ball elsewhere, Linear weights included.
-
-    Radius: by default ``D = 2·τ·E‖θ_init‖`` (so ``r = τ·E‖θ_init‖`` for the balls and ``τ·E‖θ_init‖/√k``
-    for the K-sparse polytopes), with ``E‖θ_init‖`` from :func:`estimate_init_norms` (on a copy; the model
-    is not touched). In local mode a mean of 0 becomes 1.0. ``radius`` or ``diameter`` set every radius
-    or diameter directly instead. Global mode: one set over all tensors of each family (conv weights,
-    everything else in the structured modes), ``D = 2τ·sqrt(Σ_l E‖θ_l‖²)`` without replacing zeros
-    (as the reference code; not available for spectral sets).
+    ``build_constraints(model, ConstraintsConfig(mode="filter", k=0.3))``,
+    ``build_constraints(model, "filter", k=0.3)`` and ``build_constraints(model, mode="filter", k=0.3)``
+    are the same call; see :class:`ConstraintsConfig` for the options, their defaults and the radius rule.
 
     Args:
         model: the model whose trainable parameters are constrained.
-        mode: ``"unstructured"``, ``"filter"`` or ``"lowrank"``.
-        constraint: the set name (see above); ``None`` for the mode's default.
-        k: a fraction in ``(0, 1]`` or an absolute count ``> 1`` (see :func:`resolve_k`), or a function
-            ``n ↦ k`` such as :func:`miao_k`. ``n`` is the number of entries, of filters, or
-            ``min(c_out, c_in·kh·kw)``.
-        tau: τ, the multiple of the expected initial norm (reference ``lmo_value``; Miao ``--tau``).
-        radius: the radius of every set (mode ``radius``).
-        diameter: the L2 diameter of every set (mode ``diameter``).
-        p: the order of ``"lp_ball"``.
-        global_mode: one set per tensor family instead of one per tensor.
-        n_draws: re-initializations for the norm estimate.
-        seed: seed of the norm estimate and of the power-iteration solver.
-        radius_lookup: ``"per_tensor"`` (default) or ``"by_shape"`` (faithful to the reference code's
-            shape-keyed dict, spec §5).
-        spectral_solver: ``"exact"`` (default) or ``"power"`` for the spectral sets.
-        group_select: ``"topk"`` (default) or ``"kthvalue"`` (faithful) for the group k-support set.
+        config: the options; or a mode name, short for ``ConstraintsConfig(mode=...)``; ``None`` for the
+            defaults.
+        **options: fields of :class:`ConstraintsConfig` that replace those of ``config``.
 
     Returns:
         A list of param groups ``{"params": [...], "constraint": ..., "names": [...]}`` (empty groups
         omitted): ``constraint`` is a list with one set per parameter, or one set in global mode.
 
     Raises:
-        ValueError: on an unknown mode or set, both ``radius`` and ``diameter`` given, or global mode with a
-            spectral set.
+        TypeError: an option that is not a field of :class:`ConstraintsConfig` (named, with the valid ones),
+            or the mode given twice.
+        ValueError: an invalid option (naming the field), or a model without trainable parameters.
     """
-    if mode not in SETS_BY_MODE:
-        raise ValueError(f"build_constraints: unknown mode {mode!r}; use one of {sorted(SETS_BY_MODE)}")
-    set_name = constraint or SETS_BY_MODE[mode][0]
-    if set_name not in SETS_BY_MODE[mode]:
-        raise ValueError(
-            f"build_constraints: constraint {set_name!r} does not fit mode {mode!r}; "
-            f"use one of {', '.join(SETS_BY_MODE[mode])}"
-        )
-    if radius is not None and diameter is not None:
-        raise ValueError("build_constraints: give radius or diameter, not both")
-    if global_mode and mode == "lowrank":
-        raise ValueError("build_constraints: global mode is not defined for spectral sets")
+    if isinstance(config, str):
+        if "mode" in options:
+            raise TypeError("build_constraints() got the mode twice: as its second argument and as mode=")
+        config, options = None, {"mode": config, **options}
+    cfg = with_options(ConstraintsConfig, config, options, "build_constraints")
+    mode, set_name = cfg.mode, cfg.set_name
 
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not params:
@@ -121,21 +186,21 @@ def build_constraints(
         )
 
     norms: dict[str, float] = {}
-    if radius is None and diameter is None:
-        norms = estimate_init_norms(model, n_draws=n_draws, seed=seed)
+    if cfg.radius is None and cfg.diameter is None:
+        norms = estimate_init_norms(model, n_draws=cfg.n_draws, seed=cfg.seed)
 
     def make(
         shape: tuple[int, ...], family: str, group_sizes: list[int] | None, norm: float
     ) -> ConstraintSet:
-        kind, order = (set_name, p) if family == "structured" else ("lp_ball", 2.0)
-        c = _make_set(kind, shape, group_sizes, k, order, spectral_solver, seed, group_select)
-        if radius is not None:
-            return c.with_radius(radius)
-        target_d = diameter if diameter is not None else 2.0 * tau * norm
+        kind, order = (set_name, cfg.p) if family == "structured" else ("lp_ball", 2.0)
+        c = _make_set(kind, shape, group_sizes, cfg.k, order, cfg.spectral_solver, cfg.seed, cfg.group_select)
+        if cfg.radius is not None:
+            return c.with_radius(cfg.radius)
+        target_d = cfg.diameter if cfg.diameter is not None else 2.0 * cfg.tau * norm
         return c.with_radius(target_d / c.diameter_factor())
 
     groups: list[dict[str, Any]] = []
-    if global_mode:
+    if cfg.global_mode:
         for family, members in families.items():
             if not members:
                 continue
@@ -150,7 +215,7 @@ def build_constraints(
             )
         return groups
 
-    local = local_init_norms(model, norms, radius_lookup) if norms else {}
+    local = local_init_norms(model, norms, cfg.radius_lookup) if norms else {}
     for family, members in families.items():
         if not members:
             continue

@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtrain.bcd import NNBCD, CompressedCopy, PrunedCopy, TensorTrainCopy
+from slimtrain.bcd import NNBCD, CompressedCopy, NNBCDConfig, PrunedCopy, TensorTrainCopy
 from slimtrain.methods.tt_layout import TTLayoutOptions, check_mlp, resolve_tt_layout
 from slimtrain.models.mlp import MLP
 from slimtrain.train.method import Method, StepContext, StepOutput, register_method
@@ -96,24 +96,19 @@ class _NNBCDMethod(Method):
         reference = next(mlp.parameters())
         options = self.options
         budget = options.memory_budget_gib
-        self.solver = NNBCD(
-            [
-                mlp.hidden[0].in_features,
-                *(layer.out_features for layer in mlp.hidden),
-                mlp.classifier.out_features,
-            ],
-            gamma=options.gamma,
-            rho=options.rho,
-            alpha=options.alpha,
-            tau=options.tau,
-            compression=self._copies(mlp),
-            init=options.init,
-            init_scale=options.init_scale,
+        config = NNBCDConfig(
+            **options.model_dump(include={"gamma", "rho", "alpha", "tau", "init", "init_scale"}),
             dtype=reference.dtype,
             device=reference.device,
             seed=self.recipe.seed,
             memory_budget_bytes=None if budget is None else int(budget * 2**30),
         )
+        widths = [
+            mlp.hidden[0].in_features,
+            *(layer.out_features for layer in mlp.hidden),
+            mlp.classifier.out_features,
+        ]
+        self.solver = NNBCD(widths, config, compression=self._copies(mlp))
         for index, copy in self.solver.copies.items():
             copy.reset(self.solver.weights[index])
         self._ready = False

@@ -8,6 +8,7 @@ One dense training; the level of compression is chosen afterwards, without retra
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Literal
 
 import torch
@@ -15,17 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from slimtrain.errors import RecipeError
-from slimtrain.fw import SFW, build_constraints, resolve_k
+from slimtrain.fw import SFW, ConstraintsConfig, build_constraints, resolve_k
+from slimtrain.fw.builder import SETS_BY_MODE
 from slimtrain.train.method import Method, register_method
 
 __all__ = ["SFWMethod", "SFWOptions"]
-
-_STRUCTURE_OF_MODE = {"unstructured": "unstructured", "filter": "filter", "lowrank": "lowrank"}
-_SETS_OF_MODE = {
-    "unstructured": ("k_support", "k_sparse", "lp_ball"),
-    "filter": ("group_k_support",),
-    "lowrank": ("spectral_k_support", "spectral_k_sparse", "nuclear"),
-}
 
 
 class SFWOptions(BaseModel):
@@ -106,10 +101,10 @@ class SFWOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SFWOptions:
-        if self.constraint is not None and self.constraint not in _SETS_OF_MODE[self.mode]:
+        if self.constraint is not None and self.constraint not in SETS_BY_MODE[self.mode]:
             raise ValueError(
                 f"constraint '{self.constraint}' does not fit mode '{self.mode}'; "
-                f"use one of {', '.join(_SETS_OF_MODE[self.mode])}"
+                f"use one of {', '.join(SETS_BY_MODE[self.mode])}"
             )
         if self.radius is not None and self.diameter is not None:
             raise ValueError("give radius or diameter, not both")
@@ -166,7 +161,7 @@ class SFWMethod(Method):
             )
         if options.rescale == "none" and opt.lr > 1:
             raise RecipeError(f"'optimizer.lr': rescale 'none' needs lr in [0, 1] (got {opt.lr})")
-        self.structures = (_STRUCTURE_OF_MODE[options.mode],)
+        self.structures = (options.mode,)  # each mode compresses with the structure of its name
         self._resumed = False
 
     def _k_rule(self) -> Any:
@@ -199,22 +194,10 @@ class SFWMethod(Method):
     def build_optimizer(self, model: nn.Module) -> SFW:
         """Build the constraints for ``model`` and the :class:`~slimtrain.fw.SFW` optimizer over them."""
         o = self.options
-        groups = build_constraints(
-            model,
-            o.mode,
-            constraint=o.constraint,
-            k=self._k_rule(),
-            tau=o.tau,
-            radius=o.radius,
-            diameter=o.diameter,
-            p=o.p,
-            global_mode=o.global_mode,
-            n_draws=o.n_draws,
-            seed=o.radius_seed,
-            radius_lookup=o.radius_lookup,
-            spectral_solver=o.spectral_solver,
-            group_select=o.group_select,
-        )
+        # The options carry ConstraintsConfig's field names, except k (with k_min) and seed (radius_seed).
+        shared = {f.name for f in fields(ConstraintsConfig)} - {"k", "seed"}
+        config = ConstraintsConfig(**o.model_dump(include=shared), k=self._k_rule(), seed=o.radius_seed)
+        groups = build_constraints(model, config)
         for group in groups:
             group.pop("names")  # plain names are not needed by the optimizer
         self.optimizer = SFW(
