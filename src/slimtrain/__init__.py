@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from slimtrain.experiments import compare, export_run, sweep, write_report
     from slimtrain.train import Trainer, load_recipe, recipe_from_dict
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public name → the subpackage exporting it (imported on first use).
 _EXPORTS: dict[str, str] = {
