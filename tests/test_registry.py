@@ -56,3 +56,18 @@ def test_entry_points_are_loaded_on_a_miss(monkeypatch):
     assert plugins.get("builtin") == "here" and loads == []
     assert plugins.get("plugin") == "loaded" and plugins.names() == ["builtin", "plugin"]
     assert loads == [1]
+
+
+def test_temporarily_and_scratch_undo_their_registrations():
+    """temporarily() restores the previous entry (or removes the name); scratch() undoes everything inside."""
+    shapes = Registry("shape")
+    shapes.register("circle", "round")
+    with shapes.temporarily("circle", "oval"):
+        assert shapes.get("circle") == "oval"
+    with shapes.temporarily("square", "boxy"):
+        assert "square" in shapes
+    assert shapes.get("circle") == "round" and shapes.names() == ["circle"]
+    with shapes.scratch():
+        shapes.register("triangle", "pointy")
+        shapes.register("circle", "oval", replace=True)
+    assert shapes.names() == ["circle"] and shapes.get("circle") == "round"

@@ -9,6 +9,7 @@ slimtrain (the engine thus never imports a plugin: the registry loads it when it
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Generic, TypeVar, overload
 
@@ -69,6 +70,35 @@ class Registry(Generic[T]):
             return value
 
         return add if obj is None else add(obj)
+
+    @contextmanager
+    def temporarily(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` under ``name`` for the duration of a ``with`` block (tests, experiments).
+
+        On exit the previous entry of that name is restored, or the name removed.
+        """
+        self._load_entry_points()
+        missing = object()
+        previous = self._entries.get(name, missing)
+        self._entries[name] = obj
+        try:
+            yield obj
+        finally:
+            if previous is missing:
+                self._entries.pop(name, None)
+            else:
+                self._entries[name] = previous  # type: ignore[assignment]
+
+    @contextmanager
+    def scratch(self) -> Iterator[Registry[T]]:
+        """Undo, on leaving the ``with`` block, every registration made inside it (tests, experiments)."""
+        self._load_entry_points()
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(saved)
 
     def get(self, name: str) -> T:
         """The entry called ``name``.

@@ -109,13 +109,12 @@ def test_subclass_is_recognised_by_isinstance_and_third_party_types_register():
         def config(self):
             return {"width": self.width}
 
-    register_layer_type("tests.Doubler", Doubler)
-    try:
+    with LAYER_TYPES.scratch():
+        register_layer_type("tests.Doubler", Doubler)
         assert type(build_layer("tests.Doubler", {"width": 3})) is Doubler
         with pytest.raises(ValueError, match="namespaced"):
             register_layer_type("Doubler", Doubler)
-    finally:
-        LAYER_TYPES._entries.pop("tests.Doubler")
+    assert "tests.Doubler" not in LAYER_TYPES
 
 
 class BatchNormReLU(nn.BatchNorm2d):

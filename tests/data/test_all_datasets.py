@@ -103,7 +103,7 @@ def test_loads_normalized_splits_of_the_declared_shape(name, tmp_path):
     declared = _declared(name, tmp_path)
     data_dir = declared.options.get("data_dir")
     options = {k: v for k, v in declared.options.items() if k != "data_dir"}
-    raw = data_registry._DATASETS.get(name)(data_dir, **options)
+    raw = data_registry.DATASETS.get(name)(data_dir, **options)
     splits = load_dataset(name, val_fraction=0.0, **declared.options)
 
     assert isinstance(splits, DatasetSplits) and splits.name == name

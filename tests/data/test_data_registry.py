@@ -22,10 +22,8 @@ from slimtrain.errors import UnknownNameError
 @pytest.fixture
 def scratch_registry():
     """Registrations made by a test are undone afterwards."""
-    saved = dict(data_registry._REGISTRY)
-    yield
-    data_registry._REGISTRY.clear()
-    data_registry._REGISTRY.update(saved)
+    with data_registry.DATASETS.scratch():
+        yield
 
 
 def _rows(ds: ArrayDataset) -> set:
@@ -149,6 +147,6 @@ def test_installed_package_adds_a_dataset_through_entry_points(scratch_registry,
     monkeypatch.setattr(
         metadata, "entry_points", lambda group: [EntryPoint()] if group == "slimtrain.datasets" else []
     )
-    monkeypatch.setattr(data_registry._DATASETS, "_entry_points_loaded", False)
+    monkeypatch.setattr(data_registry.DATASETS, "_entry_points_loaded", False)
     assert load_dataset("plugin-data", val_fraction=0.0).num_classes == 4
     assert "plugin-data" in list_datasets()

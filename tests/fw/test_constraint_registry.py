@@ -26,10 +26,8 @@ BUILT_IN = {
 @pytest.fixture
 def scratch_registry():
     """Sets defined by a test are unregistered afterwards."""
-    saved = dict(CONSTRAINT_SETS._entries)
-    yield
-    CONSTRAINT_SETS._entries.clear()
-    CONSTRAINT_SETS._entries.update(saved)
+    with CONSTRAINT_SETS.scratch():
+        yield
 
 
 def test_every_built_in_set_is_registered_under_its_name():

@@ -88,7 +88,7 @@ def test_unsupported_configuration_gives_clear_error():
 
 def _options(name):
     """The factory's declared options (keyword parameters after the common arguments) with their defaults."""
-    parameters = list(inspect.signature(registry._REGISTRY[name]).parameters.values())
+    parameters = list(inspect.signature(registry.MODELS.get(name)).parameters.values())
     assert [p.name for p in parameters[:3]] == ["num_classes", "in_channels", "image_size"]
     return {p.name: p.default for p in parameters[3:] if p.kind is not p.VAR_KEYWORD}, any(
         p.kind is p.VAR_KEYWORD for p in parameters

@@ -27,10 +27,8 @@ EXPECTED = {
 @pytest.fixture
 def scratch_registry():
     """Registrations made by a test are undone afterwards, so they do not leak into other tests."""
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
+    with registry.MODELS.scratch():
+        yield
 
 
 def test_list_models_is_sorted_and_complete():
@@ -99,7 +97,7 @@ def test_open_ended_factory_accepts_any_option(scratch_registry):
 
 def test_duplicate_registration_is_rejected(scratch_registry):
     """Registering another factory under a taken name raises and keeps the original; replace=True swaps it."""
-    original = registry._REGISTRY["mlp"]
+    original = registry.MODELS.get("mlp")
     assert register_model("mlp")(original) is original  # the same factory again (a re-import) is fine
 
     def other(num_classes, in_channels, image_size):
@@ -107,7 +105,7 @@ def test_duplicate_registration_is_rejected(scratch_registry):
 
     with pytest.raises(ValueError, match="'mlp' is already registered"):
         register_model("mlp")(other)
-    assert registry._REGISTRY["mlp"] is original
+    assert registry.MODELS.get("mlp") is original
     register_model("mlp", replace=True)(other)
     assert isinstance(create_model("mlp"), nn.Identity)
 
@@ -127,7 +125,7 @@ def test_installed_package_adds_a_model_through_entry_points(scratch_registry, m
 
     points = [EntryPoint("plugin_net", plugin_net), EntryPoint("plugin_bad", lambda n, c, s: nn.Identity())]
     monkeypatch.setattr(metadata, "entry_points", lambda group: points if group == "slimtrain.models" else [])
-    monkeypatch.setattr(registry._MODELS, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry.MODELS, "_entry_points_loaded", False)
     assert {"plugin_net", "plugin_bad"} <= set(list_models())
     assert create_model("plugin_net", num_classes=4, in_channels=1, image_size=3)[1].out_features == 4
     with pytest.raises(ValueError, match="must start with the parameters"):

@@ -5,6 +5,7 @@ and files that must never be unpickled or half-trusted.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
 import re
@@ -42,6 +43,13 @@ SOURCE = Path(__file__).resolve().parents[2] / "src" / "slimtrain"
 # ---------------------------------------------------------------------------------------------------------
 # Recipe fuzzing: one field of a valid recipe changed at a time.
 # ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack():
+    """Context managers entered by a test (temporary registry entries) are exited after it."""
+    with contextlib.ExitStack() as entered:
+        yield entered
 
 
 def _leaves(schema: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -360,14 +368,14 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_DATA))
-def test_unusable_data_exits_2_naming_the_dataset_and_the_defect(case, tmp_path, capsys, monkeypatch):
+def test_unusable_data_exits_2_naming_the_dataset_and_the_defect(case, tmp_path, capsys, monkeypatch, stack):
     """A dataset with NaN inputs, out-of-range or negative labels, inputs of the wrong rank, train/test
     shapes that differ, mismatched lengths or no training samples is refused by ``slimtrain train`` with
     status 2 and a message naming the recipe section, the dataset and the defect.
     """
     make, defect = BAD_DATA[case]
     name = f"reliability-{case}"
-    monkeypatch.setitem(data_registry._REGISTRY, name, lambda data_dir: RawSplits(**make()))
+    stack.enter_context(data_registry.DATASETS.temporarily(name, lambda data_dir: RawSplits(**make())))
     tree = tiny_tree("dense", data={"name": name, "val_fraction": 0.0}, train={"batch_size": 16})
     recipe = write_recipe(tree, tmp_path / "r.yaml")
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2
@@ -431,7 +439,9 @@ AWKWARD_MODELS = {
 
 
 @pytest.mark.parametrize(("method", "model"), cases(methods(), sorted(AWKWARD_MODELS)))
-def test_awkward_model_trains_or_is_refused_naming_the_layer(method, model, tmp_path, capsys, monkeypatch):
+def test_awkward_model_trains_or_is_refused_naming_the_layer(
+    method, model, tmp_path, capsys, monkeypatch, stack
+):
     """Grouped/depthwise convolutions, parameterised layers without a ``weight``, and bias-free layers:
     every method either trains and sweeps such a model, or refuses it (status 2 when training; a
     ``ValueError`` when compressing) with a message naming an offending layer or the kind of layer the
@@ -439,7 +449,7 @@ def test_awkward_model_trains_or_is_refused_naming_the_layer(method, model, tmp_
     """
     factory, layers = AWKWARD_MODELS[model]
     name = f"reliability-{model}"
-    monkeypatch.setitem(model_registry._REGISTRY, name, factory)
+    stack.enter_context(model_registry.MODELS.temporarily(name, factory))
     tree = tiny_tree(method, model={"name": name, "kwargs": {}}, train={"max_steps": 3})
     recipe = write_recipe(tree, tmp_path / "r.yaml")
     code = main(["train", str(recipe), "--run-dir", str(tmp_path / "run")])
@@ -526,11 +536,11 @@ def _nan_gradient_net(num_classes: int, in_channels: int, image_size: int) -> nn
     return nn.Sequential(nn.Flatten(), nn.Linear(features, 12), _NaNGradient(), nn.Linear(12, num_classes))
 
 
-def test_nan_gradient_with_finite_loss_is_named(tmp_path, monkeypatch, capsys):
+def test_nan_gradient_with_finite_loss_is_named(tmp_path, monkeypatch, capsys, stack):
     """A gradient that is NaN while the loss stays finite stops ``slimtrain train`` (status 1) at the step
     it appears, naming the parameter, before the optimizer writes NaN into the weights.
     """
-    monkeypatch.setitem(model_registry._REGISTRY, "reliability-nan-gradient", _nan_gradient_net)
+    stack.enter_context(model_registry.MODELS.temporarily("reliability-nan-gradient", _nan_gradient_net))
     tree = tiny_tree("dense", model={"name": "reliability-nan-gradient", "kwargs": {}})
     recipe = write_recipe(tree, tmp_path / "r.yaml")
     assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1

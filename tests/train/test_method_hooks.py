@@ -12,7 +12,6 @@ from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.method import (
     Method,
     StepOutput,
-    list_methods,
     register_method,
     trainable_parameters,
 )
@@ -35,11 +34,10 @@ SMALL = {
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
+def isolated_registry():
     """Methods registered by a test are forgotten afterwards (entry points are loaded first)."""
-    list_methods()
-    registry = method_module._METHODS
-    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    with method_module.METHODS.scratch():
+        yield
 
 
 def _recipe(name, method):

@@ -111,12 +111,10 @@ def test_unknown_method_is_an_unknown_name_the_recipe_names():
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
+def isolated_registry():
     """Registrations made by the test are undone afterwards (entry points are loaded first)."""
-    list_methods()
-    registry = method_module._METHODS
-    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    return registry
+    with method_module.METHODS.scratch() as registry:
+        yield registry
 
 
 def test_register_method_in_process(isolated_registry):

@@ -27,14 +27,12 @@ from slimtrain.data.synthetic import load_synthetic
 from slimtrain.data.transforms import Normalize, standard_augmentation
 from slimtrain.registry import Registry
 
-__all__ = ["DatasetBuilder", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DatasetBuilder", "list_datasets", "load_dataset", "register_dataset"]
 
 #: ``builder(data_dir, **options) -> RawSplits``; ``data_dir`` is a ``Path`` or ``None``.
 DatasetBuilder = Callable[..., RawSplits]
 
-_DATASETS: Registry[DatasetBuilder] = Registry("dataset", entry_point_group="slimtrain.datasets")
-# The registry's own name → builder table, patched entry by entry in tests (``monkeypatch.setitem``).
-_REGISTRY: dict[str, DatasetBuilder] = _DATASETS._entries
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", entry_point_group="slimtrain.datasets")
 
 
 @overload
@@ -63,12 +61,12 @@ def register_dataset(
     Raises:
         ValueError: ``name`` is registered to another builder and ``replace`` is false.
     """
-    return _DATASETS.register(name, builder, replace=replace)
+    return DATASETS.register(name, builder, replace=replace)
 
 
 def list_datasets() -> list[str]:
     """Names of all registered datasets, sorted."""
-    return _DATASETS.names()
+    return DATASETS.names()
 
 
 def _check_options(name: str, builder: DatasetBuilder, options: dict[str, Any]) -> None:
@@ -124,7 +122,7 @@ def load_dataset(
         DatasetNotFoundError: the files were not found (the message lists the places looked).
         DataFormatError: a file is corrupted, truncated or malformed (the message names it).
     """
-    builder = _DATASETS.get(name)
+    builder = DATASETS.get(name)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_options(name, builder, options)

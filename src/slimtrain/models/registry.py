@@ -20,16 +20,14 @@ from torch import nn
 from slimtrain.models.validation import check_positive_int
 from slimtrain.registry import Registry
 
-__all__ = ["ModelFactory", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "ModelFactory", "create_model", "list_models", "register_model"]
 
 #: ``factory(num_classes, in_channels, image_size, **options) -> nn.Module``.
 ModelFactory = Callable[..., nn.Module]
 FactoryT = TypeVar("FactoryT", bound=ModelFactory)
 
 _COMMON_ARGUMENTS = ("num_classes", "in_channels", "image_size")
-_MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="slimtrain.models")
-# The registry's own name → factory table, patched entry by entry in tests (``monkeypatch.setitem``).
-_REGISTRY: dict[str, ModelFactory] = _MODELS._entries
+MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="slimtrain.models")
 
 
 def _check_signature(name: str, factory: ModelFactory) -> None:
@@ -74,7 +72,7 @@ def register_model(name: str, *, replace: bool = False) -> Callable[[FactoryT], 
 
     def decorator(factory: FactoryT) -> FactoryT:
         _check_signature(name, factory)
-        _MODELS.register(name, factory, replace=replace)
+        MODELS.register(name, factory, replace=replace)
         return factory
 
     return decorator
@@ -82,7 +80,7 @@ def register_model(name: str, *, replace: bool = False) -> Callable[[FactoryT], 
 
 def list_models() -> list[str]:
     """Return the names of all registered models, sorted."""
-    return _MODELS.names()
+    return MODELS.names()
 
 
 def create_model(
@@ -107,7 +105,7 @@ def create_model(
             argument is not a positive integer, or the factory rejects the configuration (e.g. an image too
             small for the model); the message starts with the model's name.
     """
-    factory = _MODELS.get(name)
+    factory = MODELS.get(name)
     _check_signature(name, factory)  # entry-point factories are not checked at registration
     options, open_ended = _factory_options(factory)
     unknown = sorted(set(kwargs) - set(options))

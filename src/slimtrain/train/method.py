@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LEVELS",
     "ENTRY_POINT_GROUP",
+    "METHODS",
     "Levels",
     "Method",
     "NoOptions",
@@ -56,7 +57,7 @@ __all__ = [
 
 #: Entry-point group through which installed packages (and slimtrain itself) declare methods.
 ENTRY_POINT_GROUP = "slimtrain.methods"
-_METHODS: Registry[type[Method]] = Registry("method", entry_point_group=ENTRY_POINT_GROUP)
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group=ENTRY_POINT_GROUP)
 
 
 class NoOptions(BaseModel):
@@ -381,7 +382,7 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise TypeError(f"register_method needs a Method subclass, got {cls!r}")
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} must set a non-empty `name`")
-    return _METHODS.register(cls.name, cls)
+    return METHODS.register(cls.name, cls)
 
 
 def get_method_class(name: str) -> type[Method]:
@@ -390,9 +391,9 @@ def get_method_class(name: str) -> type[Method]:
     Raises:
         UnknownNameError: no such method (a ``KeyError``); the message lists the registered names.
     """
-    return _METHODS.get(name)
+    return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
     """Names of every registered method (entry points included), sorted."""
-    return _METHODS.names()
+    return METHODS.names()
