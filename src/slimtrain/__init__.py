@@ -22,10 +22,11 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from slimtrain._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,17 +59,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    package = _EXPORTS.get(name)
-    if package is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(package), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 def load(path: str | os.PathLike[str], *, factory: Callable[..., Any] | None = None) -> nn.Module:

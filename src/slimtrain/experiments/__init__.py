@@ -12,8 +12,9 @@ Usage: ``docs/training.md`` and ``docs/export.md``. The names are imported on fi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from slimtrain._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from slimtrain.experiments.comparison import compare
@@ -23,12 +24,12 @@ if TYPE_CHECKING:
 
 # Public name → the module of this package that defines it.
 _EXPORTS: dict[str, str] = {
-    "ExportResult": "exporting",
-    "compare": "comparison",
-    "export_run": "exporting",
-    "load_trained": "sweeping",
-    "sweep": "sweeping",
-    "write_report": "report",
+    "ExportResult": "slimtrain.experiments.exporting",
+    "compare": "slimtrain.experiments.comparison",
+    "export_run": "slimtrain.experiments.exporting",
+    "load_trained": "slimtrain.experiments.sweeping",
+    "sweep": "slimtrain.experiments.sweeping",
+    "write_report": "slimtrain.experiments.report",
 }
 
 __all__ = [
@@ -41,14 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -15,8 +15,9 @@ attribute is the module.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from slimtrain._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from slimtrain.train.checkpoint import CheckpointStore
@@ -39,26 +40,26 @@ if TYPE_CHECKING:
 
 # Public name → the module of this package that defines it.
 _EXPORTS: dict[str, str] = {
-    "CheckpointStore": "checkpoint",
-    "LRSchedule": "schedule",
-    "Levels": "method",
-    "Method": "method",
-    "NoOptions": "method",
-    "Recipe": "config",
-    "RunComponents": "trainer",
-    "StepContext": "method",
-    "StepOutput": "method",
-    "Trainer": "trainer",
-    "build_run": "trainer",
-    "build_standard_optimizer": "method",
-    "get_method_class": "method",
-    "list_methods": "method",
-    "load_recipe": "config",
-    "recipe_from_dict": "config",
-    "register_method": "method",
-    "train": "trainer",
-    "train_multiprocess": "launch",
-    "trainable_parameters": "method",
+    "CheckpointStore": "slimtrain.train.checkpoint",
+    "LRSchedule": "slimtrain.train.schedule",
+    "Levels": "slimtrain.train.method",
+    "Method": "slimtrain.train.method",
+    "NoOptions": "slimtrain.train.method",
+    "Recipe": "slimtrain.train.config",
+    "RunComponents": "slimtrain.train.trainer",
+    "StepContext": "slimtrain.train.method",
+    "StepOutput": "slimtrain.train.method",
+    "Trainer": "slimtrain.train.trainer",
+    "build_run": "slimtrain.train.trainer",
+    "build_standard_optimizer": "slimtrain.train.method",
+    "get_method_class": "slimtrain.train.method",
+    "list_methods": "slimtrain.train.method",
+    "load_recipe": "slimtrain.train.config",
+    "recipe_from_dict": "slimtrain.train.config",
+    "register_method": "slimtrain.train.method",
+    "train": "slimtrain.train.trainer",
+    "train_multiprocess": "slimtrain.train.launch",
+    "trainable_parameters": "slimtrain.train.method",
 }
 
 __all__ = [
@@ -85,14 +86,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
