@@ -8,14 +8,14 @@
   :class:`slimtrain.lowrank.TDLRT`): :class:`TuckerFactorizedConv2d`, :class:`MatrixFactorizedLinear`,
   :class:`MatrixFactorizedConv2d` (base classes :class:`TuckerFactorizedLayer` and
   :class:`MatrixFactorizedLayer`); each is a :class:`TrainingLayer`, whose ``to_deployment()`` gives the
-  deployment layer of its trained ranks.
+  deployment layer of its trained ranks. Their rank options are one frozen :class:`RankConfig`.
 - The export protocol (:mod:`slimtrain.layers.specs`): :data:`LAYER_TYPES`, a registry of namespaced keys
   (``"slimtrain.TuckerConv2d"``, ``"torch.nn.Conv2d"``) third-party code extends with
   :func:`register_layer_type`; :func:`layer_config` / :func:`build_layer` record and rebuild a layer.
 """
 
 from slimtrain.layers import torch_types as _torch_types  # noqa: F401  (registers the torch.nn types)
-from slimtrain.layers.factor_base import MatrixFactorizedLayer, TuckerFactorizedLayer
+from slimtrain.layers.factor_base import MatrixFactorizedLayer, RankConfig, TuckerFactorizedLayer
 from slimtrain.layers.factorized import LowRankLinear, SVDConv2d, TuckerConv2d
 from slimtrain.layers.matrix_factorized import MatrixFactorizedConv2d, MatrixFactorizedLinear
 from slimtrain.layers.pointwise import PointwiseConv2d, pointwise_conv2d
@@ -41,6 +41,7 @@ __all__ = [
     "MatrixFactorizedLayer",
     "MatrixFactorizedLinear",
     "PointwiseConv2d",
+    "RankConfig",
     "SVDConv2d",
     "SparseLinear",
     "TTLinear",

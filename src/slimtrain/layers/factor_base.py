@@ -1,18 +1,23 @@
 """Common base of the factorized layers: a weight tensor stored as ``core ×_i U_i`` (Tucker format).
 
 A matrix factorization ``W = U S Vᵀ`` is the two-mode case (``core = S``, factors ``U, V``), so one
-rank-adaptive integrator drives Tucker convolutions and low-rank matrices alike (spec ``tdlrt.md`` §2.4,
-§2.8: the two-pass scheme applies to matrices by the span identity of §2.3).
+rank-adaptive integrator drives Tucker convolutions and low-rank matrices alike: the two-pass step of
+Zangrando et al. (arXiv:2305.19059) applies to the matrices of Schotthöfer et al. (arXiv:2205.13571) because
+one ordinary backward pass gives every basis gradient (see ``docs/tdlrt.md``, "The integrator").
+The rank options of the three training layers are one frozen :class:`RankConfig`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from slimtrain._config import is_int, is_real, with_options
 from slimtrain.algebra.tucker import hosvd, rank_from_singular_values, tucker_to_tensor, unfold
 from slimtrain.layers.counts import (
     dlrt_train_parameter_count,
@@ -20,6 +25,86 @@ from slimtrain.layers.counts import (
     tucker_parameter_count,
     tucker_train_parameter_count,
 )
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """The rank options of the training layers, shared by all three, validated when the object is made.
+
+    :class:`~slimtrain.layers.TuckerFactorizedConv2d`, :class:`~slimtrain.layers.MatrixFactorizedLinear` and
+    :class:`~slimtrain.layers.MatrixFactorizedConv2d` take it as ``config=`` (with its fields as keywords on
+    top), and so do their ``from_conv`` / ``from_linear`` constructors;
+    :class:`slimtrain.lowrank.ConversionConfig` holds one for every layer it creates. Rank bounds follow
+    the authors' code (see ``docs/tdlrt.md``, "Layers"): for the adaptive modes
+    ``r_max,i = min(⌊max_rank_fraction · n_i⌋, max_rank)``, and ranks stay in ``[r_min, r_max,i]``.
+
+    Attributes:
+        ranks: Initial ranks: one int (a Tucker convolution gives it to its channel modes, whose other
+            adaptive modes start at ``r_max,i``; a matrix layer to both modes) or one per mode; ``None``:
+            ``rank_fraction``, else ``r_max``. Non-adaptive modes always keep full size, and a rank above
+            ``r_max,i`` raises when the layer is built.
+        rank_fraction: Initial ranks as a fraction in ``(0, 1]`` of each adaptive mode size (of
+            ``min(n, m)`` for a matrix layer); ignored when ``ranks`` is given.
+        adaptive_modes: The modes whose basis is augmented and truncated; the others keep full size with a
+            fixed orthonormal factor. Tucker convolutions (modes 0 = ``C_out``, 1 = ``C_in``, 2 = ``k_h``,
+            3 = ``k_w``): ``(0, 1)``, the channel modes (default), or ``(0, 1, 2, 3)``. A matrix layer
+            always adapts both of its modes: only ``(0, 1)`` applies to it. Stored sorted, without
+            repeats.
+        max_rank: User cap ``r_max_user`` ≥ 1 on the adaptive ranks; ``None``: no cap.
+        max_rank_fraction: ``r_max,i = ⌊fraction · n_i⌋``, fraction in ``(0, 1]`` (authors' code: 0.5; 1.0
+            allows full rank). Tucker convolutions apply it to the channel modes only (an adaptive spatial
+            mode is capped at the kernel size: the authors' ``⌊3/2⌋ = 1`` for a 3×3 kernel is a bug of their
+            code); matrix layers to ``min(n, m)``, one ``r_max`` for both modes.
+        min_rank: Lower rank bound ``r_min`` ≥ 1 of the adaptive modes (capped at ``r_max,i``); ``None``:
+            the layer's default, 3 for Tucker convolutions and 2 for matrix layers (authors' code).
+        free_factors: Vanilla fixed-rank factor training (a baseline of low-rank training): every factor
+            is a plain trainable parameter meant for a standard optimizer, with no orthonormality; the
+            rank-adaptive integrator refuses such layers.
+
+    Raises:
+        ValueError: A field has a wrong value; the message names the field.
+    """
+
+    ranks: int | tuple[int, ...] | None = None
+    rank_fraction: float | None = None
+    adaptive_modes: tuple[int, ...] = (0, 1)
+    max_rank: int | None = None
+    max_rank_fraction: float = 0.5
+    min_rank: int | None = None
+    free_factors: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"RankConfig.{field}={getattr(self, field)!r}: {why}")
+
+        def int_sequence(value: Any, low: int) -> tuple[int, ...] | None:
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                if all(is_int(v) and v >= low for v in value):
+                    return tuple(int(v) for v in value)
+            return None
+
+        if self.ranks is not None:
+            if is_int(self.ranks) and self.ranks >= 1:
+                object.__setattr__(self, "ranks", int(self.ranks))
+            elif ranks := int_sequence(self.ranks, 1):  # a non-empty sequence
+                object.__setattr__(self, "ranks", ranks)
+            else:
+                raise bad("ranks", "must be None, an integer ≥ 1 or a sequence of integers ≥ 1, one per mode")
+        fraction = self.rank_fraction
+        if fraction is not None and not (is_real(fraction) and 0 < fraction <= 1):
+            raise bad("rank_fraction", "must be None or a fraction in (0, 1]")
+        modes = int_sequence(self.adaptive_modes, 0)
+        if modes is None:
+            raise bad("adaptive_modes", "must be a sequence of mode indices ≥ 0, e.g. (0, 1) or (0, 1, 2, 3)")
+        object.__setattr__(self, "adaptive_modes", tuple(sorted(set(modes))))
+        if self.max_rank is not None and not (is_int(self.max_rank) and self.max_rank >= 1):
+            raise bad("max_rank", "must be None or an integer ≥ 1")
+        if not (is_real(self.max_rank_fraction) and 0 < self.max_rank_fraction <= 1):
+            raise bad("max_rank_fraction", "must be in (0, 1]")
+        if self.min_rank is not None and not (is_int(self.min_rank) and self.min_rank >= 1):
+            raise bad("min_rank", "must be None (the layer's default) or an integer ≥ 1")
+        if not isinstance(self.free_factors, bool):
+            raise bad("free_factors", "must be a bool")
 
 
 def _as_ranks(ranks: int | Sequence[int] | None, count: int, name: str) -> tuple[int, ...] | None:
@@ -44,21 +129,25 @@ class TuckerFactorizedLayer(nn.Module):
     Args:
         mode_sizes: ``(n_1, …, n_d)``.
         adaptive_modes: Modes whose basis is augmented and truncated; the others keep their rank.
-        max_rank: User cap on every mode's rank (``r_max_user``; spec §2.6).
+        max_rank: User cap on every mode's rank (``r_max_user``; ``docs/tdlrt.md``, "Layers").
         max_rank_fraction: ``r_max,i = min(⌊fraction · n_i⌋, max_rank)`` for adaptive modes in
             ``fraction_modes`` (authors' code: 0.5); other modes are capped at ``min(n_i, max_rank)``
             (non-adaptive modes keep ``n_i``).
         min_rank: Lower rank bound ``r_min`` of adaptive modes (capped at ``r_max,i``).
-        free_factors: Vanilla factor training (baseline, spec §4 item 3): every factor is a plain trainable
-            parameter meant for a standard optimizer, with no orthonormality; the rank-adaptive integrator
-            refuses such layers.
+        free_factors: Vanilla factor training (a baseline of low-rank training): every factor is a plain
+            trainable parameter meant for a standard optimizer, with no orthonormality; the rank-adaptive
+            integrator refuses such layers.
         fraction_modes: Modes ``max_rank_fraction`` applies to (default: all). Tucker convolutions use the
-            channel modes only: ``⌊3/2⌋ = 1`` for a 3×3 spatial mode is a bug of the authors' code (spec §5).
+            channel modes only: ``⌊3/2⌋ = 1`` for a 3×3 spatial mode is a bug of the authors' code.
+
+    Subclasses take their rank options as one :class:`RankConfig` (see :meth:`_rank_config`).
     """
 
     factors: nn.ParameterList
     core: nn.Parameter
     bias: nn.Parameter | None
+    #: ``r_min`` when :attr:`RankConfig.min_rank` is ``None`` (authors' code: 3 for Tucker convolutions).
+    default_min_rank: ClassVar[int] = 3
 
     def __init__(
         self,
@@ -94,6 +183,19 @@ class TuckerFactorizedLayer(nn.Module):
             min(min_rank, cap) if m in adaptive else cap for m, cap in enumerate(caps)
         )
 
+    @classmethod
+    def _rank_config(
+        cls, config: RankConfig | None, options: dict[str, Any], caller: str | None = None
+    ) -> RankConfig:
+        """``config`` (or the defaults) with ``options`` on top, ``min_rank`` resolved to the layer's default.
+
+        Raises:
+            TypeError: ``config`` is not a :class:`RankConfig`, or an option is not one of its fields.
+            ValueError: An invalid option, naming the field.
+        """
+        cfg = with_options(RankConfig, config, options, caller or cls.__name__)
+        return cfg if cfg.min_rank is not None else replace(cfg, min_rank=cls.default_min_rank)
+
     # ----------------------------------------------------------------------------------------------- ranks
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -105,11 +207,11 @@ class TuckerFactorizedLayer(nn.Module):
         ranks: int | Sequence[int] | None = None,
         rank_fraction: float | None = None,
     ) -> tuple[int, ...]:
-        """Initial ranks: explicit ``ranks``, or ``rank_fraction · n_i``, else ``r_max,i`` (spec §2.6).
+        """Initial ranks: explicit ``ranks``, or ``rank_fraction · n_i``, else ``r_max,i``.
 
         An int ``ranks`` applies to the modes in ``fraction_modes``; the others start at ``r_max,i``.
         Non-adaptive modes always keep full size. Raises ``ValueError`` when a requested rank exceeds
-        ``r_max,i`` (spec §5: an initial rank above ``r_max`` gives inconsistent shapes).
+        ``r_max,i`` (an initial rank above ``r_max`` would give the authors' code inconsistent shapes).
         """
         if isinstance(ranks, int):  # one rank for the channel-like modes, the others start full
             ranks = tuple(ranks if m in self.fraction_modes else c for m, c in enumerate(self.max_ranks))
@@ -132,7 +234,17 @@ class TuckerFactorizedLayer(nn.Module):
         return tuple(result)
 
     def ranks_for_tolerance(self, tensor: Tensor, tau: float) -> tuple[int, ...]:
-        """Per-mode ranks of a truncated HOSVD of ``tensor`` with relative tolerance ``tau`` (spec §2.5)."""
+        """Per-mode ranks of a truncated HOSVD of ``tensor`` with relative tolerance ``tau``.
+
+        Each adaptive mode keeps the fewest singular values of its unfolding whose discarded tail has norm at
+        most ``tau · ‖tensor‖_F``, clamped to ``[r_min, r_max]`` (the integrator's truncation rule,
+        ``docs/tdlrt.md``, "The integrator").
+
+        Raises:
+            ValueError: ``tau`` is not a non-negative finite number.
+        """
+        if not (is_real(tau) and 0 <= tau < math.inf):
+            raise ValueError(f"{type(self).__name__}: tau={tau!r} must be non-negative and finite")
         threshold = tau * float(torch.linalg.vector_norm(tensor))
         result = []
         for mode in range(len(self.mode_sizes)):
@@ -208,7 +320,7 @@ class TuckerFactorizedLayer(nn.Module):
         return tucker_parameter_count(self.mode_sizes, self.ranks)
 
     def eval_parameter_count(self) -> int:
-        """Parameters of the inference model in the eval c.r. (metrics.md §3; bias excluded)."""
+        """Parameters of the inference model in the eval c.r., bias excluded (docs/tdlrt.md, "Reporting")."""
         return self.stored_parameter_count()
 
     def augmented_ranks(self, aug_cap: str = "rmax") -> tuple[int, ...]:
@@ -236,11 +348,14 @@ class TuckerFactorizedLayer(nn.Module):
 
 
 class MatrixFactorizedLayer(TuckerFactorizedLayer):
-    """Two-mode layer ``W = U S Vᵀ`` (matrix DLRT, spec §2.8): ``core = S`` (``r_U × r_V``), factors U, V.
+    """Two-mode layer ``W = U S Vᵀ`` (matrix DLRT, arXiv:2205.13571): the core is ``S`` (``r_U × r_V``).
 
     Both modes are adaptive and share ``r_max = min(⌊fraction · n⌋, ⌊fraction · m⌋, max_rank)`` so the
     truncation, which sees the same singular values in both modes, keeps ``r_U = r_V``.
     """
+
+    #: ``r_min`` when :attr:`RankConfig.min_rank` is ``None`` (authors' code: 2 for matrices).
+    default_min_rank: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -263,6 +378,19 @@ class MatrixFactorizedLayer(TuckerFactorizedLayer):
             free_factors=free_factors,
         )
 
+    @classmethod
+    def _rank_config(
+        cls, config: RankConfig | None, options: dict[str, Any], caller: str | None = None
+    ) -> RankConfig:
+        """As the base class's; a matrix layer adapts both modes, so ``adaptive_modes`` must be ``(0, 1)``."""
+        cfg = super()._rank_config(config, options, caller)
+        if cfg.adaptive_modes != (0, 1):
+            raise ValueError(
+                f"RankConfig.adaptive_modes={cfg.adaptive_modes!r}: {cls.__name__} adapts both of its modes; "
+                "only (0, 1) applies"
+            )
+        return cfg
+
     def resolve_ranks(
         self,
         ranks: int | Sequence[int] | None = None,
@@ -274,7 +402,7 @@ class MatrixFactorizedLayer(TuckerFactorizedLayer):
         return super().resolve_ranks(ranks)
 
     def eval_parameter_count(self) -> int:
-        """DLRT eval count: ``K = US`` and ``V`` stored, ``n·r_U + m·r_V`` (metrics.md §3)."""
+        """DLRT eval count: ``K = US`` and ``V`` stored, ``n·r_U + m·r_V`` (docs/tdlrt.md, "Reporting")."""
         (n, m), (ru, rv) = self.mode_sizes, self.ranks
         return n * ru + m * rv
 

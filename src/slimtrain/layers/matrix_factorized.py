@@ -1,15 +1,17 @@
-"""Matrix low-rank layers ``W = U S Vᵀ`` (DLRT, Schotthöfer et al., arXiv:2205.13571; spec tdlrt.md §2.8)."""
+"""Matrix low-rank layers ``W = U S Vᵀ`` (DLRT, Schotthöfer et al., arXiv:2205.13571; ``docs/tdlrt.md``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from slimtrain.layers.factor_base import MatrixFactorizedLayer, dense_conv_of
+from slimtrain.layers.factor_base import MatrixFactorizedLayer, RankConfig, dense_conv_of
 from slimtrain.layers.factorized import LowRankLinear, SVDConv2d
 from slimtrain.layers.pointwise import pointwise_conv2d
 from slimtrain.layers.tucker_factorized import check_conv_supported, init_conv_geometry, rank_one_like
@@ -18,20 +20,25 @@ from slimtrain.layers.tucker_factorized import check_conv_supported, init_conv_g
 class MatrixFactorizedLinear(MatrixFactorizedLayer):
     """Linear layer with weight ``W = U S Vᵀ`` (``U``: ``out × r``, ``V``: ``in × r``, orthonormal).
 
-    Forward computes ``((x V) Sᵀ) Uᵀ + b`` without forming ``W``.
+    Forward computes ``((x V) Sᵀ) Uᵀ + b`` without forming ``W``. The geometry arguments are
+    :class:`torch.nn.Linear`'s; the rank options are one :class:`RankConfig` (``config``), whose fields may
+    also be given as keywords, which replace those of ``config``.
 
     Args:
         in_features: ``m``.
         out_features: ``n``.
         bias: Whether the layer has a bias.
-        ranks: Initial rank (int or ``(r_U, r_V)``); default ``r_max``.
-        rank_fraction: Initial rank as a fraction of ``min(n, m)``.
-        max_rank: User cap on the rank.
-        max_rank_fraction: ``r_max = ⌊fraction · min(n, m)⌋`` (DLRT-Net: 0.5).
-        min_rank: ``r_min`` (authors' code: 2 for matrices).
-        free_factors: Vanilla fixed-rank UV training (baseline): factors are plain trainable parameters.
+        config: The rank options (:class:`RankConfig`): ``ranks`` (int or ``(r_U, r_V)``), ``rank_fraction``
+            (of ``min(n, m)``), ``max_rank``, ``max_rank_fraction`` (``r_max = ⌊fraction · min(n, m)⌋``,
+            DLRT-Net: 0.5), ``min_rank`` (default 2 here), ``free_factors`` (vanilla fixed-rank UV
+            training); ``adaptive_modes`` must stay ``(0, 1)``. ``None`` for the defaults.
         device: Device of the parameters.
         dtype: Dtype of the parameters.
+        **options: Fields of :class:`RankConfig` that replace those of ``config``.
+
+    Raises:
+        TypeError: An option that is not a field of :class:`RankConfig` (named, with the valid ones).
+        ValueError: An invalid option (naming the field), or an initial rank above ``r_max``.
     """
 
     def __init__(
@@ -40,57 +47,55 @@ class MatrixFactorizedLinear(MatrixFactorizedLayer):
         out_features: int,
         bias: bool = True,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
-        max_rank: int | None = None,
-        max_rank_fraction: float = 0.5,
-        min_rank: int = 2,
-        free_factors: bool = False,
+        config: RankConfig | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
+        cfg = type(self)._rank_config(config, options)
         super().__init__(
             out_features,
             in_features,
-            max_rank=max_rank,
-            max_rank_fraction=max_rank_fraction,
-            min_rank=min_rank,
-            free_factors=free_factors,
+            max_rank=cfg.max_rank,
+            max_rank_fraction=cfg.max_rank_fraction,
+            min_rank=cfg.min_rank,
+            free_factors=cfg.free_factors,
         )
         self.in_features, self.out_features = in_features, out_features
         reference = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.bias = reference.bias
-        self._init_parameters(reference.weight, self.resolve_ranks(ranks, rank_fraction))
+        self._init_parameters(reference.weight, self.resolve_ranks(cfg.ranks, cfg.rank_fraction))
 
     @classmethod
     def from_linear(
         cls,
         linear: nn.Linear,
+        config: RankConfig | None = None,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
         tau: float | None = None,
-        **layer_kwargs,
+        **options: Any,
     ) -> MatrixFactorizedLinear:
         """Factorize a trained linear layer by truncated SVD (exact at full rank).
 
+        The layer has ``linear``'s sizes, bias, device and dtype; its rank is ``config.ranks`` or
+        ``config.rank_fraction`` of ``min(n, m)``, else ``r_max``, unless ``tau`` is given.
+
         Args:
             linear: The dense layer.
-            ranks: Explicit rank.
-            rank_fraction: Rank as a fraction of ``min(n, m)``.
-            tau: Choose the rank by the relative tolerance ``tau`` (spec §2.5) instead.
-            **layer_kwargs: Further constructor arguments (``max_rank``, ``min_rank``, ...).
+            config: The rank options (:class:`RankConfig`); ``None`` for the defaults.
+            tau: Choose the rank by the relative tolerance ``tau`` instead (the integrator's truncation rule).
+            **options: Fields of :class:`RankConfig` that replace those of ``config``.
         """
+        cfg = cls._rank_config(config, options, f"{cls.__name__}.from_linear")
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
-            ranks=1,
+            config=replace(cfg, ranks=1),
             device=linear.weight.device,
             dtype=linear.weight.dtype,
-            **layer_kwargs,
         )
-        _init_matrix_layer(layer, linear.weight.detach(), linear.bias, ranks, rank_fraction, tau)
+        _init_matrix_layer(layer, linear.weight.detach(), linear.bias, cfg.ranks, cfg.rank_fraction, tau)
         return layer
 
     def dense_weight(self) -> Tensor:
@@ -136,7 +141,9 @@ class MatrixFactorizedConv2d(MatrixFactorizedLayer):
     """Conv2d with ``mat(W) = U S Vᵀ`` on ``mat(W) ∈ R^{C_out × C_in k_h k_w}`` (matrix-DLRT conv baseline).
 
     Forward: a ``k_h×k_w`` convolution with kernel ``Vᵀ`` reshaped to ``r_V × C_in × k_h × k_w`` (the layer's
-    stride, padding and dilation), then a 1×1 convolution with ``U S`` plus the bias.
+    stride, padding and dilation), then a 1×1 convolution with ``U S`` plus the bias. The geometry arguments
+    are :class:`torch.nn.Conv2d`'s; the rank options are one :class:`RankConfig` (``config``), whose fields
+    may also be given as keywords, which replace those of ``config``.
 
     Args:
         in_channels: ``C_in``.
@@ -146,15 +153,20 @@ class MatrixFactorizedConv2d(MatrixFactorizedLayer):
         padding: As :class:`torch.nn.Conv2d`; zero padding only.
         dilation: As :class:`torch.nn.Conv2d`.
         groups: Must be 1.
-        bias: Whether the layer has a bias (``bias=False`` is honoured, unlike DLRT-Net; spec §5).
-        ranks: Initial rank; default ``r_max``.
-        rank_fraction: Initial rank as a fraction of ``min(C_out, C_in k_h k_w)``.
-        max_rank: User cap on the rank.
-        max_rank_fraction: ``r_max = ⌊fraction · min(C_out, C_in k_h k_w)⌋``.
-        min_rank: ``r_min`` (2 for matrices).
-        free_factors: Vanilla fixed-rank UV training (baseline).
+        bias: Whether the layer has a bias (``bias=False`` is honoured, unlike DLRT-Net's layer).
+        config: The rank options (:class:`RankConfig`): ``ranks``, ``rank_fraction`` (of
+            ``min(C_out, C_in k_h k_w)``), ``max_rank``, ``max_rank_fraction``
+            (``r_max = ⌊fraction · min(C_out, C_in k_h k_w)⌋``), ``min_rank`` (default 2 here),
+            ``free_factors`` (vanilla fixed-rank UV training); ``adaptive_modes`` must stay ``(0, 1)``.
+            ``None`` for the defaults.
         device: Device of the parameters.
         dtype: Dtype of the parameters.
+        **options: Fields of :class:`RankConfig` that replace those of ``config``.
+
+    Raises:
+        TypeError: An option that is not a field of :class:`RankConfig` (named, with the valid ones).
+        ValueError: An invalid option (naming the field), grouped convolutions, or an initial rank above
+            ``r_max``.
     """
 
     def __init__(
@@ -168,58 +180,58 @@ class MatrixFactorizedConv2d(MatrixFactorizedLayer):
         groups: int = 1,
         bias: bool = True,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
-        max_rank: int | None = None,
-        max_rank_fraction: float = 0.5,
-        min_rank: int = 2,
-        free_factors: bool = False,
+        config: RankConfig | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
         if groups != 1:
             raise ValueError(
                 f"MatrixFactorizedConv2d: grouped convolutions (groups={groups}) are not supported"
             )
+        cfg = type(self)._rank_config(config, options)
         k_h, k_w = _pair(kernel_size)
         super().__init__(
             out_channels,
             in_channels * k_h * k_w,
-            max_rank=max_rank,
-            max_rank_fraction=max_rank_fraction,
-            min_rank=min_rank,
-            free_factors=free_factors,
+            max_rank=cfg.max_rank,
+            max_rank_fraction=cfg.max_rank_fraction,
+            min_rank=cfg.min_rank,
+            free_factors=cfg.free_factors,
         )
         kernel = init_conv_geometry(
             self, in_channels, out_channels, (k_h, k_w), stride, padding, dilation, bias, device, dtype
         )
-        self._init_parameters(kernel.reshape(out_channels, -1), self.resolve_ranks(ranks, rank_fraction))
+        ranks = self.resolve_ranks(cfg.ranks, cfg.rank_fraction)
+        self._init_parameters(kernel.reshape(out_channels, -1), ranks)
 
     @classmethod
     def from_conv(
         cls,
         conv: nn.Conv2d,
+        config: RankConfig | None = None,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
         tau: float | None = None,
         name: str = "conv",
-        **layer_kwargs,
+        **options: Any,
     ) -> MatrixFactorizedConv2d:
         """Factorize a trained convolution by truncated SVD of ``mat(W)`` (exact at full rank).
 
+        The layer has ``conv``'s geometry, bias, device and dtype; its rank is ``config.ranks`` or
+        ``config.rank_fraction`` of ``min(C_out, C_in k_h k_w)``, else ``r_max``, unless ``tau`` is given.
+
         Args:
             conv: The dense layer.
-            ranks: Explicit rank.
-            rank_fraction: Rank as a fraction of ``min(C_out, C_in k_h k_w)``.
-            tau: Choose the rank by the relative tolerance ``tau`` instead.
+            config: The rank options (:class:`RankConfig`); ``None`` for the defaults.
+            tau: Choose the rank by the relative tolerance ``tau`` instead (the integrator's truncation rule).
             name: Layer name used in error messages.
-            **layer_kwargs: Further constructor arguments.
+            **options: Fields of :class:`RankConfig` that replace those of ``config``.
         """
         check_conv_supported(conv, name)
-        layer = rank_one_like(cls, conv, **layer_kwargs)
+        cfg = cls._rank_config(config, options, f"{cls.__name__}.from_conv")
+        layer = rank_one_like(cls, conv, cfg)
         matrix = conv.weight.detach().reshape(conv.out_channels, -1)
-        _init_matrix_layer(layer, matrix, conv.bias, ranks, rank_fraction, tau)
+        _init_matrix_layer(layer, matrix, conv.bias, cfg.ranks, cfg.rank_fraction, tau)
         return layer
 
     def dense_weight(self) -> Tensor:

@@ -1,8 +1,9 @@
-"""Tucker-factorized 2-D convolution (TDLRT layer, arXiv:2305.19059; spec ``tdlrt.md`` §2.1)."""
+"""Tucker-factorized 2-D convolution (TDLRT layer, Zangrando et al., arXiv:2305.19059; ``docs/tdlrt.md``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from slimtrain.algebra.tucker import mode_product
-from slimtrain.layers.factor_base import TuckerFactorizedLayer, dense_conv_of
+from slimtrain.layers.factor_base import RankConfig, TuckerFactorizedLayer, dense_conv_of
 from slimtrain.layers.factorized import TuckerConv2d
 from slimtrain.layers.pointwise import pointwise_conv2d
 
@@ -51,8 +52,8 @@ def init_conv_geometry(
     return reference.weight
 
 
-def rank_one_like(cls: type[nn.Module], conv: nn.Conv2d, **layer_kwargs) -> nn.Module:
-    """A ``cls`` layer with ``conv``'s hyper-parameters, bias flag, device and dtype at rank 1.
+def rank_one_like(cls: type[nn.Module], conv: nn.Conv2d, config: RankConfig) -> nn.Module:
+    """A ``cls`` layer with ``conv``'s hyper-parameters, bias flag, device and dtype, ``config`` at rank 1.
 
     ``from_conv`` constructors build it and then replace its factors by those of ``conv``'s kernel.
     """
@@ -64,21 +65,29 @@ def rank_one_like(cls: type[nn.Module], conv: nn.Conv2d, **layer_kwargs) -> nn.M
         conv.padding,
         conv.dilation,
         bias=conv.bias is not None,
-        ranks=1,
+        config=replace(config, ranks=1),
         device=conv.weight.device,
         dtype=conv.weight.dtype,
-        **layer_kwargs,
     )
 
 
 class TuckerFactorizedConv2d(TuckerFactorizedLayer):
     """Conv2d whose kernel ``W ∈ R^{C_out×C_in×k_h×k_w}`` is ``C ×₁U₁ ×₂U₂ ×₃U₃ ×₄U₄`` (orthonormal ``U_i``).
 
-    Forward (spec §2.1): a 1×1 convolution with ``U₂ᵀ`` (``C_in → r₂``, at input resolution), a
+    Forward: a 1×1 convolution with ``U₂ᵀ`` (``C_in → r₂``, at input resolution), a
     ``k_h×k_w`` convolution with the small kernel ``C ×₃U₃ ×₄U₄`` (``r₂ → r₁``; the layer's stride, padding
     and dilation), and a 1×1 convolution with ``U₁`` (``r₁ → C_out``) plus the bias, applied once (the
-    RobustDLRT layer adds it twice, spec §5; there is no faithful flag for that bug). Modes are numbered
+    RobustDLRT layer adds it twice; there is no faithful flag for that bug). Modes are numbered
     0 = ``C_out``, 1 = ``C_in``, 2 = ``k_h``, 3 = ``k_w``.
+
+    The geometry arguments are :class:`torch.nn.Conv2d`'s; the rank options are one :class:`RankConfig`
+    (``config``), whose fields may also be given as keywords, which replace those of ``config``:
+    ``TuckerFactorizedConv2d(8, 8, 3, config=RankConfig(ranks=2))`` and
+    ``TuckerFactorizedConv2d(8, 8, 3, ranks=2)`` build the same layer.
+
+    The initial kernel is drawn with :class:`torch.nn.Conv2d`'s default initialization and factorized by
+    truncated HOSVD (this library's choice; the authors' code draws a random core and orthonormalized random
+    factors); :meth:`from_conv` factorizes a trained layer instead.
 
     Args:
         in_channels: ``C_in``.
@@ -89,18 +98,17 @@ class TuckerFactorizedConv2d(TuckerFactorizedLayer):
         dilation: As :class:`torch.nn.Conv2d`.
         groups: Must be 1 (grouped convolutions raise ``ValueError``).
         bias: Whether the layer has a bias.
-        ranks: Initial ranks (int or one per mode; non-adaptive modes keep full size). Default ``r_max``.
-        rank_fraction: Initial rank as a fraction of each adaptive mode size (ignored when ``ranks`` given).
-        adaptive_modes: Modes that adapt (default: the channel modes ``(0, 1)``; all modes: ``(0, 1, 2, 3)``).
-        max_rank: User cap ``r_max_user`` on adaptive ranks.
-        max_rank_fraction: ``r_max,i = min(⌊fraction · n_i⌋, max_rank)`` (authors' code: 0.5).
-        min_rank: ``r_min`` (authors' code: 3 for convolutions).
-        free_factors: Vanilla fixed-rank Tucker training (baseline): factors are plain trainable parameters.
+        config: The rank options (:class:`RankConfig`: ``ranks``, ``rank_fraction``, ``adaptive_modes``,
+            ``max_rank``, ``max_rank_fraction``, ``min_rank`` (default 3 here), ``free_factors``); ``None``
+            for the defaults.
         device: Device of the parameters.
         dtype: Dtype of the parameters.
+        **options: Fields of :class:`RankConfig` that replace those of ``config``.
 
-    The initial kernel is drawn with :class:`torch.nn.Conv2d`'s default initialization and factorized by
-    truncated HOSVD (spec §2.6 design choice); :meth:`from_conv` factorizes a trained layer instead.
+    Raises:
+        TypeError: An option that is not a field of :class:`RankConfig` (named, with the valid ones).
+        ValueError: An invalid option (naming the field), grouped convolutions, adaptive modes outside
+            0..3, or an initial rank above ``r_max``.
     """
 
     def __init__(
@@ -114,63 +122,62 @@ class TuckerFactorizedConv2d(TuckerFactorizedLayer):
         groups: int = 1,
         bias: bool = True,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
-        adaptive_modes: Sequence[int] = (0, 1),
-        max_rank: int | None = None,
-        max_rank_fraction: float = 0.5,
-        min_rank: int = 3,
-        free_factors: bool = False,
+        config: RankConfig | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
         if groups != 1:
             raise ValueError(
                 f"TuckerFactorizedConv2d: grouped convolutions (groups={groups}) are not supported"
             )
+        cfg = type(self)._rank_config(config, options)
         k_h, k_w = _pair(kernel_size)
         super().__init__(
             (out_channels, in_channels, k_h, k_w),
-            adaptive_modes=adaptive_modes,
-            max_rank=max_rank,
-            max_rank_fraction=max_rank_fraction,
-            min_rank=min_rank,
-            free_factors=free_factors,
+            adaptive_modes=cfg.adaptive_modes,
+            max_rank=cfg.max_rank,
+            max_rank_fraction=cfg.max_rank_fraction,
+            min_rank=cfg.min_rank,
+            free_factors=cfg.free_factors,
             fraction_modes=(0, 1),
         )
         kernel = init_conv_geometry(
             self, in_channels, out_channels, (k_h, k_w), stride, padding, dilation, bias, device, dtype
         )
-        self._init_parameters(kernel, self.resolve_ranks(ranks, rank_fraction))
+        self._init_parameters(kernel, self.resolve_ranks(cfg.ranks, cfg.rank_fraction))
 
     @classmethod
     def from_conv(
         cls,
         conv: nn.Conv2d,
+        config: RankConfig | None = None,
         *,
-        ranks: int | Sequence[int] | None = None,
-        rank_fraction: float | None = None,
         tau: float | None = None,
         name: str = "conv",
-        **layer_kwargs,
+        **options: Any,
     ) -> TuckerFactorizedConv2d:
         """Factorize a trained convolution by truncated HOSVD of its kernel (exact at full ranks).
 
+        The layer has ``conv``'s geometry, bias, device and dtype; its ranks are ``config.ranks`` or
+        ``config.rank_fraction`` (see :meth:`resolve_ranks`), else ``r_max``, unless ``tau`` is given.
+
         Args:
             conv: The dense layer.
-            ranks: Explicit ranks (see :meth:`resolve_ranks`).
-            rank_fraction: Ranks as a fraction of the mode sizes.
-            tau: Choose each adaptive mode's rank by the relative tolerance ``tau`` (spec §2.5) instead.
+            config: The rank options (:class:`RankConfig`); ``None`` for the defaults.
+            tau: Choose each adaptive mode's rank by the relative tolerance ``tau`` instead (the
+                integrator's truncation rule, :meth:`ranks_for_tolerance`).
             name: Layer name used in error messages.
-            **layer_kwargs: Further constructor arguments (``adaptive_modes``, ``max_rank``, ...).
+            **options: Fields of :class:`RankConfig` that replace those of ``config``.
         """
         check_conv_supported(conv, name)
-        layer = rank_one_like(cls, conv, **layer_kwargs)
+        cfg = cls._rank_config(config, options, f"{cls.__name__}.from_conv")
+        layer = rank_one_like(cls, conv, cfg)
         weight = conv.weight.detach()
         if tau is not None:
             chosen = layer.ranks_for_tolerance(weight, tau)
         else:
-            chosen = layer.resolve_ranks(ranks, rank_fraction)
+            chosen = layer.resolve_ranks(cfg.ranks, cfg.rank_fraction)
         layer._init_parameters(weight, chosen)
         if conv.bias is not None:
             with torch.no_grad():
@@ -207,7 +214,7 @@ class TuckerFactorizedConv2d(TuckerFactorizedLayer):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        """Three-stage Tucker convolution (spec §2.1)."""
+        """Three-stage Tucker convolution: 1×1 with ``U₂ᵀ``, k×k with ``C ×₃U₃ ×₄U₄``, 1×1 with ``U₁``."""
         u_out, u_in, u_h, u_w = self.factors
         small = mode_product(mode_product(self.core, u_h, 2), u_w, 3)
         x = pointwise_conv2d(x, u_in.T)

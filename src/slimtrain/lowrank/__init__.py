@@ -2,18 +2,27 @@
 
 Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT). The layers it trains
 (:class:`slimtrain.layers.TuckerFactorizedConv2d`, :class:`~slimtrain.layers.MatrixFactorizedLinear`,
-:class:`~slimtrain.layers.MatrixFactorizedConv2d`) live in :mod:`slimtrain.layers`. See ``docs/tdlrt.md``.
+:class:`~slimtrain.layers.MatrixFactorizedConv2d`, with their :class:`~slimtrain.layers.RankConfig`) live in
+:mod:`slimtrain.layers`. The options of the integrator and of the conversion are the frozen
+:class:`TDLRTConfig` and :class:`ConversionConfig`. See ``docs/tdlrt.md``.
 """
 
 from slimtrain._deprecation import moved_names
-from slimtrain.lowrank.conversion import convert_to_lowrank, factorized_layers, to_dense_model
-from slimtrain.lowrank.integrator import TDLRT, RankAtMinimumWarning, transport_state_tensor
+from slimtrain.lowrank.conversion import (
+    ConversionConfig,
+    convert_to_lowrank,
+    factorized_layers,
+    to_dense_model,
+)
+from slimtrain.lowrank.integrator import TDLRT, RankAtMinimumWarning, TDLRTConfig, transport_state_tensor
 from slimtrain.lowrank.report import LayerRankReport, lowrank_report
 
 __all__ = [
     "TDLRT",
+    "ConversionConfig",
     "LayerRankReport",
     "RankAtMinimumWarning",
+    "TDLRTConfig",
     "convert_to_lowrank",
     "factorized_layers",
     "lowrank_report",

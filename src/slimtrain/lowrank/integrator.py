@@ -1,20 +1,24 @@
 """Rank-adaptive augmented BUG integrator (TDLRT / matrix DLRT) driving a standard inner optimizer.
 
 Zangrando et al., arXiv:2305.19059 (TDLRT); Schotthöfer et al., arXiv:2205.13571 (DLRT); Ceruti, Kusch &
-Lubich, BIT 2022 (rank-adaptive BUG), the parallel BUG integrator and augmented BUG with local
-S-iterations (RobustDLRT). Spec ``tdlrt.md`` §2.3–§2.10, §5, §6.
+Lubich, BIT 2022 (rank-adaptive BUG), the parallel BUG integrator of Ceruti, Kusch & Lubich, and augmented
+BUG with local S-iterations (the RobustDLRT code, github.com/ScSteffen/RobustDLRT). The options live in one
+frozen :class:`TDLRTConfig`; see ``docs/tdlrt.md`` ("The integrator").
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from slimtrain._config import is_int, is_real, with_options
 from slimtrain.algebra.tucker import (
     complete_orthonormal,
     fold,
@@ -29,7 +33,8 @@ from slimtrain.metrics.memory import OptimizerFactory
 
 GradReducer = Callable[[list[Tensor]], None]
 
-# Adam-type second moments are not rotation-equivariant: transported by the sqrt heuristic (spec §2.7).
+# Adam-type second moments are not rotation-equivariant: transported by the sqrt heuristic (docs/tdlrt.md,
+# the integrator's `state_transport` option).
 _SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
 
 
@@ -37,97 +42,150 @@ class RankAtMinimumWarning(UserWarning):
     """The truncation tolerance would cut a layer's rank below its minimum; the message names the layer."""
 
 
+@dataclass(frozen=True)
+class TDLRTConfig:
+    """The options of :class:`TDLRT` (everything but the model, the inner optimizer and the gradient reducer).
+
+    Corrected behaviour is the default; the reference code's behaviour is a flag (``docs/tdlrt.md``, the
+    integrator's options table).
+
+    Attributes:
+        tau: Truncation tolerance ≥ 0: relative (``ϑ = τ‖C̃‖_F``) or absolute (``absolute_tolerance=True``).
+        absolute_tolerance: Use ``ϑ = tau`` (option of matrix DLRT).
+        rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
+            step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
+        variant: ``"two_pass"`` (default), ``"parallel"`` or ``"local"`` (one forward/backward per step).
+        local_steps: Batches per cycle of ``variant="local"`` (an integer ≥ 2; authors: 10).
+        aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
+            or ``"n"`` (BUG theory: up to the mode size).
+        aug_select: ``"svd"`` (corrected default: the leading left singular vectors of ``(I − UUᵀ)G``) or
+            ``"qr_columns"`` (faithful RobustDLRT: the first QR columns of ``[U | −G]``).
+        truncation: ``"hosvd"`` (corrected default) or ``"dlrt_net"`` (faithful DLRT-Net off-by-one tail
+            that keeps the old rank when no rank qualifies).
+        state_transport: ``"rotate"`` (default: the core's optimizer state follows every basis change),
+            ``"reset"`` (zero core state at every basis change) or ``"none"`` (DLRT-Net: buffers kept in
+            place, cut or zero-padded to the new shape).
+        max_grad_norm: Clip the gradient norm over the stepped parameters only (the RobustDLRT code clips
+            before zeroing the basis gradients, shrinking the core step); ``None`` (default) or positive.
+        update_bn_in_basis_pass: Faithful DLRT-Net behaviour: BatchNorm running statistics are updated in
+            both passes. Default: only in the pass whose gradients are stepped.
+        parallel_pinv_rtol: Relative cutoff ≥ 0 of the pseudo-inverse of ``Mat_i(C)`` in the parallel
+            variant (``None``: torch's default).
+
+    Raises:
+        ValueError: A field has a wrong value; the message names the field.
+    """
+
+    tau: float = 0.1
+    absolute_tolerance: bool = False
+    rank_policy: Literal["adaptive", "fixed"] = "adaptive"
+    variant: Literal["two_pass", "parallel", "local"] = "two_pass"
+    local_steps: int = 10
+    aug_cap: Literal["rmax", "n"] = "rmax"
+    aug_select: Literal["svd", "qr_columns"] = "svd"
+    truncation: Literal["hosvd", "dlrt_net"] = "hosvd"
+    state_transport: Literal["rotate", "reset", "none"] = "rotate"
+    max_grad_norm: float | None = None
+    update_bn_in_basis_pass: bool = False
+    parallel_pinv_rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"TDLRTConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if not (is_real(self.tau) and 0 <= self.tau < math.inf):
+            raise bad("tau", "must be non-negative and finite")
+        for field in ("absolute_tolerance", "update_bn_in_basis_pass"):
+            if not isinstance(getattr(self, field), bool):
+                raise bad(field, "must be a bool")
+        for field, allowed in (
+            ("rank_policy", ("adaptive", "fixed")),
+            ("variant", ("two_pass", "parallel", "local")),
+            ("aug_cap", ("rmax", "n")),
+            ("aug_select", ("svd", "qr_columns")),
+            ("truncation", ("hosvd", "dlrt_net")),
+            ("state_transport", ("rotate", "reset", "none")),
+        ):
+            if getattr(self, field) not in allowed:
+                raise bad(field, f"is not one of {', '.join(allowed)}")
+        if not (is_int(self.local_steps) and self.local_steps >= 2):
+            raise bad("local_steps", "must be an integer ≥ 2")
+        if self.max_grad_norm is not None and not (is_real(self.max_grad_norm) and 0 < self.max_grad_norm):
+            raise bad("max_grad_norm", "must be None or positive")
+        rtol = self.parallel_pinv_rtol
+        if rtol is not None and not (is_real(rtol) and 0 <= rtol < math.inf):
+            raise bad("parallel_pinv_rtol", "must be None or non-negative and finite")
+
+
 class TDLRT:
     """Rank-adaptive training of factorized layers with one inner ``torch.optim`` optimizer.
 
-    Per batch, :meth:`step` runs (spec §2.4, ``variant="two_pass"``):
+    Per batch, :meth:`step` runs (``variant="two_pass"``, the two-pass rank-adaptive augmented BUG step of
+    Zangrando et al.; ``docs/tdlrt.md``, "The integrator"):
 
     1. ``closure()`` (forward + backward) for the basis gradients ``∇_{U_i}L``; nothing is stepped and
        BatchNorm running statistics are restored afterwards.
     2. Each adaptive mode's basis is augmented to ``Ũ_i = orth[U_i | ∇_{U_i}L]`` (width
        ``min(2 r_i, r̄_i)``), the core is transported, ``C̃ = C ×_i Ũ_iᵀU_i`` (the represented weight is
-       unchanged), and so is the optimizer state of the core (§2.7).
+       unchanged), and so is the optimizer state of the core (:func:`transport_state_tensor`).
     3. ``closure()`` again on the same batch with the same random state (same dropout mask) and one inner
        optimizer step on every core and every non-factorized parameter: each is stepped once per batch.
     4. Every adaptive mode is truncated from the same augmented core by an HOSVD with relative tolerance
-       ``tau`` and rank bounds ``[r_min, r_max]`` (§2.5); optimizer state follows.
+       ``tau`` and rank bounds ``[r_min, r_max]``; optimizer state follows.
 
-    ``variant="parallel"`` is the single-pass parallel BUG step (§2.9). ``variant="local"`` is augmented
-    BUG with local S-iterations (§2.10), one forward/backward per batch: cycles of ``local_steps`` batches,
-    where the first batch's gradients augment the bases (no optimizer step), the next ``local_steps − 1``
-    batches step the cores and the non-factorized parameters with the bases frozen, and the last of them
-    ends with the truncation; between augmentation and truncation the layers run at the augmented ranks.
-    The factors ``U_i`` are never given to the inner optimizer (so no optimizer step and no weight decay
-    touches them).
+    ``variant="parallel"`` is the single-pass parallel BUG step. ``variant="local"`` is augmented BUG with
+    local S-iterations (the RobustDLRT practice), one forward/backward per batch: cycles of ``local_steps``
+    batches, where the first batch's gradients augment the bases (no optimizer step), the next
+    ``local_steps − 1`` batches step the cores and the non-factorized parameters with the bases frozen, and
+    the last of them ends with the truncation; between augmentation and truncation the layers run at the
+    augmented ranks. The factors ``U_i`` are never given to the inner optimizer (so no optimizer step and
+    no weight decay touches them).
+
+    ``TDLRT(model, factory, TDLRTConfig(tau=0.2, variant="parallel"))`` and
+    ``TDLRT(model, factory, tau=0.2, variant="parallel")`` are the same integrator.
+
+    ``grad_reducer`` is an argument of its own, not a field of :class:`TDLRTConfig`: the config is plain
+    data (comparable, loggable with ``dataclasses.asdict``, the same on every process and reusable for the
+    next run), while a reducer is a callable bound to this process's communication group — wiring to the
+    runtime, like ``optimizer_factory``, that ``asdict`` would try to deep-copy and no log could record.
 
     Args:
         model: Model containing factorized layers (see :func:`convert_to_lowrank`).
         optimizer_factory: Builds the inner optimizer from the list of stepped parameters (cores first,
             then every other trainable parameter), e.g. ``lambda p: torch.optim.SGD(p, lr=0.1,
             momentum=0.9)``. Attach LR schedulers to :attr:`optimizer`.
-        tau: Truncation tolerance: relative (``ϑ = τ‖C̃‖_F``) or absolute (``absolute_tolerance=True``).
-        absolute_tolerance: Use ``ϑ = tau`` (option of matrix DLRT).
-        rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
-            step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
-        variant: ``"two_pass"`` (default), ``"parallel"`` or ``"local"`` (one forward/backward per step).
-        local_steps: Batches per cycle of ``variant="local"`` (at least 2; authors: 10).
-        aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
-            or ``"n"`` (BUG theory: up to the mode size).
-        aug_select: ``"svd"`` (corrected default) or ``"qr_columns"`` (faithful RobustDLRT; spec §5).
-        truncation: ``"hosvd"`` (corrected default) or ``"dlrt_net"`` (faithful off-by-one tail that keeps the
-            old rank when no rank qualifies; spec §5).
-        state_transport: ``"rotate"`` (default, §2.7), ``"reset"`` (zero core state at every basis change) or
-            ``"none"`` (DLRT-Net: buffers kept in place, cut or zero-padded to the new shape).
+        config: The integrator's options (:class:`TDLRTConfig`); ``None`` for the defaults.
         grad_reducer: Called to reduce, in place, a list of gradients before they are used: the adaptive
             factors' gradients, then the stepped parameters' gradients (e.g. an all-reduce average across
             data-parallel ranks). Use it instead of a ``DistributedDataParallel`` wrapper, whose bucket
             views do not follow rank changes. With averaged gradients every rank truncates identically.
-        max_grad_norm: Clip the gradient norm over the stepped parameters only (the RobustDLRT code clips
-            before zeroing the basis gradients, shrinking the core step; spec §5).
-        update_bn_in_basis_pass: Faithful DLRT-Net behaviour: BatchNorm running statistics are updated in
-            both passes. Default: only in the pass whose gradients are stepped.
-        parallel_pinv_rtol: Relative cutoff of the pseudo-inverse of ``Mat_i(C)`` in the parallel variant
-            (``None``: torch's default).
+        **options: Fields of :class:`TDLRTConfig` (``tau``, ``absolute_tolerance``, ``rank_policy``,
+            ``variant``, ``local_steps``, ``aug_cap``, ``aug_select``, ``truncation``, ``state_transport``,
+            ``max_grad_norm``, ``update_bn_in_basis_pass``, ``parallel_pinv_rtol``) that replace those of
+            ``config``.
+
+    Attributes:
+        config: The options in effect (its fields are also attributes of the integrator: ``tau``, ...).
 
     Raises:
-        ValueError: The model has no factorized layer, a layer has ``free_factors=True``, or the factory's
-            optimizer steps a factor.
+        TypeError: An option that is not a field of :class:`TDLRTConfig` (named, with the valid ones), or a
+            ``grad_reducer`` that is not callable.
+        ValueError: An invalid option (naming the field), a model without factorized layers, a layer with
+            ``free_factors=True``, or a factory whose optimizer steps a factor.
     """
 
     def __init__(
         self,
         model: nn.Module,
         optimizer_factory: OptimizerFactory,
+        config: TDLRTConfig | None = None,
         *,
-        tau: float = 0.1,
-        absolute_tolerance: bool = False,
-        rank_policy: Literal["adaptive", "fixed"] = "adaptive",
-        variant: Literal["two_pass", "parallel", "local"] = "two_pass",
-        local_steps: int = 10,
-        aug_cap: Literal["rmax", "n"] = "rmax",
-        aug_select: Literal["svd", "qr_columns"] = "svd",
-        truncation: Literal["hosvd", "dlrt_net"] = "hosvd",
-        state_transport: Literal["rotate", "reset", "none"] = "rotate",
         grad_reducer: GradReducer | None = None,
-        max_grad_norm: float | None = None,
-        update_bn_in_basis_pass: bool = False,
-        parallel_pinv_rtol: float | None = None,
+        **options: Any,
     ) -> None:
-        options = {
-            "rank_policy": (rank_policy, ("adaptive", "fixed")),
-            "variant": (variant, ("two_pass", "parallel", "local")),
-            "aug_cap": (aug_cap, ("rmax", "n")),
-            "aug_select": (aug_select, ("svd", "qr_columns")),
-            "truncation": (truncation, ("hosvd", "dlrt_net")),
-            "state_transport": (state_transport, ("rotate", "reset", "none")),
-        }
-        for key, (value, allowed) in options.items():
-            if value not in allowed:
-                raise ValueError(f"TDLRT: {key}={value!r} is not one of {allowed}")
-        if tau < 0:
-            raise ValueError(f"TDLRT: tau must be non-negative, got {tau}")
-        if isinstance(local_steps, bool) or int(local_steps) != local_steps or local_steps < 2:
-            raise ValueError(f"TDLRT: local_steps must be an integer ≥ 2, got {local_steps!r}")
+        self.config = cfg = with_options(TDLRTConfig, config, options, "TDLRT")
+        if grad_reducer is not None and not callable(grad_reducer):
+            raise TypeError(f"TDLRT: grad_reducer must be callable, got {type(grad_reducer).__name__}")
         self.model = model
         self.layers: dict[str, TuckerFactorizedLayer] = factorized_layers(model)
         if not self.layers:
@@ -135,23 +193,23 @@ class TDLRT:
         for name, layer in self.layers.items():
             if layer.free_factors:
                 raise ValueError(f"TDLRT: layer {name!r} has free_factors=True (vanilla factor training)")
-        self.tau = float(tau)
-        self.absolute_tolerance = absolute_tolerance
-        self.rank_policy = rank_policy
-        self.variant = variant
-        self.local_steps = int(local_steps)
+        self.tau = float(cfg.tau)
+        self.absolute_tolerance = cfg.absolute_tolerance
+        self.rank_policy = cfg.rank_policy
+        self.variant = cfg.variant
+        self.local_steps = int(cfg.local_steps)
         #: ``variant="local"``: the ranks held before the open cycle's augmentation (``None`` between cycles).
         self.cycle_ranks: dict[str, tuple[int, ...]] | None = None
-        self.aug_cap = aug_cap
+        self.aug_cap = cfg.aug_cap
         # The r_max cap would freeze the bases of fixed-rank layers sitting at r_max.
-        self._aug_cap = "n" if rank_policy == "fixed" else aug_cap
-        self.aug_select = aug_select
-        self.truncation = truncation
-        self.state_transport = state_transport
+        self._aug_cap = "n" if cfg.rank_policy == "fixed" else cfg.aug_cap
+        self.aug_select = cfg.aug_select
+        self.truncation = cfg.truncation
+        self.state_transport = cfg.state_transport
         self.grad_reducer = grad_reducer
-        self.max_grad_norm = max_grad_norm
-        self.update_bn_in_basis_pass = update_bn_in_basis_pass
-        self.parallel_pinv_rtol = parallel_pinv_rtol
+        self.max_grad_norm = cfg.max_grad_norm
+        self.update_bn_in_basis_pass = cfg.update_bn_in_basis_pass
+        self.parallel_pinv_rtol = cfg.parallel_pinv_rtol
 
         factor_ids = {id(u) for layer in self.layers.values() for u in layer.factors}
         cores = [layer.core for layer in self.layers.values()]
@@ -275,7 +333,7 @@ class TDLRT:
         position = self.step_count % self.local_steps
         loss = self._run_closure(closure)
         if position == 0:
-            # Open a cycle: this batch's gradients only augment the bases (spec §2.10).
+            # Open a cycle: this batch's gradients only augment the bases (local S-iterations).
             self.cycle_ranks = self.ranks()
             self._reduce([u.grad for layer in self.layers.values() for u in self._adaptive_factors(layer)])
             with torch.no_grad():
@@ -314,7 +372,7 @@ class TDLRT:
 
     # ----------------------------------------------------------------------------- basis operations
     def _augment(self, layer: TuckerFactorizedLayer) -> None:
-        """Spec §2.4 steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
+        """Two-pass steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
         factors = _linalg_copies(layer.factors)
         widths = layer.augmented_ranks(self._aug_cap)
         maps: dict[int, Tensor] = {}
@@ -331,7 +389,7 @@ class TDLRT:
         self._change_basis(layer, maps, factors)
 
     def _truncate(self, name: str, layer: TuckerFactorizedLayer, ranks_before: tuple[int, ...]) -> None:
-        """Spec §2.5: truncated HOSVD of the augmented core, every mode from the same core."""
+        """Truncated HOSVD of the augmented core, every mode from the same core (tolerance ``tau``)."""
         (core,) = _linalg_copies([layer.core])
         norm = float(torch.linalg.vector_norm(core))
         threshold = self.tau if self.absolute_tolerance else self.tau * norm
@@ -363,7 +421,7 @@ class TDLRT:
     def _report_rank_floor(self, name: str, mode: int, wanted: int, floor: int) -> None:
         """Warn (once per layer and mode) that the tolerance would cut a rank below its minimum ``r_min``.
 
-        The rank is held at ``r_min`` (spec §2.5); a collapse there usually means ``tau`` is too large for
+        The rank is held at ``r_min``; a collapse there usually means ``tau`` is too large for
         this layer, or its gradients vanished, and deserves a look rather than silence.
         """
         if (name, mode) in self._floor_reported:
@@ -380,7 +438,7 @@ class TDLRT:
     def _parallel_directions(
         self, layer: TuckerFactorizedLayer
     ) -> tuple[list[Tensor], dict[int, Tensor], dict]:
-        """Spec §2.9: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
+        """Parallel BUG: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
         (core,) = _linalg_copies([layer.core])
         factors = _linalg_copies(layer.factors)
         widths = layer.augmented_ranks(self._aug_cap)
@@ -404,7 +462,7 @@ class TDLRT:
         maps: dict[int, Tensor],
         directions: dict[int, Tensor],
     ) -> None:
-        """Augmented core: stepped old block plus the single-new-mode blocks ``−λ Ten_i(Û_iᵀ D_i)`` (§2.9)."""
+        """Augmented core: stepped old block plus the single-new-mode blocks ``−λ Ten_i(Û_iᵀ D_i)``."""
         lr = next(g["lr"] for g in self.optimizer.param_groups if any(p is layer.core for p in g["params"]))
         old_bases = _linalg_copies(layer.factors)
         old_shape = tuple(layer.core.shape)
@@ -452,7 +510,7 @@ def transport_state_tensor(
     shape: Sequence[int],
     mode: Literal["rotate", "reset", "none"] = "rotate",
 ) -> Tensor:
-    """Carry one core-shaped optimizer-state tensor through a basis change ``C ← C ×_i R_i`` (spec §2.7).
+    """Carry one core-shaped optimizer-state tensor through a basis change ``C ← C ×_i R_i``.
 
     Args:
         key: State key; ``exp_avg_sq`` / ``max_exp_avg_sq`` (Adam second moments) use the heuristic
@@ -487,7 +545,7 @@ def ranks_as_tuples(ranks: dict[str, list[int]] | None) -> dict[str, tuple[int, 
 
 
 def _linalg_copies(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Detached copies in a dtype fit for QR/SVD: half precisions are promoted to float32 (spec §6)."""
+    """Detached copies in a dtype fit for QR/SVD: half precisions are promoted to float32 (docs/tdlrt.md)."""
     return [t.detach().to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
 
 

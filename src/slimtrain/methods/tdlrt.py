@@ -13,13 +13,23 @@ compression-rate conventions.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtrain.lowrank import TDLRT, convert_to_lowrank, factorized_layers, lowrank_report, to_dense_model
+from slimtrain.layers import RankConfig
+from slimtrain.lowrank import (
+    TDLRT,
+    ConversionConfig,
+    TDLRTConfig,
+    convert_to_lowrank,
+    factorized_layers,
+    lowrank_report,
+    to_dense_model,
+)
 from slimtrain.lowrank.integrator import ranks_as_lists, ranks_as_tuples
 from slimtrain.train.method import (
     Method,
@@ -94,6 +104,30 @@ class FixedRankOptions(_ConversionOptions):
     )
 
 
+# Options that carry the name of a ConversionConfig / RankConfig field they set (`tau` does not: it is the
+# integrator's truncation tolerance, not the conversion's initial-rank tolerance; TDLRTConfig takes it).
+_CONVERSION_OPTIONS = {
+    "skip",
+    "keep_first_conv_dense",
+    "keep_last_linear_dense",
+    "tucker_min_rank",
+    "matrix_min_rank",
+}
+_RANK_OPTIONS = {"rank_fraction", "max_rank", "max_rank_fraction", "adaptive_modes"}
+
+
+def _conversion_config(options: BaseModel, conv_format: str, **rank_fields: Any) -> ConversionConfig:
+    """The :class:`ConversionConfig` of a low-rank method's options (random init; ``rank_fields`` on top)."""
+    rank = RankConfig(**{**options.model_dump(include=_RANK_OPTIONS), **rank_fields})
+    return ConversionConfig(
+        conv=conv_format if options.factorize_convs else None,
+        linear="matrix" if options.factorize_linears else None,
+        init="random",
+        rank=rank,
+        **options.model_dump(include=_CONVERSION_OPTIONS),
+    )
+
+
 def _report_fields(model: nn.Module, aug_cap: str = "rmax") -> dict[str, Any]:
     """Per-layer ranks and the model-level compression rates of :func:`lowrank_report` (metrics.md §3)."""
     report = lowrank_report(model, aug_cap=aug_cap)
@@ -144,48 +178,22 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         self._restored_step_count = 0
         self._restored_cycle_ranks: dict[str, tuple[int, ...]] | None = None
 
-    def _conversion_kwargs(self) -> dict[str, Any]:
-        return {}
-
     def prepare(self, model: nn.Module) -> nn.Module:
         """Replace the convolutions and linears by factorized layers with random orthonormal factors."""
-        o = self.options
-        layers = convert_to_lowrank(
-            model,
-            conv=self.conv_format if o.factorize_convs else None,
-            linear="matrix" if o.factorize_linears else None,
-            skip=o.skip,
-            keep_first_conv_dense=o.keep_first_conv_dense,
-            keep_last_linear_dense=o.keep_last_linear_dense,
-            init="random",
-            rank_fraction=o.initial_rank_fraction,
-            max_rank=o.max_rank,
-            max_rank_fraction=o.max_rank_fraction,
-            matrix_min_rank=o.matrix_min_rank,
-            **self._conversion_kwargs(),
+        config = _conversion_config(
+            self.options, self.conv_format, rank_fraction=self.options.initial_rank_fraction
         )
+        layers = convert_to_lowrank(model, config)
         if not layers:
             raise ValueError(f"method '{self.name}': the model has no layer to factorize")
         return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Build the integrator; its inner optimizer follows the recipe's optimizer section."""
-        o = self.options
+        # The integrator options carry TDLRTConfig's field names.
+        config = TDLRTConfig(**self.options.model_dump(include={f.name for f in fields(TDLRTConfig)}))
         self.integrator = TDLRT(
-            model,
-            lambda params: build_standard_optimizer(params, self.recipe.optimizer),
-            tau=o.tau,
-            absolute_tolerance=o.absolute_tolerance,
-            rank_policy=o.rank_policy,
-            variant=o.variant,
-            local_steps=o.local_steps,
-            aug_cap=o.aug_cap,
-            aug_select=o.aug_select,
-            truncation=o.truncation,
-            state_transport=o.state_transport,
-            max_grad_norm=o.max_grad_norm,
-            update_bn_in_basis_pass=o.update_bn_in_basis_pass,
-            parallel_pinv_rtol=o.parallel_pinv_rtol,
+            model, lambda params: build_standard_optimizer(params, self.recipe.optimizer), config
         )
         self.integrator.step_count = self._restored_step_count
         self.integrator.cycle_ranks = self._restored_cycle_ranks
@@ -270,12 +278,6 @@ class TDLRTTraining(_IntegratedLowRankMethod):
     Options = TDLRTOptions
     conv_format = "tucker"
 
-    def _conversion_kwargs(self) -> dict[str, Any]:
-        return {
-            "tucker_min_rank": self.options.tucker_min_rank,
-            "adaptive_modes": self.options.adaptive_modes,
-        }
-
 
 @register_method
 class DLRTTraining(_IntegratedLowRankMethod):
@@ -309,23 +311,10 @@ class FixedRankTraining(_LowRankMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Replace the convolutions and linears by free factorizations at ``rank_fraction``."""
-        o = self.options
-        layers = convert_to_lowrank(
-            model,
-            conv=o.conv_format if o.factorize_convs else None,
-            linear="matrix" if o.factorize_linears else None,
-            skip=o.skip,
-            keep_first_conv_dense=o.keep_first_conv_dense,
-            keep_last_linear_dense=o.keep_last_linear_dense,
-            init="random",
-            rank_fraction=o.rank_fraction,
-            max_rank=o.max_rank,
-            max_rank_fraction=1.0,
-            tucker_min_rank=o.tucker_min_rank,
-            matrix_min_rank=o.matrix_min_rank,
-            adaptive_modes=o.adaptive_modes,
-            free_factors=True,
+        config = _conversion_config(
+            self.options, self.options.conv_format, max_rank_fraction=1.0, free_factors=True
         )
+        layers = convert_to_lowrank(model, config)
         if not layers:
             raise ValueError(f"method '{self.name}': the model has no layer to factorize")
         return model
