@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimtrain.train.config import ScheduleConfig
-from slimtrain.train.schedule import LRSchedule
+from slimtrain.train.schedule import LRSchedule, set_lr_factor
 
 
 def test_cosine_start_middle_end():
@@ -34,12 +34,12 @@ def test_multistep_milestones_in_epochs():
     assert [schedule.factor(s) for s in (9, 10, 19, 20)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
 
 
-def test_apply_scales_initial_lr_of_every_group():
-    """apply() sets each group's lr to its own initial lr times the factor, repeatedly without drift."""
+def test_set_lr_factor_scales_initial_lr_of_every_group():
+    """set_lr_factor sets each group's lr to its own initial lr times the factor, repeatedly without drift."""
     p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"params": [p1], "lr": 0.2}, {"params": [p2], "lr": 0.02}], lr=0.1)
     schedule = LRSchedule(ScheduleConfig(name="cosine"), 1, 4)
     for step in range(4):
-        schedule.apply(opt, step)
+        set_lr_factor(opt, schedule.factor(step))
     expected = 0.5 * (1 + math.cos(math.pi * 3 / 4))
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2 * expected, 0.02 * expected])

@@ -45,10 +45,9 @@ class LRSchedule:
             return 1.0 - (1.0 - floor) * progress
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every param group's ``lr`` to ``initial_lr × factor(step)``; return the factor."""
-        factor = self.factor(step)
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * factor
-        return factor
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every param group's ``lr`` to ``initial_lr × factor`` (``initial_lr``: its first ``lr``)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor

@@ -39,7 +39,7 @@ from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.method import Method, StepContext, get_method_class
 from slimtrain.train.run_log import RunLog
-from slimtrain.train.schedule import LRSchedule
+from slimtrain.train.schedule import LRSchedule, set_lr_factor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -53,13 +53,6 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     if bool(finite.all()):
         return []
     return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
-
-
-def _set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Set every param group's ``lr`` to ``initial_lr × factor`` (``initial_lr``: its first ``lr``)."""
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-        group["lr"] = group["initial_lr"] * factor
 
 
 def _other_optimizers(method: Method) -> list[torch.optim.Optimizer]:
@@ -379,7 +372,7 @@ class Trainer:
             # The factor this step trains with: the recipe's schedule, unless the method reshapes it.
             factor = method.lr_factor(self.step, self.schedule.factor(self.step))
             for optimizer in method.optimizers():  # none for gradient-free methods
-                _set_lr_factor(optimizer, factor)
+                set_lr_factor(optimizer, factor)
             ctx = StepContext(
                 step=self.step,
                 epoch=self.epoch,
