@@ -2,7 +2,10 @@
 
 Pure functions on shapes and ranks; the layers' own count methods and :mod:`slimtrain.metrics` use them.
 ``n`` is the number of output rows and ``m`` of input columns of a matrix layer; the counts exclude biases.
-Tensor-train counts are :func:`slimtrain.algebra.tt.tt_ranks` and :func:`~slimtrain.algebra.tt.tt_storage`.
+Matrix counts follow DLRT (Schotthöfer et al., *Low-rank lottery tickets*, NeurIPS 2022, arXiv:2205.13571),
+Tucker counts TDLRT (Zangrando et al., arXiv:2305.19059). Tensor-train counts (Oseledets, *Tensor-train
+decomposition*, SIAM J. Sci. Comput. 2011) are :func:`slimtrain.algebra.tt.tt_ranks` and
+:func:`~slimtrain.algebra.tt.tt_storage`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ from collections.abc import Sequence
 
 
 def svd_parameter_count(n: int, m: int, rank: int) -> int:
-    """Stored parameters of a rank-r matrix layer kept as K = US and L = V: (n + m)·r (DLRT eval count)."""
+    """Stored parameters of a rank-r matrix layer kept as K = US and L = V: ``(n + m)·r``.
+
+    The DLRT eval count (Schotthöfer et al., NeurIPS 2022; docs/metrics.md); also the weights of a deployed
+    SVD pair (k×k conv then 1×1, or two linears) with ``m = C_in·k_h·k_w``.
+    """
     _check_positive(n=n, m=m, rank=rank)
     return (n + m) * rank
 
@@ -32,7 +39,12 @@ def dlrt_train_parameter_count(n: int, m: int, rank: int, with_grads: bool = Fal
 
 
 def tucker_parameter_count(dims: Sequence[int], ranks: Sequence[int]) -> int:
-    """Stored parameters of a Tucker tensor: Σ_i n_i·r_i + ∏_i r_i (factors plus core, docs/metrics.md)."""
+    """Stored parameters of a Tucker tensor: ``Σ_i n_i·r_i + ∏_i r_i`` (factors plus core).
+
+    The TDLRT eval count (Zangrando et al., arXiv:2305.19059; docs/metrics.md), spatial factors included.
+    A deployed three-stage convolution multiplies the spatial factors into its k×k core and so holds
+    ``k_h² + k_w²`` fewer weights when the spatial ranks are full.
+    """
     _check_modes(dims, ranks)
     return sum(n * r for n, r in zip(dims, ranks, strict=True)) + math.prod(ranks)
 

@@ -21,6 +21,7 @@ from slimtrain._config import is_int, is_real, with_options
 from slimtrain.algebra.tucker import hosvd, rank_from_singular_values, tucker_to_tensor, unfold
 from slimtrain.layers.counts import (
     dlrt_train_parameter_count,
+    svd_parameter_count,
     tucker_augmented_ranks,
     tucker_parameter_count,
     tucker_train_parameter_count,
@@ -402,9 +403,12 @@ class MatrixFactorizedLayer(TuckerFactorizedLayer):
         return super().resolve_ranks(ranks)
 
     def eval_parameter_count(self) -> int:
-        """DLRT eval count: ``K = US`` and ``V`` stored, ``n·r_U + m·r_V`` (docs/tdlrt.md, "Reporting")."""
-        (n, m), (ru, rv) = self.mode_sizes, self.ranks
-        return n * ru + m * rv
+        """DLRT eval count ``(n + m)·r`` at ``r = min(r_U, r_V)``, what ``to_deployment()`` stores.
+
+        :func:`~slimtrain.layers.counts.svd_parameter_count` (docs/tdlrt.md, "Reporting").
+        """
+        (n, m), r = self.mode_sizes, min(self.ranks)
+        return svd_parameter_count(n, m, r)
 
     def train_parameter_count_dlrt(self) -> int:
         """DLRT-Net training count ``4(n + m) r + 8 r²`` with ``r = max(r_U, r_V)``.

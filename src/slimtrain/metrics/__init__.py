@@ -1,7 +1,7 @@
-"""Parameter, sparsity, MAC, ratio, latency and memory metrics with the names of metrics.md.
+"""Parameter, sparsity, MAC, ratio, latency and memory metrics, each with one name (docs/metrics.md).
 
 Every quantity states its population (``all``, ``prunable``, ``compressed``) and whether it refers to a
-masked or an exported model. Main entry points: :func:`summarize` (the §7 fields of one model),
+masked or an exported model. Main entry points: :func:`summarize` (the report fields of one model),
 :func:`layer_table`, :func:`measure_latency`, :func:`measure_peak_memory`.
 """
 

@@ -1,4 +1,4 @@
-"""DLRT "compression rate" of a factorized model under the two published denominators (metrics.md §3).
+"""DLRT "compression rate" of a factorized model under the two published denominators (docs/metrics.md).
 
 Both use the stored parameters of the inference model, biases excluded: a factorized layer counts the
 factors it holds, or its ``eval_parameter_count()`` if it defines one (e.g. (n + m)·r for a layer that
@@ -80,7 +80,7 @@ def cr_percent_train_dlrt(
     with_grads: bool = False,
     decimals: int | None = 3,
 ) -> float:
-    """Train c.r. in percent of a DLRT-Net model from its layer shapes (metrics.md §3).
+    """Train c.r. in percent of a DLRT-Net model from its layer shapes (docs/metrics.md).
 
     Args:
         layers: ``(n, m, r)`` of every factorized matrix layer.
@@ -105,11 +105,15 @@ def cr_percent_train_tucker(
     *,
     decimals: int | None = None,
 ) -> float:
-    """Train c.r. in percent of a TDLRT Tucker model (this project's definition, metrics.md §3).
+    """Train c.r. in percent of a TDLRT Tucker model (this project's definition, docs/metrics.md).
+
+    The count of a layer is :func:`~slimtrain.layers.counts.tucker_train_parameter_count`, the one its
+    ``train_parameter_count_tucker(aug_cap)`` returns: pass ``layer.augmented_ranks(aug_cap)`` with the cap
+    the training used (Zangrando et al., arXiv:2305.19059: ``r̂_i = min(2 r_i, r̄_i)``, ``r̄_i = r_max,i``
+    for TDLRT's default ``aug_cap="rmax"``, ``n_i`` for ``"n"``).
 
     Args:
-        layers: ``(dims, ranks, augmented_ranks)`` of every Tucker layer; the augmented ranks depend on the
-            cap the training used — a layer's ``augmented_ranks(aug_cap)``.
+        layers: ``(dims, ranks, augmented_ranks)`` of every Tucker layer.
         n_nonfactorized: Parameters of the non-factorized layers counted in the numerator.
         n_full: Denominator (dense Conv/Linear weights).
         decimals: Rounding of the ratio before conversion to percent (``None``: exact).
