@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from slimtrain.experiments.sweeping import sweep
 from slimtrain.layers import MatrixFactorizedConv2d, MatrixFactorizedLinear, TuckerFactorizedConv2d
-from slimtrain.lowrank import factorized_layers
+from slimtrain.lowrank import factorized_layers, lowrank_report
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.launch import train_multiprocess
@@ -167,3 +167,19 @@ def test_fixed_rank_trains_free_factors_at_fixed_ranks(tmp_path):
     assert _ranks(trainer) == initial
     for name, param in trainer.components.model.named_parameters():
         assert param.requires_grad and not torch.equal(param, before[name]), name
+
+
+@pytest.mark.parametrize("rank_policy", ["adaptive", "fixed"])
+def test_reported_training_rate_uses_the_cap_the_integrator_augments_with(tmp_path, rank_policy):
+    """Under rank_policy='fixed' the integrator augments up to n whatever aug_cap says; the run's reported
+    Tucker training rate is computed at that cap (it used the recipe's aug_cap 'rmax' before).
+    """
+    tree = _tree("cap", "tdlrt", {"tau": 0.3, "rank_policy": rank_policy}, max_steps=2)
+    trainer = Trainer(recipe_from_dict(tree), tmp_path / rank_policy)
+    results = trainer.fit()
+    cap = "n" if rank_policy == "fixed" else "rmax"
+    assert trainer.components.method.integrator.augmentation_cap == cap
+    model = trainer.components.model
+    assert results["cr_percent_train_tucker"] == lowrank_report(model, aug_cap=cap)["cr_percent_train_tucker"]
+    other = lowrank_report(model, aug_cap="rmax" if cap == "n" else "n")["cr_percent_train_tucker"]
+    assert results["cr_percent_train_tucker"] != other

@@ -201,8 +201,10 @@ class TDLRT:
         #: ``variant="local"``: the ranks held before the open cycle's augmentation (``None`` between cycles).
         self.cycle_ranks: dict[str, tuple[int, ...]] | None = None
         self.aug_cap = cfg.aug_cap
-        # The r_max cap would freeze the bases of fixed-rank layers sitting at r_max.
-        self._aug_cap = "n" if cfg.rank_policy == "fixed" else cfg.aug_cap
+        #: The cap the bases are really augmented with: ``aug_cap``, except ``"n"`` under
+        #: ``rank_policy="fixed"`` (the r_max cap would freeze the bases of fixed-rank layers at r_max).
+        #: Training counts (``train_parameter_count_tucker``) must use this one.
+        self.augmentation_cap = "n" if cfg.rank_policy == "fixed" else cfg.aug_cap
         self.aug_select = cfg.aug_select
         self.truncation = cfg.truncation
         self.state_transport = cfg.state_transport
@@ -374,7 +376,7 @@ class TDLRT:
     def _augment(self, layer: TuckerFactorizedLayer) -> None:
         """Two-pass steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
         factors = _linalg_copies(layer.factors)
-        widths = layer.augmented_ranks(self._aug_cap)
+        widths = layer.augmented_ranks(self.augmentation_cap)
         maps: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:
             grad = layer.factors[mode].grad
@@ -441,7 +443,7 @@ class TDLRT:
         """Parallel BUG: ``D_i = G_i · pinv(Mat_i(C))ᵀ = ∇_{K_i}L · Q_iᵀ`` and augmented bases (old point)."""
         (core,) = _linalg_copies([layer.core])
         factors = _linalg_copies(layer.factors)
-        widths = layer.augmented_ranks(self._aug_cap)
+        widths = layer.augmented_ranks(self.augmentation_cap)
         maps: dict[int, Tensor] = {}
         directions: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:

@@ -1,4 +1,4 @@
-"""Per-layer ranks and the DLRT compression rates of a factorized model (spec ``metrics.md`` §3)."""
+"""Per-layer ranks and the DLRT compression rates of a factorized model (docs/metrics.md, docs/tdlrt.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from torch import nn
 
 from slimtrain.layers.factor_base import MatrixFactorizedLayer, TuckerFactorizedLayer
 from slimtrain.lowrank.conversion import factorized_layers
+from slimtrain.metrics import (
+    cr_percent_eval_dlrt_convention,
+    cr_percent_eval_factorized_only,
+    cr_percent_train_dlrt,
+    cr_percent_train_tucker,
+)
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,9 @@ def _layer_report(name: str, layer: TuckerFactorizedLayer, aug_cap: str) -> Laye
 
 
 def lowrank_report(model: nn.Module, *, aug_cap: str = "rmax") -> dict[str, Any]:
-    """Ranks and compression rates of every factorized layer and of the model (metrics.md §3).
+    """Ranks and compression rates of every factorized layer and of the model.
 
-    Model-level fields:
+    Model-level fields, each computed by its :mod:`slimtrain.metrics` function (docs/metrics.md):
 
     - ``cr_percent_eval_dlrt_convention``: DLRT-Net convention. Denominator: the weights (no biases) of
       all Conv2d/Linear layers, factorized layers at their dense size; numerator: factorized eval counts
@@ -82,30 +88,31 @@ def lowrank_report(model: nn.Module, *, aug_cap: str = "rmax") -> dict[str, Any]
         ``{"layers": [LayerRankReport as dict, ...], "ranks_per_layer": {...}, <the four rates>,
         "dense_weights_other": int}``.
     """
-    layers = [_layer_report(n, layer, aug_cap) for n, layer in factorized_layers(model).items()]
+    factorized = factorized_layers(model)
+    layers = [_layer_report(n, layer, aug_cap) for n, layer in factorized.items()]
     dense_other = sum(
         m.weight.numel()
         for m in model.modules()
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d, nn.Conv3d))
     )
     full = dense_other + sum(r.dense_weight_count for r in layers)
-    factorized_full = sum(r.dense_weight_count for r in layers)
-
-    def rate(numerator: float, denominator: float, rounded: bool) -> float | None:
-        if denominator == 0:
-            return None
-        ratio = numerator / denominator
-        return 100.0 * (1.0 - (round(ratio, 3) if rounded else ratio))
-
-    has_tucker = any(r.train_count_dlrt is None for r in layers)
+    tucker = [(m.mode_sizes, m.ranks, m.augmented_ranks(aug_cap)) for m in factorized.values()]
+    matrix = [
+        (*layer.mode_sizes, max(layer.ranks))
+        for layer in factorized.values()
+        if isinstance(layer, MatrixFactorizedLayer)
+    ]
     return {
         "layers": [asdict(r) for r in layers],
         "ranks_per_layer": {r.name: r.ranks for r in layers},
         "dense_weights_other": dense_other,
-        "cr_percent_eval_dlrt_convention": rate(dense_other + sum(r.eval_count for r in layers), full, True),
-        "cr_percent_eval_factorized_only": rate(sum(r.eval_count for r in layers), factorized_full, False),
-        "cr_percent_train_dlrt": None
-        if has_tucker
-        else rate(dense_other + sum(r.train_count_dlrt for r in layers), full, True),
-        "cr_percent_train_tucker": rate(dense_other + sum(r.train_count_tucker for r in layers), full, False),
+        # Weights only: BatchNorm γ is left out of both sides (DLRT-Net counts it in the numerator).
+        "cr_percent_eval_dlrt_convention": cr_percent_eval_dlrt_convention(model, count_norm_weights=False)
+        if full
+        else None,
+        "cr_percent_eval_factorized_only": cr_percent_eval_factorized_only(model) if layers else None,
+        "cr_percent_train_dlrt": cr_percent_train_dlrt(matrix, dense_other, full)
+        if full and len(matrix) == len(layers)
+        else None,
+        "cr_percent_train_tucker": cr_percent_train_tucker(tucker, dense_other, full) if full else None,
     }

@@ -219,8 +219,9 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         return StepOutput(loss=loss, logits=first_logits[0])
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        """Per-layer ranks and compression rates (training count with this run's augmentation cap)."""
-        return _report_fields(model, aug_cap=self.options.aug_cap)
+        """Per-layer ranks and compression rates (training counts at the cap the integrator augments with)."""
+        cap = self.integrator.augmentation_cap if self.integrator is not None else self.options.aug_cap
+        return _report_fields(model, aug_cap=cap)
 
     def state_dict(self) -> dict[str, Any]:
         """Ranks per layer, integrator step count and open cycle (the engine saves the inner optimizer)."""
