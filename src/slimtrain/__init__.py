@@ -74,7 +74,11 @@ def load(path: str | os.PathLike[str], *, factory: Callable[..., Any] | None = N
         factory: The base model factory, for models saved from a factory rather than a registry name.
 
     Returns:
-        The ``torch.nn.Module`` in eval mode.
+        The ``torch.nn.Module`` in eval mode. Its attribute ``slimtrain_preprocessing`` holds how inputs must
+        be prepared, as the export recorded it (a dict: ``mean``, ``std``, ``input_shape`` ``[C, H, W]``,
+        ``channels``, ``input_dtype``, ``num_classes``, ``class_names``; see docs/export.md), or ``None`` for
+        an export that did not record it. ``slimtrain.compress.read_manifest(path)["preprocessing"]`` reads
+        the same without loading the model.
 
     Raises:
         slimtrain.compress.ExportFormatError: A missing, corrupted or inconsistent file, naming it.

@@ -3,18 +3,27 @@
 Exit codes: 0 success; 1 the work failed (:class:`slimtrain.errors.WorkFailedError`: training diverged, a
 checkpoint or exported model is unusable or corrupted, an export does not reproduce its model, ...); 2 invalid
 or unsupported input (:class:`slimtrain.errors.BadInputError`: bad recipe, unknown key, missing file, bad
-arguments, a model the command cannot handle).
+arguments, a model the command cannot handle); 130 stopped by SIGINT (Ctrl-C) or SIGTERM (``train`` first
+writes a checkpoint and names the ``--resume`` command that continues it). Errors print one line, without a
+traceback; ``slimtrain --debug COMMAND ...`` prints the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import signal
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 DEMO_OUTPUT = Path("runs/demo")
 
 
@@ -22,9 +31,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from slimtrain.train.config import load_recipe
     from slimtrain.train.trainer import Trainer
 
-    recipe = load_recipe(args.recipe, args.set)
-    trainer = Trainer(recipe, args.run_dir)
-    results = trainer.fit(resume=args.resume)
+    run_dir = args.run_dir
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+        trainer = Trainer(recipe, args.run_dir)
+        run_dir = trainer.run_dir
+        results = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt as interruption:
+        raise KeyboardInterrupt(
+            f"{_stopped(interruption)}; continue with: {_resume_command(args, run_dir)}"
+        ) from interruption
     if trainer.world.is_main:
         print(f"run directory: {trainer.run_dir}")
         print(f"val accuracy {results['val_accuracy']:.4f}, test accuracy {results['test_accuracy']:.4f}")
@@ -41,12 +57,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         bn_recalibration=args.bn_recalibration or None,
         latency=args.latency,
     )
-    print(f"{'level':>7}  {'test acc':>8}  {'sparsity':>8}  {'ratio':>7}")
+    from slimtrain.metrics import describe_latency
+
+    nan = float("nan")
+    print(f"{'level':>7}  {'test acc':>8}  {'sparsity':>8}  {'storage':>8}  {'ratio':>7}  {'speed-up':>8}")
     for row in rows:
         print(
-            f"{row['requested_level']:7.3f}  {row['acc_compressed_no_ft']:8.4f}  "
-            f"{row.get('sparsity_prunable', float('nan')):8.4f}  {row.get('compression_ratio_all', 1.0):7.2f}"
+            f"{_level_cell(row):>7}  {row['acc_compressed_no_ft']:8.4f}  "
+            f"{row.get('sparsity_prunable', nan):8.4f}  {row.get('storage_fraction_prunable', nan):8.4f}  "
+            f"{row.get('compression_ratio_all', nan):7.2f}  {row.get('theoretical_speedup', nan):8.2f}"
         )
+        for key in sorted(k for k in row if k.startswith("latency_ms_b")):
+            batch = int(key.removeprefix("latency_ms_b"))
+            print(f"         CPU latency batch {batch}: {describe_latency(row, batch)}")
+    print(
+        "sparsity: zeros in conv/linear weights; storage: their stored fraction (non-zeros while zeros stay "
+        "in dense tensors); ratio: compression ratio, all parameters; speed-up: theoretical, dense/effective "
+        "MACs"
+    )
     return EXIT_OK
 
 
@@ -73,18 +101,64 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _resume_command(args: argparse.Namespace, run_dir: Path | None) -> str:
+    """The command that continues an interrupted ``slimtrain train`` (same recipe and overrides)."""
+    words = ["slimtrain", "train", str(args.recipe)]
+    if run_dir is not None:
+        words += ["--run-dir", str(run_dir)]
+    for override in args.set:
+        words += ["--set", override]
+    return shlex.join([*words, "--resume"])
+
+
+def _stopped(interruption: KeyboardInterrupt) -> str:
+    """What stopped a command: the interruption's message, or a plain Ctrl-C."""
+    return str(interruption) or "stopped by SIGINT (Ctrl-C)"
+
+
+# What to do after an interrupted command, for commands that continue where they stopped.
+_AFTER_INTERRUPTION = {
+    "sweep": "run the same command again to continue",
+    "compare": "run the same command again to continue (finished runs are reused, a training is resumed)",
+    "demo": "run the same command again to continue (finished runs are reused, a training is resumed)",
+}
+
+
 def _level(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"level must be in [0, 1), got {text}")
+        raise argparse.ArgumentTypeError(
+            f"expected a compression level, a number in [0, 1) such as 0.9; got {text!r}"
+        )
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.9, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _level_cell(row: dict) -> str:
+    """A sweep row's level: ``0.500``, or a level set by training under its option's name (``tau=0.1``)."""
+    option, level = row.get("level_option"), row["requested_level"]
+    if level is None:
+        return "as trained"
+    return f"{option}={level:g}" if option else f"{level:.3f}"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -102,25 +176,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     m = result.metrics
-    print(f"exported {result.structure} at level {result.level:g}: {result.path}")
+    if result.level is None:
+        at = "the level its training set"
+    else:
+        at = f"{result.level_option or 'level'} {result.level:g}"
+    print(f"exported {result.structure} at {at}: {result.path}")
     print(
         f"  test accuracy {result.acc_exported:.4f} (compressed model {result.acc_compressed:.4f}); "
         f"max |output difference| {result.max_abs_error:.2g}"
     )
+    # The ratio's N_stored: the stored count of an exported model, the non-zeros where zeros stay stored.
+    counted = "stored" if m["model_state"] == "exported" else "non-zero"
     print(
-        f"  parameters {m['params_stored_all']:,} stored, dense model {result.params_dense_reference:,} "
-        f"({m['compression_ratio_all']:.2f}x)"
+        f"  parameters {m['params_stored_all']:,} stored ({m['params_nonzero_all']:,} non-zero), dense model "
+        f"{result.params_dense_reference:,}: compression ratio {m['compression_ratio_all']:.2f}x of the "
+        f"{counted} count"
     )
     if "macs_dense" in m:
         print(
             f"  MACs per sample {m['macs_effective']:,.0f} of {m['macs_dense']:,.0f} dense "
             f"(theoretical speed-up {m['theoretical_speedup']:.2f}x)"
         )
+    from slimtrain.metrics import describe_latency
+
     for batch in args.latency_batch_sizes:
-        print(
-            f"  CPU latency batch {batch}: {result.latency[f'latency_ms_b{batch}']:.3f} ms median "
-            f"(measured speed-up {result.latency[f'measured_speedup_b{batch}']:.2f}x)"
-        )
+        print(f"  CPU latency batch {batch}: {describe_latency(result.latency, batch)}")
     if result.onnx_path is not None:
         print(f"  ONNX: {result.onnx_path} (outputs checked with onnxruntime)")
     return EXIT_OK
@@ -132,14 +212,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     if not args.directory.is_dir():
         raise FileNotFoundError(f"{args.directory} is not a directory")
+    from slimtrain.metrics import count_parameters
+
     model = slimtrain.load(args.directory)
     manifest = read_manifest(args.directory)
     base = manifest["base_model"]
-    params = sum(t.numel() for t in model.state_dict().values())
+    # The stored count `slimtrain export` prints (CSR layers: their values); buffers are not parameters.
+    stored = count_parameters(model, "all").stored
+    buffers = sum(b.numel() for b in model.buffers())
     print(f"{args.directory}: {base.get('registry_name', base.get('factory'))} {base['kwargs']}")
-    print(f"  {len(manifest['changes'])} layers changed, {params:,} stored values; checksums verified")
+    print(
+        f"  {len(manifest['changes'])} layers changed, {stored:,} parameters stored"
+        + (f" (+ {buffers:,} buffer entries: sparse indices, running statistics)" if buffers else "")
+        + "; checksums verified"
+    )
     for key, value in manifest.get("extra", {}).items():
-        print(f"  {key}: {value}")
+        note = ""
+        if key == "params_stored_all" and value != stored:
+            note = f" (as recorded at export by an earlier version; stored now: {stored:,})"
+        print(f"  {key}: {value}{note}")
     return EXIT_OK
 
 
@@ -168,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimtrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of any error (before the command)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     overrides = argparse.ArgumentParser(add_help=False)
@@ -184,13 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run-dir", type=Path, default=None, help="output directory (default <output_dir>/<name>)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last checkpoint"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again into a directory holding a finished run, deleting its checkpoints, results, "
+        "sweeps, reports, plots, exports and TensorBoard logs first",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="evaluate one trained run at every compression level")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
-    p.add_argument("--levels", type=float, nargs="+", default=None, help="fractions in [0, 1)")
+    p.add_argument("--levels", type=_number, nargs="+", default=None, help="fractions in [0, 1)")
     p.add_argument(
         "--bn-recalibration", action="store_true", help="also report accuracy after BN recalibration"
     )
@@ -213,13 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="compress a trained run at one level and save the physically smaller model"
     )
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--level", type=_level, required=True, help="compression level in [0, 1)")
+    p.add_argument(
+        "--level",
+        type=_level,
+        default=None,
+        help="compression level in [0, 1) (required unless the method sets its level during training: "
+        "then only the run's own level, the default)",
+    )
     p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
     p.add_argument(
         "--output",
         type=Path,
         default=None,
-        help="output directory (default RUN_DIR/exported/STRUCTURE-LEVEL)",
+        help="output directory (default RUN_DIR/exported/STRUCTURE-LEVEL, e.g. unstructured-0.9 or "
+        "native-tau0.1)",
     )
     p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with onnxruntime")
     p.add_argument(
@@ -248,17 +358,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM stops it like Ctrl-C (a :class:`KeyboardInterrupt`), then as before.
+
+    Only where SIGTERM has its default action and this is the main thread; training replaces this with its
+    own handler, which first writes a checkpoint.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` command; returns the exit code."""
     from slimtrain.errors import BadInputError, SlimtrainError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_interrupts():
+            return args.func(args)
+    except KeyboardInterrupt as interruption:
+        error: BaseException = interruption
+        code, message = EXIT_INTERRUPTED, _stopped(interruption)
+        if args.command in _AFTER_INTERRUPTION:
+            message += f"; {_AFTER_INTERRUPTION[args.command]}"
     # A missing file the user named is bad input; other OS errors (disk full, permissions) are failed work.
     except (BadInputError, FileNotFoundError) as err:
-        print(f"slimtrain {args.command}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        error, code, message = err, EXIT_BAD_INPUT, str(err)
     except (SlimtrainError, OSError) as err:
-        print(f"slimtrain {args.command}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        error, code, message = err, EXIT_FAILED, str(err)
+    except Exception as err:  # a bug: one line, and how to see where it happened
+        error, code = err, EXIT_FAILED
+        message = f"internal error: {type(err).__name__}: {err}"
+        if not getattr(args, "debug", False):
+            message += f" (rerun as `slimtrain --debug {args.command} ...` for the traceback, and report it)"
+    if getattr(args, "debug", False):
+        traceback.print_exception(error)
+    print(f"slimtrain {args.command}: {message}", file=sys.stderr)
+    return code

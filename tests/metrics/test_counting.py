@@ -141,3 +141,19 @@ def test_factorized_layer_with_impossible_dense_count_is_named():
 
     with pytest.raises(ValueError, match="'lr'"):
         count_tensors(nn.ModuleDict({"lr": Broken(4, 4, 1)}))
+
+
+def test_totals_count_zeros_of_factors_not_missing_entries():
+    """ParameterTotals.entries holds plain tensors at their dense size and factors at their stored size, so
+    sparsity counts zeros only; a factorized layer's density is not its storage fraction.
+    """
+    from .test_dlrt_conventions import LowRankLinear
+
+    model = nn.Sequential(LowRankLinear(32, 16, 4), nn.Linear(16, 10, bias=False))
+    with torch.no_grad():
+        model[1].weight[0] = 0
+    t = count_parameters(model, "prunable")
+    assert (t.dense, t.stored, t.entries) == (512 + 160, 192 + 160, 192 + 160)
+    assert t.sparsity == pytest.approx(16 / 352) and t.density == pytest.approx(1 - 16 / 352)
+    (factors,) = [e for e in count_tensors(model, "prunable") if e.role == "factors"]
+    assert (factors.entries, factors.sparsity) == (192, 0.0)

@@ -1,10 +1,21 @@
 import math
+import statistics
 
 import pytest
 import torch
 from torch import nn
 
-from slimtrain.metrics import LatencyResult, latency_fields, measure_latency, measured_speedup
+from slimtrain.metrics import (
+    NOISY_RELATIVE_IQR,
+    LatencyResult,
+    describe_latency,
+    is_noisy,
+    latency_fields,
+    latency_result_fields,
+    measure_latency,
+    measured_speedup,
+    measured_speedup_spread,
+)
 
 
 class CountingModel(nn.Module):
@@ -80,10 +91,55 @@ def test_measured_speedup_rejects_different_settings():
 
 
 def test_latency_fields_names_per_batch_size():
-    """latency_fields gives latency_ms_b{N} for each batch and measured_speedup_b{N} with a reference."""
+    """latency_fields gives latency_ms_b{N} with its IQR for each batch and, with a reference,
+    measured_speedup_b{N} with its quartiles.
+    """
     model, reference = nn.Linear(8, 2), nn.Linear(8, 2)
     fields = latency_fields(
         model, [torch.randn(1, 8), torch.randn(16, 8)], reference=reference, warmup=1, iters=3
     )
-    assert set(fields) == {"latency_ms_b1", "latency_ms_b16", "measured_speedup_b1", "measured_speedup_b16"}
-    assert all(math.isfinite(v) and v > 0 for v in fields.values())
+    names = ("latency_ms", "latency_iqr_ms", "measured_speedup", "measured_speedup_q1", "measured_speedup_q3")
+    assert set(fields) == {f"{name}_b{n}" for name in names for n in (1, 16)}
+    assert all(math.isfinite(v) and v >= 0 for v in fields.values())
+    for n in (1, 16):
+        assert fields[f"latency_ms_b{n}"] > 0 and fields[f"measured_speedup_b{n}"] > 0
+        assert fields[f"measured_speedup_q1_b{n}"] <= fields[f"measured_speedup_q3_b{n}"]
+
+
+def test_latency_records_every_round():
+    """The per-round timings behind the median and IQR are kept."""
+    r = measure_latency(nn.Linear(4, 4), torch.randn(2, 4), warmup=0, iters=5)
+    assert len(r.rounds_ms) == r.iterations and min(r.rounds_ms) == r.min_ms and max(r.rounds_ms) == r.max_ms
+
+
+def test_speedup_spread_is_the_iqr_of_round_ratios():
+    """The speed-up's quartiles are those of dense_i/compressed_j over all pairs of rounds; its median is
+    the ratio of the medians; a wide spread is flagged as noisy.
+    """
+    steady = measured_speedup_spread(_result(4.0, rounds_ms=(4.0,) * 5), _result(2.0, rounds_ms=(2.0,) * 5))
+    assert (steady.median, steady.q1, steady.q3, steady.noisy) == (2.0, 2.0, 2.0, False)
+    dense = _result(4.0, rounds_ms=(2.0, 4.0, 4.0, 4.0, 40.0))
+    spread = measured_speedup_spread(dense, _result(2.0, rounds_ms=(1.0, 2.0, 2.0, 2.0, 2.0)))
+    ratios = sorted(d / c for d in dense.rounds_ms for c in (1.0, 2.0, 2.0, 2.0, 2.0))
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    assert (spread.median, spread.q1, spread.q3) == (2.0, q1, q3)
+    assert spread.noisy == (q3 - q1 > NOISY_RELATIVE_IQR * 2.0) and spread.noisy
+    without_rounds = measured_speedup_spread(_result(3.0), _result(1.5))
+    assert (without_rounds.q1, without_rounds.q3) == (2.0, 2.0)
+
+
+def test_latency_lines_carry_the_iqr_and_the_noise_flag():
+    """describe_latency prints the latency's IQR and the speed-up's quartiles, flags spreads wider than
+    NOISY_RELATIVE_IQR of the median, and prints fields from before the spreads were recorded without them.
+    """
+    fields = latency_result_fields(
+        _result(2.0, iqr_ms=0.1, rounds_ms=(1.9, 2.0, 2.1)), _result(4.0, rounds_ms=(4.0, 4.0, 4.0))
+    )
+    line = describe_latency(fields, 1)
+    assert line.startswith("2.000 ms median (IQR 0.100 ms); measured speed-up 2.00x (IQR ")
+    assert "noisy" not in line
+    noisy = describe_latency({**fields, "latency_iqr_ms_b1": 1.0, "measured_speedup_q3_b1": 3.0}, 1)
+    assert noisy.count(f"[noisy: IQR > {NOISY_RELATIVE_IQR:.0%} of median]") == 2
+    assert is_noisy(2.0, 0.51) and not is_noisy(2.0, 0.5)
+    old = describe_latency({"latency_ms_b1": 2.0, "measured_speedup_b1": 1.5}, 1)
+    assert old == "2.000 ms median; measured speed-up 1.50x"

@@ -100,3 +100,72 @@ def test_bad_model_state_is_rejected(mlp):
     """An unknown model_state raises an error naming it."""
     with pytest.raises(ValueError, match="pruned"):
         summarize(mlp, torch.randn(1, 4), model_state="pruned")
+
+
+def test_factorized_sparsity_counts_zeros_not_storage():
+    """A factorized layer storing 192 of 512 weights is not 62.5% sparse: its sparsity counts the zeros of
+    its factors (none, then 3 of them), its storage fraction is stored/dense = 1/compression ratio.
+    """
+    model = nn.Sequential(LowRankLinear(32, 16, 4), nn.ReLU(), nn.Linear(16, 10))
+    x = torch.randn(2, 32)
+    s = summarize(model, x)
+    assert s["sparsity_prunable"] == 0.0 and s["sparsity_all"] == 0.0
+    assert s["sparsity_per_layer"]["0.factors"] == 0.0
+    assert s["storage_fraction_prunable"] == pytest.approx((192 + 160) / (512 + 160))
+    assert s["storage_fraction_prunable"] == pytest.approx(1 / s["compression_ratio_prunable"])
+    with torch.no_grad():
+        model[0].k[0, :3] = 0
+    s = summarize(model, x)
+    assert s["sparsity_per_layer"]["0.factors"] == pytest.approx(3 / 192)
+    assert s["sparsity_prunable"] == pytest.approx(3 / (192 + 160))
+
+
+def test_tensor_train_layer_has_storage_fraction_not_sparsity():
+    """A TTLinear stores its cores: sparsity 0 (no zeros), storage fraction Σ cores / (in·out); its MACs are
+    the dense product it runs, so its speed-up over the dense layer is exactly 1.
+    """
+    from slimtrain.layers import TTLinear
+
+    torch.manual_seed(0)
+    dense = nn.Linear(16, 16, bias=False)
+    tt = TTLinear.from_weight(dense.weight.detach(), modes=(4, 4, 4, 4), rank=2)
+    s = summarize(nn.Sequential(tt), torch.randn(3, 16), reference=nn.Sequential(dense))
+    stored = sum(core.numel() for core in tt.cores)
+    assert s["sparsity_prunable"] == 0.0
+    assert s["storage_fraction_prunable"] == pytest.approx(stored / 256)
+    assert s["macs_effective"] == s["macs_dense"] == 256 and s["theoretical_speedup"] == 1.0
+
+
+def test_masked_storage_fraction_is_the_density():
+    """On a masked model the stored fraction counts non-zeros: storage_fraction = 1 − sparsity."""
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    with torch.no_grad():
+        model[0].weight[:3] = 0
+    s = summarize(model, torch.randn(1, 10))
+    assert s["model_state"] == "masked" and s["sparsity_prunable"] == pytest.approx(0.3)
+    assert s["storage_fraction_prunable"] == pytest.approx(0.7)
+
+
+def test_params_dense_all_is_the_reference_size():
+    """params_dense_all is N_ref, the numerator of compression_ratio_all: the reference's size for a thinned
+    export (whose own size is its stored count).
+    """
+    reference = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    thin = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+    s = summarize(thin, torch.randn(1, 8), reference=reference)
+    assert (s["params_dense_all"], s["params_stored_all"]) == (54 + 14, 27 + 8)
+    assert s["compression_ratio_all"] == pytest.approx(s["params_dense_all"] / s["params_stored_all"])
+
+
+def test_thinned_model_that_keeps_zeros_is_counted_masked():
+    """Removing dead channels does not make a sparse model's zeros stored information: a thinned model
+    with zeros in a dense weight is `masked` (N_stored = NNZ), one without is `exported` (N_stored = stored).
+    """
+    reference = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    thin = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert summarize(thin, torch.randn(1, 8), reference=reference)["model_state"] == "exported"
+    with torch.no_grad():
+        thin[0].weight[0, :4] = 0
+    s = summarize(thin, torch.randn(1, 8), reference=reference)
+    assert s["model_state"] == "masked"
+    assert s["compression_ratio_all"] == pytest.approx((54 + 14) / (27 + 8 - 4))

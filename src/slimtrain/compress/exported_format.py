@@ -34,6 +34,7 @@ from torch import nn
 from slimtrain import __version__ as slimtrain_version
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, get_submodule, set_submodule
 from slimtrain.errors import ExportFormatError, UnknownNameError, UnsupportedModelError
+from slimtrain.io import apply_umask_tree
 from slimtrain.layers.specs import build_layer, layer_type_of, reshape_layer
 
 if TYPE_CHECKING:  # the registry itself is imported only when a base is named, in _build_base
@@ -44,6 +45,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+PREPROCESSING_ATTR = "slimtrain_preprocessing"
+"""Attribute of a model returned by :func:`load_exported` holding the manifest's ``"preprocessing"``."""
 
 
 def _sha256(path: Path) -> str:
@@ -147,7 +150,9 @@ def save_exported(
 ) -> Path:
     """Save an exported (compressed) model as a directory ``path`` with weights and manifest.
 
-    The directory is written under a temporary name next to ``path`` and renamed into place. Replacing an
+    The directory is written under a temporary name next to ``path`` and renamed into place, with the modes
+    a plain ``mkdir`` / ``open`` would give under the process umask (``0o755`` / ``0o644`` under ``022``).
+    Replacing an
     existing export takes two renames (old → ``.<name>.old``, new → ``path``); a process killed between
     them leaves the previous export under ``.<name>.old``, which the next :func:`save_exported` or
     :func:`load_exported` of ``path`` puts back (:func:`finish_interrupted_save`). So ``path`` always
@@ -163,7 +168,9 @@ def save_exported(
         recipe: The recipe (configuration) that produced the model, JSON-serialisable.
         manifest_extra: Further JSON-serialisable fields (metrics, provenance) stored under ``"extra"``.
         preprocessing: How inputs must be prepared (normalization, input shape, dtype, classes),
-            JSON-serialisable, stored under ``"preprocessing"``.
+            JSON-serialisable, stored under ``"preprocessing"``; default the model's
+            :data:`PREPROCESSING_ATTR` attribute when it has one (a model from :func:`load_exported`), so
+            re-saving a loaded model keeps it.
         overwrite: Replace an existing directory at ``path``.
 
     Returns:
@@ -178,6 +185,8 @@ def save_exported(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     kwargs = dict(base_kwargs or {})
+    if preprocessing is None:
+        preprocessing = getattr(model, PREPROCESSING_ATTR, None)
     changes = architecture_changes(_build_base(base, kwargs), model)
     tied = tied_parameter_groups(model)
     duplicates = {name for names in tied for name in names[1:]}
@@ -218,6 +227,7 @@ def save_exported(
             json.dump(manifest, f, indent=2, sort_keys=False)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask_tree(tmp)  # mkdtemp made it owner-only
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             os.replace(path, old)
@@ -287,7 +297,10 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
             registry name (called with the recorded keyword arguments); overrides a registry name.
 
     Returns:
-        The model with the recorded architecture and weights.
+        The model with the recorded architecture and weights. Its attribute :data:`PREPROCESSING_ATTR`
+        (``model.slimtrain_preprocessing``) holds the manifest's ``"preprocessing"`` (how to prepare inputs:
+        normalization mean/std, input shape and dtype, classes; see docs/export.md), ``None`` when the export
+        did not record it.
 
     Raises:
         ExportFormatError: On a missing file, checksum mismatch, a manifest naming missing or extra tensors,
@@ -343,6 +356,7 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
             )
     model.load_state_dict(tensors, strict=True, assign=True)
     _tie(model, tied)
+    setattr(model, PREPROCESSING_ATTR, manifest.get("preprocessing"))
     return model.eval()
 
 

@@ -5,6 +5,12 @@ evaluations and wall time of its training, so a reader can compare on either. Me
 during training (SWD's target, TDLRT's tolerance) are trained once per level. Hyperparameters are meant to
 be chosen on the validation split (``val_acc_compressed_no_ft``); test accuracy is reported, never used to
 select anything here.
+
+A finished run already in the output folder is reused only through its run identity
+(:mod:`slimtrain.train.identity`: same recipe digest), and its sweep rows only at the same identity,
+structure, level and evaluation settings (``evaluation.bn_recalibration`` included); anything else is
+recomputed. A structure or level a method does not produce, or a structure with nothing to compress in the
+model, is refused before any training.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from slimtrain.errors import RecipeError
-from slimtrain.experiments.sweeping import sweep
+from slimtrain.errors import BadInputError, RecipeError
+from slimtrain.experiments.sweeping import check_compressible, resolve_levels, sweep
 from slimtrain.io import atomic_write_text
-from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, load_recipe
-from slimtrain.train.method import get_method_class
-from slimtrain.train.trainer import Trainer, check_resumable
+from slimtrain.train.identity import recipe_digest, run_identity
+from slimtrain.train.method import Method, get_method_class
+from slimtrain.train.trainer import Trainer, build_run, check_resumable
 
 COMPARE_FILE = "compare.json"
 _SHARED_SECTIONS = ("data", "model")
@@ -61,6 +67,59 @@ def _runs_of(recipe: Recipe, seed: int) -> list[tuple[Recipe, float | None]]:
         run.evaluation.levels = [level]
         runs.append((run, level))
     return runs
+
+
+def _evaluation(method: Method, structure: str | None) -> tuple[str | None, list[float] | None]:
+    """The structure and levels one run of ``method`` is swept at.
+
+    A method choosing its level after training: ``structure`` (else its recipe's) at its recipe's levels; a
+    method setting it during training: its own level, ``native`` (``compare --structure`` is for the first
+    kind).
+    """
+    evaluation = method.recipe.evaluation
+    if method.levels_chosen == "during_training":
+        return None, None
+    return structure or evaluation.structure, evaluation.levels
+
+
+def _check_evaluable(run: Recipe, structure: str | None) -> None:
+    """Refuse, before any training, a run whose sweep would refuse its structure or levels.
+
+    Raises:
+        BadInputError: The method does not produce the structure or a level (naming what it produces), or
+            the structure has nothing to compress in the model.
+    """
+    method = get_method_class(run.method.name)(run.method_options(), run)
+    structure, levels = _evaluation(method, structure)
+    structure, declared, _ = resolve_levels(method, structure, levels)
+    if declared.chosen_after_training and structure != "native":
+        comp = build_run(run)
+        example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
+        check_compressible(comp.model, structure, run.model.name, example)
+
+
+def _reuse_or_train(run: Recipe, run_dir: Path) -> None:
+    """Train ``run`` in ``run_dir`` (resuming an unfinished run), or reuse the finished run there.
+
+    A finished run is reused only when its identity's recipe digest is the requested recipe's
+    (:mod:`slimtrain.train.identity`); its sweep rows are then reused only at the same identity, structure,
+    level and evaluation settings.
+
+    Raises:
+        RecipeError: The finished run was trained from another recipe (naming every key that differs).
+        BadInputError: Its identity differs for another reason (e.g. the ``model.init_from`` weights).
+    """
+    identity = run_identity(run_dir)
+    if identity is None:
+        Trainer(run, run_dir).fit(resume=True)  # checks the stored recipe itself
+        return
+    check_resumable(run_dir, run)
+    if identity.recipe_digest != recipe_digest(run):
+        raise BadInputError(
+            f"{run_dir} holds a run whose identity differs from recipe '{run.name}' (recipe digest "
+            f"{identity.recipe_digest[:12]} vs {recipe_digest(run)[:12]}); use another output directory "
+            "or delete that run"
+        )
 
 
 def _run_dir(out: Path, recipe: Recipe, seed: int, level: float | None) -> Path:
@@ -108,11 +167,17 @@ def compare(
         output_dir: where each run (``<recipe>/seed<s>[-level<l>]``) and ``compare.json`` go.
         seeds: seeds to train (default: each recipe's own seed).
         overrides: ``key=value`` overrides applied to every recipe.
-        structure: compression structure for after-training methods (default: each recipe's).
+        structure: compression structure for after-training methods (default: each recipe's); methods
+            that set their level during training are swept ``native`` at their own level.
         latency: measure latency in every sweep row.
 
     Returns:
         ``{"rows": per-run rows, "aggregated": mean/std over seeds}``, also written to ``compare.json``.
+
+    Raises:
+        RecipeError: Recipes on another footing, or a finished run in ``output_dir`` of another recipe.
+        BadInputError: Before any training: a structure or level a method does not produce, or a structure
+            with nothing to compress in the model.
     """
     out = Path(output_dir)
     recipes = [load_recipe(path, overrides) for path in recipe_paths]
@@ -120,16 +185,34 @@ def compare(
     if len(set(names)) != len(names):
         raise RecipeError(f"recipe names must be distinct in a comparison, got {names}")
     _check_same_footing(recipes)
+    plan = [
+        (run, _run_dir(out, run, seed, level))
+        for recipe in recipes
+        for seed in (seeds if seeds is not None else [recipe.seed])
+        for run, level in _runs_of(recipe, seed)
+    ]
+    checked: set[str] = set()
+    for run, _ in plan:  # every refusal before any training; the model is the same at every seed
+        key = run.model_dump_json(exclude={"seed"})
+        if key not in checked:
+            _check_evaluable(run, structure)
+            checked.add(key)
     rows: list[dict[str, Any]] = []
-    for recipe in recipes:
-        for seed in seeds if seeds is not None else [recipe.seed]:
-            for run, level in _runs_of(recipe, seed):
-                run_dir = _run_dir(out, run, seed, level)
-                if CheckpointStore(run_dir / "checkpoints").load_latest(final_only=True) is None:
-                    Trainer(run, run_dir).fit(resume=True)  # checks the stored recipe itself
-                else:
-                    check_resumable(run_dir, run)
-                rows.extend(sweep(run_dir, structure=structure, latency=latency))
+    for run, run_dir in plan:
+        _reuse_or_train(run, run_dir)
+        method = get_method_class(run.method.name)(run.method_options(), run)
+        run_structure, run_levels = _evaluation(method, structure)
+        evaluation = run.evaluation
+        rows.extend(
+            sweep(
+                run_dir,
+                structure=run_structure,
+                levels=run_levels,
+                bn_recalibration=evaluation.bn_recalibration,
+                bn_recalibration_batches=evaluation.bn_recalibration_batches,
+                latency=latency,
+            )
+        )
     result = {"recipes": names, "seeds": seeds, "rows": rows, "aggregated": aggregate(rows)}
     atomic_write_text(out / COMPARE_FILE, json.dumps(result, indent=1, default=float))
     return result

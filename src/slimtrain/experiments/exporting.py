@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,9 +21,22 @@ from slimtrain.compress.csr import to_sparse_linear
 from slimtrain.compress.exportable import check_same_outputs, to_exported
 from slimtrain.compress.exported_format import save_exported
 from slimtrain.compress.onnx_export import export_onnx
-from slimtrain.experiments.sweeping import load_trained, resolve_structure
-from slimtrain.metrics import count_parameters, latency_fields, summarize
+from slimtrain.errors import BadInputError
+from slimtrain.experiments.sweeping import (
+    check_compressible,
+    describe_levels,
+    level_fields,
+    level_label,
+    level_metrics,
+    load_trained,
+    resolve_levels,
+)
+from slimtrain.metrics import count_parameters, latency_fields
 from slimtrain.train.evaluate import evaluate
+from slimtrain.train.identity import run_identity
+
+if TYPE_CHECKING:
+    from slimtrain.data import DatasetSplits
 
 ONNX_FILE = "model.onnx"
 CSR_MIN_SPARSITY = 0.5
@@ -39,37 +52,87 @@ class ExportResult:
     Attributes:
         path: The exported-model directory (``model.safetensors`` + ``manifest.json``).
         onnx_path: The checked ONNX file inside it, when asked for.
-        structure: The structure the run was compressed with.
-        level: The compression level.
+        structure: The structure the run was compressed with (``native`` for a level set by training).
+        level: The compression level; for a level set by training, the value of the method option that set
+            it (``None`` when another option set it, e.g. a TT rank).
         max_abs_error: Largest output difference between exported and compressed model on the check batch.
         acc_compressed: Test accuracy of the compressed model.
         acc_exported: Test accuracy of the exported model.
-        metrics: :func:`slimtrain.metrics.summarize` fields of the exported model (``model_state``
-            ``exported``, or ``masked`` with CSR storage; N_ref and ``macs_dense`` from the dense model).
+        metrics: :func:`~slimtrain.experiments.sweeping.level_metrics` of the model as saved (CSR layers
+            included): the fields of a sweep row at this level, ``params_stored_all`` the count
+            ``slimtrain inspect`` prints; N_ref and ``macs_dense`` from the dense model.
         params_dense_reference: Parameters of the dense model (N_ref of the compression ratios).
-        latency: ``latency_ms_b{N}`` and ``measured_speedup_b{N}`` of the exported model (CPU, medians).
+        latency: :func:`slimtrain.metrics.latency_fields` of the exported model against the dense one
+            (CPU): ``latency_ms_b{N}`` (median), ``latency_iqr_ms_b{N}``, ``measured_speedup_b{N}`` and
+            its quartiles ``measured_speedup_q1_b{N}``, ``measured_speedup_q3_b{N}``.
+        level_option: The method option that set the level during training (``tau``, ``target``), if any.
     """
 
     path: Path
     onnx_path: Path | None
     structure: str
-    level: float
+    level: float | None
     max_abs_error: float
     acc_compressed: float
     acc_exported: float
     metrics: dict[str, Any]
     params_dense_reference: int
     latency: dict[str, float] = field(default_factory=dict)
+    level_option: str | None = None
 
 
-def default_export_dir(run_dir: str | Path, structure: str, level: float) -> Path:
-    """Where :func:`export_run` writes by default: ``<run_dir>/exported/<structure>-<level>``."""
-    return Path(run_dir) / "exported" / f"{structure}-{level:g}"
+STANDARD_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "digits": tuple(str(d) for d in range(10)),
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}  # fmt: skip
+"""Class names (index order) of the built-in datasets whose labels have standard names."""
+
+
+def input_preprocessing(splits: DatasetSplits, input_dtype: torch.dtype) -> dict[str, Any]:
+    """How inputs must be prepared for a model trained on ``splits``, as recorded in an export's manifest.
+
+    The model was trained on ``(x - mean[c]) / std[c]`` per channel c, where x is the dataset's raw input
+    (image pixels scaled to [0, 1]: digits' 0..16 intensities / 16, 8-bit images / 255), laid out NCHW.
+
+    Returns:
+        ``{"dataset", "layout": "NCHW", "input_shape": [C, H, W], "channels", "input_dtype", "mean",
+        "std", "normalize", "num_classes", "class_names"}``; ``class_names`` (index order) is ``None`` unless
+        the dataset is one of :data:`STANDARD_CLASS_NAMES` with that many classes.
+    """
+    names = STANDARD_CLASS_NAMES.get(splits.name)
+    return {
+        "dataset": splits.name,
+        "layout": "NCHW",
+        "input_shape": list(splits.input_shape),
+        "channels": splits.input_shape[0],
+        "input_dtype": str(input_dtype).removeprefix("torch."),
+        "mean": [float(m) for m in splits.mean],
+        "std": [float(s) for s in splits.std],
+        "normalize": "(x - mean[c]) / std[c] per channel c",
+        "num_classes": splits.num_classes,
+        "class_names": list(names) if names is not None and len(names) == splits.num_classes else None,
+    }
+
+
+def default_export_dir(
+    run_dir: str | Path, structure: str, level: float | None, option: str | None = None
+) -> Path:
+    """Where :func:`export_run` writes by default: ``<run_dir>/exported/<structure>-<level>``.
+
+    A level set by training is named after its option: ``native-tau0.1``, ``native-target0.9``
+    (:func:`~slimtrain.experiments.sweeping.level_label`).
+    """
+    return Path(run_dir) / "exported" / level_label(structure, level, option)
 
 
 def export_run(
     run_dir: str | Path,
-    level: float,
+    level: float | None = None,
     *,
     structure: str | None = None,
     output: str | Path | None = None,
@@ -83,13 +146,16 @@ def export_run(
 
     Args:
         run_dir: A finished run directory.
-        level: Compression level in [0, 1) (sparsity, fraction of channels, fraction of rank removed).
+        level: Compression level in [0, 1) (sparsity, fraction of channels, fraction of rank removed) of a
+            structure whose level is chosen after training (required there). For a method that sets its
+            level during training only the run's own level is accepted, and ``None`` means it.
         structure: ``unstructured``, ``filter``, ``lowrank`` or ``native``; default the recipe's.
         output: Directory to write; default :func:`default_export_dir`.
         onnx: Also write ``model.onnx`` into it, checked against onnxruntime.
         round_to: Filter structure: round every thinned width up to a multiple of this.
         sparse_linear: Store linear layers with at least 50% zeros as CSR (smaller; not faster on CPU).
-            Parameter counts are then the masked convention's (non-zeros), which is what CSR stores.
+            The stored count then holds the CSR values (not their index arrays, which are buffers); the
+            ratios are a sweep row's (masked convention: N_stored = non-zeros).
         latency_batch_sizes: Batch sizes of the CPU latency measurement (none: no measurement).
         overwrite: Replace an existing output directory.
 
@@ -97,7 +163,8 @@ def export_run(
         The :class:`ExportResult`.
 
     Raises:
-        ValueError: A level outside [0, 1) or a structure the method cannot compress with.
+        BadInputError: A level outside [0, 1), a structure or level the run does not produce (naming
+            those it does), or a structure with nothing to compress in the model (a ``ValueError``).
         CheckpointError: The run has not finished training.
         ExportMismatchError: The exported model's outputs differ from the compressed model's.
         UnsupportedChannelFlowError: Filter structure on a model whose channels cannot be removed.
@@ -105,13 +172,24 @@ def export_run(
         OnnxMismatchError: onnxruntime's outputs differ from PyTorch's.
         FileExistsError: ``output`` exists and ``overwrite`` is false.
     """
-    if not 0.0 <= level < 1.0:
-        raise ValueError(f"level must be in [0, 1), got {level!r}")
+    if level is not None and not 0.0 <= level < 1.0:
+        raise BadInputError(f"level must be in [0, 1), got {level!r}")
     run_dir = Path(run_dir)
     comp = load_trained(run_dir)
     recipe, method = comp.method.recipe, comp.method
-    structure = resolve_structure(method, structure)
-    out_dir = Path(output) if output is not None else default_export_dir(run_dir, structure, level)
+    structure, declared, chosen = resolve_levels(method, structure, None if level is None else [level])
+    if declared.chosen_after_training and level is None:
+        raise BadInputError(
+            f"export of structure '{structure}' of method '{method.name}' needs a level "
+            f"({describe_levels(declared)}): pass --level"
+        )
+    level = chosen[0]  # the run's own level when training set it
+    fields = level_fields(declared, level)
+    out_dir = (
+        Path(output)
+        if output is not None
+        else default_export_dir(run_dir, structure, level, fields["level_option"])
+    )
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
 
@@ -120,15 +198,15 @@ def export_run(
 
     example = to_device(comp.splits.test.inputs[:2])
     check_inputs = to_device(comp.splits.test.inputs[:CHECK_BATCH])
+    if declared.chosen_after_training:
+        check_compressible(comp.model, structure, recipe.model.name, example)
     compressed = method.compress(copy.deepcopy(comp.model), structure, level, example).eval()
     exported = to_exported(compressed, structure, example, round_to=round_to)
     dense = comp.method.dense_reference(comp.model)
-    # A CSR layer stores exactly the non-zeros (plus indices), which is what the masked convention counts.
-    metrics = summarize(
-        exported, example, reference=dense, model_state="masked" if sparse_linear else "exported"
-    )
     if sparse_linear:
         exported = to_sparse_linear(exported, min_sparsity=CSR_MIN_SPARSITY)
+    # The model as saved (CSR values counted as stored), with the definitions of a sweep row.
+    metrics = level_metrics(compressed, exported, example, dense)
     error = check_same_outputs(compressed, exported, check_inputs)
     acc_compressed = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
     acc_exported = evaluate(exported, comp.splits.test, device=comp.device, dtype=comp.dtype)
@@ -145,15 +223,21 @@ def export_run(
         "method": method.name,
         "structure": structure,
         "level": level,
+        **fields,
+        "run_identity": run_identity(run_dir, recipe).digest,
         "round_to": round_to,
         "sparse_linear": sparse_linear,
         "acc_test_compressed": acc_compressed["accuracy"],
         "acc_test_exported": acc_exported["accuracy"],
         "max_abs_error_vs_compressed": error,
         "input_shape": [channels, height, comp.splits.input_shape[2]],
+        "model_state": metrics["model_state"],
         "params_stored_all": metrics["params_stored_all"],
+        "compression_ratio_all": metrics["compression_ratio_all"],
         "macs_effective": metrics["macs_effective"],
+        "theoretical_speedup": metrics.get("theoretical_speedup"),
     }
+    preprocessing = input_preprocessing(comp.splits, example.dtype)
     path = save_exported(
         exported,
         out_dir,
@@ -161,9 +245,12 @@ def export_run(
         base_kwargs=base_kwargs,
         recipe=recipe.model_dump(mode="json"),
         manifest_extra=extra,
+        preprocessing=preprocessing,
         overwrite=overwrite,
     )
-    onnx_path = export_onnx(exported, example, path / ONNX_FILE) if onnx else None
+    onnx_path = (
+        export_onnx(exported, example, path / ONNX_FILE, preprocessing=preprocessing) if onnx else None
+    )
     latency: dict[str, float] = {}
     if latency_batch_sizes:
         inputs = [torch.zeros((b, *example.shape[1:]), dtype=example.dtype) for b in latency_batch_sizes]
@@ -184,4 +271,5 @@ def export_run(
         metrics=metrics,
         params_dense_reference=count_parameters(dense, "all").dense,
         latency=latency,
+        level_option=fields["level_option"],
     )

@@ -18,10 +18,11 @@ import matplotlib.pyplot as plt
 
 from slimtrain.experiments.comparison import COMPARE_FILE, aggregate
 from slimtrain.io import atomic_write_bytes, atomic_write_text
+from slimtrain.metrics import upgrade_row
 
 # (field on the x axis, axis label, log scale); each plot has one line per recipe.
 PLOTS = (
-    ("sparsity_prunable", "sparsity of conv/linear weights", False),
+    ("sparsity_prunable", "sparsity of conv/linear weights (fraction of zeros)", False),
     ("compression_ratio_all", "compression ratio (all parameters, ×)", True),
     ("macs_effective", "effective MACs per sample", True),
 )
@@ -34,6 +35,7 @@ TABLE_COLUMNS = (
     ("test acc (no ft)", "acc_compressed_no_ft", "{:.4f}"),
     ("val acc", "val_acc_compressed_no_ft", "{:.4f}"),
     ("sparsity (prunable)", "sparsity_prunable", "{:.4f}"),
+    ("storage fraction (prunable)", "storage_fraction_prunable", "{:.4f}"),
     ("compression ratio (all)", "compression_ratio_all", "{:.2f}"),
     ("MACs (effective)", "macs_effective", "{:,.0f}"),
     ("theoretical speed-up", "theoretical_speedup", "{:.2f}"),
@@ -47,13 +49,13 @@ def load_rows(directory: str | Path) -> list[dict[str, Any]]:
     directory = Path(directory)
     compare_file = directory / COMPARE_FILE
     if compare_file.exists():
-        return json.loads(compare_file.read_text())["aggregated"]
+        return [upgrade_row(row) for row in json.loads(compare_file.read_text())["aggregated"]]
     sweep_files = sorted(directory.glob("sweep-*.json"))
     if not sweep_files:
         raise FileNotFoundError(
             f"{directory} has neither {COMPARE_FILE} nor sweep-*.json files; run a sweep first"
         )
-    rows = [row for path in sweep_files for row in json.loads(path.read_text())["rows"]]
+    rows = [upgrade_row(row) for path in sweep_files for row in json.loads(path.read_text())["rows"]]
     return aggregate(rows)
 
 

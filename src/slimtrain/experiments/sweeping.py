@@ -3,29 +3,44 @@
 For each level the trained model is restored afresh (never compressed cumulatively), compressed by the
 method's ``compress`` at that level, optionally has its BatchNorm statistics recalibrated (reported in a
 separate column), is evaluated, and yields one row with accuracy, parameter/non-zero counts, MACs, every
-ratio of ``spec/metrics.md`` and, when asked, measured latency. Rows are written after every level, so an
-interrupted sweep continues without redoing finished levels.
+ratio of ``docs/metrics.md`` and, when asked, measured latency. Rows are written after every level, so an
+interrupted sweep continues without redoing finished levels. Rows belong to one trained model: they are
+keyed by its run identity (:mod:`slimtrain.train.identity`), structure, level and evaluation settings, and
+only levels the method produces (:meth:`slimtrain.train.method.Method.levels`) are evaluated.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from slimtrain.compress.exportable import to_exported
+from slimtrain.compress.magnitude import population_parameters
+from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
 from slimtrain.data import BatchLoader
-from slimtrain.errors import CheckpointError
+from slimtrain.errors import BadInputError, CheckpointError
 from slimtrain.io import atomic_write_text
-from slimtrain.metrics import count_parameters, measure_latency, summarize
+from slimtrain.metrics import (
+    LatencyResult,
+    compressed_model_fields,
+    count_parameters,
+    latency_result_fields,
+    measure_latency,
+    summarize,
+    upgrade_row,
+)
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import load_recipe
 from slimtrain.train.evaluate import evaluate
-from slimtrain.train.method import Method
+from slimtrain.train.identity import run_identity
+from slimtrain.train.method import Levels, Method
 from slimtrain.train.trainer import RunComponents, build_run
 
 
@@ -77,15 +92,15 @@ def resolve_structure(method: Method, structure: str | None) -> str:
     Methods that fix their level during training are always evaluated ``native``.
 
     Raises:
-        ValueError: The method cannot compress with the structure.
+        BadInputError: The method cannot compress with the structure (a ``ValueError``).
     """
     structure = structure or method.recipe.evaluation.structure
     if method.levels_chosen == "during_training" and structure != "native":
         structure = "native"
     if structure != "native" and structure not in method.structures:
-        raise ValueError(
-            f"method '{method.name}' cannot compress with structure '{structure}'; "
-            f"supported: {', '.join(method.structures)}, native"
+        raise BadInputError(
+            f"method '{method.name}' of run '{method.recipe.name}' cannot compress with structure "
+            f"'{structure}'; the structures it supports: {', '.join(method.structures)}, native"
         )
     return structure
 
@@ -95,9 +110,211 @@ def sweep_path(run_dir: str | Path, structure: str) -> Path:
     return Path(run_dir) / f"sweep-{structure}.json"
 
 
-def _latency(model: nn.Module, example: torch.Tensor, batch: int) -> float:
+def _latency(model: nn.Module, example: torch.Tensor, batch: int) -> LatencyResult:
     inputs = torch.zeros((batch, *example.shape[1:]), dtype=example.dtype, device=example.device)
-    return measure_latency(model, inputs).median_ms
+    return measure_latency(model, inputs)
+
+
+def _exported_form(compressed: nn.Module, structure: str, example: torch.Tensor) -> nn.Module:
+    """``to_exported(compressed, structure, example)``, the model a sweep row's counts describe.
+
+    A ``native`` model whose zeroed channels the channel tracer fails on keeps them, with a warning (what
+    ``to_exported`` does when it refuses the channel flow), rather than ending the sweep.
+    """
+    try:
+        return to_exported(compressed, structure, example)
+    except Exception as error:  # the tracer's own errors, on models it does not understand
+        if structure != "native":
+            raise
+        warnings.warn(f"zeroed channels are kept in the exported form: {error!r}", stacklevel=2)
+        return to_exported(compressed, "lowrank", example)  # the same, without channel removal
+
+
+def level_metrics(
+    compressed: nn.Module, exported: nn.Module, example: torch.Tensor, dense: nn.Module
+) -> dict[str, Any]:
+    """The parameter, ratio and MAC fields of one compression level: sweep rows and ``slimtrain export``.
+
+    One definition for both (docs/metrics.md): :func:`~slimtrain.metrics.summarize` of the *exported* model
+    (channels removed, factorized layers in their deployment form, CSR layers as stored; its state inferred:
+    ``masked`` while zeros stay in dense tensors) against the method's dense reference, so N_ref, the
+    storage fractions, compression ratios, ``macs_dense`` and ``theoretical_speedup`` = ``macs_dense /
+    macs_effective`` are the same for every structure; the fields that describe the compressed model as the
+    method produced it (its zeros, trained ranks and DLRT eval rates:
+    :func:`~slimtrain.metrics.compressed_model_fields`) are the compressed model's.
+
+    Args:
+        compressed: The method's compressed model at the level.
+        exported: Its exported form (:func:`~slimtrain.compress.exportable.to_exported`, optionally CSR).
+        example: A real input batch at the evaluation resolution.
+        dense: The dense reference (``method.dense_reference(trained)``).
+    """
+    metrics = summarize(exported, example, reference=dense)
+    own = compressed_model_fields(compressed)
+    # Optional fields are the compressed model's alone (deployed layers may not carry ranks, for one).
+    optional = ("sparsity_effective_prunable", "ranks_per_layer", "cr_percent_eval_dlrt_convention")
+    for key in (*optional, "cr_percent_eval_factorized_only"):
+        metrics.pop(key, None)
+    return {**metrics, **own}
+
+
+STRUCTURE_NAMES = ("unstructured", "filter", "lowrank", "native")
+
+
+def describe_levels(levels: Levels) -> str:
+    """The levels of one structure in words: ``any level in [0, 1)``, ``tau 0.1``, ``level 0``."""
+    if levels.chosen_after_training:
+        return "any level in [0, 1)"
+    if not levels.values:
+        return "the level its training set" + (f" (not through '{levels.option}')" if levels.option else "")
+    values = ", ".join(f"{v:g}" for v in levels.values)
+    return f"{levels.option} {values}" if levels.option else f"level {values}"
+
+
+def produced_structures(method: Method) -> str:
+    """Every structure a trained run of ``method`` produces, with its levels (for error messages)."""
+    produced = ((s, method.levels(s)) for s in STRUCTURE_NAMES)
+    return "; ".join(f"{s}: {describe_levels(levels)}" for s, levels in produced if levels is not None)
+
+
+def resolve_levels(
+    method: Method, structure: str | None, levels: list[float] | None
+) -> tuple[str, Levels, list[float | None]]:
+    """The structure and levels a trained run is evaluated at, checked against :meth:`Method.levels`.
+
+    ``structure`` defaults to the recipe's; a structure whose level training set is evaluated ``native``
+    (the trained model as it is).
+    ``levels`` default to the recipe's, else the method's defaults, for a structure whose level is chosen
+    after training; to the run's own level for a structure whose level training set. The recipe's
+    ``evaluation.levels`` are then the levels ``compare`` trains one run each at, not levels of this run.
+    A run whose level training set through another option than the level option (a TT ``rank`` instead of
+    ``storage_reduction``) has no value in the option's unit: it is evaluated as trained, at level 0, like
+    the ``native`` structure of a method compressed after training (the returned :class:`Levels` say so).
+
+    Raises:
+        BadInputError: The method does not produce ``structure``, or not at one of ``levels``; the message
+            names what it does produce.
+    """
+    if structure is None:
+        structure = resolve_structure(method, None)
+    declared = method.levels(structure)
+    if declared is None:
+        if method.levels_chosen == "after_training":
+            resolve_structure(method, structure)  # refuses, naming the supported structures
+        raise BadInputError(
+            f"method '{method.name}' of run '{method.recipe.name}' does not produce structure "
+            f"'{structure}'; it produces {produced_structures(method)}"
+        )
+    if not declared.chosen_after_training:  # training made the model: it is evaluated as it is
+        structure = "native"
+        if not declared.values:
+            declared = Levels.set_by_training((0.0,))
+    if levels is None:
+        if declared.chosen_after_training:
+            chosen = method.recipe.evaluation.levels or method.default_levels(structure)
+        else:
+            chosen = list(declared.values)
+        return structure, declared, list(chosen)
+    refused = [level for level in levels if not declared.admits(level)]
+    if refused:
+        raise BadInputError(_level_refusal(method, structure, declared, refused))
+    return structure, declared, list(levels)
+
+
+def _level_refusal(method: Method, structure: str, declared: Levels, refused: list[float]) -> str:
+    asked = ", ".join(f"{level:g}" for level in refused)
+    head = (
+        f"method '{method.name}' of run '{method.recipe.name}' has no level {asked} of structure "
+        f"'{structure}'"
+    )
+    if declared.chosen_after_training:
+        return f"{head}: levels are fractions in [0, 1)"
+    as_is = f"{head}: '{structure}' is the trained model as it is ({describe_levels(declared)})"
+    if declared.option is None and method.levels_chosen == "after_training":
+        others = ", ".join(method.structures)
+        return f"{as_is}; " + (f"for other levels use --structure {others}" if others else "no other level")
+    if declared.option is None:  # set by training through another option than the level option
+        return (
+            f"{as_is}: the method sets its level during training, this run through another option than "
+            f"'{method.level_option}' (e.g. a rank); train another run for another level"
+        )
+    how = f"this run was trained at {describe_levels(declared)}"
+    return (
+        f"{head}: the method sets its level during training ({declared.option}), and {how}; sweep or "
+        f"export it at that level (no --levels/--level), or train another run with --set "
+        f"method.options.{declared.option}=LEVEL (compare trains one run per entry of evaluation.levels)"
+    )
+
+
+def level_fields(declared: Levels, level: float | None) -> dict[str, Any]:
+    """What a row or an export records of its level besides ``requested_level``.
+
+    A level set by training is recorded under the name of the option that set it (``"tau": 0.1``,
+    ``"target": 0.9``), with ``level_option`` naming that option; ``level_option`` is ``None`` otherwise.
+    """
+    if declared.chosen_after_training or declared.option is None:
+        return {"level_option": None}
+    return {"level_option": declared.option, declared.option: level}
+
+
+def level_label(structure: str, level: float | None, option: str | None) -> str:
+    """A level as folders and tables name it: ``unstructured-0.5``, ``native-tau0.1``, ``native``."""
+    if level is None:
+        return structure
+    return f"{structure}-{option or ''}{level:g}"
+
+
+def check_compressible(model: nn.Module, structure: str, model_name: str, example: torch.Tensor) -> None:
+    """Refuse a structure that has nothing to compress in ``model`` (the standard operators' populations).
+
+    ``unstructured`` prunes conv and linear weights, ``filter`` removes conv filters (output channels whose
+    removal the channel graph can follow), ``lowrank`` factorizes ``Conv2d`` layers.
+
+    Raises:
+        BadInputError: Saying what the structure acts on and that ``model`` has none of it.
+    """
+    convs = [m for m in model.modules() if isinstance(m, _ConvNd)]
+    problem = None
+    if structure == "unstructured" and not population_parameters(model):
+        problem = "prunes conv and linear weights; model '{}' has no Conv or Linear layer"
+    elif structure == "filter" and not convs:
+        problem = "removes conv filters; model '{}' has no Conv2d"
+    elif structure == "filter" and not coupled_channel_groups(model, example):
+        problem = "removes conv filters; no conv filter of model '{}' can be removed (all reach the output)"
+    elif structure == "lowrank" and not any(isinstance(m, nn.Conv2d) for m in convs):
+        problem = "factorizes conv layers; model '{}' has no Conv2d"
+    if problem is not None:
+        raise BadInputError(f"structure '{structure}' " + problem.format(model_name))
+
+
+def evaluation_settings(
+    recalibrate: bool, recalibration_batches: int, latency: bool, latency_batch_sizes: tuple[int, ...]
+) -> dict[str, Any]:
+    """The evaluation settings a sweep row is computed with, part of its key (see :func:`sweep`)."""
+    return {
+        "bn_recalibration": bool(recalibrate),
+        "bn_recalibration_batches": int(recalibration_batches) if recalibrate else None,
+        "latency_batch_sizes": [int(b) for b in latency_batch_sizes] if latency else [],
+    }
+
+
+def stored_rows(path: Path, identity: str) -> list[dict[str, Any]]:
+    """The rows of the sweep file ``path`` if it belongs to the run identity ``identity``, else none.
+
+    A file of another identity (the run was trained again, or by a version that recorded none) holds
+    results of another model: none of its rows is reused, and the next row written replaces the file.
+    """
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("run_identity") != identity:
+        return []
+    return [row for row in data["rows"] if row.get("run_identity") == identity]
+
+
+def _level_order(row: dict[str, Any]) -> tuple[bool, float]:
+    level = row["requested_level"]
+    return (level is None, 0.0 if level is None else level)
 
 
 def sweep(
@@ -108,6 +325,7 @@ def sweep(
     bn_recalibration: bool | None = None,
     latency: bool = False,
     latency_batch_sizes: tuple[int, ...] = (1, 256),
+    bn_recalibration_batches: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the trained run in ``run_dir`` at each compression level and write ``sweep.json``.
 
@@ -119,34 +337,53 @@ def sweep(
         latency: measure the CPU latency of each level's exported model (channels removed, factorized
             layers in place; :func:`slimtrain.compress.exportable.to_exported`) and of the dense model
             (slow on a shared CPU). Rows then say ``latency_model_state: exported`` and carry
-            ``params_stored_exported_all``, ``latency_ms_b{N}`` and ``measured_speedup_b{N}``.
+            ``params_stored_exported_all`` and the fields of
+            :func:`~slimtrain.metrics.latency_result_fields`: ``latency_ms_b{N}``, ``latency_iqr_ms_b{N}``,
+            ``measured_speedup_b{N}`` and its quartiles ``measured_speedup_q1_b{N}``/``_q3_b{N}``.
         latency_batch_sizes: batch sizes for the latency measurement.
+        bn_recalibration_batches: training batches of the recalibration; default from the recipe.
 
     Returns:
-        One row per requested level (rows already in ``<run_dir>/sweep-<structure>.json`` from an earlier,
-        possibly interrupted, sweep are reused, not recomputed); the file keeps every level swept so far.
+        One row per requested level. Each row records the run identity
+        (:func:`slimtrain.train.identity.run_identity`) and its ``evaluation_settings`` (BatchNorm
+        recalibration and its batches, latency batch sizes): a row already in
+        ``<run_dir>/sweep-<structure>.json`` (an earlier, possibly interrupted, sweep) is reused only when
+        its identity, structure, level and settings are the requested ones, and recomputed otherwise. The
+        file holds the rows of one identity, one per level swept so far; a file of another identity is
+        replaced. A level set by training is also recorded under its option's name (``"tau": 0.1``) with
+        ``level_option``; levels the method does not produce are refused (:func:`resolve_levels`), and so is
+        a structure with nothing to compress in the model (:func:`check_compressible`).
+
+    Raises:
+        BadInputError: A structure or level the run does not produce, or one with nothing to compress.
+        CheckpointError: The run has not finished training.
     """
     run_dir = Path(run_dir)
     comp = load_trained(run_dir)
     recipe, method = comp.method.recipe, comp.method
     evaluation = recipe.evaluation
-    structure = resolve_structure(method, structure)
-    levels = levels if levels is not None else evaluation.levels or method.default_levels(structure)
+    structure, declared, levels = resolve_levels(method, structure, levels)
     recalibrate = evaluation.bn_recalibration if bn_recalibration is None else bn_recalibration
+    batches = bn_recalibration_batches or evaluation.bn_recalibration_batches
+    settings = evaluation_settings(recalibrate, batches, latency, latency_batch_sizes)
+    identity = run_identity(run_dir, recipe)
+    assert identity is not None  # load_trained found the final checkpoint
 
     out_path = sweep_path(run_dir, structure)
-    rows: list[dict[str, Any]] = json.loads(out_path.read_text())["rows"] if out_path.exists() else []
-    done = {r["requested_level"] for r in rows}
+    rows = [upgrade_row(r) for r in stored_rows(out_path, identity.digest)]
+    done = {r["requested_level"] for r in rows if r.get("evaluation_settings") == settings}
 
     trained = comp.model
     example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
     dense_test = evaluate(trained, comp.splits.test, device=comp.device, dtype=comp.dtype)["accuracy"]
     results_file = run_dir / "results.json"
     train_info = json.loads(results_file.read_text()) if results_file.exists() else {}
-    dense_latency = {}
-    if latency:
-        dense = method.dense_reference(trained)  # a new model: `trained` keeps its own layers
-        dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes}
+    if train_info.get("run_identity", identity.digest) != identity.digest:
+        train_info = {}  # the results of another training of this directory
+    if declared.chosen_after_training:
+        check_compressible(trained, structure, recipe.model.name, example)
+    dense = method.dense_reference(trained)  # a new model: `trained` keeps its own layers
+    dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes} if latency else {}
     for level in levels:
         if level in done:
             continue
@@ -160,6 +397,9 @@ def sweep(
             "seed": recipe.seed,
             "structure": structure,
             "requested_level": level,
+            **level_fields(declared, level),
+            "run_identity": identity.digest,
+            "evaluation_settings": settings,
             **{k: train_info[k] for k in ("grad_evals", "train_seconds", "epochs") if k in train_info},
             "acc_dense": dense_test,
             "acc_compressed_no_ft": test["accuracy"],
@@ -169,22 +409,26 @@ def sweep(
             else float("nan"),
         }
         if recalibrate:
-            recalibrate_batchnorm(
-                compressed, comp, evaluation.bn_recalibration_batches, recipe.train.batch_size
-            )
+            recalibrate_batchnorm(compressed, comp, batches, recipe.train.batch_size)
             row["acc_compressed_bn_recal"] = evaluate(
                 compressed, comp.splits.test, device=comp.device, dtype=comp.dtype
             )["accuracy"]
-        row.update(summarize(compressed, example, reference=trained))
+        # The numbers of the deployed model, as `slimtrain export` reports them (one definition).
+        exported = _exported_form(compressed, structure, example)
+        row.update(level_metrics(compressed, exported, example, dense))
         if latency:
             # Latency is a property of the deployed model: time the exported form, not the masked one.
-            exported = to_exported(compressed, structure, example)
             row["latency_model_state"] = "exported"
             row["params_stored_exported_all"] = count_parameters(exported, "all").stored
-        for batch, dense_ms in dense_latency.items():
-            row[f"latency_ms_b{batch}"] = _latency(exported, example, batch)
-            row[f"measured_speedup_b{batch}"] = dense_ms / row[f"latency_ms_b{batch}"]
+        for batch, dense_result in dense_latency.items():
+            row.update(latency_result_fields(_latency(exported, example, batch), dense_result))
+        rows = [r for r in rows if r["requested_level"] != level]  # computed with other settings
         rows.append(row)
-        rows.sort(key=lambda r: r["requested_level"])
-        atomic_write_text(out_path, json.dumps({"run": str(run_dir), "rows": rows}, indent=1, default=float))
-    return [r for r in rows if r["requested_level"] in levels]
+        rows.sort(key=_level_order)
+        atomic_write_text(
+            out_path,
+            json.dumps(
+                {"run": str(run_dir), "run_identity": identity.digest, "rows": rows}, indent=1, default=float
+            ),
+        )
+    return [r for r in rows if r["requested_level"] in levels and r["evaluation_settings"] == settings]

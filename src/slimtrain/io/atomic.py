@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from slimtrain.io.modes import apply_umask
+
 TEMP_SUFFIX = ".tmp"
 """Suffix of the temporary files :func:`atomic_write` renames into place (left behind only by a killed
 process; :func:`remove_stale_temporaries` deletes them)."""
@@ -16,6 +18,9 @@ process; :func:`remove_stale_temporaries` deletes them)."""
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, then rename over it.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it, ``0o666 & ~umask``
+    (:func:`slimtrain.io.modes.apply_umask`), not the owner-only mode of the temporary.
 
     Raises:
         OSError: the directory is not writable or the disk is full; the previous file is left untouched.
@@ -28,6 +33,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as handle:
+            apply_umask(tmp)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

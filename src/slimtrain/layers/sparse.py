@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from slimtrain.layers.specs import register_layer_type
+
+_CSR_BETA = "Sparse CSR tensor support is in beta"
+"""Start of torch's warning on the first CSR tensor of a process, which a user of the layer cannot act on."""
+
+
+@contextlib.contextmanager
+def _quiet_csr() -> Iterator[None]:
+    """Silence torch's CSR "beta" warning, and only it, inside the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA, category=UserWarning)
+        yield
 
 
 class SparseLinear(nn.Module):
@@ -42,22 +55,25 @@ class SparseLinear(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """Return the weight as a dense tensor of shape (out_features, in_features)."""
-        return self.weight_csr().to_dense()
+        with _quiet_csr():
+            return self.weight_csr().to_dense()
 
     def weight_csr(self) -> torch.Tensor:
         """Return the weight as a ``torch.sparse_csr`` tensor of shape (out_features, in_features)."""
-        return torch.sparse_csr_tensor(
-            self.crow_indices,
-            self.col_indices,
-            self.values,
-            (self.out_features, self.in_features),
-            check_invariants=False,
-        )
+        with _quiet_csr():
+            return torch.sparse_csr_tensor(
+                self.crow_indices,
+                self.col_indices,
+                self.values,
+                (self.out_features, self.in_features),
+                check_invariants=False,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape (..., in_features)."""
         flat = x.reshape(-1, self.in_features)
-        out = (self.weight_csr() @ flat.T).T
+        with _quiet_csr():
+            out = (self.weight_csr() @ flat.T).T
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -85,8 +101,7 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SparseLinear:
         """Store ``linear``'s weight (its exact zeros dropped) in CSR form; ``linear`` is left unchanged."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _quiet_csr():
             csr = linear.weight.detach().to_sparse_csr()
         layer = cls(
             linear.in_features, linear.out_features, csr.values().numel(), bias=linear.bias is not None

@@ -32,7 +32,19 @@ from slimtrain.metrics.dlrt_conventions import (
 )
 from slimtrain.metrics.effective_sparsity import effective_sparsity, effective_weight_masks
 from slimtrain.metrics.factorized import FactorizedLayer
-from slimtrain.metrics.latency import LatencyResult, latency_fields, measure_latency, measured_speedup
+from slimtrain.metrics.fields import upgrade_row
+from slimtrain.metrics.latency import (
+    NOISY_RELATIVE_IQR,
+    LatencyResult,
+    SpeedupSpread,
+    describe_latency,
+    is_noisy,
+    latency_fields,
+    latency_result_fields,
+    measure_latency,
+    measured_speedup,
+    measured_speedup_spread,
+)
 from slimtrain.metrics.mac_formulas import (
     conv2d_macs,
     linear_macs,
@@ -52,12 +64,13 @@ from slimtrain.metrics.ratios import (
     storage_fraction,
 )
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
-from slimtrain.metrics.summary import summarize
+from slimtrain.metrics.summary import compressed_model_fields, keeps_zeros, ranks_per_layer, summarize
 from slimtrain.metrics.table import layer_table
 from slimtrain.models.sizes import conv_output_size
 
 __all__ = [
     "ALL",
+    "NOISY_RELATIVE_IQR",
     "PRUNABLE",
     "FactorizedLayer",
     "LatencyResult",
@@ -67,8 +80,10 @@ __all__ = [
     "PeakMemory",
     "Population",
     "SparseWeightLayer",
+    "SpeedupSpread",
     "TensorCount",
     "compressed",
+    "compressed_model_fields",
     "compression_ratio",
     "compression_ratio_from_sparsity",
     "conv2d_macs",
@@ -82,17 +97,23 @@ __all__ = [
     "cr_percent_train_dlrt",
     "cr_percent_train_tucker",
     "density",
+    "describe_latency",
     "dlrt_train_parameter_count",
     "effective_sparsity",
     "effective_weight_masks",
     "factorized_modules",
+    "is_noisy",
+    "keeps_zeros",
     "latency_fields",
+    "latency_result_fields",
     "layer_table",
     "level_rel_error",
     "linear_macs",
     "measure_latency",
     "measure_peak_memory",
     "measured_speedup",
+    "measured_speedup_spread",
+    "ranks_per_layer",
     "sparsity",
     "sparsity_per_layer",
     "storage_fraction",
@@ -107,6 +128,7 @@ __all__ = [
     "tucker_conv_macs",
     "tucker_parameter_count",
     "tucker_train_parameter_count",
+    "upgrade_row",
 ]
 
 # One name per count: the tensor-train storage is slimtrain.algebra.tt.tt_storage.

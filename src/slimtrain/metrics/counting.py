@@ -6,6 +6,10 @@ zeros are counted as zeros. A :class:`~slimtrain.metrics.FactorizedLayer` is cou
 factors are *stored*, the dense layer it replaces is its *dense* size. A
 :class:`~slimtrain.metrics.SparseWeightLayer` (CSR storage) counts its stored values as its ``weight``, of the
 dense weight's size.
+
+Sparsity counts zeros only (docs/metrics.md): the zero entries of the tensors a model computes with, over
+their entries — a plain or CSR weight's dense size, a factorized layer's stored factors. Storing fewer
+entries than the dense layer (factors) is the storage fraction, stored/dense, never a sparsity.
 """
 
 from __future__ import annotations
@@ -51,12 +55,22 @@ class TensorCount:
     nonzero: int
 
     @property
-    def sparsity(self) -> float:
-        """``1 − nonzero/dense`` (0 for an empty tensor).
+    def entries(self) -> int:
+        """Entries whose zeros the sparsity counts: the stored factors, else the dense tensor's size.
 
-        For factors this is the fraction of the replaced dense weight that is not stored as non-zeros.
+        A CSR weight's missing entries are zeros of the weight it stands for; a factorized layer's dense
+        weight is never formed, so only its factors can be sparse.
         """
-        return 1.0 - self.nonzero / self.dense if self.dense else 0.0
+        return self.stored if self.role == "factors" else self.dense
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zero entries, ``1 − nonzero/entries`` (0 for an empty tensor).
+
+        For factors this is the fraction of zeros among the stored factors, not ``1 − stored/dense`` (that is
+        ``1 −`` the storage fraction).
+        """
+        return 1.0 - self.nonzero / self.entries if self.entries else 0.0
 
 
 @dataclass(frozen=True)
@@ -68,21 +82,30 @@ class ParameterTotals:
         dense: N(P), the dense size (dense-equivalent size for factorized layers).
         stored: Entries actually stored.
         nonzero: NNZ(P), non-zero stored entries after masks.
+        entries: Entries whose zeros :attr:`sparsity` counts (:attr:`TensorCount.entries` summed): N(P)
+            without factorized layers; their stored factors instead of their dense size with them.
+            ``None`` means ``dense``.
     """
 
     population: str
     dense: int
     stored: int
     nonzero: int
+    entries: int | None = None
 
     @property
     def sparsity(self) -> float:
-        """Sparsity 1 − NNZ(P)/N(P) (metrics.md §2); 0 for an empty population."""
-        return 1.0 - self.nonzero / self.dense if self.dense else 0.0
+        """Fraction of zeros, 1 − NNZ(P)/entries(P) (docs/metrics.md); 0 for an empty population.
+
+        Equal to 1 − NNZ(P)/N(P) for models without factorized layers (masked, CSR or thinned); a factorized
+        layer contributes the zeros of its factors, not the entries it does not store.
+        """
+        entries = self.dense if self.entries is None else self.entries
+        return 1.0 - self.nonzero / entries if entries else 0.0
 
     @property
     def density(self) -> float:
-        """Density NNZ(P)/N(P) = 1 − sparsity(P)."""
+        """Density, the fraction of non-zero entries: 1 − sparsity(P)."""
         return 1.0 - self.sparsity
 
 
@@ -140,21 +163,22 @@ def count_parameters(model: nn.Module, population: str | Population = "all") -> 
         dense=sum(e.dense for e in entries),
         stored=sum(e.stored for e in entries),
         nonzero=sum(e.nonzero for e in entries),
+        entries=sum(e.entries for e in entries),
     )
 
 
 def sparsity(model: nn.Module, population: str | Population = "all") -> float:
-    """Return the sparsity 1 − NNZ(P)/N(P) of ``model`` over population P (metrics.md §2)."""
+    """Return the sparsity (fraction of zeros, :attr:`ParameterTotals.sparsity`) of ``model`` over P."""
     return count_parameters(model, population).sparsity
 
 
 def density(model: nn.Module, population: str | Population = "all") -> float:
-    """Return the density NNZ(P)/N(P) of ``model`` over population P (metrics.md §2)."""
+    """Return the density (fraction of non-zeros) 1 − sparsity of ``model`` over population P."""
     return count_parameters(model, population).density
 
 
 def sparsity_per_layer(model: nn.Module, population: str | Population = "prunable") -> dict[str, float]:
-    """Sparsity of each counted tensor of ``population``, keyed by tensor name."""
+    """Sparsity (fraction of zeros) of each counted tensor of ``population``, keyed by tensor name."""
     return {e.name: e.sparsity for e in count_tensors(model, population)}
 
 

@@ -3,6 +3,10 @@
 Procedure: ``model.eval()`` under ``torch.inference_mode()``; ``warmup`` untimed iterations; then at least
 ``iters`` timed iterations and at least ``min_time_s`` seconds; the median and the interquartile range are
 reported. On CUDA the device is synchronised before each clock reading.
+
+A measured speed-up is reported with its interquartile range (over the ratios of every pair of timed rounds,
+dense / compressed), and a latency or speed-up whose IQR exceeds :data:`NOISY_RELATIVE_IQR` of its median is
+flagged as noisy (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from torch import Tensor, nn
 
 import slimtrain
 from slimtrain.metrics.macs import ExampleInput, as_inputs
+
+NOISY_RELATIVE_IQR = 0.25
+"""A latency or measured speed-up whose interquartile range exceeds this fraction of its median is noisy."""
+_MAX_ROUNDS_PER_SIDE = 500
+"""Per-round timings used for a speed-up's spread (evenly spaced order statistics beyond this)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class LatencyResult:
         compiled: Whether the model is a ``torch.compile`` module.
         torch_version: PyTorch version.
         slimtrain_version: slimtrain version.
+        rounds_ms: Time of every timed iteration, in order (empty if not recorded).
     """
 
     median_ms: float
@@ -62,11 +72,47 @@ class LatencyResult:
     compiled: bool
     torch_version: str
     slimtrain_version: str
+    rounds_ms: tuple[float, ...] = ()
 
     def settings(self) -> dict[str, Any]:
         """The fields that must agree for two results to be comparable."""
         keys = ("batch_size", "threads", "dtype", "device", "memory_format", "compiled")
         return {k: v for k, v in asdict(self).items() if k in keys}
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the IQR exceeds :data:`NOISY_RELATIVE_IQR` of the median."""
+        return is_noisy(self.median_ms, self.iqr_ms)
+
+
+@dataclass(frozen=True)
+class SpeedupSpread:
+    """A measured speed-up with its spread (docs/metrics.md).
+
+    Attributes:
+        median: ``measured_speedup``, the ratio of the two median latencies (dense / compressed).
+        q1: 25th percentile of the per-round speed-ups (dense round / compressed round, every pair).
+        q3: 75th percentile of the same.
+    """
+
+    median: float
+    q1: float
+    q3: float
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range ``q3 − q1``."""
+        return self.q3 - self.q1
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the IQR exceeds :data:`NOISY_RELATIVE_IQR` of the median."""
+        return is_noisy(self.median, self.iqr)
+
+
+def is_noisy(median: float, iqr: float) -> bool:
+    """Whether a measurement's interquartile range exceeds :data:`NOISY_RELATIVE_IQR` of its median."""
+    return median > 0 and iqr > NOISY_RELATIVE_IQR * median
 
 
 def measure_latency(
@@ -149,6 +195,7 @@ def measure_latency(
         compiled=hasattr(model, "_orig_mod"),
         torch_version=torch.__version__,
         slimtrain_version=slimtrain.__version__,
+        rounds_ms=tuple(times),
     )
 
 
@@ -178,6 +225,71 @@ def measured_speedup(
     return speedup
 
 
+def measured_speedup_spread(
+    dense: LatencyResult, compressed: LatencyResult, *, theoretical_speedup: float | None = None
+) -> SpeedupSpread:
+    """:func:`measured_speedup` with its interquartile range (docs/metrics.md).
+
+    The quartiles are those of ``dense_i / compressed_j`` over every pair of timed rounds (the two models are
+    timed one after the other, so rounds are not paired); a result without per-round timings contributes
+    its median only.
+
+    Raises:
+        ValueError: If the two results were measured with different settings.
+    """
+    speedup = measured_speedup(dense, compressed, theoretical_speedup=theoretical_speedup)
+    ratios = sorted(d / c for d in _rounds(dense) for c in _rounds(compressed) if c > 0)
+    if len(ratios) < 2:
+        return SpeedupSpread(speedup, speedup, speedup)
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return SpeedupSpread(speedup, q1, q3)
+
+
+def latency_result_fields(
+    result: LatencyResult,
+    dense: LatencyResult | None = None,
+    *,
+    theoretical_speedup: float | None = None,
+) -> dict[str, float]:
+    """The report fields of one latency measurement at batch size N, and of its speed-up over ``dense``.
+
+    Returns:
+        ``latency_ms_b{N}`` (median) and ``latency_iqr_ms_b{N}``; with ``dense`` also
+        ``measured_speedup_b{N}`` (ratio of medians) and its quartiles ``measured_speedup_q1_b{N}``,
+        ``measured_speedup_q3_b{N}`` (:func:`measured_speedup_spread`).
+    """
+    n = result.batch_size
+    fields = {f"latency_ms_b{n}": result.median_ms, f"latency_iqr_ms_b{n}": result.iqr_ms}
+    if dense is not None:
+        spread = measured_speedup_spread(dense, result, theoretical_speedup=theoretical_speedup)
+        fields[f"measured_speedup_b{n}"] = spread.median
+        fields[f"measured_speedup_q1_b{n}"] = spread.q1
+        fields[f"measured_speedup_q3_b{n}"] = spread.q3
+    return fields
+
+
+def describe_latency(fields: dict[str, Any], batch: int) -> str:
+    """One line for the latency fields of batch size ``batch``, with their spreads and noise flags.
+
+    Example: ``"0.052 ms median (IQR 0.004 ms); measured speed-up 1.12x (IQR 1.03-1.21x)"``; a value whose
+    IQR exceeds :data:`NOISY_RELATIVE_IQR` of its median is followed by ``[noisy: IQR > 25% of median]``.
+    Fields written before the spreads were recorded print without them.
+    """
+    flag = f" [noisy: IQR > {NOISY_RELATIVE_IQR:.0%} of median]"
+    median = fields[f"latency_ms_b{batch}"]
+    text = f"{median:.3f} ms median"
+    iqr = fields.get(f"latency_iqr_ms_b{batch}")
+    if iqr is not None:
+        text += f" (IQR {iqr:.3f} ms)" + (flag if is_noisy(median, iqr) else "")
+    speedup = fields.get(f"measured_speedup_b{batch}")
+    if speedup is not None:
+        text += f"; measured speed-up {speedup:.2f}x"
+        q1, q3 = fields.get(f"measured_speedup_q1_b{batch}"), fields.get(f"measured_speedup_q3_b{batch}")
+        if q1 is not None and q3 is not None:
+            text += f" (IQR {q1:.2f}-{q3:.2f}x)" + (flag if is_noisy(speedup, q3 - q1) else "")
+    return text
+
+
 def latency_fields(
     model: nn.Module,
     example_inputs: Sequence[Tensor],
@@ -196,20 +308,25 @@ def latency_fields(
         **measure_kwargs: Settings for :func:`measure_latency` (``warmup``, ``iters``, ``threads`` ...).
 
     Returns:
-        ``latency_ms_b{N}`` (median) for every batch size N and, with ``reference``,
-        ``measured_speedup_b{N}``.
+        For every batch size N the fields of :func:`latency_result_fields`: ``latency_ms_b{N}`` (median),
+        ``latency_iqr_ms_b{N}`` and, with ``reference``, ``measured_speedup_b{N}`` with its quartiles
+        ``measured_speedup_q1_b{N}`` and ``measured_speedup_q3_b{N}``.
     """
     fields: dict[str, float] = {}
     for x in example_inputs:
         result = measure_latency(model, x, **measure_kwargs)
-        n = result.batch_size
-        fields[f"latency_ms_b{n}"] = result.median_ms
-        if reference is not None:
-            dense = measure_latency(reference, x, **measure_kwargs)
-            fields[f"measured_speedup_b{n}"] = measured_speedup(
-                dense, result, theoretical_speedup=theoretical_speedup
-            )
+        dense = measure_latency(reference, x, **measure_kwargs) if reference is not None else None
+        fields.update(latency_result_fields(result, dense, theoretical_speedup=theoretical_speedup))
     return fields
+
+
+def _rounds(result: LatencyResult) -> list[float]:
+    """The per-round timings of ``result`` (its median alone if none), at most ``_MAX_ROUNDS_PER_SIDE``."""
+    rounds = sorted(result.rounds_ms) or [result.median_ms]
+    if len(rounds) <= _MAX_ROUNDS_PER_SIDE:
+        return rounds
+    step = (len(rounds) - 1) / (_MAX_ROUNDS_PER_SIDE - 1)
+    return [rounds[round(i * step)] for i in range(_MAX_ROUNDS_PER_SIDE)]
 
 
 def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:

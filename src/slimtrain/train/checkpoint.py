@@ -81,9 +81,18 @@ class CheckpointStore:
         """Return ``(state, entry)`` of the newest checkpoint that verifies, or ``None`` if there is none.
 
         Raises:
-            CheckpointError: checkpoints are listed but none of them verifies.
+            CheckpointError: checkpoints are listed but none of them verifies, or checkpoint files are there
+                but the manifest holding their checksums is missing.
         """
         entries = [e for e in self.entries() if e["final"] or not final_only]
+        if not entries and not self.manifest_path.exists():
+            files = sorted(p.name for p in self.directory.glob("*.pt"))
+            if files:  # never silently ignored (and, on resume, overwritten by a fresh run)
+                raise CheckpointError(
+                    f"checkpoint manifest {self.manifest_path} is missing: {', '.join(files)} "
+                    f"{'is' if len(files) == 1 else 'are'} there but cannot be verified without the "
+                    "checksums it lists; restore the manifest, or train the run again"
+                )
         if not entries:
             return None
         problems = []

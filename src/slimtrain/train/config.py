@@ -24,6 +24,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from slimtrain.errors import RecipeError
 
@@ -82,11 +83,27 @@ class DataConfig(_Strict):
         return value
 
 
+# Model arguments the trainer takes from the dataset (``build_run``), so never recipe keys.
+_FROM_DATASET = {
+    "num_classes": "its number of classes",
+    "in_channels": "the number of channels of its images",
+    "image_size": "the height of its images",
+}
+
+
 class ModelConfig(_Strict):
     """A registry model name and its keyword arguments."""
 
     name: str = "mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _not_from_dataset(cls, value: dict[str, Any]) -> dict[str, Any]:
+        given = {key: value[key] for key in _FROM_DATASET if key in value}
+        if given:  # reported per key by `_format_errors`
+            raise PydanticCustomError("set_from_dataset", "set from the dataset", {"given": given})
+        return value
 
     @field_validator("name")
     @classmethod
@@ -218,7 +235,13 @@ def _format_errors(err: ValidationError, *, prefix: tuple[str, ...] = (), root: 
     for item in err.errors():
         loc = tuple(str(p) for p in item["loc"])
         key = ".".join(prefix + loc) or "<recipe>"
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "set_from_dataset":
+            for name, value in item["ctx"]["given"].items():
+                lines.append(
+                    f"'{key}.{name}': set from the dataset ({_FROM_DATASET[name]}); "
+                    f"remove it from the recipe (got {value!r})"
+                )
+        elif item["type"] == "extra_forbidden":
             valid = _valid_keys(root, loc[:-1])
             lines.append(f"unknown key '{key}'; valid keys here: {', '.join(valid or [])}")
         else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
+    BadInputError,
     CheckpointError,
     NonFiniteGradientError,
     RecipeError,
@@ -37,11 +40,77 @@ from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, resolve_method_options
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
+from slimtrain.train.identity import (
+    EVALUATION_KEYS,
+    PRESENTATION_KEYS,
+    flatten_recipe,
+    is_finished,
+    remove_derived_outputs,
+    run_identity,
+)
 from slimtrain.train.method import Method, StepContext, get_method_class
 from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule, set_lr_factor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Signals that stop training at the next step boundary, after a checkpoint (SIGTERM: cluster preemption).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds after a first signal within which another counts as the same request: a terminal's Ctrl-C reaches
+# torchrun's workers directly and again forwarded by torchrun, a preemption may signal every process.
+REPEAT_WINDOW_S = 1.0
+
+
+class StopRequests:
+    """While entered, SIGINT and SIGTERM only ask the training loop to stop at its next safe point.
+
+    The first signal sets :attr:`signal_name`, which the loop checks between steps; a second one (more than
+    :data:`REPEAT_WINDOW_S` later) raises :class:`KeyboardInterrupt` at once. The previous handlers are put
+    back on exit. Outside the main thread
+    (where Python cannot install handlers), and for a signal the process ignores (``nohup``), nothing is
+    installed.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._first_at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        self.signal_name = None
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN:
+                    continue
+                self._previous[signum] = signal.SIG_DFL if previous is None else previous
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name, now = signal.Signals(signum).name, time.monotonic()
+        if self.signal_name is None:
+            self.signal_name, self._first_at = name, now
+        elif now - self._first_at > REPEAT_WINDOW_S:
+            raise KeyboardInterrupt(
+                f"stopped at once by a second signal ({name}) before the next checkpoint was written"
+            )
+
+
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    """The recipe's ``train.device``; refuses ``cuda`` on a machine without CUDA, naming the key."""
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device found"
+        raise RunBuildError(
+            f"'train.device': 'cuda' was asked for but CUDA is not available ({why}, torch "
+            f"{torch.__version__}); use --set train.device=cpu, or auto to take a GPU when there is one"
+        )
+    return resolve_device(name, local_rank)
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
@@ -73,7 +142,7 @@ class RunComponents:
 
 def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponents:
     """Load the data, create the model (seeded by the recipe) and let the method prepare it."""
-    device = device or resolve_device(recipe.train.device)
+    device = device or _device(recipe.train.device)
     dtype = DTYPES[recipe.train.dtype]
     data = recipe.data
     try:
@@ -117,17 +186,9 @@ def run_directory(recipe: Recipe) -> Path:
 
 
 # Keys that do not change what a run computes, so a run may be resumed or reused with other values:
-# where files go, how progress is shown and logged, where it runs, and how it is evaluated afterwards.
-_NOT_COMPUTED = (
-    "output_dir",
-    "train.progress",
-    "train.tensorboard",
-    "train.log_every_steps",
-    "train.checkpoint_every_steps",
-    "train.device",
-    "train.threads",
-    "evaluation",
-)
+# where files go, how progress is shown and logged, where it runs, and how it is evaluated afterwards
+# (the keys the run identity leaves out, slimtrain.train.identity).
+_NOT_COMPUTED = PRESENTATION_KEYS + EVALUATION_KEYS
 
 
 def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
@@ -148,8 +209,8 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
         raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
     if not isinstance(tree, dict):
         raise RecipeError(f"{stored_path}: the stored recipe is not a mapping")
-    stored = _flatten(_with_resolved_options(tree))
-    wanted = _flatten(recipe.model_dump(mode="json"))
+    stored = flatten_recipe(_with_resolved_options(tree))
+    wanted = flatten_recipe(recipe.model_dump(mode="json"))
     differ = sorted(
         key
         for key in stored.keys() | wanted.keys()
@@ -180,17 +241,6 @@ def _with_resolved_options(tree: dict[str, Any]) -> dict[str, Any]:
     return {**tree, "method": {**method, "options": options}}
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a recipe tree; a method's ``options`` stay one value."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and key != "options":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 class Trainer:
     """Trains one recipe.
 
@@ -205,10 +255,10 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else run_directory(recipe)
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
-        device = resolve_device(recipe.train.device)
+        device = _device(recipe.train.device)
         self.world = world or init_world(device)
         if device.type == "cuda":
-            device = resolve_device("cuda", self.world.local_rank)
+            device = _device("cuda", self.world.local_rank)
         self.components = build_run(recipe, device)
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints")
         train_split = self.components.splits.train
@@ -315,16 +365,29 @@ class Trainer:
         return True
 
     # -- loop ---------------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """Train to the end (or continue a killed run with ``resume=True``) and return the final metrics.
+
+        A run directory holding a finished run is trained again only with ``overwrite=True``, which first
+        deletes everything derived from the old run (:data:`slimtrain.train.identity.DERIVED_OUTPUTS`:
+        checkpoints, results, sweeps, reports, plots, exports, TensorBoard logs). The final metrics carry
+        the run identity (:mod:`slimtrain.train.identity`), also written to ``results.json``.
+
+        SIGINT (Ctrl-C) or SIGTERM (e.g. a cluster's preemption) during training stops it at the next
+        step boundary, after writing a checkpoint that ``resume=True`` continues from exactly; a second
+        signal stops at once (the newest checkpoint already written is kept).
 
         Raises:
             TrainingDiverged: the loss became non-finite; the last good checkpoint is kept.
+            KeyboardInterrupt: stopped by a signal; the message names it, the step and the checkpoint.
+            BadInputError: the directory holds a finished run and neither ``resume`` nor ``overwrite`` is set.
         """
         self._check_output_writable()
         recipe, comp = self.recipe, self.components
         if resume:
             check_resumable(self.run_dir, recipe)
+        else:
+            self._start_afresh(overwrite)
         if self.world.is_main:
             atomic_write_text(self.run_dir / "recipe.yaml", recipe.to_yaml())
         resumed = resume and self._restore()
@@ -336,24 +399,49 @@ class Trainer:
             self.log = RunLog(self.run_dir, tensorboard=recipe.train.tensorboard)
             self.log.restart(self.step if resumed else None)
         comp.model.train()
-        while self.step < self.total_steps and self.epoch < recipe.train.epochs:
-            self._run_epoch()
+        self._stop, self._stop_agreed, self._progress = StopRequests(), False, None
+        try:
+            with self._stop:
+                while self.step < self.total_steps and self.epoch < recipe.train.epochs:
+                    self._run_epoch()
+                    if self._stop_requested():  # the epoch-end checkpoint is written
+                        raise self._interrupted()
+        finally:
+            if self._progress is not None:  # an error's message must not be glued to the bar's line
+                self._progress.close()
         if not self.finalized:
             comp.method.finalize(comp.model)
             self.finalized = True
         results = self._final_results()
         self._save(final=True)
+        identity = run_identity(self.run_dir, recipe)
+        if identity is not None:  # the final checkpoint is listed (rank 0 wrote it before the barrier)
+            results.update(identity.as_dict())
         if self.world.is_main:
             self.log.close()
             atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
         return results
+
+    def _start_afresh(self, overwrite: bool) -> None:
+        """Refuse a finished run's directory unless ``overwrite``; clear what the old run derived."""
+        if is_finished(self.run_dir):
+            if not overwrite:
+                raise BadInputError(
+                    f"{self.run_dir} holds a finished run; train with --overwrite to replace it (its "
+                    "checkpoints, results, sweeps, reports, plots, exports and TensorBoard logs are "
+                    "deleted), --resume to keep it, or --run-dir to train into another directory"
+                )
+            if self.world.is_main:
+                remove_derived_outputs(self.run_dir)
+        elif self.world.is_main:  # an unfinished run started over: its event files would pile up
+            remove_derived_outputs(self.run_dir, ("tensorboard",))
 
     def _run_epoch(self) -> None:
         recipe, comp = self.recipe, self.components
         method, model = comp.method, comp.model
         self.loader.set_epoch(self.epoch)
         skip = self.batch_in_epoch
-        progress = tqdm(
+        self._progress = progress = tqdm(
             total=self.steps_per_epoch,
             initial=skip,
             desc=f"epoch {self.epoch + 1}/{recipe.train.epochs}",
@@ -389,7 +477,13 @@ class Trainer:
             self.world.average_batchnorm_statistics(model)
             if nonfinite_parameters(model):  # e.g. a closed-form update or a factor that became NaN/inf
                 raise self._diverged("the step produced non-finite weights")
-            loss = self.world.all_reduce_mean(out.loss.detach().to(torch.float64).reshape(1)).item()
+            # The loss and whether a process was asked to stop, in one collective: every rank stops together.
+            asked = torch.tensor(float(self._stop.signal_name is not None), dtype=torch.float64)
+            loss_and_vote = torch.stack(
+                [out.loss.detach().to(torch.float64).reshape(()), asked.to(out.loss.device)]
+            )
+            loss, vote = self.world.all_reduce_mean(loss_and_vote).tolist()
+            self._stop_agreed = vote > 0
             if not math.isfinite(loss):
                 raise self._diverged(f"loss is {loss}")
             self.grad_evals += ctx.grad_evals
@@ -419,10 +513,14 @@ class Trainer:
                 if self.world.is_main:
                     self.log.append("train_log", row)
             every = recipe.train.checkpoint_every_steps
-            if every and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+            mid_epoch = self.batch_in_epoch < self.steps_per_epoch  # else the epoch end checkpoints
+            stop = mid_epoch and self._stop_requested()
+            if stop or (every and self.step % every == 0 and mid_epoch):
                 self.train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
                 self._save()
+            if stop:
+                raise self._interrupted()
         progress.close()
         self.train_seconds += time.perf_counter() - tick
         if self.batch_in_epoch >= self.steps_per_epoch:
@@ -447,6 +545,23 @@ class Trainer:
         if self.batch_in_epoch == 0:  # the epoch was completed, not cut short by max_steps
             method.on_epoch_end(model, self.epoch)
         self._save()
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop at this step boundary (all processes of a data-parallel run agree)."""
+        if self.world.distributed:
+            return self._stop_agreed
+        return self._stop.signal_name is not None
+
+    def _interrupted(self) -> KeyboardInterrupt:
+        """The interruption ending :meth:`fit` after a stop request; names the signal and the checkpoint."""
+        if self.world.is_main:
+            self.log.close()
+        last = self.checkpoints.entries()
+        where = self.checkpoints.directory / last[-1]["file"] if last else "none"
+        name = self._stop.signal_name or "a signal to another process of the run"
+        return KeyboardInterrupt(
+            f"stopped by {name} after step {self.step} of {self.total_steps}; checkpoint written: {where}"
+        )
 
     def _diverged(self, problem: str) -> TrainingDiverged:
         """The error stopping the run at this step; names non-finite layers and the last checkpoint."""
@@ -479,6 +594,8 @@ class Trainer:
         }
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+def train(
+    recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Train ``recipe`` (see :class:`Trainer`) and return its final metrics."""
-    return Trainer(recipe, run_dir).fit(resume=resume)
+    return Trainer(recipe, run_dir).fit(resume=resume, overwrite=overwrite)
