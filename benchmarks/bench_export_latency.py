@@ -22,6 +22,11 @@ compression saves. ``--allocator tuned`` re-runs the benchmark with ``MALLOC_MMA
 reused, as a long-running inference server with jemalloc/tcmalloc would; its results are saved as
 ``export_latency_tuned_malloc``.
 
+GPU section (when CUDA is available; otherwise the note ``gpu_section`` says it was skipped): the same
+variants moved to the GPU, timed by ``measure_latency`` (which calls ``torch.cuda.synchronize()`` around
+every pass) at batch 1 and 256, NCHW and channels-last, in the same interleaved rounds; quantities
+``gpu <model>_<variant>_b<batch>_<layout>_ms`` and ``..._ratio``.
+
     python -m benchmarks.bench_export_latency --quick   # ResNet-20 width 16, batch 1 and 32, 3 rounds
     nice -n 10 python -m benchmarks.bench_export_latency --full --threads 1
     nice -n 10 python -m benchmarks.bench_export_latency --full --threads 1 --allocator tuned
@@ -40,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.harness import BenchmarkRecorder
+from benchmarks.harness import BenchmarkRecorder, gpu_section
 from slimtrain.compress import FactorizationCostWarning, compress_standard, to_exported, tucker_decompose
 from slimtrain.metrics import count_macs, count_parameters, measure_latency
 from slimtrain.models import create_model
@@ -115,6 +120,30 @@ def time_ms(model: nn.Module, x: torch.Tensor, layout: str, warmup: int, iters: 
     return measure_latency(
         model, x, warmup=warmup, iters=iters, threads=threads, channels_last=layout == "channels_last"
     ).median_ms
+
+
+def measure_gpu(
+    rec: BenchmarkRecorder, device: torch.device, models: list[str], batches: tuple[int, ...], rounds: int
+) -> None:
+    """Record the GPU section: latency of every variant on ``device`` and its ratio to the dense model."""
+    example = torch.randn(2, 3, 32, 32)
+    for name in models:
+        variants = {v: m.to(device) for v, m in build_variants(name, example)[0].items()}
+        inputs = {batch: torch.randn(batch, 3, 32, 32, device=device) for batch in batches}
+        medians: dict[tuple[int, str, str], list[float]] = {}
+        for index in range(rounds):
+            for batch in batches:
+                for layout in ("nchw", "channels_last"):
+                    order = list(variants)
+                    for v in order[index % len(order) :] + order[: index % len(order)]:
+                        ms = time_ms(variants[v], inputs[batch], layout, 5, 20, torch.get_num_threads())
+                        medians.setdefault((batch, layout, v), []).append(ms)
+        for (batch, layout, v), ms in medians.items():
+            rec.add(f"gpu {name}_{v}_b{batch}_{layout}_ms", ms, unit="ms")
+            if v != "dense":
+                dense_ms = medians[(batch, layout, "dense")]
+                ratios = [c / d for c, d in zip(ms, dense_ms, strict=True)]
+                rec.add(f"gpu {name}_{v}_b{batch}_{layout}_ratio", ratios, unit="x dense")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
         rec.notes["load_average_at_end"] = list(os.getloadavg())
         path = _save(rec, summary)  # after every model: a slow model never loses the finished ones
+    gpu_section(rec, lambda device: measure_gpu(rec, device, models, (1, 256), rounds))
+    path = _save(rec, summary)
     print(f"results: {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Theoretical vs measured speedup of the metrics.md §4 worked example (CPU).
+"""Theoretical vs measured speedup of the worked example of docs/metrics.md#macs (CPU).
 
 A 3×3 conv 64 → 64 (padding 1) at 32×32 is compared with its SVD-pair (r = 16) and Tucker-2 (r₁ = r₂ = 16)
 replacements built from plain ``nn.Conv2d`` layers: parameters and MACs from ``slimtrain.metrics``,

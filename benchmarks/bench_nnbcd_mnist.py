@@ -1,4 +1,4 @@
-"""Fidelity benchmark of NN-BCD with TT compression in the paper's MNIST setting (spec nnbcd.md §3, §4).
+"""Fidelity benchmark of NN-BCD with TT compression in the paper's MNIST setting (docs/nnbcd.md#baselines).
 
 Random 6,000-image training subset and 999-image test subset of MNIST (numpy seed 10; the reference
 notebooks' exact sampling code is not known, so the subset differs from theirs), full batch, TT ranks
@@ -6,15 +6,15 @@ notebooks' exact sampling code is not known, so the subset differs from theirs),
 
 Architectures: ``mlp`` (784→1024→1024→10, both hidden layers TT-compressed, modes (4,4,4,4,4,4,4,7,7) and
 (4,)^10) runs on a CPU; ``cnn`` (the paper's conv3×3/s2×32 → 5408→1024→1024→10, FC1 and FC2 compressed with
-the spec's modes) needs a 5408-wide solve per iteration and belongs on a GPU.
+the paper's modes) needs a 5408-wide solve per iteration and belongs on a GPU.
 
 ``--experiment baselines`` (results ``nnbcd_mnist_baselines``) runs, on the same subsets and the same
 bias-free 784→1024→1024→10 MLP: NN-BCD with 90% per-layer pruning of both hidden layers (output dense); the
-MLP trained by SGD (lr 0.01, momentum 0.9, weight decay 5e-4, batch 64, the spec's tensor-baseline settings)
-and then magnitude-pruned at 90% per hidden layer without fine-tuning, or TT-SVD-compressed after training at
-every rank (post-hoc, no retraining); and the MLP trained by SGD with TT hidden layers (cores as parameters,
-initialised by TT-SVD of the initial weights) at the same modes and ranks as NN-BCD, i.e. at equal
-compression.
+MLP trained by SGD (lr 0.01, momentum 0.9, weight decay 5e-4, batch 64, the reference notebooks'
+tensor-baseline settings) and then magnitude-pruned at 90% per hidden layer without fine-tuning, or
+TT-SVD-compressed after training at every rank (post-hoc, no retraining); and the MLP trained by SGD with TT
+hidden layers (cores as parameters, initialised by TT-SVD of the initial weights) at the same modes and ranks
+as NN-BCD, i.e. at equal compression.
 
 Data directory: ``--data-dir`` or ``SLIMTRAIN_DATA_DIR``: the folder of the MNIST IDX files (gzipped or not),
 or the folder holding ``mnist/`` as the other benchmarks take it.

@@ -1,4 +1,4 @@
-"""Fidelity benchmark of SWD (spec ``swd.md`` §4): SWD against pruning baselines at equal total epochs.
+"""Fidelity benchmark of SWD (docs/swd.md#baselines): SWD against pruning baselines at equal total epochs.
 
 Unstructured targets 90–99.5 % removed on one model, several seeds: SWD (hard pruning at the end, no
 fine-tuning) against magnitude pruning + fine-tuning (Han et al.), learning-rate rewinding (Renda et al.) and

@@ -6,6 +6,10 @@ gradient with ``apply_``, unstructured target 900). The ratio of the per-round m
 the target is ≤ 1.05×. The selection alone is also timed, with the library's ``torch.kthvalue`` selection and
 with the reference code's full sort of all magnitudes, to show what the sort costs.
 
+GPU section (when CUDA is available; otherwise the note ``gpu_section`` says it was skipped): the same
+measurement with model and batch on the GPU at batch 128, timed between ``torch.cuda.synchronize()`` calls;
+quantities and notes prefixed ``gpu``.
+
 Usage: ``python -m benchmarks.bench_swd_overhead --quick|--full [--width W] [--batch B] [--threads N]``;
 the committed result is ``--full --threads 1`` (batch 128): on a machine shared by many jobs, two OpenMP
 threads stall on every small kernel, which swamps the quantity measured here.
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.harness import BenchmarkRecorder
+from benchmarks.harness import BenchmarkRecorder, gpu_section, synchronize
 from slimtrain.swd import MagnitudeSelection, SelectiveWeightDecay
 
 
@@ -61,6 +65,90 @@ def _reference_selection(model: nn.Module, target: int) -> list[torch.Tensor]:
     return [p.detach().abs() < threshold for p in model.parameters()]
 
 
+def measure(device: torch.device, width: int, batch: int, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Per-round step times of SGD and SWD, the SWD calls' own time and the selection times, on ``device``."""
+    torch.manual_seed(0)
+    base = resnet20(width)
+    x, y = torch.randn(batch, 3, 32, 32).to(device), torch.randint(0, 10, (batch,)).to(device)
+    base.to(device)
+    models = {"sgd": base, "swd": copy.deepcopy(base)}
+    optimizers = {
+        k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        for k, m in models.items()
+    }
+    swd = SelectiveWeightDecay(MagnitudeSelection(900), weight_decay=5e-4, total_steps=rounds * steps)
+
+    extra: list[float] = []  # time spent in the SWD calls themselves, per SWD step
+
+    def train_step(kind: str) -> None:
+        model, optimizer = models[kind], optimizers[kind]
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if kind == "swd":
+            synchronize(device)
+            start = time.perf_counter()
+            swd.apply_(model)
+            swd.step()
+            synchronize(device)
+            extra.append((time.perf_counter() - start) * 1e3)
+        optimizer.step()
+
+    for kind in models:  # warm-up: first-call allocations and lazy imports
+        train_step(kind)
+    extra.clear()
+    times: dict[str, list[float]] = {"sgd": [], "swd": []}
+    for r in range(rounds):
+        for kind in ("sgd", "swd") if r % 2 == 0 else ("swd", "sgd"):
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step(kind)
+            synchronize(device)
+            times[kind].append((time.perf_counter() - start) / steps * 1e3)
+
+    selection = MagnitudeSelection(900)
+    selectors = {
+        "kthvalue": lambda: selection.select(models["swd"]),
+        "sort": lambda: _reference_selection(models["swd"], 900),
+    }
+    select_times: dict[str, list[float]] = {k: [] for k in selectors}
+    for _ in range(rounds):
+        for kind, select in selectors.items():
+            synchronize(device)
+            start = time.perf_counter()
+            select()
+            synchronize(device)
+            select_times[kind].append((time.perf_counter() - start) * 1e3)
+    return {
+        "sgd": times["sgd"],
+        "swd": times["swd"],
+        "swd_calls": extra,
+        "kthvalue": select_times["kthvalue"],
+        "sort": select_times["sort"],
+    }
+
+
+def record(rec: BenchmarkRecorder, prefix: str, times: dict[str, list[float]]) -> None:
+    """Record what :func:`measure` returned, quantities and notes prefixed with ``prefix``."""
+    rec.add(f"{prefix}step_ms_sgd", times["sgd"], unit="ms")
+    rec.add(f"{prefix}step_ms_swd", times["swd"], unit="ms")
+    rec.add(f"{prefix}swd_calls_ms", times["swd_calls"], unit="ms")
+    rec.add(
+        f"{prefix}overhead_ratio_per_round",
+        [s / p for s, p in zip(times["swd"], times["sgd"], strict=True)],
+        unit="x",
+    )
+    rec.add(f"{prefix}selection_ms_kthvalue", times["kthvalue"], unit="ms")
+    rec.add(f"{prefix}selection_ms_reference_sort", times["sort"], unit="ms")
+    ratio = statistics.median(times["swd"]) / statistics.median(times["sgd"])
+    rec.note(f"{prefix}overhead_ratio_of_medians", round(ratio, 4))
+    # The machine is shared: the SWD calls' own time over the plain step is less exposed to load swings.
+    rec.note(
+        f"{prefix}overhead_ratio_from_swd_calls",
+        round(1 + statistics.median(times["swd_calls"]) / statistics.median(times["sgd"]), 4),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and save ``benchmarks/results/swd_overhead.{json,md}``; return 0."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_swd_overhead", description=__doc__)
@@ -77,73 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     rounds, steps = (10, 3) if args.full else (3, 1)
     rec = BenchmarkRecorder("swd_overhead", argv)
 
-    torch.manual_seed(0)
-    base = resnet20(args.width)
-    x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-    models = {"sgd": base, "swd": copy.deepcopy(base)}
-    optimizers = {
-        k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        for k, m in models.items()
-    }
-    swd = SelectiveWeightDecay(MagnitudeSelection(900), weight_decay=5e-4, total_steps=rounds * steps)
-
-    extra: list[float] = []  # time spent in the SWD calls themselves, per SWD step
-
-    def train_step(kind: str) -> None:
-        model, optimizer = models[kind], optimizers[kind]
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if kind == "swd":
-            start = time.perf_counter()
-            swd.apply_(model)
-            swd.step()
-            extra.append((time.perf_counter() - start) * 1e3)
-        optimizer.step()
-
-    for kind in models:  # warm-up: first-call allocations and lazy imports
-        train_step(kind)
-    extra.clear()
-    times: dict[str, list[float]] = {"sgd": [], "swd": []}
-    for r in range(rounds):
-        for kind in ("sgd", "swd") if r % 2 == 0 else ("swd", "sgd"):
-            start = time.perf_counter()
-            for _ in range(steps):
-                train_step(kind)
-            times[kind].append((time.perf_counter() - start) / steps * 1e3)
-
-    selection = MagnitudeSelection(900)
-    selectors = {
-        "kthvalue": lambda: selection.select(models["swd"]),
-        "sort": lambda: _reference_selection(models["swd"], 900),
-    }
-    select_times: dict[str, list[float]] = {k: [] for k in selectors}
-    for _ in range(rounds):
-        for kind, select in selectors.items():
-            start = time.perf_counter()
-            select()
-            select_times[kind].append((time.perf_counter() - start) * 1e3)
-
-    rec.add("step_ms_sgd", times["sgd"], unit="ms")
-    rec.add("step_ms_swd", times["swd"], unit="ms")
-    rec.add("swd_calls_ms", extra, unit="ms")
-    rec.add(
-        "overhead_ratio_per_round", [s / p for s, p in zip(times["swd"], times["sgd"], strict=True)], unit="x"
-    )
-    rec.add("selection_ms_kthvalue", select_times["kthvalue"], unit="ms")
-    rec.add("selection_ms_reference_sort", select_times["sort"], unit="ms")
-    ratio = statistics.median(times["swd"]) / statistics.median(times["sgd"])
-    rec.note("overhead_ratio_of_medians", round(ratio, 4))
-    # The machine is shared: the SWD calls' own time over the plain step is less exposed to load swings.
-    rec.note(
-        "overhead_ratio_from_swd_calls",
-        round(1 + statistics.median(extra) / statistics.median(times["sgd"]), 4),
-    )
+    record(rec, "", measure(torch.device("cpu"), args.width, args.batch, rounds, steps))
     rec.note("target_ratio", 1.05)
     rec.note("width", args.width)
     rec.note("batch", args.batch)
-    rec.note("parameters", sum(p.numel() for p in base.parameters()))
+    rec.note("parameters", sum(p.numel() for p in resnet20(args.width).parameters()))
     rec.note("steps_per_round", steps)
     rec.note("swd_target_permille", 900)
+    gpu_rounds, gpu_steps = (20, 10) if args.full else (3, 3)
+    gpu_section(
+        rec, lambda device: record(rec, "gpu ", measure(device, args.width, 128, gpu_rounds, gpu_steps))
+    )
     path = rec.save()
     print(rec.to_markdown())
     print(f"saved {path}")

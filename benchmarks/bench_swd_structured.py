@@ -1,4 +1,4 @@
-"""Fidelity benchmark of structured SWD (spec ``swd.md`` §4): channel pruning to parameter budgets.
+"""Fidelity benchmark of structured SWD (docs/swd.md#baselines): channel pruning to parameter budgets.
 
 Tessier et al. (arXiv:2011.10520) claim that structured SWD removes whole channels at high rates without
 fine-tuning where pruning baselines lose accuracy. Compared, at equal total epochs, on a ResNet-8 with a

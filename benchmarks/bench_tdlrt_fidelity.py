@@ -1,4 +1,4 @@
-"""Fidelity of TDLRT and matrix DLRT against dense training (spec tdlrt.md §3, §4; issue: benchmark 2).
+"""Fidelity of TDLRT and matrix DLRT against dense training (docs/tdlrt.md#results).
 
 ``--full``: the DLRT experiment's LeNet-5 (Caffe variant: conv 20@5×5 and 50@5×5, fc 800→500→10) on MNIST,
 one training per (τ, seed) for matrix DLRT and TDLRT, against dense. conv1 and the classifier stay dense;

@@ -14,6 +14,8 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,50 @@ class BenchmarkRecorder:
         _write_atomic(json_path, json.dumps(self.to_dict(), indent=2) + "\n")
         _write_atomic(results_dir / f"{self.name}.md", self.to_markdown())
         return json_path
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a CUDA device); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_time_ms(
+    calls: dict[str, Callable[[], object]], device: torch.device, rounds: int, steps: int = 1, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Mean milliseconds per call of each function in every round, the functions taking turns in a round.
+
+    The clock starts and stops after :func:`synchronize`, so on a GPU it measures the queued work itself, not
+    only its launch. ``warmup`` untimed calls of each function come first (kernels chosen, memory allocated).
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    values: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                call()
+            synchronize(device)
+            values[name].append((time.perf_counter() - start) * 1e3 / steps)
+    return values
+
+
+def gpu_section(rec: BenchmarkRecorder, measure: Callable[[torch.device], None]) -> None:
+    """Run ``measure`` on the first CUDA device and note its name, or note that the GPU section was skipped.
+
+    A benchmark's GPU section records its quantities with a ``gpu`` prefix; the note ``gpu_section`` says
+    on which device they were measured (``{"device": name, "cuda": version}``) or why there are none.
+    """
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device found"
+        rec.note("gpu_section", f"skipped: {why}")
+        return
+    device = torch.device("cuda", 0)
+    rec.note("gpu_section", {"device": torch.cuda.get_device_name(device), "cuda": torch.version.cuda})
+    measure(device)
 
 
 def _fmt(x: float) -> str:

@@ -9,8 +9,8 @@ The main entry points, imported on first use (``import slimtrain`` itself does n
 - :func:`load_recipe` / :func:`recipe_from_dict` and :class:`Trainer` (``Trainer(recipe).fit()``) train a
   recipe (the engine is the subpackage :mod:`slimtrain.train`, so the training function is
   :func:`slimtrain.train.train`);
-- :func:`sweep`, :func:`compare`, :func:`write_report` and :func:`export_run` evaluate, compare, report and
-  export trained runs (:mod:`slimtrain.experiments`);
+- :func:`sweep`, :func:`compare`, :func:`write_report`, :func:`export_run` and :func:`select` evaluate,
+  compare, report, export trained runs and choose a level (:mod:`slimtrain.experiments`);
 - :func:`load` rebuilds an exported model.
 
 Example:
@@ -31,7 +31,7 @@ from slimtrain._lazy import lazy_exports
 if TYPE_CHECKING:
     from torch import nn
 
-    from slimtrain.experiments import compare, export_run, sweep, write_report
+    from slimtrain.experiments import compare, export_run, select, sweep, write_report
     from slimtrain.train import Trainer, load_recipe, recipe_from_dict
 
 __version__ = "0.2.0"
@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "export_run": "slimtrain.experiments",
     "load_recipe": "slimtrain.train",
     "recipe_from_dict": "slimtrain.train",
+    "select": "slimtrain.experiments",
     "sweep": "slimtrain.experiments",
     "write_report": "slimtrain.experiments",
 }
@@ -54,6 +55,7 @@ __all__ = [
     "load",
     "load_recipe",
     "recipe_from_dict",
+    "select",
     "sweep",
     "write_report",
 ]

@@ -1,4 +1,4 @@
-"""The ``slimtrain`` command line: train, sweep, compare, report, export, inspect, demo.
+"""The ``slimtrain`` command line: train, sweep, compare, report, select, export, inspect, demo, list.
 
 Exit codes: 0 success; 1 the work failed (:class:`slimtrain.errors.WorkFailedError`: training diverged, a
 checkpoint or exported model is unusable or corrupted, an export does not reproduce its model, ...); 2 invalid
@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
+import re
 import shlex
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
@@ -57,32 +60,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         bn_recalibration=args.bn_recalibration or None,
         latency=args.latency,
     )
+    from slimtrain.experiments.report import SWEEP_COLUMNS, level_name, results_table
     from slimtrain.metrics import describe_latency
 
-    nan = float("nan")
-    print(f"{'level':>7}  {'test acc':>8}  {'sparsity':>8}  {'storage':>8}  {'ratio':>7}  {'speed-up':>8}")
+    _print_table(results_table(rows, SWEEP_COLUMNS))
     for row in rows:
-        print(
-            f"{_level_cell(row):>7}  {row['acc_compressed_no_ft']:8.4f}  "
-            f"{row.get('sparsity_prunable', nan):8.4f}  {row.get('storage_fraction_prunable', nan):8.4f}  "
-            f"{row.get('compression_ratio_all', nan):7.2f}  {row.get('theoretical_speedup', nan):8.2f}"
-        )
         for key in sorted(k for k in row if k.startswith("latency_ms_b")):
             batch = int(key.removeprefix("latency_ms_b"))
-            print(f"         CPU latency batch {batch}: {describe_latency(row, batch)}")
+            print(f"{level_name(row)}: CPU latency batch {batch}: {describe_latency(row, batch)}")
     print(
-        "sparsity: zeros in conv/linear weights; storage: their stored fraction (non-zeros while zeros stay "
-        "in dense tensors); ratio: compression ratio, all parameters; speed-up: theoretical, dense/effective "
-        "MACs"
+        "sparsity: zeros in conv/linear weights; storage fraction: their stored fraction (non-zeros while "
+        "zeros stay in dense tensors); compression ratio: all parameters; speed-up: theoretical, "
+        "dense/effective MACs"
     )
     return EXIT_OK
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from slimtrain.experiments.comparison import compare
-    from slimtrain.experiments.report import write_report
+    from slimtrain.experiments.report import SUMMARY_COLUMNS, results_table, write_report
 
-    compare(
+    result = compare(
         args.recipes,
         args.output,
         seeds=args.seeds,
@@ -90,7 +88,140 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         structure=args.structure,
         latency=args.latency,
     )
-    print(f"report: {write_report(args.output)}")
+    _print_table(results_table(result["aggregated"], SUMMARY_COLUMNS))
+    print(f"report: {write_report(args.output)} (and report.html)")
+    return EXIT_OK
+
+
+def _print_table(table: list[list[str]]) -> None:
+    """Print a header row and rows as aligned columns (text left, numbers right)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [
+            cell.ljust(width) if i < 1 or not (cell[:1].isdigit() or cell[:1] in "-–") else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from slimtrain.experiments.selecting import select
+
+    choices = select(args.directory, args.max_drop, args.reference)
+    print(
+        f"most compressed level whose mean validation accuracy is at most {args.max_drop:g} below the dense "
+        "model's (chosen on validation; test accuracy reported):"
+    )
+    table = [
+        ["recipe", "structure", "level", "compression ratio", "val acc", "dense val acc", "drop", "test acc"]
+    ]
+    for choice in choices:
+        reference = f"{choice.reference_val:.4f}" + ("" if choice.reference.dense else " (own)")
+        row = choice.row
+        if row is None:
+            table.append(
+                [
+                    choice.recipe,
+                    "–",
+                    "none within the drop",
+                    "–",
+                    f"best {choice.best_val:.4f}",
+                    reference,
+                    "–",
+                    "–",
+                ]
+            )
+            continue
+        spread = " ± {:.4f}".format
+        table.append(
+            [
+                choice.recipe,
+                row["structure"],
+                choice.level or "–",
+                f"{row.get('compression_ratio_all', float('nan')):.2f}x",
+                f"{row['val_acc_compressed_no_ft']:.4f}"
+                + (spread(row["val_acc_compressed_no_ft_std"]) if row["seeds"] > 1 else ""),
+                reference,
+                f"{choice.drop:+.4f}",
+                f"{row['acc_compressed_no_ft']:.4f}"
+                + (spread(row["acc_compressed_no_ft_std"]) if row["seeds"] > 1 else ""),
+            ]
+        )
+    _print_table(table)
+    return EXIT_OK
+
+
+def _plain(text: str) -> str:
+    """Text without reST markup: ``x`` becomes x, :class:`~a.B` becomes B."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
+def _summary(obj: object) -> str:
+    """The first paragraph of an object's docstring, on one line, in plain text."""
+    doc = inspect.getdoc(obj) or "(no description)"
+    return _plain(" ".join(doc.split("\n\n")[0].split()))
+
+
+def _list_models() -> list[tuple[str, str]]:
+    from slimtrain.models.registry import MODELS
+
+    return [(name, _summary(factory)) for name, factory in MODELS.items()]
+
+
+def _list_methods() -> list[tuple[str, str]]:
+    from slimtrain.train.method import METHODS
+
+    lines = []
+    for name, method in METHODS.items():
+        if method.levels_chosen == "after_training":
+            levels = f"levels after training ({', '.join(method.structures)})"
+        else:
+            levels = "level set in training" + (f" ({method.level_option})" if method.level_option else "")
+        lines.append((name, f"[{levels}] {_summary(method)}"))
+    return lines
+
+
+def _list_datasets() -> list[tuple[str, str]]:
+    from slimtrain.data.registry import DATASETS
+
+    return [(name, _summary(builder)) for name, builder in DATASETS.items()]
+
+
+def _list_constraints() -> list[tuple[str, str]]:
+    import slimtrain.fw  # noqa: F401  (defining the sets registers them)
+    from slimtrain.fw.base import CONSTRAINT_SETS
+
+    return [(name, _summary(cls)) for name, cls in CONSTRAINT_SETS.items()]
+
+
+def _list_structures() -> list[tuple[str, str]]:
+    from slimtrain.compress.standard import STRUCTURES
+
+    return list(STRUCTURES.items())
+
+
+# What `slimtrain list KIND` lists: name → (name, one line) pairs.
+LISTS: dict[str, Callable[[], list[tuple[str, str]]]] = {
+    "models": _list_models,
+    "methods": _list_methods,
+    "datasets": _list_datasets,
+    "constraints": _list_constraints,
+    "structures": _list_structures,
+}
+STRUCTURE_CHOICES = ("unstructured", "filter", "lowrank", "native")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(LISTS)
+    for kind in kinds:
+        entries = LISTS[kind]()
+        if len(kinds) > 1:
+            print(f"{kind}:")
+        width = max(len(name) for name, _ in entries)
+        indent = "  " if len(kinds) > 1 else ""
+        for name, line in entries:
+            print(f"{indent}{name.ljust(width)}  {line}")
     return EXIT_OK
 
 
@@ -151,14 +282,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def _level_cell(row: dict) -> str:
-    """A sweep row's level: ``0.500``, or a level set by training under its option's name (``tau=0.1``)."""
-    option, level = row.get("level_option"), row["requested_level"]
-    if level is None:
-        return "as trained"
-    return f"{option}={level:g}" if option else f"{level:.3f}"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -242,27 +365,113 @@ def demo_recipes() -> list[Path]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from slimtrain.experiments.comparison import compare
-    from slimtrain.experiments.report import results_table, write_report
+    from slimtrain.experiments.report import SUMMARY_COLUMNS, results_table, write_report
 
     start = time.perf_counter()
-    # One thread: the demo's models are small, and extra threads only add synchronisation on 2 cores.
-    result = compare(demo_recipes(), args.output, overrides=["train.progress=false", "train.threads=1"])
-    report = write_report(args.output, title="slimtrain demo: compression-aware training on digits")
-    for line in results_table(result["aggregated"]):
-        print("  ".join(f"{cell:>12}" for cell in line[:8]))
+    # One thread: the demo's models are small, and extra threads only add synchronisation on 2 cores. The
+    # runs' own progress is off: the demo shows run k/N and each sweep instead.
+    overrides = ["train.progress=false", "train.threads=1"]
+    result = compare(demo_recipes(), args.output, overrides=overrides, progress=True)
+    report = write_report(args.output, title="slimtrain demo")
+    _print_table(results_table(result["aggregated"], SUMMARY_COLUMNS))
     print(f"\nreport: {report} (and report.html); wall time {time.perf_counter() - start:.0f}s")
     return EXIT_OK
 
 
+DESCRIPTION = """\
+Compression-aware training: train a network so that it can be pruned or factorized with little accuracy
+lost, evaluate it at every compression level, compare methods, and export the smaller model.
+
+exit codes: 0 success; 1 the work failed (training diverged, a checkpoint or exported model is unusable);
+2 invalid input (bad recipe, unknown key or name, missing file, bad arguments); 130 stopped by Ctrl-C or
+SIGTERM (train first writes a checkpoint and prints the command that continues it). Errors print one line;
+--debug adds the traceback."""
+
+EPILOG = """\
+examples:
+  slimtrain demo                      compare every method on the embedded digits data (about a minute)
+  slimtrain list methods              the methods, and whether each sets its level during training
+  slimtrain train configs/fashion-mnist/lenet5-sfw-ksupport.yaml
+  slimtrain compare configs/fashion-mnist/lenet5-dense.yaml configs/fashion-mnist/lenet5-sfw-ksupport.yaml \\
+      --output runs/cmp --seeds 0 1 2
+  slimtrain select runs/cmp --max-drop 0.01
+  slimtrain export runs/cmp/lenet5-sfw-ksupport/seed0 --level 0.9
+
+Run "slimtrain COMMAND --help" for a command's options and examples. Documentation: docs/ in the
+repository (docs/training.md, docs/export.md, docs/metrics.md)."""
+
+_EXAMPLES = {
+    "train": """\
+examples:
+  slimtrain train configs/fashion-mnist/lenet5-sfw-ksupport.yaml
+  slimtrain train recipe.yaml --set optimizer.lr=0.05 --set train.epochs=5 --run-dir runs/quick
+  slimtrain train recipe.yaml --run-dir runs/quick --resume     continue an interrupted run""",
+    "sweep": """\
+examples:
+  slimtrain sweep runs/lenet5-sfw-ksupport
+  slimtrain sweep runs/lenet5-sfw-ksupport --structure filter --levels 0.25 0.5 0.75
+  slimtrain sweep runs/lenet5-swd --latency     a method that sets its level in training: that level only""",
+    "compare": """\
+examples:
+  slimtrain compare configs/fashion-mnist/lenet5-dense.yaml configs/fashion-mnist/lenet5-swd.yaml \\
+      --output runs/cmp --seeds 0 1 2
+  slimtrain compare a.yaml b.yaml --output runs/smoke --set train.epochs=1 --set train.progress=false""",
+    "report": """\
+examples:
+  slimtrain report runs/cmp                   after slimtrain compare
+  slimtrain report runs/lenet5-sfw-ksupport   after slimtrain sweep""",
+    "select": """\
+examples:
+  slimtrain select runs/cmp --max-drop 0.01              within one point of the dense recipe's accuracy
+  slimtrain select runs/cmp --max-drop 0.005 --reference lenet5-dense
+  slimtrain select runs/lenet5-sfw-ksupport --max-drop 0.02   one run: its own uncompressed model""",
+    "export": """\
+examples:
+  slimtrain export runs/lenet5-sfw-ksupport --level 0.9 --onnx
+  slimtrain export runs/resnet8-sfw-group --structure filter --level 0.5 --round-to 8
+  slimtrain export runs/lenet5-swd             a method that sets its level in training: no --level""",
+    "inspect": """\
+example:
+  slimtrain inspect runs/lenet5-sfw-ksupport/exported/unstructured-0.9""",
+    "demo": """\
+examples:
+  slimtrain demo
+  slimtrain demo --output /tmp/demo""",
+    "list": """\
+examples:
+  slimtrain list              everything
+  slimtrain list methods
+  slimtrain list constraints  the constraint sets of method sfw (options.constraint)""",
+}
+
+
+def _add(sub: argparse._SubParsersAction, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand with its one-line help as description and its examples as epilog."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``slimtrain`` command."""
+    from slimtrain import __version__
+
     parser = argparse.ArgumentParser(
-        prog="slimtrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="slimtrain",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"slimtrain {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="print the traceback of any error (before the command)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(
@@ -270,11 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set optimizer.lr=0.05 (repeatable)",
+        help="override a recipe value, e.g. --set optimizer.lr=0.05 (repeatable; values are read as YAML)",
+    )
+    structure_help = (
+        "compression structure: unstructured (single weights), filter (whole conv filters), lowrank "
+        "(factorized convs) or native (the method's own form); default the recipe's evaluation.structure"
     )
 
-    p = sub.add_parser("train", parents=[overrides], help="train a recipe and checkpoint it")
-    p.add_argument("recipe", type=Path, help="YAML recipe")
+    p = _add(sub, "train", "train a recipe and checkpoint it", parents=[overrides])
+    p.add_argument("recipe", type=Path, help="YAML recipe (see configs/ and docs/training.md)")
     p.add_argument(
         "--run-dir", type=Path, default=None, help="output directory (default <output_dir>/<name>)"
     )
@@ -290,32 +503,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sweep", help="evaluate one trained run at every compression level")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
-    p.add_argument("--levels", type=_number, nargs="+", default=None, help="fractions in [0, 1)")
+    p = _add(sub, "sweep", "evaluate one trained run at every compression level")
+    p.add_argument("run_dir", type=Path, help="a finished run directory (made by slimtrain train)")
+    p.add_argument("--structure", choices=STRUCTURE_CHOICES, default=None, help=structure_help)
+    p.add_argument(
+        "--levels",
+        type=_number,
+        nargs="+",
+        default=None,
+        metavar="LEVEL",
+        help="levels in [0, 1): sparsity, fraction of filters or of rank removed (default the recipe's "
+        "evaluation.levels); a method that sets its level during training has only its own",
+    )
     p.add_argument(
         "--bn-recalibration", action="store_true", help="also report accuracy after BN recalibration"
     )
     p.add_argument("--latency", action="store_true", help="measure CPU latency of every level (slow)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("compare", parents=[overrides], help="train, sweep and compare several recipes")
-    p.add_argument("recipes", type=Path, nargs="+")
+    p = _add(sub, "compare", "train, sweep and compare several recipes", parents=[overrides])
+    p.add_argument(
+        "recipes", type=Path, nargs="+", metavar="RECIPE", help="YAML recipes sharing data, model and epochs"
+    )
     p.add_argument("--output", type=Path, required=True, help="directory for the runs and the report")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: each recipe's seed)")
-    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank"], default=None)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="seeds (default: each recipe's seed)",
+    )
+    p.add_argument(
+        "--structure",
+        choices=STRUCTURE_CHOICES[:-1],
+        default=None,
+        help="compression structure of the methods that compress after training (default each recipe's); "
+        "methods that set their level during training are evaluated native",
+    )
     p.add_argument("--latency", action="store_true", help="measure CPU latency of every level (slow)")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("report", help="write report.md / report.html / plots for a compare or run directory")
-    p.add_argument("directory", type=Path)
+    p = _add(sub, "report", "write report.md / report.html / plots for a compare or run directory")
+    p.add_argument(
+        "directory", type=Path, help="a compare --output directory, or a run directory after slimtrain sweep"
+    )
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser(
-        "export", help="compress a trained run at one level and save the physically smaller model"
+    p = _add(sub, "select", "choose the most compressed level within an accuracy drop of the dense model")
+    p.add_argument(
+        "directory",
+        type=Path,
+        metavar="RUN_OR_COMPARE_DIR",
+        help="a compare --output directory, or a run directory after slimtrain sweep",
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--max-drop",
+        type=_number,
+        default=0.01,
+        metavar="DROP",
+        help="largest allowed drop of mean validation accuracy below the dense model's, absolute "
+        "(default 0.01: one percentage point)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="RECIPE",
+        help="the recipe whose uncompressed model is the dense reference (default: the recipe of method "
+        "dense; without one, each recipe's own model before compression)",
+    )
+    p.set_defaults(func=_cmd_select)
+
+    p = _add(sub, "export", "compress a trained run at one level and save the physically smaller model")
+    p.add_argument("run_dir", type=Path, help="a finished run directory (made by slimtrain train)")
     p.add_argument(
         "--level",
         type=_level,
@@ -323,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compression level in [0, 1) (required unless the method sets its level during training: "
         "then only the run's own level, the default)",
     )
-    p.add_argument("--structure", choices=["unstructured", "filter", "lowrank", "native"], default=None)
+    p.add_argument("--structure", choices=STRUCTURE_CHOICES, default=None, help=structure_help)
     p.add_argument(
         "--output",
         type=Path,
@@ -341,20 +601,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         nargs="*",
         default=[1, 256],
-        help="CPU latency batch sizes (none: skip the measurement)",
+        metavar="N",
+        help="CPU latency batch sizes (default 1 256; none: skip the measurement)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("inspect", help="load an exported model (checksums verified) and print its manifest")
-    p.add_argument("directory", type=Path)
+    p = _add(sub, "inspect", "load an exported model (checksums verified) and print its manifest")
+    p.add_argument("directory", type=Path, help="an exported model directory (made by slimtrain export)")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser(
-        "demo", help="compare every method on the embedded digits data (what `make demo` runs)"
+    p = _add(sub, "demo", "compare every method on the embedded digits data (what make demo runs)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=DEMO_OUTPUT,
+        help=f"directory for the runs and the report (default {DEMO_OUTPUT})",
     )
-    p.add_argument("--output", type=Path, default=DEMO_OUTPUT)
     p.set_defaults(func=_cmd_demo)
+
+    p = _add(sub, "list", "list the registered models, methods, datasets, constraint sets or structures")
+    p.add_argument(
+        "kind", nargs="?", choices=tuple(LISTS), default=None, help="what to list (default: everything)"
+    )
+    p.set_defaults(func=_cmd_list)
     return parser
 
 

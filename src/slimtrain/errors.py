@@ -21,7 +21,6 @@ __all__ = [
     "ExportFormatError",
     "ExportMismatchError",
     "FullBatchMemoryError",
-    "NonFiniteGradientError",
     "OnnxMismatchError",
     "PeerLostError",
     "RecipeError",
@@ -91,10 +90,6 @@ class TrainingDiverged(WorkFailedError):
 
     The message names the step, the parameters (layers) involved and the last good checkpoint.
     """
-
-
-class NonFiniteGradientError(WorkFailedError, ArithmeticError):
-    """A backward pass produced NaN or infinite gradients; the message names the parameters."""
 
 
 class CheckpointError(WorkFailedError):

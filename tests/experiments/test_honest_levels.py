@@ -55,7 +55,7 @@ def test_sweep_refuses_a_level_training_did_not_set(runs, capsys):
     assert row["level_option"] == "target" and row["target"] == 0.9
     assert row["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
     assert main(["sweep", str(runs["swd"])]) == EXIT_OK
-    assert "target=0.9" in capsys.readouterr().out
+    assert "target 0.9" in capsys.readouterr().out  # the level under its own name
 
 
 def test_export_refuses_a_level_training_did_not_set(runs, capsys):

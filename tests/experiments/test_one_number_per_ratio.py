@@ -71,7 +71,8 @@ def _report_cell(run_dir, level, header):
     headers = [c.strip() for c in lines[0].strip("|").split("|")]
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if float(cells[headers.index("level")]) == level:
+        named = cells[headers.index("level")]  # "sparsity 0.9", "tau 0.1", "as trained" (level 0)
+        if float(named.split()[-1] if named != "as trained" else 0.0) == level:
             return cells[headers.index(header)]
     raise AssertionError(f"no report row at level {level}")
 

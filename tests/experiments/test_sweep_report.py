@@ -81,7 +81,7 @@ def test_compare_and_report_contain_the_table_numbers(tmp_path):
         assert row["seeds"] == 2
         number = f"{row['acc_compressed_no_ft']:.4f}"
         assert number in text and number in page
-    assert (tmp_path / "cmp" / "accuracy_vs_sparsity_prunable.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cmp" / "accuracy_vs_storage_fraction_prunable.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_refuses_different_models(tmp_path):

@@ -65,6 +65,10 @@ def sgd(lr=0.05, momentum=0.0):
         ({"variant": "local", "local_steps": 2}, {}),
         ({"aug_cap": "n", "aug_select": "qr_columns", "truncation": "dlrt_net"}, {"conv": "matrix"}),
         ({"state_transport": "none"}, {"adaptive_modes": (0, 1, 2, 3), "tucker_min_rank": 1}),
+        (
+            {"passes": 3, "aug_cap": "n", "truncation": "dlrt_net", "state_transport": "none"},
+            {"conv": "matrix"},
+        ),
     ],
 )
 def test_factors_orthonormal_and_ranks_within_bounds(options, conversion):

@@ -189,12 +189,17 @@ def test_initial_shift_flag():
 
 @pytest.mark.parametrize(
     "delay",
-    [{"k_delay_epochs": 0.5}, {"k_delay_epochs": 1, "k_switch": "epoch_end"}],
-    ids=["in-step", "epoch-end"],
+    [
+        {"k_delay_epochs": 0.5},
+        {"k_delay_epochs": 1, "k_switch": "epoch_end"},
+        {"radius_draw": "reference", "radius_lookup": "by_shape", "initial_shift": False},
+    ],
+    ids=["in-step", "epoch-end", "reference-radii"],
 )
 def test_resume_equals_uninterrupted_run(tmp_path, train_until_killed, delay):
     """A run killed after its checkpoint at step 7 and resumed (across the delayed-k switch at step 9, or at
-    the end of the first epoch) ends with exactly the weights and optimizer state of the uninterrupted run.
+    the end of the first epoch; with the reference's radius draw, which must not re-randomize the resumed
+    weights) ends with exactly the weights and optimizer state of the uninterrupted run.
     """
     recipe = _recipe(
         "resume",

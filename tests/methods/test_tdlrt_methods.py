@@ -71,13 +71,22 @@ def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     assert group["lr"] == pytest.approx(0.05 * trainer.schedule.factor(11))
 
 
-@pytest.mark.parametrize("options", [{}, {"variant": "local", "local_steps": 4}], ids=["two_pass", "local"])
-def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed, options):
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("tdlrt", {}),
+        ("tdlrt", {"variant": "local", "local_steps": 4}),
+        ("tdlrt", {"variant": "local", "local_steps": 4, "cycle_phase": "epoch_offset"}),
+        ("dlrt", {"passes": 3, "aug_cap": "n", "state_transport": "none"}),
+    ],
+    ids=["two_pass", "local", "local_epoch_offset", "dlrt_three_pass"],
+)
+def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed, method, options):
     """A TDLRT run killed mid-epoch and resumed from a checkpoint taken after the ranks changed (with local
-    S-iterations: inside a cycle, which the checkpoint must carry) ends with exactly the weights and ranks
-    of the uninterrupted run.
+    S-iterations: inside a cycle, which the checkpoint must carry; with three passes: the K and L optimizer
+    state) ends with exactly the weights and ranks of the uninterrupted run.
     """
-    tree = _tree("r", "tdlrt", {"tau": 0.3, **options}, epochs=2, checkpoint_every_steps=7)
+    tree = _tree("r", method, {"tau": 0.3, **options}, epochs=2, checkpoint_every_steps=7)
     recipe = recipe_from_dict(tree)
     full = Trainer(recipe, tmp_path / "full")
     initial = _ranks(full)
@@ -87,7 +96,7 @@ def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed,
     store = CheckpointStore(tmp_path / "split" / "checkpoints")
     assert store.entries()[-1]["step"] == 7
     saved = store.load_latest()[0]["method"]
-    if options:
+    if options.get("variant") == "local":
         assert saved["cycle_ranks"] is not None
     saved_ranks = saved["cycle_ranks"] or saved["ranks"]
     assert {n: tuple(r) for n, r in saved_ranks.items()} != initial
@@ -101,6 +110,21 @@ def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed,
     for name, value in resumed.components.model.state_dict().items():
         assert torch.equal(value, expected[name]), name
     assert resumed.components.method.integrator.step_count == full.components.method.integrator.step_count
+
+
+def test_dlrt_three_passes_count_three_gradient_evaluations(tmp_path):
+    """``dlrt`` with ``passes: 3`` runs the K, L and S passes per batch, and the schedule reaches the K and
+    L parameters, which share the inner optimizer's single param group.
+    """
+    tree = _tree("k", "dlrt", {"tau": 0.3, "passes": 3}, max_steps=4)
+    trainer = Trainer(recipe_from_dict(tree), tmp_path / "k")
+    results = trainer.fit()
+    assert results["grad_evals"] == 3 * results["steps"] == 12
+    integrator = trainer.components.method.integrator
+    (group,) = integrator.optimizer.param_groups
+    kls = [p for pair in integrator.kls_parameters.values() for p in pair]
+    assert len(kls) == 2 * len(integrator.layers) and all(any(p is q for q in group["params"]) for p in kls)
+    assert group["lr"] == pytest.approx(0.05 * trainer.schedule.factor(3))
 
 
 def test_loading_a_checkpoint_of_other_layers_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""Tensor-train SVD with uniform rank capping (Oseledets 2011; spec nnbcd.md §2.4).
+"""Tensor-train SVD with uniform rank capping (Oseledets 2011; docs/nnbcd.md#tensor-train-projection).
 
 NN-BCD reshapes each compressed weight matrix (row-major) into a tensor with the layer's mode tuple and
 projects it to tensor-train form with one requested rank r for every bond, capped at the unfolding sizes:
@@ -35,7 +35,7 @@ def _check_modes(modes: Sequence[int], rank: int) -> None:
 
 
 def tt_ranks(modes: Sequence[int], rank: int) -> list[int]:
-    """Capped bond ranks ``[r_0, …, r_d]`` for a uniform requested rank (spec §2.4).
+    """Capped bond ranks ``[r_0, …, r_d]`` for a uniform requested rank (docs/nnbcd.md).
 
     Args:
         modes: Mode sizes (n_1, …, n_d).
@@ -64,7 +64,7 @@ def tt_storage(modes: Sequence[int], rank: int) -> int:
 
 
 def tt_svd(tensor: torch.Tensor, rank: int) -> TTSVDResult:
-    """TT-SVD of a tensor with uniform requested rank and the capping of spec §2.4.
+    """TT-SVD of a tensor with uniform requested rank and the capping of docs/nnbcd.md.
 
     Runs on the tensor's device and dtype (torch SVDs, no host round trip).
 
@@ -117,7 +117,7 @@ def tt_reconstruct(cores: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def tt_svd_matrix(weight: torch.Tensor, modes: Sequence[int], rank: int) -> TTSVDResult:
-    """TT-SVD of a weight matrix reshaped row-major to ``modes`` (spec §2.4).
+    """TT-SVD of a weight matrix reshaped row-major to ``modes`` (docs/nnbcd.md#tensor-train-projection).
 
     Args:
         weight: Matrix of shape d_out×d_in.

@@ -89,12 +89,13 @@ def hosvd(tensor: Tensor, ranks: Sequence[int | None]) -> tuple[Tensor, list[Ten
 def rank_from_singular_values(
     singular_values: Tensor, threshold: float, *, faithful_dlrt_net: bool = False, fallback: int = 0
 ) -> int:
-    """Smallest ρ with ``sqrt(Σ_{j>ρ} σ_j²) ≤ threshold`` (spec §2.5).
+    """Smallest ρ with ``sqrt(Σ_{j>ρ} σ_j²) ≤ threshold`` (docs/tdlrt.md#truncation-and-rank-bounds).
 
     Args:
         singular_values: Non-increasing singular values.
         threshold: Absolute threshold ϑ.
-        faithful_dlrt_net: Reproduce the DLRT-Net rule (spec §5): ρ is scanned over ``0 … count − 2`` only,
+        faithful_dlrt_net: Reproduce the DLRT-Net rule (docs/tdlrt.md#the-integrator): ρ is scanned over ``0 …
+        count − 2`` only,
             the tail ``σ_{ρ:count−1}`` omits the last singular value, the comparison is strict, and when no ρ
             qualifies ``fallback`` is returned. The corrected default counts every discarded value and ρ may
             reach 0.

@@ -1,9 +1,9 @@
-"""Closed-form block minimisers of the NN-BCD sweep (spec nnbcd.md §2.2, §2.6).
+"""Closed-form block minimisers of the NN-BCD sweep (docs/nnbcd.md).
 
 Li et al. 2023 (arXiv:2303.06815), with the updates of Zeng et al., ICML 2019.
 
 Layout: data are columns (X is d₀ × N), W_i is d_i × d_{i−1}. Each function returns the exact minimiser of
-Φ over its block, plus the proximal term (α/2)‖· − old‖² where the spec has one (V_L, U_i for i < L, W_i).
+Φ over its block, plus the proximal term (α/2)‖· − old‖² where the method has one (V_L, U_i for i < L, W_i).
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def update_preactivation(
 ) -> torch.Tensor:
     """Step 5: U_i = argmin (γ/2)‖V_i − σ(U)‖² + (ρ/2)‖U − W_iV_{i−1}‖² + (α/2)‖U − U_i^old‖².
 
-    The exact ReLU prox with c = (ρW_iV_{i−1} + αU_i^old)/(ρ + α) and g = (ρ + α)/γ (spec §2.3).
+    The exact ReLU prox with c = (ρW_iV_{i−1} + αU_i^old)/(ρ + α) and g = (ρ + α)/γ
+    (docs/nnbcd.md#the-relu-prox).
 
     Args:
         activation: The new V_i, in the layout of U_i.
@@ -147,7 +148,7 @@ def update_conv_weight(
     rho: float,
     alpha: float,
 ) -> torch.Tensor:
-    """Spec §2.6: W₁ = (ρX̄ᵀX̄ + αI)⁻¹(ρX̄ᵀU₁ + αW₁^old), row-major layout, solved from the left.
+    """docs/nnbcd.md: W₁ = (ρX̄ᵀX̄ + αI)⁻¹(ρX̄ᵀU₁ + αW₁^old), row-major layout, solved from the left.
 
     Args:
         previous: W₁^old (k²C × S).

@@ -1,4 +1,4 @@
-"""The first 3×3 convolution of the NN-BCD CNN as a matrix problem via im2col (spec nnbcd.md §2.6).
+"""The first 3×3 convolution of the NN-BCD CNN as a matrix problem via im2col (docs/nnbcd.md).
 
 Patches are taken by ``F.unfold`` (patch entries ordered channel, kernel row, kernel column, exactly as in
 a flattened ``nn.Conv2d`` weight), so the learned W₁ (9C × S) converts to a convolution by a transpose.
@@ -13,7 +13,7 @@ from torch import nn
 
 
 class Im2colConv:
-    """Geometry and layout maps of an unpadded k×k convolution solved as ``X̄ W₁`` (spec §2.6).
+    """Geometry and layout maps of an unpadded k×k convolution solved as ``X̄ W₁`` (docs/nnbcd.md).
 
     Args:
         in_channels: Input channels C.
@@ -104,7 +104,7 @@ class Im2colConv:
 
 
 class ChannelLastFlatten(nn.Module):
-    """Flatten (N, S, H, W) to (N, H·W·S), position-major and channel-minor (spec §2.6)."""
+    """Flatten (N, S, H, W) to (N, H·W·S), position-major and channel-minor (docs/nnbcd.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Permute channels last and flatten."""

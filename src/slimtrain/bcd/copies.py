@@ -1,8 +1,8 @@
-"""Compressed copies coupled to NN-BCD weights: tensor-train and pruned (spec nnbcd.md §2.1, §2.4, §2.5, §5).
+"""Compressed copies coupled to NN-BCD weights: tensor-train and pruned (docs/nnbcd.md).
 
 A copy holds T_i (𝒯(G_i) or W̃_i) for one layer, is updated by the last block of each layer's step
-(spec §2.2 step 7) and is what the compressed network evaluates with (spec §2.7). The solver owns one
-copy object per compressed layer.
+(docs/nnbcd.md#one-sweep step 7) and is what the compressed network evaluates with
+(docs/nnbcd.md#evaluation-network-and-linear-algebra). The solver owns one copy object per compressed layer.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ class CompressedCopy(ABC):
 
 
 class TensorTrainCopy(CompressedCopy):
-    """TT copy 𝒯(G) with uniform capped rank, recomputed by TT-SVD of W each sweep (spec §2.4).
+    """TT copy 𝒯(G) with uniform capped rank, recomputed by TT-SVD of W each sweep (docs/nnbcd.md).
 
     TT-SVD is quasi-optimal, so a fresh projection can be farther from W than the previous cores and raise
-    Φ. With ``safeguard=True`` (default, corrected behaviour of spec §5), whenever
-    ``‖W − 𝒯(G_new)‖ > ‖W − 𝒯(G_old)‖`` the previous cores are refitted to W by one ALS sweep instead
+    Φ. With ``safeguard=True`` (default, corrected behaviour of docs/nnbcd.md#defaults-and-faithful-flags),
+    whenever ``‖W − 𝒯(G_new)‖ > ‖W − 𝒯(G_old)‖`` the previous cores are refitted to W by one ALS sweep instead
     (:func:`~slimtrain.bcd.tt_als.tt_als_sweep`, never farther from W than they were), so the sweep is
     monotone and the copy still follows W. Merely keeping the old cores would also be monotone, but at low
     ranks it rejects almost every update (W is pulled towards 𝒯(G_old), where TT-SVD does worst) and the copy
@@ -161,12 +161,12 @@ class TensorTrainCopy(CompressedCopy):
 
 
 class PrunedCopy(CompressedCopy):
-    """Sparse copy W̃ = H_s(W) per layer (spec §2.5).
+    """Sparse copy W̃ = H_s(W) per layer (docs/nnbcd.md#hard-threshold-pruning).
 
-    Default (corrected, spec §5): W̃ is a separate tensor, exactly the copy of the objective, so every block
-    is an exact minimiser and Φ is monotone. ``in_place=True`` reproduces the reference code, where the copy
-    aliases W and W itself is thresholded after its update (a projected, IHT-like step that is not monotone
-    in Φ; the compression term is then identically zero).
+    Default (corrected, docs/nnbcd.md#defaults-and-faithful-flags): W̃ is a separate tensor, exactly the copy
+    of the objective, so every block is an exact minimiser and Φ is monotone. ``in_place=True`` reproduces the
+    reference code, where the copy aliases W and W itself is thresholded after its update (a projected,
+    IHT-like step that is not monotone in Φ; the compression term is then identically zero).
 
     Args:
         sparsity: Fraction s ∈ [0, 1) of the layer's entries set to zero.

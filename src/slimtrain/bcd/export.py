@@ -1,4 +1,4 @@
-"""Conversion of NN-BCD results to an ordinary ``nn.Module`` (evaluation network, spec nnbcd.md §2.7)."""
+"""Conversion of NN-BCD results to an ordinary ``nn.Module`` (evaluation network, docs/nnbcd.md)."""
 
 from __future__ import annotations
 

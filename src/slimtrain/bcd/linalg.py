@@ -1,4 +1,4 @@
-"""Symmetric positive definite solves used by the NN-BCD block updates (spec nnbcd.md §2.8).
+"""Symmetric positive definite solves used by the NN-BCD block updates (docs/nnbcd.md).
 
 Every linear system of NN-BCD is SPD: (αI + ρVVᵀ), (ρWᵀW + γI) and (ρX̄ᵀX̄ + αI). They are solved by a
 Cholesky factorisation, never by an explicit inverse. If the factorisation fails in finite precision a
@@ -54,7 +54,7 @@ def solve_spd_left(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def solve_spd_right(rhs: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Solve ``X @ matrix = rhs`` for SPD ``matrix`` (the right-multiplied weight update of spec §2.2).
+    """Solve ``X @ matrix = rhs`` for SPD ``matrix`` (the right-multiplied weight update of docs/nnbcd.md).
 
     Args:
         rhs: Right-hand side of shape k×n.
@@ -68,7 +68,7 @@ def solve_spd_right(rhs: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def solve_shifted_gram(weight: torch.Tensor, rhs: torch.Tensor, rho: float, gamma: float) -> torch.Tensor:
-    """Solve ``(ρ WᵀW + γ I) X = rhs``, the activation update system of spec §2.2 step 4.
+    """Solve ``(ρ WᵀW + γ I) X = rhs``, the activation update system of docs/nnbcd.md#one-sweep step 4.
 
     When W has fewer rows m than columns n, the Woodbury identity
     ``(ρWᵀW + γI)⁻¹ = (I − Wᵀ(γ/ρ·I + WWᵀ)⁻¹W)/γ`` reduces the factorisation from n×n to m×m (e.g. to the

@@ -1,4 +1,4 @@
-"""Up-front memory estimate for full-batch NN-BCD (spec nnbcd.md §6: U_i and V_i are d_i × N).
+"""Up-front memory estimate for full-batch NN-BCD (docs/nnbcd.md: U_i and V_i are d_i × N).
 
 NN-BCD keeps every pre-activation and activation of the whole training set, so memory grows linearly in
 N. The estimate counts the stored blocks, the cached products W_iV_{i−1}, the largest per-layer

@@ -1,8 +1,9 @@
-"""The penalized NN-BCD objective Φ and its terms (spec nnbcd.md §2.1; Li et al. 2023, Zeng et al. 2019).
+"""The penalized NN-BCD objective Φ and its terms (docs/nnbcd.md; Li et al. 2023, Zeng et al. 2019).
 
 Φ = ½‖V_L − Y‖² + (γ/2)Σ_{i<L}‖V_i − σ(U_i)‖² + (γ/2)‖V_L − U_L‖² + (ρ/2)Σ_i‖U_i − W_iV_{i−1}‖²
     + (τ/2)Σ_{i∈𝒞}‖W_i − T_i‖²,
-logged exactly as defined (the reference code's log weights the data term by γ/2 instead; spec §5).
+logged exactly as defined (the reference code's log weights the data term by γ/2 instead;
+docs/nnbcd.md#defaults-and-faithful-flags).
 """
 
 from __future__ import annotations

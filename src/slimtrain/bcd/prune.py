@@ -1,4 +1,4 @@
-"""Hard-threshold projection onto an ℓ₀ ball, the pruning copy of NN-BCD (spec nnbcd.md §2.5).
+"""Hard-threshold projection onto an ℓ₀ ball, the pruning copy of NN-BCD (docs/nnbcd.md).
 
 ``H_s(W)`` keeps the (1 − s) fraction of entries of largest magnitude. The default ``"topk"`` rule keeps
 exactly ``n − ⌊s·n⌋`` entries (ties broken by the lower flat index), which is the exact Euclidean

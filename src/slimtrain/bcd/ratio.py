@@ -1,4 +1,4 @@
-"""NN-BCD storage fractions CR₁ and CR₂ (spec metrics.md §3, nnbcd.md §2.4, §4).
+"""NN-BCD storage fractions CR₁ and CR₂ (docs/metrics.md, docs/nnbcd.md).
 
 NN-BCD's "CR" is a storage fraction (stored / dense, ≤ 1): CR₂ over the compressed (TT) layers only,
 CR₁ over all weight layers. TT storage per layer is Σ_k r_{k−1} n_k r_k with capped ranks. Biases are zero

@@ -1,4 +1,4 @@
-"""Exact proximal map of the ReLU coupling (spec nnbcd.md §2.3; Zeng et al., ICML 2019; Li et al. 2023).
+"""Exact proximal map of the ReLU coupling (docs/nnbcd.md; Zeng et al., ICML 2019; Li et al. 2023).
 
 The pre-activation update U_i of NN-BCD separates into independent scalar problems
 ``f(u) = ½(v − max(u, 0))² + (g/2)(u − c)²``. ``f`` is convex on each half-line, so the global minimiser
@@ -14,7 +14,7 @@ def relu_prox(v: torch.Tensor, c: torch.Tensor, g: float | torch.Tensor) -> torc
     """Elementwise global minimiser of ``½(v − relu(u))² + (g/2)(u − c)²`` over u.
 
     Branch u ≥ 0 gives ``max((v + g·c)/(1 + g), 0)``, branch u ≤ 0 gives ``min(c, 0)``; the branch with the
-    smaller value wins and ties go to the non-negative branch (spec §2.3).
+    smaller value wins and ties go to the non-negative branch (docs/nnbcd.md#the-relu-prox).
 
     Args:
         v: Target activations.

@@ -1,11 +1,12 @@
 """One alternating-least-squares sweep that refits tensor-train cores to a tensor, never worse than before.
 
 Holtz, Rohwedder, Schneider, "The alternating linear scheme for tensor optimization in the tensor train
-format", SIAM J. Sci. Comput. 2012; Oseledets 2011 for the TT format. NN-BCD (spec nnbcd.md §2.4, §5)
-projects each compressed weight to TT form every sweep; TT-SVD is only quasi-optimal, so its cores can be
-farther from the weight than the previous ones. Refitting the previous cores by ALS instead is monotone:
-with orthonormal interfaces on both sides, each core's update is the exact least-squares minimiser given
-the others, so ‖T − 𝒯(G)‖_F never increases and the ranks stay those of the previous cores.
+format", SIAM J. Sci. Comput. 2012; Oseledets 2011 for the TT format. NN-BCD
+(docs/nnbcd.md#tensor-train-projection and #defaults-and-faithful-flags) projects each compressed weight to TT
+form every sweep; TT-SVD is only quasi-optimal, so its cores can be farther from the weight than the previous
+ones. Refitting the previous cores by ALS instead is monotone: with orthonormal interfaces on both sides, each
+core's update is the exact least-squares minimiser given the others, so ‖T − 𝒯(G)‖_F never increases and the
+ranks stay those of the previous cores.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Post-training low-rank decomposition: per-layer truncated matrix SVD and Tucker-2 (HOSVD).
 
-Uniform rank fraction as in the SFW evaluation protocol (Zimmer et al., arXiv:2205.11921; spec sfw.md §4):
-with ``reduction`` = s, a layer whose full rank is R keeps r = max(1, ⌊(1 − s)·R⌋). The input model is never
-modified; the returned copy has its layers replaced by the modules of :mod:`slimtrain.compress.factorized`.
+Uniform rank fraction as in the SFW evaluation protocol (Zimmer et al., arXiv:2205.11921;
+docs/sfw.md#evaluation-protocol): with ``reduction`` = s, a layer whose full rank is R keeps r = max(1, ⌊(1 −
+s)·R⌋). The input model is never modified; the returned copy has its layers replaced by the modules of
+:mod:`slimtrain.compress.factorized`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def svd_decompose(
     """Return a copy of ``model`` with convs (and optionally linears) replaced by truncated-SVD pairs.
 
     Conv: :class:`SVDConv2d` with r = max(1, ⌊(1 − s)·min(c_out/g, (c_in/g)·kh·kw)⌋) per group; linear:
-    :class:`LowRankLinear` with r = max(1, ⌊(1 − s)·min(in, out)⌋) (spec sfw.md §4). A
+    :class:`LowRankLinear` with r = max(1, ⌊(1 − s)·min(in, out)⌋) (docs/sfw.md#evaluation-protocol). A
     :class:`FactorizationCostWarning` is emitted for every layer the rank makes more expensive than dense.
 
     Args:
@@ -147,7 +148,7 @@ def tucker_decompose(
     """Return a copy of ``model`` with every conv replaced by a Tucker-2 :class:`TuckerConv2d` (HOSVD).
 
     Ranks: r_out = max(1, ⌊(1 − s)·c_out⌋), r_in = max(1, ⌊(1 − s)·c_in⌋), spatial modes full. Costs follow
-    metrics.md §4 (the 1×1 projection runs at input resolution, i.e. stride² positions per output
+    docs/metrics.md#macs (the 1×1 projection runs at input resolution, i.e. stride² positions per output
     position); a :class:`FactorizationCostWarning` flags layers made more expensive than dense.
 
     Args:

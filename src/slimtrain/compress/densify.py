@@ -1,4 +1,4 @@
-"""Turn an exported model back into plain dense layers (the "reconstructed" model of metrics.md §1)."""
+"""Turn an exported model back into plain dense layers (the "reconstructed" model of docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A method's ``compress`` returns the *compressed* model of a level: masked (zeros kept in dense tensors) for
 unstructured and filter pruning, factorized for low rank. :func:`to_exported` turns it into the model that is
-saved and deployed (spec metrics.md §6: latency is measured on this one):
+saved and deployed (docs/metrics.md#latency: latency is measured on this one):
 
 - pruning re-parametrizations (``torch.nn.utils.prune``, ``parametrize``) are folded into plain weights;
 - training-time factorized layers (TDLRT Tucker convs, DLRT matrix layers) become their deployment form at

@@ -2,8 +2,8 @@
 
 For every channel group (:mod:`slimtrain.compress.channel_groups`) the channels are ranked by their L1 norm,
 summed over the output-channel weights of every conv/linear in the group, and round(fraction·n) channels are
-removed (PyTorch ``ln_structured`` rounding; SFW filter evaluation, Zimmer et al., arXiv:2205.11921, spec
-sfw.md §4). Ties go to the lower index.
+removed (PyTorch ``ln_structured`` rounding; SFW filter evaluation, Zimmer et al., arXiv:2205.11921,
+docs/sfw.md#evaluation-protocol). Ties go to the lower index.
 
 A level is applied either as **masks** (:func:`apply_channel_masks`: the pruned channels' filters, biases and
 BatchNorm γ/β and the consumers' input weights are zeroed) or **physically** (:func:`remove_channels`).

@@ -1,10 +1,11 @@
 """Unstructured magnitude pruning: global over a population, or per layer.
 
 Global magnitude pruning over the weights of every conv and linear layer is the SFW paper's unstructured
-evaluation; over all parameters (biases and BatchNorm γ/β included) it is Miao et al.'s (ICLR 2022). Spec:
-sfw.md §4; populations: metrics.md §1. Exactly ⌊s·N⌋ entries are removed; ties in magnitude are broken
-by position (parameter order, then flat index), so every process computes the same mask. The selection
-itself is :mod:`slimtrain.pruning.magnitude`'s, shared with the pruning baselines and SWD.
+evaluation; over all parameters (biases and BatchNorm γ/β included) it is Miao et al.'s (ICLR 2022). Protocol:
+docs/sfw.md#evaluation-protocol; populations: docs/metrics.md#populations. Exactly ⌊s·N⌋ entries are removed;
+ties in magnitude are broken by position (parameter order, then flat index), so every process computes the
+same mask. The selection itself is :mod:`slimtrain.pruning.magnitude`'s, shared with the pruning baselines and
+SWD.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ PopulationName = Literal["prunable", "all"]
 def population_parameters(
     model: nn.Module, population: PopulationName = "prunable"
 ) -> dict[str, nn.Parameter]:
-    """Return the named parameters of a population (metrics.md §1).
+    """Return the named parameters of a population (docs/metrics.md#populations).
 
     Args:
         model: The model.

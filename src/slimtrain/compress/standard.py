@@ -1,10 +1,10 @@
 """The standard post-training compression of a trained model at one level, by structure name.
 
-These are the SFW paper's one-shot evaluation operators (spec sfw.md §4), used by every method that chooses
-its level after training: ``unstructured`` = global magnitude pruning over conv + linear weights,
-``filter`` = uniform per-group L1 filter pruning applied as masks over coupled channel groups, ``lowrank`` =
-per-layer truncated SVD of every conv (k×k conv + 1×1 conv, uniform rank fraction). ``native`` returns the
-model unchanged.
+These are the SFW paper's one-shot evaluation operators (docs/sfw.md#evaluation-protocol), used by every
+method that chooses its level after training: ``unstructured`` = global magnitude pruning over conv + linear
+weights, ``filter`` = uniform per-group L1 filter pruning applied as masks over coupled channel groups,
+``lowrank`` = per-layer truncated SVD of every conv (k×k conv + 1×1 conv, uniform rank fraction). ``native``
+returns the model unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from slimtrain.compress.decompose import svd_decompose
 from slimtrain.compress.filter_pruning import apply_channel_masks, filter_pruning_plan
 from slimtrain.compress.magnitude import global_magnitude_prune
 
-STRUCTURES = ("native", "unstructured", "filter", "lowrank")
+STRUCTURES = {
+    "unstructured": "single conv/linear weights zeroed (level: sparsity); exported with zeros kept, or CSR",
+    "filter": "whole conv filters removed (level: fraction of filters); exported with thinner layers",
+    "lowrank": "conv layers factorized (level: fraction of rank removed); exported as factorized layers",
+    "native": "the method's own form, as trained (SWD's target, TDLRT's tau, NN-BCD's tensor-train layers)",
+}
+"""Every structure a model is compressed and exported with (name → what its level means)."""
 
 
 def compress_standard(

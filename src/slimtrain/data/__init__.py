@@ -1,12 +1,12 @@
 """Datasets, splits, deterministic DDP-sharded batch loading and batched augmentation.
 
 ``load_dataset(name, ...)`` returns normalized :class:`DatasetSplits`; :class:`BatchLoader` iterates over
-an :class:`ArrayDataset` in reproducible, rank-sharded batches.
+an :class:`ArrayDataset` in reproducible, rank-sharded batches, on the host or kept on a GPU.
 """
 
 from slimtrain.data.dataset import ArrayDataset, BatchTransform, DatasetSplits
 from slimtrain.data.idx import read_idx
-from slimtrain.data.loader import BatchLoader
+from slimtrain.data.loader import BatchLoader, OnDevice, fits_on_device
 from slimtrain.data.raw import RawSplits
 from slimtrain.data.registry import DatasetBuilder, list_datasets, load_dataset, register_dataset
 from slimtrain.data.transforms import (
@@ -28,9 +28,11 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSplits",
     "Normalize",
+    "OnDevice",
     "RandomCrop",
     "RandomHorizontalFlip",
     "RawSplits",
+    "fits_on_device",
     "list_datasets",
     "load_dataset",
     "read_idx",

@@ -2,7 +2,9 @@
 
 Every transform is called as ``transform(inputs, generator)`` on an ``N×C×H×W`` batch and draws all of its
 randomness from ``generator`` (a CPU ``torch.Generator``), so a run is reproducible from its seeds. Random
-parameters are drawn per sample and applied with tensor indexing, never a Python loop over samples.
+parameters are drawn per sample and applied with tensor indexing, never a Python loop over samples. The
+batch may live on any device: the draws are made on the host and copied to it without blocking
+(:func:`slimtrain.data.transfer.to_device`), so a batch is augmented identically on a CPU and on a GPU.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ import torch
 from torch import Tensor
 
 from slimtrain.data.dataset import BatchTransform
+from slimtrain.data.transfer import to_device
 
 __all__ = ["Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip", "standard_augmentation"]
 
 
-def _channel_values(values: float | Sequence[float], channels: int, what: str) -> Tensor:
-    """Broadcastable ``1×C×1×1`` tensor from a scalar or one value per channel."""
+def _channel_values(values: float | Sequence[float], like: Tensor, what: str) -> Tensor:
+    """``1×C×1×1`` tensor of a scalar or one value per channel, with ``like``'s device and dtype."""
+    channels = like.shape[1]
     vals = torch.as_tensor(values, dtype=torch.float32).flatten()
     if vals.numel() == 1:
         vals = vals.expand(channels)
     if vals.numel() != channels:
         raise ValueError(f"{what} has {vals.numel()} values but the batch has {channels} channels")
-    return vals.reshape(1, channels, 1, 1)
+    return to_device(vals.reshape(1, channels, 1, 1).to(like.dtype), like.device)
 
 
 def _check_batch(inputs: Tensor, who: str) -> None:
@@ -58,9 +62,9 @@ class RandomCrop:
         n, c, h, w = inputs.shape
         p = self.padding
         padded = inputs.new_empty(n, c, h + 2 * p, w + 2 * p)
-        padded.copy_(_channel_values(self.fill, c, "RandomCrop fill").to(inputs).expand_as(padded))
+        padded.copy_(_channel_values(self.fill, inputs, "RandomCrop fill").expand_as(padded))
         padded[:, :, p : p + h, p : p + w] = inputs
-        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(inputs.device)
+        offsets = to_device(torch.randint(0, 2 * p + 1, (2, n), generator=generator), inputs.device)
         # All h×w windows as a strided view (n, c, 2p+1, 2p+1, h, w), no copy; then pick one per sample.
         windows = padded.unfold(2, h, 1).unfold(3, w, 1)
         return windows[torch.arange(n, device=inputs.device), :, offsets[0], offsets[1]]
@@ -80,7 +84,7 @@ class RandomHorizontalFlip:
     def __call__(self, inputs: Tensor, generator: torch.Generator) -> Tensor:
         """Return the batch with a random subset of its images mirrored."""
         _check_batch(inputs, "RandomHorizontalFlip")
-        flip = (torch.rand(inputs.shape[0], generator=generator) < self.p).to(inputs.device)
+        flip = to_device(torch.rand(inputs.shape[0], generator=generator) < self.p, inputs.device)
         return torch.where(flip[:, None, None, None], inputs.flip(3), inputs)
 
     def __repr__(self) -> str:
@@ -101,9 +105,8 @@ class Normalize:
     def __call__(self, inputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Return the normalized batch."""
         _check_batch(inputs, "Normalize")
-        c = inputs.shape[1]
-        mean = _channel_values(self.mean, c, "Normalize mean").to(inputs)
-        std = _channel_values(self.std, c, "Normalize std").to(inputs)
+        mean = _channel_values(self.mean, inputs, "Normalize mean")
+        std = _channel_values(self.std, inputs, "Normalize std")
         return (inputs - mean) / std
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from slimtrain.errors import BadInputError, RecipeError
 from slimtrain.experiments.sweeping import check_compressible, resolve_levels, sweep
 from slimtrain.io import atomic_write_text
+from slimtrain.progress import Progress
 from slimtrain.train.config import Recipe, load_recipe
 from slimtrain.train.identity import recipe_digest, run_identity
 from slimtrain.train.method import Method, get_method_class
@@ -93,7 +94,7 @@ def _check_evaluable(run: Recipe, structure: str | None) -> None:
     structure, levels = _evaluation(method, structure)
     structure, declared, _ = resolve_levels(method, structure, levels)
     if declared.chosen_after_training and structure != "native":
-        comp = build_run(run)
+        comp = build_run(run, initial_weights=False)  # only the layer structure is checked
         example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
         check_compressible(comp.model, structure, run.model.name, example)
 
@@ -139,6 +140,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "method": members[0]["method"],
             "structure": structure,
             "requested_level": level,
+            "level_option": members[0].get("level_option"),
             "seeds": len(members),
         }
         for key, value in members[0].items():
@@ -159,6 +161,7 @@ def compare(
     overrides: list[str] | None = None,
     structure: str | None = None,
     latency: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) every recipe at every seed, sweep each run, and write ``compare.json``.
 
@@ -170,6 +173,9 @@ def compare(
         structure: compression structure for after-training methods (default: each recipe's); methods
             that set their level during training are swept ``native`` at their own level.
         latency: measure latency in every sweep row.
+        progress: show run k/N, elapsed time and an ETA, and each sweep's levels
+            (:class:`slimtrain.progress.Progress`: a bar on a terminal, plain lines otherwise); default shown
+            when any recipe's ``train.progress`` is (training shows its own progress by its recipe).
 
     Returns:
         ``{"rows": per-run rows, "aggregated": mean/std over seeds}``, also written to ``compare.json``.
@@ -198,21 +204,25 @@ def compare(
             _check_evaluable(run, structure)
             checked.add(key)
     rows: list[dict[str, Any]] = []
-    for run, run_dir in plan:
-        _reuse_or_train(run, run_dir)
-        method = get_method_class(run.method.name)(run.method_options(), run)
-        run_structure, run_levels = _evaluation(method, structure)
-        evaluation = run.evaluation
-        rows.extend(
-            sweep(
-                run_dir,
-                structure=run_structure,
-                levels=run_levels,
-                bn_recalibration=evaluation.bn_recalibration,
-                bn_recalibration_batches=evaluation.bn_recalibration_batches,
-                latency=latency,
+    shown = any(r.train.progress for r in recipes) if progress is None else progress
+    with Progress(len(plan), "compare", "run", enabled=shown, every_s=0.0) as bar:
+        for run, run_dir in plan:
+            bar.step(str(run_dir.relative_to(out)))
+            _reuse_or_train(run, run_dir)
+            method = get_method_class(run.method.name)(run.method_options(), run)
+            run_structure, run_levels = _evaluation(method, structure)
+            evaluation = run.evaluation
+            rows.extend(
+                sweep(
+                    run_dir,
+                    structure=run_structure,
+                    levels=run_levels,
+                    bn_recalibration=evaluation.bn_recalibration,
+                    bn_recalibration_batches=evaluation.bn_recalibration_batches,
+                    latency=latency,
+                    progress=progress,
+                )
             )
-        )
     result = {"recipes": names, "seeds": seeds, "rows": rows, "aggregated": aggregate(rows)}
     atomic_write_text(out / COMPARE_FILE, json.dumps(result, indent=1, default=float))
     return result

@@ -32,6 +32,7 @@ from slimtrain.experiments.sweeping import (
     resolve_levels,
 )
 from slimtrain.metrics import count_parameters, latency_fields
+from slimtrain.progress import Progress
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import run_identity
 
@@ -141,6 +142,7 @@ def export_run(
     sparse_linear: bool = False,
     latency_batch_sizes: tuple[int, ...] = (1, 256),
     overwrite: bool = False,
+    progress: bool | None = None,
 ) -> ExportResult:
     """Compress the trained run in ``run_dir`` at ``level`` and save the exported model.
 
@@ -158,6 +160,8 @@ def export_run(
             ratios are a sweep row's (masked convention: N_stored = non-zeros).
         latency_batch_sizes: Batch sizes of the CPU latency measurement (none: no measurement).
         overwrite: Replace an existing output directory.
+        progress: show stage k/N (compress, check, evaluate, save, ONNX, latency) with an ETA
+            (:class:`slimtrain.progress.Progress`); default the recipe's ``train.progress``.
 
     Returns:
         The :class:`ExportResult`.
@@ -200,66 +204,76 @@ def export_run(
     check_inputs = to_device(comp.splits.test.inputs[:CHECK_BATCH])
     if declared.chosen_after_training:
         check_compressible(comp.model, structure, recipe.model.name, example)
-    compressed = method.compress(copy.deepcopy(comp.model), structure, level, example).eval()
-    exported = to_exported(compressed, structure, example, round_to=round_to)
-    dense = comp.method.dense_reference(comp.model)
-    if sparse_linear:
-        exported = to_sparse_linear(exported, min_sparsity=CSR_MIN_SPARSITY)
-    # The model as saved (CSR values counted as stored), with the definitions of a sweep row.
-    metrics = level_metrics(compressed, exported, example, dense)
-    error = check_same_outputs(compressed, exported, check_inputs)
-    acc_compressed = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
-    acc_exported = evaluate(exported, comp.splits.test, device=comp.device, dtype=comp.dtype)
+    stages = 4 + bool(onnx) + bool(latency_batch_sizes)
+    what = f"export {recipe.name} {level_label(structure, level, fields['level_option'])}"
+    shown = recipe.train.progress if progress is None else progress
+    with Progress(stages, what, "stage", enabled=shown, every_s=0.0) as bar:
+        bar.step("compress")
+        compressed = method.compress(copy.deepcopy(comp.model), structure, level, example).eval()
+        exported = to_exported(compressed, structure, example, round_to=round_to)
+        dense = comp.method.dense_reference(comp.model)
+        if sparse_linear:
+            exported = to_sparse_linear(exported, min_sparsity=CSR_MIN_SPARSITY)
+        # The model as saved (CSR values counted as stored), with the definitions of a sweep row.
+        metrics = level_metrics(compressed, exported, example, dense)
+        bar.step("check outputs")
+        error = check_same_outputs(compressed, exported, check_inputs)
+        bar.step("evaluate")
+        acc_compressed = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
+        acc_exported = evaluate(exported, comp.splits.test, device=comp.device, dtype=comp.dtype)
 
-    channels, height, _ = comp.splits.input_shape
-    base_kwargs = {
-        "num_classes": comp.splits.num_classes,
-        "in_channels": channels,
-        "image_size": height,
-        **recipe.model.kwargs,
-    }
-    extra = {
-        "run": run_dir.name,
-        "method": method.name,
-        "structure": structure,
-        "level": level,
-        **fields,
-        "run_identity": run_identity(run_dir, recipe).digest,
-        "round_to": round_to,
-        "sparse_linear": sparse_linear,
-        "acc_test_compressed": acc_compressed["accuracy"],
-        "acc_test_exported": acc_exported["accuracy"],
-        "max_abs_error_vs_compressed": error,
-        "input_shape": [channels, height, comp.splits.input_shape[2]],
-        "model_state": metrics["model_state"],
-        "params_stored_all": metrics["params_stored_all"],
-        "compression_ratio_all": metrics["compression_ratio_all"],
-        "macs_effective": metrics["macs_effective"],
-        "theoretical_speedup": metrics.get("theoretical_speedup"),
-    }
-    preprocessing = input_preprocessing(comp.splits, example.dtype)
-    path = save_exported(
-        exported,
-        out_dir,
-        base=recipe.model.name,
-        base_kwargs=base_kwargs,
-        recipe=recipe.model_dump(mode="json"),
-        manifest_extra=extra,
-        preprocessing=preprocessing,
-        overwrite=overwrite,
-    )
-    onnx_path = (
-        export_onnx(exported, example, path / ONNX_FILE, preprocessing=preprocessing) if onnx else None
-    )
-    latency: dict[str, float] = {}
-    if latency_batch_sizes:
-        inputs = [torch.zeros((b, *example.shape[1:]), dtype=example.dtype) for b in latency_batch_sizes]
-        latency = latency_fields(
-            exported.cpu(),
-            inputs,
-            reference=dense.cpu(),
-            theoretical_speedup=metrics.get("theoretical_speedup"),
+        channels, height, _ = comp.splits.input_shape
+        base_kwargs = {
+            "num_classes": comp.splits.num_classes,
+            "in_channels": channels,
+            "image_size": height,
+            **recipe.model.kwargs,
+        }
+        extra = {
+            "run": run_dir.name,
+            "method": method.name,
+            "structure": structure,
+            "level": level,
+            **fields,
+            "run_identity": run_identity(run_dir, recipe).digest,
+            "round_to": round_to,
+            "sparse_linear": sparse_linear,
+            "acc_test_compressed": acc_compressed["accuracy"],
+            "acc_test_exported": acc_exported["accuracy"],
+            "max_abs_error_vs_compressed": error,
+            "input_shape": [channels, height, comp.splits.input_shape[2]],
+            "model_state": metrics["model_state"],
+            "params_stored_all": metrics["params_stored_all"],
+            "compression_ratio_all": metrics["compression_ratio_all"],
+            "macs_effective": metrics["macs_effective"],
+            "theoretical_speedup": metrics.get("theoretical_speedup"),
+        }
+        preprocessing = input_preprocessing(comp.splits, example.dtype)
+        bar.step("save")
+        path = save_exported(
+            exported,
+            out_dir,
+            base=recipe.model.name,
+            base_kwargs=base_kwargs,
+            recipe=recipe.model_dump(mode="json"),
+            manifest_extra=extra,
+            preprocessing=preprocessing,
+            overwrite=overwrite,
         )
+        onnx_path = None
+        if onnx:
+            bar.step("ONNX")
+            onnx_path = export_onnx(exported, example, path / ONNX_FILE, preprocessing=preprocessing)
+        latency: dict[str, float] = {}
+        if latency_batch_sizes:
+            bar.step("latency")
+            inputs = [torch.zeros((b, *example.shape[1:]), dtype=example.dtype) for b in latency_batch_sizes]
+            latency = latency_fields(
+                exported.cpu(),
+                inputs,
+                reference=dense.cpu(),
+                theoretical_speedup=metrics.get("theoretical_speedup"),
+            )
     return ExportResult(
         path=path,
         onnx_path=onnx_path,

@@ -23,6 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from slimtrain.compress.exportable import to_exported
 from slimtrain.compress.magnitude import population_parameters
+from slimtrain.compress.standard import STRUCTURES
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
 from slimtrain.data import BatchLoader
 from slimtrain.errors import BadInputError, CheckpointError
@@ -36,6 +37,7 @@ from slimtrain.metrics import (
     summarize,
     upgrade_row,
 )
+from slimtrain.progress import Progress
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import load_recipe
 from slimtrain.train.evaluate import evaluate
@@ -52,7 +54,7 @@ def load_trained(run_dir: str | Path) -> RunComponents:
     """
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
-    comp = build_run(recipe)
+    comp = build_run(recipe, initial_weights=False)  # the final checkpoint replaces them
     loaded = CheckpointStore(run_dir / "checkpoints").load_latest(final_only=True)
     if loaded is None:
         raise CheckpointError(
@@ -158,9 +160,6 @@ def level_metrics(
     return {**metrics, **own}
 
 
-STRUCTURE_NAMES = ("unstructured", "filter", "lowrank", "native")
-
-
 def describe_levels(levels: Levels) -> str:
     """The levels of one structure in words: ``any level in [0, 1)``, ``tau 0.1``, ``level 0``."""
     if levels.chosen_after_training:
@@ -173,7 +172,7 @@ def describe_levels(levels: Levels) -> str:
 
 def produced_structures(method: Method) -> str:
     """Every structure a trained run of ``method`` produces, with its levels (for error messages)."""
-    produced = ((s, method.levels(s)) for s in STRUCTURE_NAMES)
+    produced = ((s, method.levels(s)) for s in STRUCTURES)
     return "; ".join(f"{s}: {describe_levels(levels)}" for s, levels in produced if levels is not None)
 
 
@@ -312,6 +311,13 @@ def stored_rows(path: Path, identity: str) -> list[dict[str, Any]]:
     return [row for row in data["rows"] if row.get("run_identity") == identity]
 
 
+def _level_name(level: float | None, option: str | None) -> str:
+    """A level for progress lines: ``0.9``, ``tau 0.1``."""
+    if level is None:
+        return "as trained"
+    return f"{option} {level:g}" if option else f"{level:g}"
+
+
 def _level_order(row: dict[str, Any]) -> tuple[bool, float]:
     level = row["requested_level"]
     return (level is None, 0.0 if level is None else level)
@@ -326,6 +332,7 @@ def sweep(
     latency: bool = False,
     latency_batch_sizes: tuple[int, ...] = (1, 256),
     bn_recalibration_batches: int | None = None,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the trained run in ``run_dir`` at each compression level and write ``sweep.json``.
 
@@ -342,6 +349,8 @@ def sweep(
             ``measured_speedup_b{N}`` and its quartiles ``measured_speedup_q1_b{N}``/``_q3_b{N}``.
         latency_batch_sizes: batch sizes for the latency measurement.
         bn_recalibration_batches: training batches of the recalibration; default from the recipe.
+        progress: show level k/N, elapsed time and an ETA (:class:`slimtrain.progress.Progress`: a bar on a
+            terminal, plain lines otherwise); default the recipe's ``train.progress``.
 
     Returns:
         One row per requested level. Each row records the run identity
@@ -371,11 +380,17 @@ def sweep(
 
     out_path = sweep_path(run_dir, structure)
     rows = [upgrade_row(r) for r in stored_rows(out_path, identity.digest)]
-    done = {r["requested_level"] for r in rows if r.get("evaluation_settings") == settings}
+    # A row written before rows recorded the trained model's validation accuracy is computed again.
+    done = {
+        r["requested_level"]
+        for r in rows
+        if r.get("evaluation_settings") == settings and "val_acc_dense" in r
+    }
 
     trained = comp.model
     example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
     dense_test = evaluate(trained, comp.splits.test, device=comp.device, dtype=comp.dtype)["accuracy"]
+    dense_val = evaluate(trained, comp.splits.val, device=comp.device, dtype=comp.dtype)["accuracy"]
     results_file = run_dir / "results.json"
     train_info = json.loads(results_file.read_text()) if results_file.exists() else {}
     if train_info.get("run_identity", identity.digest) != identity.digest:
@@ -384,51 +399,56 @@ def sweep(
         check_compressible(trained, structure, recipe.model.name, example)
     dense = method.dense_reference(trained)  # a new model: `trained` keeps its own layers
     dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes} if latency else {}
-    for level in levels:
-        if level in done:
-            continue
-        compressed = method.compress(copy.deepcopy(trained), structure, level, example)
-        compressed.eval()
-        test = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
-        val = evaluate(compressed, comp.splits.val, device=comp.device, dtype=comp.dtype)
-        row: dict[str, Any] = {
-            "recipe": recipe.name,
-            "method": method.name,
-            "seed": recipe.seed,
-            "structure": structure,
-            "requested_level": level,
-            **level_fields(declared, level),
-            "run_identity": identity.digest,
-            "evaluation_settings": settings,
-            **{k: train_info[k] for k in ("grad_evals", "train_seconds", "epochs") if k in train_info},
-            "acc_dense": dense_test,
-            "acc_compressed_no_ft": test["accuracy"],
-            "val_acc_compressed_no_ft": val["accuracy"],
-            "pruning_stability": 1.0 - (dense_test - test["accuracy"]) / dense_test
-            if dense_test
-            else float("nan"),
-        }
-        if recalibrate:
-            recalibrate_batchnorm(compressed, comp, batches, recipe.train.batch_size)
-            row["acc_compressed_bn_recal"] = evaluate(
-                compressed, comp.splits.test, device=comp.device, dtype=comp.dtype
-            )["accuracy"]
-        # The numbers of the deployed model, as `slimtrain export` reports them (one definition).
-        exported = _exported_form(compressed, structure, example)
-        row.update(level_metrics(compressed, exported, example, dense))
-        if latency:
-            # Latency is a property of the deployed model: time the exported form, not the masked one.
-            row["latency_model_state"] = "exported"
-            row["params_stored_exported_all"] = count_parameters(exported, "all").stored
-        for batch, dense_result in dense_latency.items():
-            row.update(latency_result_fields(_latency(exported, example, batch), dense_result))
-        rows = [r for r in rows if r["requested_level"] != level]  # computed with other settings
-        rows.append(row)
-        rows.sort(key=_level_order)
-        atomic_write_text(
-            out_path,
-            json.dumps(
-                {"run": str(run_dir), "run_identity": identity.digest, "rows": rows}, indent=1, default=float
-            ),
-        )
+    todo = [level for level in levels if level not in done]
+    shown = recipe.train.progress if progress is None else progress
+    with Progress(len(todo), f"sweep {recipe.name} ({structure})", "level", enabled=shown) as bar:
+        for level in todo:
+            bar.step(_level_name(level, declared.option))
+            compressed = method.compress(copy.deepcopy(trained), structure, level, example)
+            compressed.eval()
+            test = evaluate(compressed, comp.splits.test, device=comp.device, dtype=comp.dtype)
+            val = evaluate(compressed, comp.splits.val, device=comp.device, dtype=comp.dtype)
+            row: dict[str, Any] = {
+                "recipe": recipe.name,
+                "method": method.name,
+                "seed": recipe.seed,
+                "structure": structure,
+                "requested_level": level,
+                **level_fields(declared, level),
+                "run_identity": identity.digest,
+                "evaluation_settings": settings,
+                **{k: train_info[k] for k in ("grad_evals", "train_seconds", "epochs") if k in train_info},
+                "acc_dense": dense_test,
+                "val_acc_dense": dense_val,
+                "acc_compressed_no_ft": test["accuracy"],
+                "val_acc_compressed_no_ft": val["accuracy"],
+                "pruning_stability": 1.0 - (dense_test - test["accuracy"]) / dense_test
+                if dense_test
+                else float("nan"),
+            }
+            if recalibrate:
+                recalibrate_batchnorm(compressed, comp, batches, recipe.train.batch_size)
+                row["acc_compressed_bn_recal"] = evaluate(
+                    compressed, comp.splits.test, device=comp.device, dtype=comp.dtype
+                )["accuracy"]
+            # The numbers of the deployed model, as `slimtrain export` reports them (one definition).
+            exported = _exported_form(compressed, structure, example)
+            row.update(level_metrics(compressed, exported, example, dense))
+            if latency:
+                # Latency is a property of the deployed model: time the exported form, not the masked one.
+                row["latency_model_state"] = "exported"
+                row["params_stored_exported_all"] = count_parameters(exported, "all").stored
+            for batch, dense_result in dense_latency.items():
+                row.update(latency_result_fields(_latency(exported, example, batch), dense_result))
+            rows = [r for r in rows if r["requested_level"] != level]  # computed with other settings
+            rows.append(row)
+            rows.sort(key=_level_order)
+            atomic_write_text(
+                out_path,
+                json.dumps(
+                    {"run": str(run_dir), "run_identity": identity.digest, "rows": rows},
+                    indent=1,
+                    default=float,
+                ),
+            )
     return [r for r in rows if r["requested_level"] in levels and r["evaluation_settings"] == settings]

@@ -2,7 +2,7 @@
 
 Every set is a norm ball ``C = {x : ‖x‖_C ≤ r}`` with a linear minimization oracle (LMO)
 ``v = argmin_{u ∈ C} ⟨g, u⟩``, its gauge ``‖·‖_C``, its radius ``r`` and its L2 diameter ``D``
-(Zimmer, Spiegel, Pokutta, arXiv:2205.11921; spec ``sfw.md`` §2.3).
+(Zimmer, Spiegel, Pokutta, arXiv:2205.11921; docs/sfw.md#constraint-sets-and-their-lmos).
 
 The arithmetic of every set is written for a *batch* of inputs of the set's working ``shape`` with one
 radius per batch row, so that the optimizer can stack all tensors that share a set type and size and run
@@ -37,12 +37,13 @@ __all__ = [
 #: Set name (``ConstraintSet.name``, the ``type`` of :meth:`ConstraintSet.to_config`) → set class.
 CONSTRAINT_SETS: Registry[type[ConstraintSet]] = Registry("constraint set")
 
-# Below this gradient norm the LMO direction is undefined; the LMO then returns v = 0 (spec §2.2 step 3).
+# Below this gradient norm the LMO direction is undefined; the LMO then returns v = 0
+# (docs/sfw.md#the-sfw-step step 3).
 ZERO_GRAD_NORM = 1e-10
 
 
 def resolve_k(k: float, n: int) -> int:
-    """Turn a fraction or an absolute count into the integer ``k`` of a set (spec §2.4).
+    """Turn a fraction or an absolute count into the integer ``k`` of a set (docs/sfw.md).
 
     Args:
         k: a fraction of ``n`` when ``0 < k ≤ 1`` (``k = max(1, min(⌊k·n⌋, n))``), an absolute count
@@ -174,7 +175,7 @@ class ConstraintSet(ABC):
         return bool(self.gauge(x) <= self.radius * (1 + rtol))
 
     def shift_inside(self, x: Tensor) -> Tensor:
-        """Feasibility shift (spec §2.6): ``x ← r·x/‖x‖_C`` when ``‖x‖_C > r``, else ``x`` unchanged.
+        """Feasibility shift (docs/sfw.md): ``x ← r·x/‖x‖_C`` when ``‖x‖_C > r``, else ``x`` unchanged.
 
         This is a radial rescaling, not a Euclidean projection. Returns a new tensor.
         """
@@ -219,7 +220,7 @@ class KConstraintSet(ConstraintSet):
         """The largest meaningful ``k`` (n, number of filters, or the smaller matrix side)."""
 
     def with_k(self, k: int) -> KConstraintSet:
-        """The same set with another ``k`` and the same L2 diameter (spec §2.7, delayed k)."""
+        """The same set with another ``k`` and the same L2 diameter (docs/sfw.md, delayed k)."""
         diameter = self.diameter
         relaxed = type(self)(**{**self.config(), "k": k})
         return relaxed.with_radius(diameter / relaxed.diameter_factor())
@@ -281,7 +282,7 @@ def top_magnitude_indices(x: Tensor, k: int) -> Tensor:
 def active_radii(grad_norms: Tensor, radii: Tensor, ndim: int) -> Tensor:
     """Radii as a column for a batch of ``ndim`` dimensions, 0 where the gradient norm is below 1e-10.
 
-    The LMO then returns ``v = 0`` on those rows (spec §2.2 step 3).
+    The LMO then returns ``v = 0`` on those rows (docs/sfw.md#the-sfw-step step 3).
     """
     active = torch.where(grad_norms < ZERO_GRAD_NORM, 0.0, radii.to(grad_norms.dtype))
     return active.view(-1, *([1] * (ndim - 1)))

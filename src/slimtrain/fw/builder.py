@@ -8,17 +8,18 @@ frozen :class:`ConstraintsConfig`; see ``docs/sfw.md`` ("Building the sets for a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from slimtrain._config import is_int, is_real, with_options
+from slimtrain.errors import BadInputError
 from slimtrain.fw.base import CONSTRAINT_SETS, ConstraintSet, VectorKConstraintSet, resolve_k
 from slimtrain.fw.ksupport import GroupKSupportNormBall
 from slimtrain.fw.lp_balls import LpBall
-from slimtrain.fw.radius import RadiusLookup, estimate_init_norms, local_init_norms
+from slimtrain.fw.radius import RadiusLookup, estimate_init_norms, local_init_norms, reference_init_norms
 from slimtrain.fw.spectral import NuclearNormBall, SpectralKSparsePolytope, SpectralKSupportNormBall
 
 __all__ = ["SETS_BY_MODE", "ConstraintsConfig", "build_constraints", "miao_k"]
@@ -33,6 +34,9 @@ SETS_BY_MODE: dict[str, tuple[str, ...]] = {
 }
 
 KSpec = float | Callable[[int], int]
+#: Per-tensor radii: a mapping from parameter name to radius, or a function ``name ↦ radius`` (``None``: the
+#: default rule for that tensor).
+Radii = Mapping[str, float] | Callable[[str], float | None]
 
 
 def miao_k(n: int, k_abs: int = 10, k_frac: float = 0.05) -> int:
@@ -49,7 +53,8 @@ class ConstraintsConfig:
     :func:`~slimtrain.fw.estimate_init_norms` (on a copy; the model is not touched). In local mode a mean
     of 0 becomes 1.0. ``radius`` or ``diameter`` set every radius or diameter directly instead. Global mode:
     one set over all tensors of each family (conv weights, everything else in the structured modes),
-    ``D = 2τ·sqrt(Σ_l E‖θ_l‖²)`` without replacing zeros (as the reference code).
+    ``D = 2τ·sqrt(Σ_l E‖θ_l‖²)`` without replacing zeros (as the reference code). ``radii`` sets the
+    radius of chosen tensors (local mode), e.g. those of a reference run; the others follow the rule above.
 
     Attributes:
         mode: ``"unstructured"``: the set ``constraint`` on every tensor. ``"filter"``: ``"group_k_support"``
@@ -67,6 +72,13 @@ class ConstraintsConfig:
         diameter: the L2 diameter of every set, instead of τ (not with ``radius``).
         p: the order ``p ≥ 1`` (``math.inf`` allowed) of ``"lp_ball"``.
         global_mode: one set per tensor family instead of one per tensor (not for mode ``"lowrank"``).
+        radii: per-tensor radii (local mode): a mapping ``{parameter name: radius}`` (every name must be a
+            trainable parameter of the model) or a function ``name ↦ radius or None``; tensors without one
+            follow the τ / ``radius`` / ``diameter`` rule. Takes precedence over that rule.
+        radius_draw: how ``E‖θ_init‖`` is estimated: ``"seeded"`` (default: on a deep copy, in a forked RNG
+            seeded with ``seed``; the model and the global RNG are untouched) or ``"reference"`` (faithful
+            to compression-aware-SFW: on the live model from the global RNG, one ``n_draws`` loop per
+            tensor, which re-randomizes the model; :func:`~slimtrain.fw.radius.reference_init_norms`).
         n_draws: re-initializations (≥ 1) for the estimate of ``E‖θ_init‖``.
         seed: seed of the norm estimate and of the power-iteration solver.
         radius_lookup: ``"per_tensor"`` (default) or ``"by_shape"`` (faithful to the reference code, which
@@ -88,6 +100,8 @@ class ConstraintsConfig:
     diameter: float | None = None
     p: float = 2.0
     global_mode: bool = False
+    radii: Radii | None = None
+    radius_draw: Literal["seeded", "reference"] = "seeded"
     n_draws: int = 100
     seed: int = 0
     radius_lookup: RadiusLookup = "per_tensor"
@@ -124,12 +138,22 @@ class ConstraintsConfig:
             raise bad("global_mode", "must be a bool")
         if self.global_mode and self.mode == "lowrank":
             raise bad("global_mode", "global mode is not defined for the spectral sets of mode 'lowrank'")
+        if self.radii is not None:
+            if self.global_mode:
+                raise bad("radii", "per-tensor radii need local mode (global_mode=False)")
+            if isinstance(self.radii, Mapping):
+                wrong = [n for n, r in self.radii.items() if not (is_real(r) and 0 < r < math.inf)]
+                if wrong or not all(isinstance(n, str) for n in self.radii):
+                    raise bad("radii", f"needs parameter names mapped to positive radii (not: {wrong})")
+            elif not callable(self.radii):
+                raise bad("radii", "must be a mapping {parameter name: radius} or a function name ↦ radius")
         if not (is_int(self.n_draws) and self.n_draws >= 1):
             raise bad("n_draws", "must be an integer ≥ 1")
         if not is_int(self.seed):
             raise bad("seed", "must be an integer")
         for field, allowed in (
             ("radius_lookup", ("per_tensor", "by_shape")),
+            ("radius_draw", ("seeded", "reference")),
             ("spectral_solver", ("exact", "power")),
             ("group_select", ("topk", "kthvalue")),
         ):
@@ -167,6 +191,8 @@ def build_constraints(
         TypeError: an option that is not a field of :class:`ConstraintsConfig` (named, with the valid ones),
             or the mode given twice.
         ValueError: an invalid option (naming the field), or a model without trainable parameters.
+        BadInputError: ``radii`` names parameters the model does not train (all of them named); also a
+            ``ValueError``.
     """
     if isinstance(config, str):
         if "mode" in options:
@@ -185,9 +211,13 @@ def build_constraints(
             (name, param)
         )
 
+    explicit = _explicit_radii(cfg.radii, [name for name, _ in params])
     norms: dict[str, float] = {}
-    if cfg.radius is None and cfg.diameter is None:
-        norms = estimate_init_norms(model, n_draws=cfg.n_draws, seed=cfg.seed)
+    if cfg.radius is None and cfg.diameter is None and len(explicit) < len(params):
+        if cfg.radius_draw == "reference":
+            norms = reference_init_norms(model, n_draws=cfg.n_draws, first=structured)
+        else:
+            norms = estimate_init_norms(model, n_draws=cfg.n_draws, seed=cfg.seed)
 
     def make(
         shape: tuple[int, ...], family: str, group_sizes: list[int] | None, norm: float
@@ -223,11 +253,38 @@ def build_constraints(
         for name, param in members:
             shape = tuple(param.shape)
             sizes = [math.prod(shape[1:])] * shape[0] if family == "structured" and mode == "filter" else None
-            sets.append(make(shape, family, sizes, local.get(name, 0.0)))
+            c = make(shape, family, sizes, local.get(name, 0.0))
+            sets.append(c.with_radius(explicit[name]) if name in explicit else c)
         groups.append(
             {"params": [p for _, p in members], "constraint": sets, "names": [n for n, _ in members]}
         )
     return groups
+
+
+def _explicit_radii(radii: Radii | None, names: list[str]) -> dict[str, float]:
+    """The radii ``radii`` gives, by parameter name.
+
+    Raises:
+        BadInputError: a mapping names parameters that are not trainable parameters of the model.
+        ValueError: a function returns a radius that is not positive and finite.
+    """
+    if radii is None:
+        return {}
+    if isinstance(radii, Mapping):
+        unknown = sorted(set(radii) - set(names))
+        if unknown:
+            raise BadInputError(
+                f"build_constraints: radii names {', '.join(map(repr, unknown))}, not trainable parameters "
+                f"of the model (its parameters: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+            )
+        return {name: float(radii[name]) for name in names if name in radii}
+    given = {name: radii(name) for name in names}
+    bad = {n: r for n, r in given.items() if r is not None and not (is_real(r) and 0 < r < math.inf)}
+    if bad:
+        raise ValueError(
+            f"build_constraints: radii gave invalid radii {bad}; a radius is positive and finite"
+        )
+    return {name: float(r) for name, r in given.items() if r is not None}
 
 
 def _structured_weights(model: nn.Module) -> set[str]:

@@ -1,4 +1,4 @@
-"""The K-sparse polytope of Miao et al. (ICLR 2022), spec ``sfw.md`` §2.3."""
+"""The K-sparse polytope of Miao et al. (ICLR 2022), docs/sfw.md#constraint-sets-and-their-lmos."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The k-support norm ball and its group version over conv filters.
 
 Zimmer, Spiegel, Pokutta, "Compression-aware Training of Neural Networks using Frank-Wolfe",
-arXiv:2205.11921; k-support norm of Argyriou, Foygel, Srebro (NeurIPS 2012). Spec ``sfw.md`` §2.3.
+arXiv:2205.11921; k-support norm of Argyriou, Foygel, Srebro (NeurIPS 2012).
+docs/sfw.md#constraint-sets-and-their-lmos.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ __all__ = ["GroupKSupportNormBall", "KSupportNormBall", "k_support_norm"]
 def k_support_norm(x: Tensor, k: int) -> Tensor:
     """The k-support norm of each row of ``x`` (shape ``(b, n)``), exact for every ``1 ≤ k ≤ n``.
 
-    Closed form of Argyriou et al. (2012), Prop. 2.1 (spec §2.3): with ``z`` the sorted ``|x|``
-    (descending, ``z₀ = +∞``) and ``T_j = Σ_{i ≥ j} z_i``, take the smallest ``s ∈ {0, …, k−1}`` with
-    ``z_{k−s−1} > T_{k−s}/(s+1)``; the norm is ``sqrt(Σ_{i<k−s} z_i² + T_{k−s}²/(s+1))``.
+    Closed form of Argyriou et al. (2012), Prop. 2.1 (docs/sfw.md#constraint-sets-and-their-lmos): with ``z``
+    the sorted ``|x|`` (descending, ``z₀ = +∞``) and ``T_j = Σ_{i ≥ j} z_i``, take the smallest ``s ∈ {0, …,
+    k−1}`` with ``z_{k−s−1} > T_{k−s}/(s+1)``; the norm is ``sqrt(Σ_{i<k−s} z_i² + T_{k−s}²/(s+1))``.
     ``k = 1`` gives ``‖x‖₁`` and ``k = n`` gives ``‖x‖₂``. (The reference code returns
     ``‖x‖₁/√(n+1)`` at ``k = 1``; that bug is not reproduced.)
 
@@ -97,7 +98,8 @@ class GroupKSupportNormBall(KConstraintSet):
     The input is a flat vector made of consecutive groups of sizes ``group_sizes`` (a conv weight of
     shape ``(c_out, …)`` flattened: one group per output filter; in global mode the filters of several
     convs concatenated). With ``a_f = ‖g_f‖₂`` and ``S`` the ``k`` groups of largest ``a_f``,
-    the LMO is ``v_f = −r·g_f/sqrt(Σ_{f∈S} a_f²)`` on ``S`` and 0 elsewhere (spec §2.3). ``D = 2r``.
+    the LMO is ``v_f = −r·g_f/sqrt(Σ_{f∈S} a_f²)`` on ``S`` and 0 elsewhere
+    (docs/sfw.md#constraint-sets-and-their-lmos). ``D = 2r``.
 
     Args:
         group_sizes: the size of every group, in order.
@@ -105,7 +107,8 @@ class GroupKSupportNormBall(KConstraintSet):
         radius: the radius ``r``.
         select: ``"topk"`` (default, corrected): exactly ``k`` groups, ties broken by index;
             ``"kthvalue"`` (faithful to the reference code): every group with norm ≥ the k-th largest,
-            which selects more than ``k`` on ties and then leaves the set slightly (spec §5).
+            which selects more than ``k`` on ties and then leaves the set slightly
+            (docs/sfw.md#faithful-and-corrected-behaviour).
     """
 
     name = "group_k_support"

@@ -1,4 +1,4 @@
-"""Lp norm balls ``{x : ‖x‖_p ≤ r}`` for ``1 ≤ p ≤ ∞`` (spec ``sfw.md`` §2.3).
+"""Lp norm balls ``{x : ‖x‖_p ≤ r}`` for ``1 ≤ p ≤ ∞`` (docs/sfw.md#constraint-sets-and-their-lmos).
 
 The L2 ball is also what every tensor without a structured set gets in the filter and low-rank modes of
 Zimmer, Spiegel, Pokutta (arXiv:2205.11921), and what the k-support ball becomes while ``k`` is delayed.
@@ -20,10 +20,11 @@ __all__ = ["LpBall"]
 class LpBall(ConstraintSet):
     """The ball ``{x ∈ R^n : ‖x‖_p ≤ r}``.
 
-    LMO (spec §2.3): ``p = 2``: ``−r·g/‖g‖₂``; ``p = 1``: ``−r·sign(g_i)·e_i`` at the largest ``|g_i|``;
-    ``p = ∞``: ``−r·sign(g)``; otherwise ``v_i = −r·sign(g_i)·|g_i|^{q−1}/‖g‖_q^{q−1}`` with
-    ``q = p/(p−1)``. The L2 diameter is ``D = 2r·max(1, n^{1/2−1/p})`` (``2r√n`` for ``p = ∞``); the
-    reference code's conversion ``r = (D/2)·n^{1/p−1/2}`` is wrong for ``1 < p < 2`` and is not reproduced.
+    LMO (docs/sfw.md#constraint-sets-and-their-lmos): ``p = 2``: ``−r·g/‖g‖₂``; ``p = 1``:
+    ``−r·sign(g_i)·e_i`` at the largest ``|g_i|``; ``p = ∞``: ``−r·sign(g)``; otherwise ``v_i =
+    −r·sign(g_i)·|g_i|^{q−1}/‖g‖_q^{q−1}`` with ``q = p/(p−1)``. The L2 diameter is ``D = 2r·max(1,
+    n^{1/2−1/p})`` (``2r√n`` for ``p = ∞``); the reference code's conversion ``r = (D/2)·n^{1/p−1/2}`` is
+    wrong for ``1 < p < 2`` and is not reproduced.
 
     Args:
         n: the number of entries.

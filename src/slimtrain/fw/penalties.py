@@ -1,4 +1,4 @@
-"""Penalty and proximal operators of the baselines SFW is compared with (spec ``sfw.md`` §2.8).
+"""Penalty and proximal operators of the baselines SFW is compared with (docs/sfw.md#baseline-penalties).
 
 Group lasso on conv filters and the nuclear-norm penalty are added to the loss of an SGD run;
 singular-value soft-thresholding is the proximal step of Prox-SGD. All act on the weights of

@@ -1,4 +1,4 @@
-"""Expected initial norms of a model's parameters, the base of the radius selection (spec ``sfw.md`` §2.4).
+"""Expected initial norms of a model's parameters, the base of the radius selection (docs/sfw.md).
 
 Zimmer, Spiegel, Pokutta (arXiv:2205.11921) set every radius from ``E‖θ_init‖``, estimated by re-drawing
 each module's default initialization. Unlike the reference code this never touches the user's model nor
@@ -8,12 +8,13 @@ the global random state: the draws run on a deep copy inside a forked RNG with a
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["estimate_init_norms", "local_init_norms"]
+__all__ = ["estimate_init_norms", "local_init_norms", "reference_init_norms"]
 
 RadiusLookup = Literal["per_tensor", "by_shape"]
 
@@ -66,6 +67,58 @@ def estimate_init_norms(model: nn.Module, n_draws: int = 100, seed: int = 0) -> 
     return {name: norms[name] for name in names.values()}
 
 
+def reference_init_norms(
+    model: nn.Module, n_draws: int = 100, first: Collection[str] = ()
+) -> dict[str, float]:
+    """The reference code's Monte-Carlo estimate of ``E‖θ_init‖``: on the live model, from the global RNG.
+
+    Reproduces compression-aware-SFW (Zimmer et al.) draw for draw given the same global RNG state: for
+    every module's ``weight`` then ``bias`` (modules in ``model.modules()`` order; the tensors named in
+    ``first`` before all others, as the reference builds the conv-filter sets of its structured modes
+    first), ``module.reset_parameters()`` is called ``n_draws`` times and the L2 norms of that one tensor
+    are averaged, so a module with a weight and a bias is re-drawn ``2·n_draws`` times. **The model is
+    re-randomized** (it ends at its last draw, from which the reference then trains) and the global RNG is
+    consumed; :func:`estimate_init_norms` is the side-effect-free default.
+
+    Args:
+        model: the model, modified in place.
+        n_draws: re-initializations per tensor (reference: 100).
+        first: parameter names drawn before the others.
+
+    Returns:
+        ``{parameter name: mean L2 norm}`` for every trainable parameter; tensors the reference does not
+        draw (no ``reset_parameters``, or not called weight or bias) get their current norm.
+
+    Raises:
+        ValueError: if ``n_draws < 1``.
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be ≥ 1, got {n_draws}")
+    entries = [
+        (module, kind, f"{module_name}.{kind}" if module_name else kind)
+        for module_name, module in model.named_modules()
+        for kind in ("weight", "bias")
+        if getattr(module, kind, None) is not None
+    ]
+    entries = [e for e in entries if e[2] in first] + [e for e in entries if e[2] not in first]
+    norms: dict[str, float] = {}
+    with torch.no_grad():
+        for module, kind, name in entries:
+            reset = getattr(module, "reset_parameters", None)
+            if not callable(reset):
+                continue
+            total = 0.0
+            for _ in range(n_draws):
+                reset()
+                total += torch.norm(getattr(module, kind), p=2).item()
+            norms[name] = float(total) / n_draws
+        return {
+            name: norms[name] if name in norms else float(p.norm())
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
+
+
 def local_init_norms(
     model: nn.Module, norms: dict[str, float], lookup: RadiusLookup = "per_tensor"
 ) -> dict[str, float]:
@@ -76,7 +129,8 @@ def local_init_norms(
         norms: the output of :func:`estimate_init_norms`.
         lookup: ``"per_tensor"`` (default, corrected) or ``"by_shape"`` (faithful to the reference code,
             which stores the means in a dict keyed by tensor shape: filled in module order, weight before
-            bias, the last write wins, so e.g. BN γ and β both get 1.0; spec §5).
+            bias, the last write wins, so e.g. BN γ and β both get 1.0;
+            docs/sfw.md#faithful-and-corrected-behaviour).
 
     Returns:
         ``{parameter name: norm}`` for the parameters in ``norms``.

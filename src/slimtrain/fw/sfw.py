@@ -1,7 +1,8 @@
 """The Stochastic Frank-Wolfe optimizer.
 
 Zimmer, Spiegel, Pokutta, "Compression-aware Training of Neural Networks using Frank-Wolfe",
-arXiv:2205.11921; Pokutta, Spiegel, Zimmer, arXiv:2010.07243; spec ``sfw.md`` §2.2, §2.7 and §5.
+arXiv:2205.11921; Pokutta, Spiegel, Zimmer, arXiv:2010.07243; docs/sfw.md#the-sfw-step,
+#feasibility-shift-and-delayed-k, #faithful-and-corrected-behaviour.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _STACK_LIMIT = 4096
 
 
 class SFW(Optimizer):
-    """Stochastic Frank-Wolfe with momentum and learning-rate rescaling (spec §2.2).
+    """Stochastic Frank-Wolfe with momentum and learning-rate rescaling (docs/sfw.md#the-sfw-step).
 
     Every param group carries its constraint under the key ``"constraint"``: either a list with one
     :class:`ConstraintSet` per parameter (local mode), or a single set over the concatenation of all the
@@ -45,8 +46,12 @@ class SFW(Optimizer):
     the 2020 code. With μ = 0.9 the ``"sum"`` buffer is about 10× larger: learning rates do not transfer
     between conventions. No weight decay: the constraint is the regulariser.
 
-    The whole step is skipped (state untouched) when any gradient is non-finite, so the optimizer works
-    with ``torch.amp.GradScaler``, whose ``step`` hands it unscaled gradients.
+    The whole step is skipped (parameters and momentum untouched) when any gradient is non-finite, so the
+    optimizer works with ``torch.amp.GradScaler``, whose ``step`` hands it unscaled gradients. The step
+    never synchronises with the host: the finite check is a flag on the device that turns the update into
+    a no-op (``γ = 0``, momentum kept; the non-finite gradients are zeroed in place), and the step counter
+    of :attr:`state` counts calls, skipped ones included. Within slimtrain's trainer a non-finite gradient
+    stops training at the next log step anyway (docs/reliability.md).
 
     Work is batched: within a group, units whose sets differ only by radius are stacked and share one
     LMO call. Constraint sets are treated as immutable values: replace them (``with_radius``) rather than
@@ -73,7 +78,7 @@ class SFW(Optimizer):
             ``k_delay_steps`` must then be ``None``.
         initial_shift: apply the feasibility shift to every parameter at construction (default, corrected:
             iterates are then provably feasible); ``False`` is faithful to compression-aware-SFW, which starts
-            from the raw initialization (spec §5).
+            from the raw initialization (docs/sfw.md#faithful-and-corrected-behaviour).
 
     Raises:
         ValueError: on a group without a constraint, a constraint whose size does not match its
@@ -136,10 +141,9 @@ class SFW(Optimizer):
         for i, group in enumerate(self.param_groups):
             if group["rescale"] == "none" and not 0 <= group["lr"] <= 1:
                 raise ValueError(f"SFW param group {i}: rescale='none' needs lr in [0, 1], got {group['lr']}")
-        if not self._grads_finite():
-            return loss
+        finite = self._grads_finite()
         for group in self.param_groups:
-            self._step_group(group)
+            self._step_group(group, finite)
         return loss
 
     @torch.no_grad()
@@ -188,19 +192,31 @@ class SFW(Optimizer):
             _validate_group(group, i)
 
     # ------------------------------------------------------------------------------------- internals
-    def _grads_finite(self) -> bool:
+    def _grads_finite(self) -> Tensor | None:
+        """A 0-dim boolean on the first gradient's device: every gradient is finite (``None``: no gradient).
+
+        Non-finite gradients are zeroed in place when the flag is false, so that the masked update that
+        follows reads finite values only. No host synchronisation.
+        """
         by_key: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     by_key.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-        for (device, _), grads in by_key.items():
-            found = torch.zeros(1, device=device)
+        if not by_key:
+            return None
+        device = next(iter(by_key))[0]
+        found = torch.zeros((), device=device)
+        for (grad_device, _), grads in by_key.items():
+            flag = torch.zeros(1, device=grad_device)
             # AMP's fused check; multiplying by 1 leaves the gradients unchanged.
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
-            if found.item() != 0:
-                return False
-        return True
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones(1, device=grad_device))
+            found = found + flag.to(device).reshape(())
+        finite = found == 0
+        for grads in by_key.values():
+            for grad in grads:  # a no-op on finite steps; NaN · 0 would stay NaN, hence the fill
+                grad.masked_fill_(~finite.to(grad.device), 0.0)
+        return finite
 
     def _current_constraints(self, group: dict[str, Any]) -> list[ConstraintSet]:
         """Constraints per unit, relaxed to k = k_max while the delay lasts."""
@@ -237,14 +253,14 @@ class SFW(Optimizer):
         self._plans[id(group)] = (list(constraints), plan)
         return plan
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], finite: Tensor | None) -> None:
         params: list[Tensor] = group["params"]
         step = self._group_step(group)
         if group["k_relaxed"] and group["k_switch"] == "in_step" and step >= group["k_delay_steps"]:
             # Delayed k switches now: move the iterate into the target set before using its LMO.
             group["k_relaxed"] = False
             self._shift_group(group, self._current_constraints(group))
-        directions = self._momentum(group, params)
+        directions = self._momentum(group, params, finite)
         plan = self._plan(group, self._current_constraints(group))
         units = self._units(group)
         sizes = [len(u) for u in units]
@@ -253,30 +269,40 @@ class SFW(Optimizer):
         # convex combination run once over all of the group's tensors with fused (foreach) kernels.
         m_norms = _unit_norms(directions, sizes)
         radii, factors = plan.radii(m_norms)
+        moving = m_norms >= ZERO_GRAD_NORM
         vertices: list[list[Tensor]] = []  # per unit, in bucket order
-        for bucket, column in zip(plan.buckets, plan.radius_columns(m_norms), strict=True):
+        for bucket, column, index in zip(
+            plan.buckets, plan.radius_columns(m_norms), plan.bucket_indices(m_norms), strict=True
+        ):
             m, _ = _gather_units(
                 [[dir_by_param[id(p)] for p in units[i]] for i in bucket.indices], bucket.rep.shape
             )
-            rows = bucket.rep.lmo_rows(m, column if column.dtype == m.dtype else column.to(m.dtype)).unbind(0)
+            rows = bucket.rep.lmo_rows(m, column if column.dtype == m.dtype else column.to(m.dtype))
+            # v = 0 where the direction vanishes (docs/sfw.md#the-sfw-step step 3); a selection, as the LMO of
+            # 0 may be NaN.
+            rows = torch.where(_column(moving[index], rows.dim()), rows, 0).unbind(0)
             vertices.extend(_split_row(row, units[i]) for i, row in zip(bucket.indices, rows, strict=True))
         by_unit = [vertices[j] for j in plan.order]
-        # v = 0 where the direction vanishes (spec §2.2 step 3).
-        for i in (m_norms < ZERO_GRAD_NORM).nonzero().flatten().tolist():
-            for v in by_unit[i]:
-                v.zero_()
         flat_vertices = [v for unit in by_unit for v in unit]
         gaps = None
         if group["rescale"] == "gradient":
             gaps = _unit_norms(torch._foreach_sub(params, flat_vertices), sizes)
         gamma = _step_size(group["rescale"], float(group["lr"]), m_norms, gaps, radii * factors)
-        weights = [g for g, n in zip(gamma.tolist(), sizes, strict=True) for _ in range(n)]
-        torch._foreach_lerp_(params, flat_vertices, weights)
+        if finite is not None:  # a skipped step: γ = 0 leaves every parameter exactly as it is
+            gamma = gamma * finite.to(gamma.device)
+        # Every tensor's γ as a 0-dim view (no host synchronisation), in its parameter's dtype.
+        weights = gamma[plan.unit_index(gamma, sizes)].unbind(0)
+        torch._foreach_lerp_(
+            params, flat_vertices, [w.to(p.dtype) for w, p in zip(weights, params, strict=True)]
+        )
         for p in params:
             self.state[p]["step"] = step + 1
 
-    def _momentum(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
-        """Update the momentum buffers; return the direction fed to the LMO for every parameter."""
+    def _momentum(self, group: dict[str, Any], params: list[Tensor], finite: Tensor | None) -> list[Tensor]:
+        """Update the momentum buffers; return the direction fed to the LMO for every parameter.
+
+        On a skipped step (``finite`` false, the gradients already zeroed) the buffers are kept.
+        """
         mu = group["momentum"]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if mu == 0:
@@ -293,7 +319,12 @@ class SFW(Optimizer):
                 bufs.append(state["momentum_buffer"])
                 buf_grads.append(g)
         if bufs:
-            torch._foreach_mul_(bufs, mu)
+            # m ← μ·m + (1 − d)·g, or m ← 1·m + (1 − d)·0 on a skipped step.
+            decay: float | Tensor = mu
+            if finite is not None:
+                like = bufs[0]
+                decay = torch.full((), mu, dtype=like.dtype, device=like.device).masked_fill(~finite, 1.0)
+            torch._foreach_mul_(bufs, decay)
             torch._foreach_add_(bufs, buf_grads, alpha=1 - damp)
         return [self.state[p]["momentum_buffer"] for p in params]
 
@@ -332,24 +363,44 @@ class _Plan:
         self.order = torch.argsort(torch.cat([b.index for b in self.buckets])).tolist()
         self._radii = [c.radius for c in constraints]
         self._factors = [c.diameter_factor() for c in constraints]
-        self._tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, list[Tensor]]] = {}
+        self._tensors: dict[
+            tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, list[Tensor], list[Tensor]]
+        ] = {}
+        self._unit_index: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
 
     def radii(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Radii and diameter factors ``D/r`` of all units, each of shape ``(units,)``, like ``like``."""
-        return self._cached(like)[:2]  # type: ignore[return-value]
+        radii, factors, _, _ = self._cached(like)
+        return radii, factors
+
+    def unit_index(self, like: Tensor, sizes: list[int]) -> Tensor:
+        """The unit of every tensor of the group (``sizes[i]`` tensors per unit), on ``like``'s device."""
+        key = (like.device, tuple(sizes))
+        if key not in self._unit_index:
+            index = [unit for unit, size in enumerate(sizes) for _ in range(size)]
+            self._unit_index[key] = torch.tensor(index, dtype=torch.long, device=like.device)
+        return self._unit_index[key]
 
     def radius_columns(self, like: Tensor) -> list[Tensor]:
         """Every bucket's radii as a column broadcastable against its batch of directions."""
         return self._cached(like)[2]
 
-    def _cached(self, like: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def bucket_indices(self, like: Tensor) -> list[Tensor]:
+        """Every bucket's unit indices, on ``like``'s device."""
+        return self._cached(like)[3]
+
+    def _cached(self, like: Tensor) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
         key = (like.device, like.dtype)
         if key not in self._tensors:
             radii, factors = (
                 torch.tensor(v, dtype=like.dtype, device=like.device) for v in (self._radii, self._factors)
             )
-            columns = [_column(radii[b.index.to(like.device)], len(b.rep.shape) + 1) for b in self.buckets]
-            self._tensors[key] = (radii, factors, columns)
+            indices = [b.index.to(like.device) for b in self.buckets]
+            columns = [
+                _column(radii[index], len(b.rep.shape) + 1)
+                for b, index in zip(self.buckets, indices, strict=True)
+            ]
+            self._tensors[key] = (radii, factors, columns, indices)
         return self._tensors[key]
 
 
@@ -398,7 +449,7 @@ def _unit_norms(tensors: list[Tensor], sizes: list[int]) -> Tensor:
 
 
 def _step_size(rescale: str, lr: float, m_norm: Tensor, gap: Tensor | None, diameters: Tensor) -> Tensor:
-    """``γ = clamp(lr·φ, 0, 1)`` per unit (spec §2.2 step 4); ``gap = ‖θ − v‖`` for ``"gradient"``."""
+    """``γ = clamp(lr·φ, 0, 1)`` per unit (docs/sfw.md step 4); ``gap = ‖θ − v‖`` for ``"gradient"``."""
     if rescale == "gradient":
         assert gap is not None
         phi = m_norm / gap.clamp_min(torch.finfo(gap.dtype).tiny)

@@ -1,8 +1,8 @@
 """Spectral sets on matricised weights: nuclear ball, spectral K-sparse polytope, spectral k-support ball.
 
-Zimmer, Spiegel, Pokutta, arXiv:2205.11921 (spec ``sfw.md`` §2.3). A conv weight ``W`` of shape
-``(c_out, c_in, kh, kw)`` is handled as ``mat(W)`` of shape ``(c_out, c_in·kh·kw)``; the working shape of
-these sets is that matrix.
+Zimmer, Spiegel, Pokutta, arXiv:2205.11921 (docs/sfw.md#constraint-sets-and-their-lmos). A conv weight ``W``
+of shape ``(c_out, c_in, kh, kw)`` is handled as ``mat(W)`` of shape ``(c_out, c_in·kh·kw)``; the working
+shape of these sets is that matrix.
 
 The LMOs need the top ``k`` singular triplets of the gradient. ``solver="exact"`` obtains them from one
 batched symmetric eigendecomposition (in float64) of ``G·Gᵀ`` or ``Gᵀ·G``, whichever is smaller; this is

@@ -2,7 +2,7 @@
 
 Each layer is an ordinary ``nn.Module`` built from standard ``nn.Conv2d``/``nn.Linear`` sub-layers, so it
 exports to ONNX unchanged and is rebuilt from its :meth:`config` without pickling. ``from_*`` constructors
-compute the factors from a dense layer (metrics.md §4 gives their MAC counts).
+compute the factors from a dense layer (docs/metrics.md#macs gives their MAC counts).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class SVDConv2d(nn.Module):
 
     For each of the ``groups`` groups, mat(W_g) ∈ R^{c_out/g × (c_in/g)·kh·kw} ≈ U_r diag(σ) V_rᵀ; the first
     conv holds diag(σ)V_rᵀ (stride, padding, dilation, padding mode and groups of the dense conv), the second
-    holds U_r and the dense bias (Zimmer et al., arXiv:2205.11921, low-rank evaluation; spec sfw.md §4).
+    holds U_r and the dense bias (Zimmer et al., arXiv:2205.11921, low-rank evaluation;
+    docs/sfw.md#evaluation-protocol).
 
     Args:
         in_channels: Input channels of the dense conv.
@@ -249,8 +250,9 @@ class TuckerConv2d(nn.Module):
 
     W ≈ C ×₁ U_out ×₂ U_in with the spatial modes kept full; the projection runs at input resolution, the
     core carries the stride, padding, dilation and padding mode (a per-pixel linear map commutes with every
-    padding mode), the expansion carries the bias (Zangrando et al., arXiv:2305.19059; spec tdlrt.md §2 and
-    metrics.md §4 "Tucker three-stage conv"). Grouped convs are not supported.
+    padding mode), the expansion carries the bias (Zangrando et al., arXiv:2305.19059;
+    docs/tdlrt.md#tucker-format-and-its-gradients and docs/metrics.md#macs "Tucker three-stage conv"). Grouped
+    convs are not supported.
 
     Args:
         in_channels: Input channels of the dense conv.

@@ -1,4 +1,4 @@
-"""Linear layer whose weight is stored as tensor-train cores (exported NN-BCD TT layer, spec §2.4, §2.7)."""
+"""Linear layer whose weight is stored as tensor-train cores (exported NN-BCD TT layer, docs/nnbcd.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class TTLinear(nn.Module):
     """``y = x Wᵀ (+ b)`` with W stored as the TT cores of its row-major reshape to ``modes``.
 
     The weight is reconstructed densely in every forward pass: the modes vectorise the matrix, so there is
-    no fast TT mat-vec (storage compression only, metrics.md §4).
+    no fast TT mat-vec (storage compression only, docs/metrics.md#macs).
 
     Args:
         cores: TT cores of shape (r_{k−1}, n_k, r_k), r_0 = r_d = 1, with ``∏ n_k = out·in``.
@@ -30,7 +30,7 @@ class TTLinear(nn.Module):
         ValueError: If the cores do not describe an ``out_features × in_features`` matrix.
     """
 
-    # The metrics count the dense product this layer runs (metrics.md §4), not the reconstruction.
+    # The metrics count the dense product this layer runs (docs/metrics.md#macs), not the reconstruction.
     macs_as_dense: ClassVar[bool] = True
 
     def __init__(

@@ -12,7 +12,7 @@ from torch import Tensor
 def orthonormal_augmentation(
     basis: Tensor, gradient: Tensor, max_new: int, *, select: str = "svd"
 ) -> tuple[Tensor, Tensor]:
-    """Augment an orthonormal basis with at most ``max_new`` gradient directions (spec §2.4 step 2, §6).
+    """Augment an orthonormal basis with at most ``max_new`` gradient directions (docs/tdlrt.md).
 
     Args:
         basis: Orthonormal ``U`` of shape ``n × r``.
@@ -51,5 +51,5 @@ def orthonormal_augmentation(
         augmented = q
     else:
         raise ValueError(f"unknown augmentation selection {select!r}; use 'svd' or 'qr_columns'")
-    # M = ŨᵀU absorbs the column signs that QR may flip (spec §6: never a plain zero padding).
+    # M = ŨᵀU absorbs the column signs that QR may flip (never a plain zero padding).
     return augmented, augmented.T @ basis

@@ -26,7 +26,7 @@ from slimtrain.algebra.tucker import (
     rank_from_singular_values,
     unfold,
 )
-from slimtrain.layers.factor_base import TuckerFactorizedLayer
+from slimtrain.layers.factor_base import MatrixFactorizedLayer, TuckerFactorizedLayer
 from slimtrain.lowrank.basis_rules import orthonormal_augmentation
 from slimtrain.lowrank.conversion import factorized_layers
 from slimtrain.metrics.memory import OptimizerFactory
@@ -55,7 +55,19 @@ class TDLRTConfig:
         rank_policy: ``"adaptive"``, or ``"fixed"``: augment (capped at ``n_i``, whatever ``aug_cap``),
             step, then truncate back to the ranks held before the step (fixed-rank augmented BUG).
         variant: ``"two_pass"`` (default), ``"parallel"`` or ``"local"`` (one forward/backward per step).
+        passes: Forward/backward passes of ``variant="two_pass"``: ``2`` (default: basis pass, then the core
+            step) or ``3``, the KLS step of the DLRT-Net code (matrix layers only): a K pass and an L pass
+            step ``K = US`` and ``L = VSᵀ`` with the inner optimizer (each with its own optimizer state,
+            e.g. momentum), the bases are augmented with the stepped ``K`` and ``L``, and an S pass steps
+            the augmented core and the non-factorized parameters.
         local_steps: Batches per cycle of ``variant="local"`` (an integer ≥ 2; authors: 10).
+        cycle_phase: Where the cycles of ``variant="local"`` start: ``"global"`` (default: every
+            ``local_steps`` integrator steps, across epochs); ``"epoch"`` (the RobustDLRT release script:
+            cycles restart at each epoch's first batch; a cycle still open at an epoch's end is truncated
+            by :meth:`TDLRT.close_cycle`); ``"epoch_offset"`` (the RobustDLRT trainer class: augment at
+            batch index ``≡ 1``, step every other batch and truncate after the step at batch index ``≡ 0``
+            (mod ``local_steps``), batch 0 of every epoch included). The two epoch phases need the batch's
+            index in its epoch (:meth:`TDLRT.step`'s ``batch_index``).
         aug_cap: Augmentation cap ``r̄_i``: ``"rmax"`` (authors' code; a layer at ``r_max`` is not augmented)
             or ``"n"`` (BUG theory: up to the mode size).
         aug_select: ``"svd"`` (corrected default: the leading left singular vectors of ``(I − UUᵀ)G``) or
@@ -80,7 +92,9 @@ class TDLRTConfig:
     absolute_tolerance: bool = False
     rank_policy: Literal["adaptive", "fixed"] = "adaptive"
     variant: Literal["two_pass", "parallel", "local"] = "two_pass"
+    passes: int = 2
     local_steps: int = 10
+    cycle_phase: Literal["global", "epoch", "epoch_offset"] = "global"
     aug_cap: Literal["rmax", "n"] = "rmax"
     aug_select: Literal["svd", "qr_columns"] = "svd"
     truncation: Literal["hosvd", "dlrt_net"] = "hosvd"
@@ -105,9 +119,16 @@ class TDLRTConfig:
             ("aug_select", ("svd", "qr_columns")),
             ("truncation", ("hosvd", "dlrt_net")),
             ("state_transport", ("rotate", "reset", "none")),
+            ("cycle_phase", ("global", "epoch", "epoch_offset")),
         ):
             if getattr(self, field) not in allowed:
                 raise bad(field, f"is not one of {', '.join(allowed)}")
+        if self.passes not in (2, 3) or isinstance(self.passes, bool):
+            raise bad("passes", "must be 2 or 3")
+        if self.passes == 3 and self.variant != "two_pass":
+            raise bad("passes", f"3 (KLS) is a form of variant 'two_pass', not of {self.variant!r}")
+        if self.cycle_phase != "global" and self.variant != "local":
+            raise bad("cycle_phase", f"only variant 'local' has cycles (variant is {self.variant!r})")
         if not (is_int(self.local_steps) and self.local_steps >= 2):
             raise bad("local_steps", "must be an integer ≥ 2")
         if self.max_grad_norm is not None and not (is_real(self.max_grad_norm) and 0 < self.max_grad_norm):
@@ -133,6 +154,12 @@ class TDLRT:
     4. Every adaptive mode is truncated from the same augmented core by an HOSVD with relative tolerance
        ``tau`` and rank bounds ``[r_min, r_max]``; optimizer state follows.
 
+    ``passes=3`` replaces passes 1–2 by the K and L passes of the DLRT-Net KLS step (Schotthöfer et al.,
+    arXiv:2205.13571, Alg. 1): ``K = US`` and ``L = VSᵀ`` are stepped by the inner optimizer (which then
+    holds one extra ``K`` and one ``L`` parameter per matrix layer, after the stepped parameters, with
+    their own state), the bases are augmented with the stepped ``K`` and ``L``, and the S pass steps the
+    augmented core. With plain SGD this spans the same bases as two passes; with momentum it does not.
+
     ``variant="parallel"`` is the single-pass parallel BUG step. ``variant="local"`` is augmented BUG with
     local S-iterations (the RobustDLRT practice), one forward/backward per batch: cycles of ``local_steps``
     batches, where the first batch's gradients augment the bases (no optimizer step), the next
@@ -152,15 +179,16 @@ class TDLRT:
     Args:
         model: Model containing factorized layers (see :func:`convert_to_lowrank`).
         optimizer_factory: Builds the inner optimizer from the list of stepped parameters (cores first,
-            then every other trainable parameter), e.g. ``lambda p: torch.optim.SGD(p, lr=0.1,
-            momentum=0.9)``. Attach LR schedulers to :attr:`optimizer`.
+            then every other trainable parameter, then the ``K`` and ``L`` of ``passes=3``), e.g.
+            ``lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)``. Attach LR schedulers to :attr:`optimizer`.
         config: The integrator's options (:class:`TDLRTConfig`); ``None`` for the defaults.
         grad_reducer: Called to reduce, in place, a list of gradients before they are used: the adaptive
             factors' gradients, then the stepped parameters' gradients (e.g. an all-reduce average across
             data-parallel ranks). Use it instead of a ``DistributedDataParallel`` wrapper, whose bucket
             views do not follow rank changes. With averaged gradients every rank truncates identically.
         **options: Fields of :class:`TDLRTConfig` (``tau``, ``absolute_tolerance``, ``rank_policy``,
-            ``variant``, ``local_steps``, ``aug_cap``, ``aug_select``, ``truncation``, ``state_transport``,
+            ``variant``, ``passes``, ``local_steps``, ``cycle_phase``, ``aug_cap``, ``aug_select``,
+            ``truncation``, ``state_transport``,
             ``max_grad_norm``, ``update_bn_in_basis_pass``, ``parallel_pinv_rtol``) that replace those of
             ``config``.
 
@@ -171,7 +199,8 @@ class TDLRT:
         TypeError: An option that is not a field of :class:`TDLRTConfig` (named, with the valid ones), or a
             ``grad_reducer`` that is not callable.
         ValueError: An invalid option (naming the field), a model without factorized layers, a layer with
-            ``free_factors=True``, or a factory whose optimizer steps a factor.
+            ``free_factors=True``, a Tucker layer with ``passes=3``, or a factory whose optimizer steps a
+            factor.
     """
 
     def __init__(
@@ -197,7 +226,9 @@ class TDLRT:
         self.absolute_tolerance = cfg.absolute_tolerance
         self.rank_policy = cfg.rank_policy
         self.variant = cfg.variant
+        self.passes = int(cfg.passes)
         self.local_steps = int(cfg.local_steps)
+        self.cycle_phase = cfg.cycle_phase
         #: ``variant="local"``: the ranks held before the open cycle's augmentation (``None`` between cycles).
         self.cycle_ranks: dict[str, tuple[int, ...]] | None = None
         self.aug_cap = cfg.aug_cap
@@ -218,7 +249,18 @@ class TDLRT:
         core_ids = {id(c) for c in cores}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in factor_ids | core_ids]
         self.stepped_parameters: list[nn.Parameter] = cores + others
-        self.optimizer = optimizer_factory(list(self.stepped_parameters))
+        #: ``passes=3``: per matrix layer, the ``K = US`` and ``L = VSᵀ`` parameters of its K and L passes.
+        self.kls_parameters: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        if self.passes == 3:
+            for name, layer in self.layers.items():
+                if not isinstance(layer, MatrixFactorizedLayer):
+                    raise ValueError(
+                        f"TDLRT: passes=3 (KLS) trains matrix layers only; layer {name!r} is a "
+                        f"{type(layer).__name__}"
+                    )
+                self.kls_parameters[name] = tuple(nn.Parameter(t) for t in _kls_values(layer))
+        kls = [p for pair in self.kls_parameters.values() for p in pair]
+        self.optimizer = optimizer_factory(list(self.stepped_parameters) + kls)
         for group in self.optimizer.param_groups:
             if any(id(p) in factor_ids for p in group["params"]):
                 raise ValueError("TDLRT: the inner optimizer must not hold factor parameters")
@@ -242,19 +284,28 @@ class TDLRT:
         for param in self.model.parameters():
             param.grad = None
 
-    def step(self, closure: Callable[[], Tensor]) -> Tensor:
+    def step(self, closure: Callable[[], Tensor], batch_index: int | None = None) -> Tensor:
         """One integrator step on one batch; returns the loss of the first pass (before the step).
 
         Args:
             closure: Runs forward and backward on the batch and returns the loss; it is called twice for
-                ``variant="two_pass"``. Gradients are zeroed before each call.
+                ``variant="two_pass"`` (three times with ``passes=3``). Gradients are zeroed before each
+                call.
+            batch_index: The batch's 0-based index in its epoch; needed (only) by the epoch cycle phases
+                of ``variant="local"``.
+
+        Raises:
+            ValueError: An epoch cycle phase without ``batch_index``.
         """
         if self.variant == "two_pass":
-            loss = self._two_pass_step(closure, self.ranks())
+            step = self._kls_step if self.passes == 3 else self._two_pass_step
+            loss = step(closure, self.ranks())
         elif self.variant == "parallel":
             loss = self._parallel_step(closure, self.ranks())
         else:
-            loss = self._local_step(closure)
+            if self.cycle_phase != "global" and batch_index is None:
+                raise ValueError(f"TDLRT.step: cycle_phase={self.cycle_phase!r} needs the batch_index")
+            loss = self._local_step(closure, batch_index)
         self.step_count += 1
         return loss
 
@@ -292,6 +343,7 @@ class TDLRT:
                     f"TDLRT: layer {name!r} has ranks {self.layers[name].ranks}, the checkpoint {ranks}; "
                     "load the model's state_dict before the integrator's"
                 )
+        self._refresh_kls()
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.step_count = int(state_dict["step_count"])
         self.cycle_ranks = ranks_as_tuples(state_dict.get("cycle_ranks"))
@@ -331,11 +383,57 @@ class TDLRT:
                 self._truncate(name, layer, ranks_before[name])
         return loss
 
-    def _local_step(self, closure: Callable[[], Tensor]) -> Tensor:
-        position = self.step_count % self.local_steps
+    def _kls_step(self, closure: Callable[[], Tensor], ranks_before: dict[str, tuple[int, ...]]) -> Tensor:
+        """DLRT-Net's KLS step: K pass, L pass (each stepped), augmentation, S pass, truncation."""
+        bn_buffers = None if self.update_bn_in_basis_pass else self._bn_snapshot()
+        rng = _rng_snapshot()
+        before = {
+            name: (layer.core.detach().clone(), _linalg_copies(layer.factors))
+            for name, layer in self.layers.items()
+        }
+        loss = None
+        self._refresh_kls()
+        for side in (0, 1):  # the K pass (U ← K = US), then the L pass (V ← L = VSᵀ)
+            with torch.no_grad():
+                for name, layer in self.layers.items():
+                    core, factors = before[name]
+                    factors = list(factors)
+                    factors[side] = self.kls_parameters[name][side].detach()
+                    identity = torch.eye(core.shape[1 - side], dtype=core.dtype, device=core.device)
+                    layer.set_factorization(identity, factors)
+            _rng_restore(rng)
+            pass_loss = self._run_closure(closure)
+            loss = pass_loss if loss is None else loss
+            for name, layer in self.layers.items():
+                self.kls_parameters[name][side].grad = layer.factors[side].grad
+            if bn_buffers is not None:
+                _bn_restore(bn_buffers)
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                layer.set_factorization(*before[name])
+        self.zero_grad()
+        self._step_subset([p for pair in self.kls_parameters.values() for p in pair])
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                self._augment(layer, [p.detach() for p in self.kls_parameters[name]])
+        _rng_restore(rng)
+        self._run_closure(closure)
+        self._step_inner()
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                self._truncate(name, layer, ranks_before[name])
+                self._transport_kls_state(name, layer, before[name][1])
+        return loss
+
+    def _local_step(self, closure: Callable[[], Tensor], batch_index: int | None) -> Tensor:
+        count = self.step_count if self.cycle_phase == "global" else batch_index
+        position = count % self.local_steps
+        augment_at, truncate_at = (1, 0) if self.cycle_phase == "epoch_offset" else (0, self.local_steps - 1)
         loss = self._run_closure(closure)
-        if position == 0:
-            # Open a cycle: this batch's gradients only augment the bases (local S-iterations).
+        if position == augment_at:
+            # Open a cycle: this batch's gradients only augment the bases (local S-iterations). A cycle left
+            # open (an epoch that ended without close_cycle) is truncated first.
+            self.close_cycle()
             self.cycle_ranks = self.ranks()
             self._reduce([u.grad for layer in self.layers.values() for u in self._adaptive_factors(layer)])
             with torch.no_grad():
@@ -343,7 +441,10 @@ class TDLRT:
                     self._augment(layer)
             return loss
         self._step_inner()
-        if position == self.local_steps - 1:
+        if position == truncate_at:
+            if self.cycle_ranks is None and self.cycle_phase == "epoch_offset":
+                # The RobustDLRT trainer truncates at batch 0 of every epoch, augmented or not.
+                self.cycle_ranks = self.ranks()
             self.close_cycle()
         return loss
 
@@ -357,10 +458,17 @@ class TDLRT:
         for layer in self.layers.values():
             for u in layer.factors:
                 u.grad = None
-        self._reduce([p.grad for p in self.stepped_parameters])
+        self._step_subset(self.stepped_parameters)
+
+    def _step_subset(self, parameters: list[nn.Parameter]) -> None:
+        """Reduce, clip and step the gradients of ``parameters``, the only ones holding gradients now."""
+        self._reduce([p.grad for p in parameters])
         if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.stepped_parameters, self.max_grad_norm)
+            nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
         self.optimizer.step()
+        for pair in self.kls_parameters.values():
+            for p in pair:
+                p.grad = None
 
     def _reduce(self, grads: Sequence[Tensor | None]) -> None:
         if self.grad_reducer is not None:
@@ -373,13 +481,16 @@ class TDLRT:
         return [layer.factors[m] for m in layer.adaptive_modes]
 
     # ----------------------------------------------------------------------------- basis operations
-    def _augment(self, layer: TuckerFactorizedLayer) -> None:
-        """Two-pass steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise."""
+    def _augment(self, layer: TuckerFactorizedLayer, directions: Sequence[Tensor] | None = None) -> None:
+        """Two-pass steps 2–3: ``Ũ_i = orth[U_i | G_i]``, ``C̃ = C ×_i Ũ_iᵀU_i``, state likewise.
+
+        ``directions`` replaces the gradients ``G_i`` (the KLS step augments with the stepped ``K``, ``L``).
+        """
         factors = _linalg_copies(layer.factors)
         widths = layer.augmented_ranks(self.augmentation_cap)
         maps: dict[int, Tensor] = {}
         for mode in layer.adaptive_modes:
-            grad = layer.factors[mode].grad
+            grad = layer.factors[mode].grad if directions is None else directions[mode]
             if grad is None:  # the layer took no part in the loss: nothing to add
                 continue
             factors[mode], maps[mode] = orthonormal_augmentation(
@@ -496,6 +607,34 @@ class TDLRT:
                     )
         layer.set_factorization(new_core, factors)
 
+    def _refresh_kls(self) -> None:
+        """Set every ``K`` and ``L`` parameter of ``passes=3`` to ``US`` and ``VSᵀ`` of the current layers."""
+        with torch.no_grad():
+            for name, pair in self.kls_parameters.items():
+                for param, value in zip(pair, _kls_values(self.layers[name]), strict=True):
+                    param.data = value.to(param)
+
+    def _transport_kls_state(
+        self, name: str, layer: TuckerFactorizedLayer, old_factors: list[Tensor]
+    ) -> None:
+        """Carry the K and L optimizer state to the new bases: ``b_K ← b_K V_oldᵀ V_new`` (L: with ``U``).
+
+        The columns of ``K = US`` are coordinates in the basis ``V`` (of ``L``, in ``U``); ``state_transport``
+        applies as to the core (``"none"``: kept in place, cut or zero-padded).
+        """
+        new_values = _kls_values(layer)
+        for side, param in enumerate(self.kls_parameters[name]):
+            other = 1 - side
+            new_basis = layer.factors[other].detach().to(old_factors[other].dtype)
+            rotation = {1: new_basis.T @ old_factors[other]}
+            state = self.optimizer.state.get(param)
+            for key, value in list((state or {}).items()):
+                if isinstance(value, Tensor) and value.shape == param.shape:
+                    state[key] = transport_state_tensor(
+                        key, value, rotation, new_values[side].shape, self.state_transport
+                    )
+            param.data = new_values[side].to(param)
+
     # ------------------------------------------------------------------------ pass-local side effects
     def _bn_snapshot(self) -> list[tuple[Tensor, Tensor]]:
         pairs = []
@@ -534,6 +673,12 @@ def transport_state_tensor(
     if key in _SECOND_MOMENT_KEYS:
         return multi_mode_product(value.sqrt(), cast).square().contiguous()
     return multi_mode_product(value, cast).contiguous()
+
+
+def _kls_values(layer: TuckerFactorizedLayer) -> tuple[Tensor, Tensor]:
+    """``(K, L) = (U S, V Sᵀ)`` of a matrix layer ``W = U S Vᵀ``, detached and contiguous."""
+    (u, v), core = [f.detach() for f in layer.factors], layer.core.detach()
+    return (u @ core).contiguous(), (v @ core.T).contiguous()
 
 
 def ranks_as_lists(ranks: dict[str, tuple[int, ...]] | None) -> dict[str, list[int]] | None:

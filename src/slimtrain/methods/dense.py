@@ -18,7 +18,7 @@ class DenseOptions(BaseModel):
 
     Attributes:
         unstructured: ``global`` magnitude pruning over all conv + linear weights (default), or ``per_layer``:
-            the same fraction of every layer (NN-BCD's pruning baseline, spec nnbcd.md §4).
+            the same fraction of every layer (NN-BCD's pruning baseline, docs/nnbcd.md#baselines).
         keep_output_dense: With ``per_layer``, leave the last conv/linear layer (the classifier) unpruned, as
             NN-BCD does.
     """

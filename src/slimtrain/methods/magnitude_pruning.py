@@ -1,7 +1,7 @@
 """Magnitude pruning with fine-tuning (Han et al.) and learning-rate rewinding (Renda et al.).
 
 Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS 2015; Renda et al.,
-"Comparing Rewinding and Fine-tuning in Neural Network Pruning", ICLR 2020; spec ``swd.md`` §4.
+"Comparing Rewinding and Fine-tuning in Neural Network Pruning", ICLR 2020; docs/swd.md#baselines.
 
 Inside the recipe's epoch budget: dense training up to ``prune_at`` (a fraction of the run's steps), then k
 prune/fine-tune iterations of equal length filling the rest of the run. Iteration i removes, with one global

@@ -1,8 +1,8 @@
 """Base of the pruning baselines: keep masks held on the model, re-applied after every step, checkpointed.
 
-The baselines of spec ``swd.md`` §4 prune at chosen steps and fine-tune with the pruned entries held at zero
-(masked fine-tuning, Han et al. 2015). Every baseline trains for the recipe's ``train.epochs`` in total: its
-pruning and fine-tuning phases are positions inside that budget (fractions of the run's steps), so a
+The baselines of docs/swd.md#baselines prune at chosen steps and fine-tune with the pruned entries held at
+zero (masked fine-tuning, Han et al. 2015). Every baseline trains for the recipe's ``train.epochs`` in total:
+its pruning and fine-tuning phases are positions inside that budget (fractions of the run's steps), so a
 comparison with SWD is at equal total epochs.
 """
 
@@ -42,9 +42,9 @@ def phase_step(fraction: float, total_steps: int) -> int:
 def magnitude_masks(model: nn.Module, sparsity: float, stage: int = 1, stages: int = 1) -> dict[str, Tensor]:
     """Global magnitude keep masks over conv and linear weights (one threshold, ties broken by position).
 
-    Removes exactly ⌊stage·K/stages⌋ weights, K = ⌊sparsity·n⌋ (Han's cumulative targets, spec ``swd.md`` §4;
-    the defaults remove K). Entries already pruned are zero, hence among the smallest: cumulative pruning
-    never revives them.
+    Removes exactly ⌊stage·K/stages⌋ weights, K = ⌊sparsity·n⌋ (Han's cumulative targets,
+    docs/swd.md#baselines; the defaults remove K). Entries already pruned are zero, hence among the smallest:
+    cumulative pruning never revives them.
     """
     weights = population_weights(model)
     n = sum(w.numel() for w in weights.values())
@@ -64,10 +64,11 @@ def gamma_channel_masks(
 ) -> dict[str, Tensor]:
     """Keep masks that remove whole channels to a parameter budget, ranked by BatchNorm ``|γ|``.
 
-    The gates, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD (spec
-    ``swd.md`` §2.6); γ, β of a removed channel and the conv slices reading or writing it are masked. Channels
-    already pruned have γ = 0, so a larger ``fraction`` removes a superset of them. ``graph``: the model's
-    :class:`~slimtrain.swd.ChannelGraph` if already traced (default: traced here).
+    The gates, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD
+    (docs/swd.md#structured-swd-and-the-parameter-budget); γ, β of a removed channel and the conv slices
+    reading or writing it are masked. Channels already pruned have γ = 0, so a larger ``fraction`` removes a
+    superset of them. ``graph``: the model's :class:`~slimtrain.swd.ChannelGraph` if already traced (default:
+    traced here).
 
     Raises:
         ValueError: if the model has no BatchNorm gate the channel graph can trace.

@@ -1,10 +1,11 @@
 """Network slimming (Liu et al.): smooth-L1 on BatchNorm scales, budget pruning, masked fine-tuning.
 
-Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017; spec ``swd.md``
-§4. Up to ``prune_at`` (a fraction of the run's steps) the loss carries λ·Σ h(γ) over the gate BatchNorms
-(h(γ) = γ² for |γ| ≤ 1, |γ| above); then the channels are pruned with SWD's parameter-budget bisection
-(same gates, same analytic count, spec §2.6) and the rest of the run fine-tunes with γ, β of the removed
-channels and their adjacent conv slices held at zero (the masked equivalent of removing the channels).
+Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017;
+docs/swd.md#baselines. Up to ``prune_at`` (a fraction of the run's steps) the loss carries λ·Σ h(γ) over the
+gate BatchNorms (h(γ) = γ² for |γ| ≤ 1, |γ| above); then the channels are pruned with SWD's parameter-budget
+bisection (same gates, same analytic count, docs/swd.md#structured-swd-and-the-parameter-budget) and the rest
+of the run fine-tunes with γ, β of the removed channels and their adjacent conv slices held at zero (the
+masked equivalent of removing the channels).
 """
 
 from __future__ import annotations

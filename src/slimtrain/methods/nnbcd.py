@@ -1,17 +1,21 @@
 """NN-BCD as engine methods: gradient-free, full-batch training of TT-compressed or pruned MLPs.
 
 Li, Chung, Du, Wang, Zhou, Shen, "On Model Compression for Neural Networks: Framework, Algorithm, and
-Convergence Guarantee", arXiv:2303.06815 (spec nnbcd.md). The solver is :class:`slimtrain.bcd.NNBCD`; these
+Convergence Guarantee", arXiv:2303.06815 (docs/nnbcd.md). The solver is :class:`slimtrain.bcd.NNBCD`; these
 plugins connect it to recipes, ``train``/``sweep``/``compare``/``report``:
 
 - The methods are **full-batch** (:attr:`Method.full_batch`): the trainer hands ``training_step`` the whole
-  training split once per epoch, and one epoch runs ``sweeps_per_epoch`` backward sweeps (spec §2.2). No
-  gradient is evaluated and no optimizer is built; the recipe's optimizer, schedule and batch size are unused.
-- The model must be the registry's MLP. Its biases are dropped (NN-BCD has none, spec §5) and its layers are
-  replaced by the compressed evaluation network of spec §2.7: hidden layers become ``TTLinear`` (``nnbcd``)
-  or bias-free ``nn.Linear`` holding the pruned copy W̃ (``nnbcd-prune``), the classifier a bias-free dense
-  ``nn.Linear``. After every epoch the solver's current compressed weights are written into this ordinary
-  ``nn.Module``, so validation, sweeps, metrics and export see exactly the network NN-BCD evaluates.
+  training split once per epoch, and one epoch runs ``sweeps_per_epoch`` backward sweeps
+  (docs/nnbcd.md#one-sweep). No gradient is evaluated and no optimizer is built; the recipe's optimizer,
+  schedule and batch size are unused.
+- The model must be the registry's MLP (with ``model.init_from``, a bias-free one: the solver then starts
+  from the loaded weights instead of its own initialization). Its biases are dropped (NN-BCD has none,
+  docs/nnbcd.md#defaults-and-faithful-flags) and its layers are
+  replaced by the compressed evaluation network of docs/nnbcd.md#evaluation-network-and-linear-algebra: hidden
+  layers become ``TTLinear`` (``nnbcd``) or bias-free ``nn.Linear`` holding the pruned copy W̃
+  (``nnbcd-prune``), the classifier a bias-free dense ``nn.Linear``. After every epoch the solver's current
+  compressed weights are written into this ordinary ``nn.Module``, so validation, sweeps, metrics and export
+  see exactly the network NN-BCD evaluates.
 - The compression level is fixed during training: ``storage_reduction`` (TT: the largest uniform rank with
   CR₂ ≤ 1 − level, or an explicit ``rank``) or ``sparsity`` (per hidden layer; the output layer stays dense).
 - The full-batch memory estimate runs on the first step, before any sweep, and raises
@@ -35,7 +39,7 @@ from slimtrain.train.method import Method, StepContext, StepOutput, register_met
 
 
 class NNBCDSolverOptions(BaseModel):
-    """Solver settings shared by both NN-BCD methods (defaults: the reference MLP notebooks, spec §3).
+    """Solver settings shared by both NN-BCD methods (defaults: the reference MLP notebooks, docs/nnbcd.md).
 
     Attributes:
         gamma: Activation and output coupling γ.
@@ -61,13 +65,13 @@ class NNBCDSolverOptions(BaseModel):
 
 
 class NNBCDTensorTrainOptions(TTLayoutOptions, NNBCDSolverOptions):
-    """Options of ``nnbcd``: the solver settings, the TT layout and the TT-SVD safeguard (spec §5)."""
+    """Options of ``nnbcd``: the solver settings, the TT layout and the TT-SVD safeguard (docs/nnbcd.md)."""
 
     safeguard: bool = True
 
 
 class NNBCDPruningOptions(NNBCDSolverOptions):
-    """Options of ``nnbcd-prune``: the solver settings and the hard-threshold copy (spec §2.5, §5).
+    """Options of ``nnbcd-prune``: the solver settings and the hard-threshold copy (docs/nnbcd.md).
 
     Attributes:
         sparsity: Fraction s of each hidden layer's weights set to zero (the output layer stays dense).
@@ -85,6 +89,7 @@ class _NNBCDMethod(Method):
 
     levels_chosen = "during_training"
     full_batch = True
+    precisions = ("fp32",)  # closed-form least-squares updates: no autocast forward to speed up
 
     def _copies(self, mlp: MLP) -> dict[int, CompressedCopy]:
         """Hidden-layer index → the compressed copy coupled to it (defined by each NN-BCD method)."""
@@ -109,6 +114,8 @@ class _NNBCDMethod(Method):
             mlp.classifier.out_features,
         ]
         self.solver = NNBCD(widths, config, compression=self._copies(mlp))
+        if self.recipe.model.init_from is not None:
+            self._start_from(mlp)
         for index, copy in self.solver.copies.items():
             copy.reset(self.solver.weights[index])
         self._ready = False
@@ -118,8 +125,23 @@ class _NNBCDMethod(Method):
         mlp.classifier = self._layer(len(mlp.hidden))
         return mlp
 
+    def _start_from(self, mlp: MLP) -> None:
+        """Start the solver's weights W from the loaded ones (``model.init_from``) instead of its own init.
+
+        Raises:
+            ValueError: The MLP has biases, which NN-BCD would drop (changing the loaded network).
+        """
+        layers = [*mlp.hidden, mlp.classifier]
+        if any(layer.bias is not None for layer in layers):
+            raise ValueError(
+                f"method '{self.name}' has no biases, so it starts from model.init_from only with a "
+                "bias-free MLP: train the dense model with model.kwargs.bias: false"
+            )
+        for weight, layer in zip(self.solver.weights, layers, strict=True):
+            weight.copy_(layer.weight.detach())
+
     def _layer(self, index: int) -> nn.Module:
-        """Layer ``index`` of the compressed evaluation network (spec §2.7) at the solver's current state."""
+        """Layer ``index`` of the compressed evaluation network (docs/nnbcd.md) at the current state."""
         if index in self.solver.copies:
             return self.solver.copies[index].to_module()
         weight = self.solver.weights[index]
@@ -192,7 +214,7 @@ class _NNBCDMethod(Method):
 
 @register_method
 class NNBCDTensorTrain(_NNBCDMethod):
-    """NN-BCD with every hidden layer coupled to a tensor-train copy of one uniform rank (spec §2.4).
+    """NN-BCD with every hidden layer coupled to a tensor-train copy of one uniform rank (docs/nnbcd.md).
 
     Options: :class:`NNBCDTensorTrainOptions`; the level is ``storage_reduction`` (1 − CR₂).
     """
@@ -222,7 +244,7 @@ class NNBCDTensorTrain(_NNBCDMethod):
 
 @register_method
 class NNBCDPruning(_NNBCDMethod):
-    """NN-BCD with every hidden layer coupled to a hard-thresholded copy of sparsity s (spec §2.5).
+    """NN-BCD with every hidden layer coupled to a hard-thresholded copy of sparsity s (docs/nnbcd.md).
 
     Options: :class:`NNBCDPruningOptions`; the level is ``sparsity`` (per hidden layer).
     """

@@ -2,14 +2,15 @@
 
 Zimmer, Spiegel, Pokutta, *Compression-aware Training of Neural Networks using Frank-Wolfe*,
 arXiv:2205.11921 (k-support, group and spectral k-support balls), and Miao et al., *Learning
-Pruning-Friendly Networks via Frank-Wolfe*, ICLR 2022 (K-sparse polytope); spec ``sfw.md`` §2–§5.
-One dense training; the level of compression is chosen afterwards, without retraining.
+Pruning-Friendly Networks via Frank-Wolfe*, ICLR 2022 (K-sparse polytope). One dense training; the level
+of compression is chosen afterwards, without retraining. Details: docs/sfw.md#method-details,
+#the-optimizer, #evaluation-protocol and #faithful-and-corrected-behaviour.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any, Literal
+from dataclasses import fields, replace
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,6 +61,11 @@ class SFWOptions(BaseModel):
         group_select: ``topk`` (corrected default: exactly k filters) or ``kthvalue`` (faithful: ties
             can select more than k).
         spectral_solver: ``exact`` (default) or ``power`` (the reference's randomized block power method).
+        radii: per-tensor radii ``{parameter name: radius}`` (local mode), e.g. a reference run's; the
+            other tensors follow τ (or ``radius`` / ``diameter``). Unknown names are refused.
+        radius_draw: ``seeded`` (corrected default: the estimate of ``E‖θ_init‖`` runs on a copy, with
+            ``radius_seed``) or ``reference`` (faithful: on the live model from the global RNG, which
+            re-randomizes the initial weights as the paper's code does; a resumed run keeps its radii).
         n_draws: re-initializations for the estimate of ``E‖θ_init‖``.
         radius_seed: seed of that estimate and of the power method (identical on every process).
     """
@@ -94,6 +100,8 @@ class SFWOptions(BaseModel):
     k_switch: Literal["in_step", "epoch_end"] = "in_step"
     initial_shift: bool = True
     radius_lookup: Literal["per_tensor", "by_shape"] = "per_tensor"
+    radii: dict[str, Annotated[float, Field(gt=0.0)]] | None = None
+    radius_draw: Literal["seeded", "reference"] = "seeded"
     group_select: Literal["topk", "kthvalue"] = "topk"
     spectral_solver: Literal["exact", "power"] = "exact"
     n_draws: int = Field(100, ge=1)
@@ -108,6 +116,8 @@ class SFWOptions(BaseModel):
             )
         if self.radius is not None and self.diameter is not None:
             raise ValueError("give radius or diameter, not both")
+        if self.radii is not None and self.global_mode:
+            raise ValueError("radii are per tensor: they need global_mode false")
         if self.global_mode and self.mode == "lowrank":
             raise ValueError("global_mode is not defined for the spectral sets of mode 'lowrank'")
         if self.k_delay_epochs is not None and self.k_delay_fraction is not None:
@@ -127,17 +137,18 @@ class SFWOptions(BaseModel):
 
 @register_method
 class SFWMethod(Method):
-    """Stochastic Frank-Wolfe (arXiv:2205.11921; spec ``sfw.md`` §2.2) with the sets of ``options.mode``.
+    """Stochastic Frank-Wolfe (arXiv:2205.11921; docs/sfw.md#the-sfw-step) with the sets of ``options.mode``.
 
     Builds the constraints with :func:`slimtrain.fw.build_constraints` and trains with
     :class:`slimtrain.fw.SFW` (η and μ from the recipe's optimizer section, no weight decay). Compression
     is chosen after training with the structure of the mode: global magnitude pruning (``unstructured``),
     L1 filter pruning (``filter``) or SVD truncation (``lowrank``).
 
-    Corrected behaviour is the default (spec §5); the faithful flags are ``momentum_convention='ema'``
-    (Miao), ``initial_shift=false``, ``radius_lookup='by_shape'``, ``group_select='kthvalue'`` and
-    ``spectral_solver='power'``. On resume the optimizer is rebuilt from its checkpoint and the initial
-    shift is not applied again, so a resumed run reaches the weights of an uninterrupted one.
+    Corrected behaviour is the default (docs/sfw.md#faithful-and-corrected-behaviour); the faithful flags are
+    ``momentum_convention='ema'`` (Miao), ``initial_shift=false``, ``radius_lookup='by_shape'``,
+    ``radius_draw='reference'``, ``group_select='kthvalue'`` and ``spectral_solver='power'``. On resume the
+    optimizer is rebuilt from its checkpoint and the initial shift is not applied again, so a resumed run
+    reaches the weights of an uninterrupted one.
 
     Raises:
         RecipeError: the recipe's optimizer is not SGD-like (``name: sgd``, no Nesterov, no weight decay),
@@ -197,6 +208,9 @@ class SFWMethod(Method):
         # The options carry ConstraintsConfig's field names, except k (with k_min) and seed (radius_seed).
         shared = {f.name for f in fields(ConstraintsConfig)} - {"k", "seed"}
         config = ConstraintsConfig(**o.model_dump(include=shared), k=self._k_rule(), seed=o.radius_seed)
+        if self._resumed:
+            # The radii come back with the optimizer state; a reference draw would re-randomize the weights.
+            config = replace(config, radius_draw="seeded")
         groups = build_constraints(model, config)
         for group in groups:
             group.pop("names")  # plain names are not needed by the optimizer

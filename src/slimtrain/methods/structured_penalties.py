@@ -1,4 +1,4 @@
-"""SGD baselines of structured SFW: group lasso, nuclear-norm penalty, proximal SGD (spec sfw.md §2.8, §4).
+"""SGD baselines of structured SFW: group lasso, nuclear-norm penalty, proximal SGD (docs/sfw.md).
 
 Zimmer, Spiegel, Pokutta (arXiv:2205.11921) compare group k-support SFW with SGD + a group-lasso filter
 penalty, and spectral k-support SFW with SGD + a nuclear-norm penalty and with proximal SGD
@@ -87,8 +87,8 @@ class ProximalSVDTraining(_ConvPenaltyMethod):
     """Proximal SGD: after each SGD step, ``mat(W) ← U·diag(max(σ − λ·η_t, 0))·Vᵀ`` for every conv weight.
 
     η_t is the learning rate of the step just taken (schedule included). Corrected behaviour: the released
-    ``Prox_SGD`` does not run and mistakes ``torch.svd``'s V for Vᵀ (spec §5); this uses
-    ``torch.linalg.svd``.
+    ``Prox_SGD`` does not run and mistakes ``torch.svd``'s V for Vᵀ
+    (docs/sfw.md#faithful-and-corrected-behaviour); this uses ``torch.linalg.svd``.
     """
 
     name = "prox-svd"

@@ -1,11 +1,11 @@
 """Selective Weight Decay as training methods: ``swd`` (unstructured) and ``swd-structured`` (channels).
 
 Tessier et al., "Continuous Pruning of Deep Convolutional Networks Using Selective Weight Decay",
-arXiv:2011.10520; spec ``swd.md`` §2–§4. The target is fixed during training (one training per level): every
-step penalises the weights that pruning to the target now would remove, with a strength a that grows
-exponentially from ``a_min`` to ``a_max`` over the run's steps; the run ends with a hard pruning at the target
-and no fine-tuning. The ordinary weight decay μ is the recipe's optimizer ``weight_decay``; it also scales the
-SWD term (spec §2.1).
+arXiv:2011.10520; docs/swd.md#method-details and #baselines. The target is fixed during training (one training
+per level): every step penalises the weights that pruning to the target now would remove, with a strength a
+that grows exponentially from ``a_min`` to ``a_max`` over the run's steps; the run ends with a hard pruning at
+the target and no fine-tuning. The ordinary weight decay μ is the recipe's optimizer ``weight_decay``; it also
+scales the SWD term (docs/swd.md#objective-and-selection).
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from torch import nn
 from slimtrain.methods.masked import fraction_to_permille
 from slimtrain.swd import ChannelSelection, MagnitudeSelection, SelectiveWeightDecay, prune_to_target
 from slimtrain.swd.selection import Selection
-from slimtrain.train.method import Method, StepContext, StepOutput, register_method, trainable_parameters
+from slimtrain.train.method import (
+    Method,
+    StepContext,
+    StepOutput,
+    full_precision,
+    register_method,
+    trainable_parameters,
+)
 
 __all__ = [
     "SWDOptions",
@@ -123,21 +130,24 @@ class _SWDBase(Method):
         # a_t is a function of the global step only, so a resumed run continues the same schedule.
         swd.step_count = ctx.step
         self.optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits, targets)
+        with ctx.autocast():
+            logits = model(inputs)
+        loss = nn.functional.cross_entropy(full_precision(logits), targets)
         ctx.backward(loss, trainable_parameters(model))
         if self.options.decoupled:
-            self.optimizer.step()
+            ctx.step_optimizer(self.optimizer)
             swd.shrink_(model, float(self.optimizer.param_groups[0]["lr"]))
         else:
-            # Added after the gradient average: it is computed from weights identical on every rank.
+            # Added after the gradient average (it is computed from weights identical on every rank) and to
+            # unscaled gradients (fp16).
+            ctx.unscale_(self.optimizer)
             swd.apply_(model)
-            self.optimizer.step()
+            ctx.step_optimizer(self.optimizer)
         self.step_count = ctx.step + 1
         return StepOutput(loss=loss.detach(), logits=logits.detach(), extras={"swd_a": swd.a})
 
     def finalize(self, model: nn.Module) -> None:
-        """Hard pruning at the target with the training rule; no fine-tuning, no BN recalibration (§2.4)."""
+        """Hard pruning at the target by the training rule, without fine-tuning or BN recalibration."""
         assert self.selection is not None
         prune_to_target(model, self._final_selection(model))
 
@@ -146,7 +156,7 @@ class _SWDBase(Method):
         return self.selection
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        """The current a (spec §2.7)."""
+        """The current a (docs/swd.md#diagnostics)."""
         return {"swd_a": self.swd.a if self.swd is not None else self.options.a_min}
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,7 +195,7 @@ class SelectiveWeightDecayMethod(_SWDBase):
 
 @register_method
 class StructuredSWDMethod(_SWDBase):
-    """Structured SWD: channels gated by BatchNorm γ (and β), under a parameter budget (spec §2.6).
+    """Structured SWD: channels gated by BatchNorm γ (and β), under a parameter budget (docs/swd.md).
 
     Needs a BatchNorm after every residual addition (e.g. ``resnet20`` with ``bn_after_add: true,
     shortcut: B``). The final pruning zeroes γ and β of the gated-off channels and the conv slices adjacent

@@ -2,8 +2,8 @@
 
 Zangrando et al., *Geometry-aware training of factorized layers in tensor Tucker format*
 (arXiv:2305.19059, TDLRT); Schotthöfer et al., *Low-rank lottery tickets* (arXiv:2205.13571, DLRT).
-Spec ``tdlrt.md`` §2.4–§2.9 (the integrator), §3 (hyperparameters), §4 (protocol and baselines) and §5
-(corrected defaults; the reference code's behaviour is available through the faithful flags).
+See ``docs/tdlrt.md`` (the integrator, its corrected defaults and the faithful flags that restore the
+reference code's behaviour) and ``docs/reproducing.md`` (the reference presets).
 
 All three fix their compression level during training: ``tdlrt`` and ``dlrt`` through the tolerance
 ``tau``, ``fixed-rank`` through the rank fraction. The trained model *is* the compressed model, so the
@@ -36,6 +36,7 @@ from slimtrain.train.method import (
     StepContext,
     StepOutput,
     build_standard_optimizer,
+    full_precision,
     register_method,
     trainable_parameters,
 )
@@ -56,14 +57,19 @@ class _ConversionOptions(BaseModel):
 
 
 class _IntegratorOptions(_ConversionOptions):
-    """Options of the rank-adaptive integrator (corrected defaults; faithful flags in spec §5)."""
+    """Options of the rank-adaptive integrator (corrected defaults; faithful flags: docs/reproducing.md)."""
 
     tau: float = Field(0.1, ge=0.0, description="truncation tolerance, relative to ‖C̃‖_F unless absolute")
     absolute_tolerance: bool = False
     variant: Literal["two_pass", "parallel", "local"] = Field(
-        "two_pass", description="'parallel': single-pass BUG; 'local': local S-iterations (spec §2.10)"
+        "two_pass", description="'parallel': single-pass BUG; 'local': local S-iterations (RobustDLRT)"
     )
     local_steps: int = Field(10, ge=2, description="batches per augment-step-truncate cycle of 'local'")
+    cycle_phase: Literal["global", "epoch", "epoch_offset"] = Field(
+        "global",
+        description="'local' cycles: 'global' count; 'epoch': restart each epoch (RobustDLRT script); "
+        "'epoch_offset': augment at batch ≡ 1, truncate at ≡ 0 (RobustDLRT trainer class)",
+    )
     rank_policy: Literal["adaptive", "fixed"] = "adaptive"
     initial_rank_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="initial ranks as a fraction of the mode sizes (default r_max)"
@@ -92,6 +98,10 @@ class TDLRTOptions(_IntegratorOptions):
 class DLRTOptions(_IntegratorOptions):
     """Options of ``dlrt``: matrix DLRT on linears and on reshaped kernels ``mat(W) ∈ R^{C_out×C_in k k}``."""
 
+    passes: Literal[2, 3] = Field(
+        2, description="3: DLRT-Net's KLS step (K and L stepped by the optimizer, then S); 2: two-pass BUG"
+    )
+
 
 class FixedRankOptions(_ConversionOptions):
     """Options of ``fixed-rank``: vanilla factor training at a fixed rank fraction."""
@@ -116,20 +126,26 @@ _CONVERSION_OPTIONS = {
 _RANK_OPTIONS = {"rank_fraction", "max_rank", "max_rank_fraction", "adaptive_modes"}
 
 
-def _conversion_config(options: BaseModel, conv_format: str, **rank_fields: Any) -> ConversionConfig:
-    """The :class:`ConversionConfig` of a low-rank method's options (random init; ``rank_fields`` on top)."""
+def _conversion_config(
+    options: BaseModel, conv_format: str, recipe: Any, **rank_fields: Any
+) -> ConversionConfig:
+    """The :class:`ConversionConfig` of a low-rank method's options (``rank_fields`` on top).
+
+    A run that starts from trained weights (``model.init_from``) factorizes them; otherwise the factors come
+    from a fresh random initialization.
+    """
     rank = RankConfig(**{**options.model_dump(include=_RANK_OPTIONS), **rank_fields})
     return ConversionConfig(
         conv=conv_format if options.factorize_convs else None,
         linear="matrix" if options.factorize_linears else None,
-        init="random",
+        init="random" if recipe.model.init_from is None else "from_weights",
         rank=rank,
         **options.model_dump(include=_CONVERSION_OPTIONS),
     )
 
 
 def _report_fields(model: nn.Module, aug_cap: str = "rmax") -> dict[str, Any]:
-    """Per-layer ranks and the model-level compression rates of :func:`lowrank_report` (metrics.md §3)."""
+    """Per-layer ranks and the model-level compression rates of :func:`lowrank_report` (docs/metrics.md)."""
     report = lowrank_report(model, aug_cap=aug_cap)
     fields: dict[str, Any] = {
         "ranks_per_layer": {name: list(ranks) for name, ranks in report["ranks_per_layer"].items()}
@@ -171,6 +187,8 @@ class _IntegratedLowRankMethod(_LowRankMethod):
 
     level_option = "tau"
     conv_format: ClassVar[Literal["tucker", "matrix"]] = "tucker"
+    # fp16 would need the integrator to skip a step whose second pass overflowed after its basis update.
+    precisions = ("fp32", "bf16")
 
     def __init__(self, options: BaseModel, recipe: Any) -> None:
         super().__init__(options, recipe)
@@ -179,9 +197,9 @@ class _IntegratedLowRankMethod(_LowRankMethod):
         self._restored_cycle_ranks: dict[str, tuple[int, ...]] | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Replace the convolutions and linears by factorized layers with random orthonormal factors."""
+        """Replace the convolutions and linears by factorized layers (of the loaded weights, if any)."""
         config = _conversion_config(
-            self.options, self.conv_format, rank_fraction=self.options.initial_rank_fraction
+            self.options, self.conv_format, self.recipe, rank_fraction=self.options.initial_rank_fraction
         )
         layers = convert_to_lowrank(model, config)
         if not layers:
@@ -203,20 +221,29 @@ class _IntegratedLowRankMethod(_LowRankMethod):
     def training_step(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ctx: StepContext
     ) -> StepOutput:
-        """One integrator step: two forward/backward passes (one for ``"parallel"`` and ``"local"``)."""
+        """One integrator step: two forward/backward passes (``passes=3``: three; one for the others)."""
         assert self.integrator is not None, "build_optimizer must run before training_step"
         first_logits: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
-            logits = model(inputs)
-            loss = self.loss(model, logits, targets)
+            with ctx.autocast():  # the forward pass only: the integrator's algebra stays in float32
+                logits = model(inputs)
+            loss = self.loss(model, full_precision(logits), targets)
             ctx.backward(loss, trainable_parameters(model))
             if not first_logits:
                 first_logits.append(logits.detach())
             return loss
 
-        loss = self.integrator.step(closure)
+        batch_index = None
+        if self.steps_per_epoch is not None:
+            batch_index = ctx.step - ctx.epoch * self.steps_per_epoch
+        loss = self.integrator.step(closure, batch_index=batch_index)
         return StepOutput(loss=loss, logits=first_logits[0])
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """``cycle_phase="epoch"``: truncate a cycle still open at the epoch's end (RobustDLRT script)."""
+        if self.integrator is not None and self.integrator.cycle_phase == "epoch":
+            self.integrator.close_cycle()
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Per-layer ranks and compression rates (training counts at the cap the integrator augments with)."""
@@ -271,8 +298,8 @@ class TDLRTTraining(_IntegratedLowRankMethod):
     linear but the last a :class:`~slimtrain.layers.MatrixFactorizedLinear`, from random orthonormal
     factors at ``r_max`` (``initial_rank_fraction`` to start lower). Per batch: two forward/backward
     passes (basis gradients, then the core step on the augmented bases) and a truncated HOSVD with tolerance
-    ``tau`` (spec §2.4, §2.5); ``variant="parallel"`` is the single-pass parallel BUG step (§2.9),
-    ``variant="local"`` augmented BUG with local S-iterations (§2.10).
+    ``tau`` (Zangrando et al., Alg. 1); ``variant="parallel"`` is the single-pass parallel BUG step,
+    ``variant="local"`` augmented BUG with local S-iterations (the RobustDLRT practice).
     """
 
     name = "tdlrt"
@@ -282,10 +309,10 @@ class TDLRTTraining(_IntegratedLowRankMethod):
 
 @register_method
 class DLRTTraining(_IntegratedLowRankMethod):
-    """Matrix DLRT: low-rank linears and convolutions stored as ``mat(W) = U S Vᵀ`` (spec §2.8).
+    """Matrix DLRT: low-rank linears and convolutions stored as ``mat(W) = U S Vᵀ`` (Schotthöfer et al.).
 
     The DLRT baseline of the TDLRT paper: each kernel is reshaped to ``C_out × C_in k_h k_w`` and trained
-    as a matrix by the same rank-adaptive integrator.
+    as a matrix by the same rank-adaptive integrator; ``passes: 3`` is the KLS step of the DLRT-Net code.
     """
 
     name = "dlrt"
@@ -295,7 +322,7 @@ class DLRTTraining(_IntegratedLowRankMethod):
 
 @register_method
 class FixedRankTraining(_LowRankMethod):
-    """Vanilla fixed-rank factor training (spec §4, baseline 3): unconstrained factors, plain optimizer.
+    """Vanilla fixed-rank factor training (a TDLRT baseline): unconstrained factors, plain optimizer.
 
     Convolutions become Tucker (``W = C ×_i A_i``) or matrix (``mat(W) = A Bᵀ``) factorizations and linears
     ``A Bᵀ``, with ``free_factors=True``: no orthonormality, no rank change; the recipe's optimizer trains
@@ -313,7 +340,7 @@ class FixedRankTraining(_LowRankMethod):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Replace the convolutions and linears by free factorizations at ``rank_fraction``."""
         config = _conversion_config(
-            self.options, self.options.conv_format, max_rank_fraction=1.0, free_factors=True
+            self.options, self.options.conv_format, self.recipe, max_rank_fraction=1.0, free_factors=True
         )
         layers = convert_to_lowrank(model, config)
         if not layers:

@@ -1,10 +1,11 @@
 """Tensor-train layouts of an MLP's hidden layers, shared by the NN-BCD and TT-SGD methods.
 
 A layout gives every hidden layer of the registry's MLP a TT mode tuple (the row-major reshape of its
-d_out × d_in weight, spec nnbcd.md §2.4) and all of them one uniform requested rank, as in NN-BCD. The rank is
-either given directly (``rank``) or derived from a compression level (``storage_reduction``: the largest
-uniform rank whose storage fraction over the compressed layers, CR₂ of metrics.md §3, is at most
-1 − level). The level form is what ``compare`` writes, because recipe levels are fractions in [0, 1).
+d_out × d_in weight, docs/nnbcd.md#tensor-train-projection) and all of them one uniform requested rank, as in
+NN-BCD. The rank is either given directly (``rank``) or derived from a compression level
+(``storage_reduction``: the largest uniform rank whose storage fraction over the compressed layers, CR₂ of
+docs/metrics.md#ratios, is at most 1 − level). The level form is what ``compare`` writes, because recipe
+levels are fractions in [0, 1).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ class TTLayoutOptions(BaseModel):
     Giving ``rank`` alone switches ``storage_reduction`` off; giving both (non-null) is an error.
 
     Attributes:
-        rank: Uniform requested TT rank of every hidden layer (capped per bond, spec §2.4).
-        storage_reduction: Compression level (default 0.8): the largest uniform rank with CR₂ ≤ 1 − level.
-        modes: Layer name (``hidden.0``, …) → mode tuple; other layers get :func:`default_tt_modes`.
+        rank: Uniform requested TT rank of every hidden layer (capped per bond,
+        docs/nnbcd.md#tensor-train-projection). storage_reduction: Compression level (default 0.8): the
+        largest uniform rank with CR₂ ≤ 1 − level. modes: Layer name (``hidden.0``, …) → mode tuple; other
+        layers get :func:`default_tt_modes`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +65,7 @@ class TTLayout:
 def default_tt_modes(rows: int, cols: int) -> tuple[int, ...]:
     """Mode tuple for a ``rows × cols`` weight: its prime factors, pairs of 2 merged into 4, ascending.
 
-    For example 256×64 → (4,)·7 and 1024×784 → (4,)·7 + (7, 7), the layouts of the spec's MNIST MLP.
+    For example 256×64 → (4,)·7 and 1024×784 → (4,)·7 + (7, 7), the layouts of the paper's MNIST MLP.
     """
     n, factors, p = rows * cols, [], 2
     while p * p <= n:

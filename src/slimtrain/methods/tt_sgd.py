@@ -1,6 +1,6 @@
 """Baseline: the MLP trained by the recipe's optimizer with tensor-train hidden layers at a fixed rank.
 
-The SGD/Adam counterpart of NN-BCD's TT compression (spec nnbcd.md §4, baseline 3): every hidden linear
+The SGD/Adam counterpart of NN-BCD's TT compression (docs/nnbcd.md#baselines, baseline 3): every hidden linear
 layer of the registry's MLP becomes a :class:`~slimtrain.bcd.TTLinear` with the same mode tuples and uniform
 capped rank NN-BCD uses (:mod:`slimtrain.methods.tt_layout`), its cores are trainable parameters and the
 forward pass goes through 𝒯(G). The cores start as the TT-SVD of the layer's initial weight; biases and the

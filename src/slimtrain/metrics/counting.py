@@ -1,4 +1,4 @@
-"""Dense, stored and non-zero parameter counts per tensor, per layer and per population (metrics.md §1–§2).
+"""Dense, stored and non-zero parameter counts per tensor, per layer and per population (docs/metrics.md).
 
 Counts are taken on the *effective* tensors: pruning masks applied through ``torch.nn.utils.prune``
 (``weight_orig`` · ``weight_mask``) or ``torch.nn.utils.parametrize`` are honoured, so a masked model's
@@ -27,7 +27,7 @@ from slimtrain.metrics.populations import Population, Role, resolve_population
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 DENSE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
-"""Layers whose ``weight`` is ``prunable`` and whose MACs follow the Conv/Linear formulas of §4."""
+"""Layers whose ``weight`` is ``prunable`` and whose MACs follow docs/metrics.md's Conv/Linear formulas."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class TensorCount:
 
 @dataclass(frozen=True)
 class ParameterTotals:
-    """Totals over one population: N (dense), stored count and NNZ (metrics.md §1).
+    """Totals over one population: N (dense), stored count and NNZ (docs/metrics.md#populations).
 
     Attributes:
         population: Description of the population.
@@ -148,7 +148,7 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
 
 
 def count_parameters(model: nn.Module, population: str | Population = "all") -> ParameterTotals:
-    """Total dense, stored and non-zero counts of ``model`` over ``population`` (metrics.md §1).
+    """Total dense, stored and non-zero counts of ``model`` over ``population`` (docs/metrics.md#populations).
 
     Example:
         >>> import torch.nn as nn

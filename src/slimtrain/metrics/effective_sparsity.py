@@ -1,8 +1,8 @@
 """Effective sparsity of ReLU MLPs: also count as zero every weight that cannot influence the output.
 
-metrics.md §2 (reported as "effective" next to "true" sparsity by the NN-BCD notebooks, Li et al.,
-arXiv:2303.06815): hidden unit j of layer i is dead if row j of W_i is all zero and its bias cannot make it
-fire (its output is then ReLU(b_j) = 0), or if column j of W_{i+1} is all zero (its output is unused). The
+docs/metrics.md#populations (reported as "effective" next to "true" sparsity by the NN-BCD notebooks, Li et
+al., arXiv:2303.06815): hidden unit j of layer i is dead if row j of W_i is all zero and its bias cannot make
+it fire (its output is then ReLU(b_j) = 0), or if column j of W_{i+1} is all zero (its output is unused). The
 dead units' rows and columns are zeroed and the rule is applied again until nothing changes.
 
 A unit with a zero row but a positive bias emits a constant that could be folded into the next layer's
@@ -109,7 +109,7 @@ def is_relu_mlp(model: nn.Module) -> bool:
 
 
 def effective_sparsity(model: nn.Module) -> float:
-    """Effective sparsity of the linear weights of a plain ReLU MLP (masks honoured), metrics.md §2.
+    """Effective sparsity of the linear weights of a plain ReLU MLP (masks honoured), docs/metrics.md.
 
     Returns:
         ``1 − (live non-zero weights)/(all weights)`` over the Linear weights (the ``prunable`` population).

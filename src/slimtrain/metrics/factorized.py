@@ -1,8 +1,8 @@
 """The protocol a factorized (low-rank) layer implements so that the metrics count it correctly.
 
-A factorized layer stands in for one dense Conv or Linear layer (metrics.md §1): its *stored* count is the
-size of the tensors it really holds (its parameters), its *dense* count is the size of the layer it
-replaces. Only the second number cannot be read off the module, hence the one-method protocol.
+A factorized layer stands in for one dense Conv or Linear layer (docs/metrics.md#populations): its *stored*
+count is the size of the tensors it really holds (its parameters), its *dense* count is the size of the layer
+it replaces. Only the second number cannot be read off the module, hence the one-method protocol.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class FactorizedLayer(Protocol):
 
     - Optional: ``eval_parameter_count() -> int`` (bias excluded), the count of the deployed inference
       layer when it differs from the parameters held, e.g. ``(n + m)·r`` for a layer that trains U, S, V
-      but is deployed as K = US and L = V. Only the DLRT c.r. conventions use it (metrics.md §3).
+      but is deployed as K = US and L = V. Only the DLRT c.r. conventions use it (docs/metrics.md#ratios).
 
     - Optional: a ``ranks`` attribute (an int or a tuple of ints), reported as ``ranks_per_layer``.
 

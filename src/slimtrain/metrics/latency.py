@@ -1,4 +1,4 @@
-"""Measured inference latency and measured speedup (metrics.md §6).
+"""Measured inference latency and measured speedup (docs/metrics.md#latency).
 
 Procedure: ``model.eval()`` under ``torch.inference_mode()``; ``warmup`` untimed iterations; then at least
 ``iters`` timed iterations and at least ``min_time_s`` seconds; the median and the interquartile range are
@@ -125,7 +125,7 @@ def measure_latency(
     threads: int | None = None,
     channels_last: bool = False,
 ) -> LatencyResult:
-    """Measure the forward latency of ``model`` on ``example_input`` (metrics.md §6).
+    """Measure the forward latency of ``model`` on ``example_input`` (docs/metrics.md#latency).
 
     The model's training flag and torch's thread count are restored afterwards; with ``channels_last`` a
     converted copy of the model is timed, the original is left as is.
@@ -202,7 +202,7 @@ def measure_latency(
 def measured_speedup(
     dense: LatencyResult, compressed: LatencyResult, *, theoretical_speedup: float | None = None
 ) -> float:
-    """measured_speedup = latency_dense / latency_compressed (medians, same settings; metrics.md §6).
+    """measured_speedup = latency_dense / latency_compressed (medians, same settings; docs/metrics.md).
 
     Warns (``UserWarning``) when ``theoretical_speedup`` > 1 but the measured speedup is ≤ 1, as is typical
     of unstructured sparsity on dense kernels and of factorizations at high rank.
@@ -298,7 +298,7 @@ def latency_fields(
     theoretical_speedup: float | None = None,
     **measure_kwargs: Any,
 ) -> dict[str, float]:
-    """The §7 latency fields of ``model`` at several batch sizes, and speedups over ``reference``.
+    """The latency fields of a sweep row for ``model`` at several batch sizes; speedups over ``reference``.
 
     Args:
         model: The (exported) compressed model.

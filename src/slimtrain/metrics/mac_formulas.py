@@ -1,4 +1,4 @@
-"""Closed-form MAC counts per sample (metrics.md §4); FLOPs = 2·MACs.
+"""Closed-form MAC counts per sample (docs/metrics.md#macs); FLOPs = 2·MACs.
 
 Bias additions, normalisation, activations, pooling and residual additions are not counted (ShrinkBench/SFW
 convention). Output sizes follow PyTorch's rule ``⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1``, not the
@@ -14,7 +14,7 @@ import warnings
 def conv2d_macs(
     c_in: int, c_out: int, h_out: int, w_out: int, kernel: tuple[int, int], groups: int = 1
 ) -> int:
-    """Dense MACs of a Conv2d: C_out·H_out·W_out·(C_in/groups)·k_h·k_w (metrics.md §4)."""
+    """Dense MACs of a Conv2d: C_out·H_out·W_out·(C_in/groups)·k_h·k_w (docs/metrics.md#macs)."""
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}")
     return c_out * h_out * w_out * (c_in // groups) * kernel[0] * kernel[1]
@@ -26,7 +26,7 @@ def linear_macs(n_in: int, n_out: int, tokens: int = 1) -> int:
 
 
 def svd_conv_macs(c_in: int, c_out: int, rank: int, kernel: tuple[int, int], h_out: int, w_out: int) -> int:
-    """MACs of an SVD pair (k×k conv C_in → r, then 1×1 conv r → C_out), metrics.md §4.
+    """MACs of an SVD pair (k×k conv C_in → r, then 1×1 conv r → C_out), docs/metrics.md#macs.
 
     ``r·C_in·k_h·k_w·H_out·W_out + C_out·r·H_out·W_out``.
     """
@@ -47,7 +47,7 @@ def tucker_conv_macs(
     input_hw: tuple[int, int],
     output_hw: tuple[int, int],
 ) -> int:
-    """MACs of a Tucker-2 three-stage conv (1×1 C_in → r₂, k×k core r₂ → r₁, 1×1 r₁ → C_out), metrics.md §4.
+    """MACs of a Tucker-2 three-stage conv (1×1 C_in → r₂, k×k core r₂ → r₁, 1×1 r₁ → C_out), docs/metrics.md.
 
     ``C_in·r₂·H_in·W_in + r₁·r₂·k_h·k_w·H_out·W_out + r₁·C_out·H_out·W_out``; the first 1×1 projection runs
     at the **input** resolution.
@@ -71,7 +71,7 @@ def tucker_conv_macs(
 
 
 def theoretical_speedup(macs_dense: float, macs_effective: float) -> float:
-    """theoretical_speedup = macs_dense / macs_effective (metrics.md §4).
+    """theoretical_speedup = macs_dense / macs_effective (docs/metrics.md#macs).
 
     Warns (``UserWarning``) when the result is below 1, which happens for factorizations at high rank.
     """

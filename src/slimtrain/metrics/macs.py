@@ -1,4 +1,4 @@
-"""Measured MAC counts of a model on a real input (metrics.md §4).
+"""Measured MAC counts of a model on a real input (docs/metrics.md#macs).
 
 Two sources are combined:
 
@@ -11,8 +11,8 @@ Effective MACs follow the unstructured rule of ShrinkBench/SFW (per-layer dense 
 masks honoured) for plain Conv/Linear layers and sparse-storage layers (whose CSR product FlopCounterMode
 counts at dense size), and count factorized layers and every other op as executed —
 except factorized linear layers with ``macs_as_dense = True`` (NN-BCD's TT layers, which rebuild the dense
-weight every forward pass): they count as the dense product they run, as metrics.md §4 prescribes, so the
-count does not depend on the batch size the reconstruction is spread over.
+weight every forward pass): they count as the dense product they run, as docs/metrics.md#macs prescribes, so
+the count does not depend on the batch size the reconstruction is spread over.
 All counts are per sample: totals over the example batch divided by its first dimension.
 """
 
@@ -83,7 +83,7 @@ def as_inputs(example_input: ExampleInput) -> tuple[Tensor, ...]:
 
 
 def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
-    """Count dense, per-layer and effective MACs of ``model`` on ``example_input`` (metrics.md §4).
+    """Count dense, per-layer and effective MACs of ``model`` on ``example_input`` (docs/metrics.md#macs).
 
     The model runs once in eval mode without gradients (its training flag is restored afterwards), so
     BatchNorm statistics are left untouched.
@@ -99,7 +99,8 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     batch = inputs[0].shape[0]
     factorized = factorized_modules(model)
     per_layer: dict[str, int] = {}
-    # Layers that rebuild their dense weight every forward count as the dense product they run (§4).
+    # Layers that rebuild their dense weight every forward count as the dense product they run
+    # (docs/metrics.md#macs).
     as_dense = {name: 0 for name, m in factorized.items() if getattr(m, "macs_as_dense", False)}
     handles = [factorized[name].register_forward_hook(_make_hook(name, as_dense)) for name in as_dense]
     for name, m in model.named_modules():

@@ -1,4 +1,4 @@
-"""Measured peak memory of one training step or one inference pass (metrics.md §6).
+"""Measured peak memory of one training step or one inference pass (docs/metrics.md#latency).
 
 The step runs in a fresh process started with ``spawn``, so the measurement neither disturbs nor is
 disturbed by the caller's memory, and the caller's model is left untouched (the child trains a copy):
@@ -85,8 +85,8 @@ def measure_peak_memory(
             with momentum 0.9, lr 0.01.
 
     Returns:
-        The :class:`PeakMemory` (``peak_memory_bytes_train`` / ``peak_memory_bytes_eval`` of §7 is its
-        ``peak_bytes``).
+        The :class:`PeakMemory` (``peak_memory_bytes_train`` / ``peak_memory_bytes_eval`` of
+        docs/metrics.md#summarize is its ``peak_bytes``).
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")

@@ -1,4 +1,4 @@
-"""Parameter populations: which tensors a metric is computed over (metrics.md §1).
+"""Parameter populations: which tensors a metric is computed over (docs/metrics.md#populations).
 
 - ``all``: every parameter of the model (weights, biases, normalisation affine parameters, embeddings);
   buffers such as BN running statistics are not parameters.

@@ -1,4 +1,4 @@
-"""Compression ratios and their conversions (metrics.md §2–§3).
+"""Compression ratios and their conversions (docs/metrics.md#populations and #ratios).
 
 The same words name different quantities in the papers; here each has one name:
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 def compression_ratio(n_ref: float, n_stored: float) -> float:
-    """compression_ratio = N_ref / N_stored (× form, metrics.md §3).
+    """compression_ratio = N_ref / N_stored (× form, docs/metrics.md#ratios).
 
     Raises:
         ValueError: If ``n_stored`` is not positive.
@@ -22,7 +22,7 @@ def compression_ratio(n_ref: float, n_stored: float) -> float:
 
 
 def storage_fraction(n_stored: float, n_ref: float) -> float:
-    """storage_fraction = N_stored / N_ref = 1/compression_ratio (NN-BCD's CR, metrics.md §3).
+    """storage_fraction = N_stored / N_ref = 1/compression_ratio (NN-BCD's CR, docs/metrics.md#ratios).
 
     Raises:
         ValueError: If ``n_ref`` is not positive.
@@ -33,7 +33,7 @@ def storage_fraction(n_stored: float, n_ref: float) -> float:
 
 
 def compression_ratio_from_sparsity(sparsity: float) -> float:
-    """compression_ratio = 1/(1 − sparsity) on the same population (metrics.md §3).
+    """compression_ratio = 1/(1 − sparsity) on the same population (docs/metrics.md#ratios).
 
     Raises:
         ValueError: If ``sparsity`` is outside [0, 1).
@@ -44,7 +44,7 @@ def compression_ratio_from_sparsity(sparsity: float) -> float:
 
 
 def cr_percent(n_lowrank: float, n_full: float, decimals: int | None = None) -> float:
-    """DLRT compression rate in percent: 100·(1 − N_lowrank/N_full) (metrics.md §3).
+    """DLRT compression rate in percent: 100·(1 − N_lowrank/N_full) (docs/metrics.md#ratios).
 
     Args:
         n_lowrank: Parameters of the compressed model (stored, or the training count).
@@ -64,7 +64,7 @@ def cr_percent(n_lowrank: float, n_full: float, decimals: int | None = None) -> 
 
 
 def level_rel_error(requested: float, achieved: float) -> float:
-    """Relative error of an achieved compression level: |achieved − requested| / requested (§2).
+    """Relative error of an achieved compression level: |achieved − requested| / requested (docs/metrics.md).
 
     Raises:
         ValueError: If ``requested`` is zero.

@@ -2,9 +2,9 @@
 
 A sparse-storage layer (e.g. :class:`~slimtrain.layers.SparseLinear`, CSR) stands in for one dense layer
 whose weight had exact zeros: its *dense* count is that weight's size, its *stored* count the non-zeros it
-keeps (metrics.md §3: N_stored = NNZ for sparse models; index arrays are memory, not parameters). Counted
-this way, a model converted to sparse storage has the same parameter counts, sparsities and effective MACs
-as the masked model it came from.
+keeps (docs/metrics.md#ratios: N_stored = NNZ for sparse models; index arrays are memory, not parameters).
+Counted this way, a model converted to sparse storage has the same parameter counts, sparsities and effective
+MACs as the masked model it came from.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One dictionary of the metrics.md §7 fields that apply to a model."""
+"""One dictionary of the docs/metrics.md#summarize fields that apply to a model."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """ResNets for small images (He et al., *Deep Residual Learning for Image Recognition*, CVPR 2016).
 
-The CIFAR ResNets of depth 6n+2 (§4.2): three stages of ``n`` basic blocks with widths ``w, 2w, 4w``
-(``w = 16`` in the paper, 64 in the SWD reference code). ResNet-18 in its CIFAR form (the SFW and SWD
-reference codes): four stages of two blocks with widths 64 to 512. Both have a 3×3 stem without max-pool,
-global average pooling and a linear ``classifier``.
+The CIFAR ResNets of depth 6n+2 (He et al. 2016, Sec. 4.2): three stages of ``n`` basic blocks with widths
+``w, 2w, 4w`` (``w = 16`` in the paper, 64 in the SWD reference code). ResNet-18 in its CIFAR form (the SFW
+and SWD reference codes): four stages of two blocks with widths 64 to 512. Both have a 3×3 stem without
+max-pool, global average pooling and a linear ``classifier``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class BasicBlock(nn.Module):
     ``shortcut`` is an empty ``nn.Sequential`` (identity) when the shape is kept; otherwise a
     :class:`ZeroPadShortcut` (option A) or ``nn.Sequential(conv 1×1, BatchNorm)`` (option B, parameters
     ``shortcut.0.weight`` and ``shortcut.1.*``). ``bn3`` exists only with ``bn_after_add``: the BatchNorm
-    after the residual addition that structured SWD (Tessier et al., 2020; spec ``swd.md`` §2.6) gates.
+    after the residual addition that structured SWD (Tessier et al., 2020;
+    docs/swd.md#structured-swd-and-the-parameter-budget) gates.
 
     Args:
         in_channels: Input channels.

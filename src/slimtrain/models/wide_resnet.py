@@ -55,8 +55,8 @@ class WideResNet(nn.Module):
         widen_factor: The width multiplier k.
         dropout: Dropout probability inside every block (0.3 in the SFW reference runs).
         final_bn_momentum: Momentum of the final BatchNorm. The default 0.1 is PyTorch's; the SFW reference
-            code uses 0.9 (which keeps mostly the last batch's statistics, spec ``sfw.md`` §5): pass 0.9 to
-            reproduce it faithfully.
+            code uses 0.9 (which keeps mostly the last batch's statistics,
+            docs/sfw.md#faithful-and-corrected-behaviour): pass 0.9 to reproduce it faithfully.
 
     Raises:
         ValueError: On a depth that is not 6n+4, a non-positive widen factor, or a probability/momentum

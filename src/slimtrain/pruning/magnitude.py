@@ -4,8 +4,9 @@ The selection never sorts all values: ``torch.kthvalue`` finds the k-th smallest
 value strictly below it is removed, and ties at the threshold are broken by position (the earliest entries
 of the concatenation are removed first), so exactly k entries are removed and the result is deterministic —
 identical on every distributed rank that holds the same weights. This is the selection of SWD's corrected
-mode (spec ``swd.md`` §2.2, §5 "Full sort ... every batch") and of the magnitude-pruning baselines
-(Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS 2015).
+mode (docs/swd.md#objective-and-selection and #corrected-defaults-and-faithful-flags "Full sort ... every
+batch") and of the magnitude-pruning baselines (Han et al., "Learning both Weights and Connections for
+Efficient Neural Networks", NeurIPS 2015).
 """
 
 from __future__ import annotations
@@ -70,15 +71,12 @@ def smallest_k_mask(values: Tensor, k: int) -> Tensor:
     if k == n:
         return torch.ones_like(values, dtype=torch.bool)
     threshold = torch.kthvalue(values, k).values
-    selected = values <= threshold
-    surplus = int(selected.sum()) - k
-    if surplus > 0:
-        # Entries equal to the threshold outnumber the free slots: keep the last `surplus` of them.
-        at_threshold = values == threshold
-        rank_among_ties = torch.cumsum(at_threshold, dim=0)
-        n_ties = int(rank_among_ties[-1])
-        selected &= ~(at_threshold & (rank_among_ties > n_ties - surplus))
-    return selected
+    below = values < threshold
+    at_threshold = values == threshold
+    # The slots left after the values below the threshold go to its first ties by position; computed on
+    # the device, so a training step that selects every batch never waits for the host.
+    free = k - below.sum()
+    return below | (at_threshold & (torch.cumsum(at_threshold, dim=0) <= free))
 
 
 def _magnitudes(tensors: Mapping[str, Tensor]) -> Tensor:
@@ -91,8 +89,8 @@ def _magnitudes(tensors: Mapping[str, Tensor]) -> Tensor:
 def smallest_magnitude_masks(tensors: Mapping[str, Tensor], n_remove: int) -> dict[str, Tensor]:
     """Keep masks that remove the ``n_remove`` smallest magnitudes over all tensors together.
 
-    One global threshold across layers (spec ``swd.md`` §2.2): the tensors are concatenated in mapping order
-    and :func:`smallest_k_mask` picks exactly ``n_remove`` entries.
+    One global threshold across layers (docs/swd.md#objective-and-selection): the tensors are concatenated in
+    mapping order and :func:`smallest_k_mask` picks exactly ``n_remove`` entries.
 
     Args:
         tensors: Named tensors (e.g. weights), in a fixed order; ties are broken by that order.

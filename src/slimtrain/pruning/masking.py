@@ -15,8 +15,8 @@ class MaskSet:
     """Boolean keep masks for named parameters of one model, applied in place on demand or after each step.
 
     Re-applying after every optimizer step keeps pruned entries at exactly zero even though momentum and
-    weight decay would otherwise move them (the masked fine-tuning of Han et al. 2015 and of spec
-    ``swd.md`` §4).
+    weight decay would otherwise move them (the masked fine-tuning of Han et al. 2015 and of
+    docs/swd.md#baselines).
 
     Args:
         model: The model whose parameters are masked.

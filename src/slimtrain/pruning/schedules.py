@@ -53,7 +53,7 @@ def cubic_sparsity(
 
 
 def iterative_targets(target: int, iterations: int) -> list[int]:
-    """Cumulative per-mille targets of iterative pruning: t_i = ⌊(i+1)·target/k⌋ (spec ``swd.md`` §4).
+    """Cumulative per-mille targets of iterative pruning: t_i = ⌊(i+1)·target/k⌋ (docs/swd.md#baselines).
 
     Args:
         target: Final per-mille of removed weights (e.g. 900).

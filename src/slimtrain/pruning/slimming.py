@@ -1,7 +1,7 @@
 """Network-slimming penalty on BatchNorm scales, in the smooth-L1 form of the SWD reference code.
 
 Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017;
-spec ``swd.md`` §4.
+docs/swd.md#baselines.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def smooth_l1_gamma(gamma: Tensor, sign_bug: bool = False) -> Tensor:
 
     Args:
         gamma: BatchNorm scales.
-        sign_bug: Faithful reference behaviour (spec §5, ``liu_sign_bug``): use γ instead of |γ| above 1,
+        sign_bug: Faithful reference behaviour (docs/swd.md#corrected-defaults-and-faithful-flags,
+        ``liu_sign_bug``): use γ instead of |γ| above 1,
             which rewards large negative scales. The default (False) is the corrected, even function.
 
     Returns:

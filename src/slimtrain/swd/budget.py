@@ -1,4 +1,4 @@
-"""Parameter-budget bisection of structured SWD (spec ``swd.md`` §2.6, §5)."""
+"""Parameter-budget bisection of structured SWD (docs/swd.md)."""
 
 from __future__ import annotations
 

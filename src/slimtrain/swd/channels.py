@@ -1,10 +1,11 @@
 """Channel structure of a CNN for structured SWD: BatchNorm gates and the analytic surviving-parameter count.
 
-Structured SWD (spec ``swd.md`` §2.6) gates channel c of a prunable BatchNorm by |γ_c| ≥ th with one global
-threshold th. :class:`ChannelGraph` finds, by tracing the model with ``torch.fx``, which BatchNorms are gates
-and which gates decide the live input and output channels of every convolution, BatchNorm and linear layer,
-for any network built from ``nn.Conv2d → nn.BatchNorm2d`` pairs, including ResNets with a BatchNorm after each
-residual addition. From that it counts the parameters of the network whose gated-off channels are removed.
+Structured SWD (docs/swd.md#structured-swd-and-the-parameter-budget) gates channel c of a prunable BatchNorm
+by |γ_c| ≥ th with one global threshold th. :class:`ChannelGraph` finds, by tracing the model with
+``torch.fx``, which BatchNorms are gates and which gates decide the live input and output channels of every
+convolution, BatchNorm and linear layer, for any network built from ``nn.Conv2d → nn.BatchNorm2d`` pairs,
+including ResNets with a BatchNorm after each residual addition. From that it counts the parameters of the
+network whose gated-off channels are removed.
 
 Rules (they reproduce the reference ResNet count exactly):
 
@@ -254,7 +255,7 @@ class ChannelGraph:
         return live
 
     def parameter_count(self, model: nn.Module, threshold: float, compare: GateCompare = "ge") -> int:
-        """P(th): parameters of the network whose gated-off channels are removed (spec §2.6).
+        """P(th): parameters of the network whose gated-off channels are removed (docs/swd.md).
 
         Convolutions keep live-out × live-in × k² weights (+ live-out biases), BatchNorms 2 × live channels,
         linear layers out × live-in inputs (+ biases); parameters outside these layers all count.

@@ -1,4 +1,4 @@
-"""Final hard pruning at the SWD target, without fine-tuning (spec ``swd.md`` §2.4)."""
+"""Final hard pruning at the SWD target, without fine-tuning (docs/swd.md#schedule-and-final-pruning)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Selective Weight Decay, the regularizer (spec ``swd.md`` §2.1–§2.5).
+"""Selective Weight Decay, the regularizer (docs/swd.md).
 
 Tessier et al., "Continuous Pruning of Deep Convolutional Networks Using Selective Weight Decay",
 arXiv:2011.10520.
@@ -24,8 +24,9 @@ class SelectiveWeightDecay:
 
     Term added to the loss at step t: μ·R_t(w) = ½·μ·a_t·Σ_{selected j} w_j², whose gradient is μ·a_t·w_j on
     selected entries and 0 elsewhere; with the optimizer's own weight decay μ, selected weights decay with
-    μ(1 + a_t) and the others with μ (spec §2.1). The selection is recomputed from the current, detached
-    weights at every call (no gradient through it); a_t follows :class:`ExponentialSchedule`.
+    μ(1 + a_t) and the others with μ (docs/swd.md#objective-and-selection). The selection is recomputed from
+    the current, detached weights at every call (no gradient through it); a_t follows
+    :class:`ExponentialSchedule`.
 
     Use it either as a loss term, ``loss = criterion(out, y) + swd.penalty(model)``, or as a gradient hook,
     ``loss.backward(); swd.apply_(model); optimizer.step()``; both give the same gradient. Call
@@ -41,8 +42,9 @@ class SelectiveWeightDecay:
         a_max: a_T (reference 1e5). ``a_min == a_max`` gives a constant a (the reference ``fix_a``).
         optimizer: When given, every :meth:`penalty` / :meth:`apply_` checks the stability bound of each of
             its SGD param groups (those with a ``momentum`` entry) and warns once when
-            lr·(weight_decay_group + μ·a_t) ≥ 2(1 + momentum) (spec §2.5).
-        track_migration: Keep the previous selection to report :attr:`migration` (spec §2.7), at the cost
+            lr·(weight_decay_group + μ·a_t) ≥ 2(1 + momentum) (docs/swd.md#stability).
+        track_migration: Keep the previous selection to report :attr:`migration` (docs/swd.md#diagnostics), at
+        the cost
             of one byte per penalised entry.
 
     Attributes:
@@ -108,7 +110,7 @@ class SelectiveWeightDecay:
     def shrink_(self, model: nn.Module, lr: float) -> None:
         """Decoupled alternative to the penalty: w ← max(0, 1 − η·μ·a_t)·w on the selected entries.
 
-        Not faithful to the reference (spec §2.5): call it after ``optimizer.step()`` instead of
+        Not faithful to the reference (docs/swd.md#stability): call it after ``optimizer.step()`` instead of
         :meth:`penalty` / :meth:`apply_`. It never overshoots, whatever η·μ·a_t, so it stays stable where the
         gradient form would diverge; the factor is clamped at 0 so a selected weight never changes sign.
 

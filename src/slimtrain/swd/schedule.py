@@ -1,4 +1,4 @@
-"""The per-step exponential growth of the SWD coefficient a (spec ``swd.md`` §2.3)."""
+"""The per-step exponential growth of the SWD coefficient a (docs/swd.md#schedule-and-final-pruning)."""
 
 from __future__ import annotations
 

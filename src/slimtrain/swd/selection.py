@@ -1,8 +1,8 @@
 """Which weights SWD penalises: the selection protocol and the unstructured magnitude selection.
 
-Spec ``swd.md`` §2.2 (Tessier et al., arXiv:2011.10520): the selected weights are those that pruning the
-network to the target right now would remove; they are recomputed from the current weights at every step,
-with one global threshold, and no gradient flows through the selection.
+docs/swd.md#objective-and-selection (Tessier et al., arXiv:2011.10520): the selected weights are those that
+pruning the network to the target right now would remove; they are recomputed from the current weights at
+every step, with one global threshold, and no gradient flows through the selection.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def population_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 class MagnitudeSelection:
     """Unstructured selection: the smallest magnitudes under one global threshold.
 
-    Populations (spec §2.2, §5):
+    Populations (docs/swd.md#objective-and-selection and #corrected-defaults-and-faithful-flags):
 
     - ``"weights"`` (corrected default): conv and linear weights count, are penalised and pruned; exactly
       ⌊(target/1000)·n⌋ entries are selected, ties broken by position (model order), without sorting.

@@ -1,4 +1,4 @@
-"""Divergence bound of heavy-ball SGD on the SWD quadratic (spec ``swd.md`` §2.5).
+"""Divergence bound of heavy-ball SGD on the SWD quadratic (docs/swd.md#stability).
 
 A selected weight sees, besides the loss, a quadratic of curvature h = μ_opt + μ·a_t (μ_opt: the optimizer's
 weight decay, μ: the SWD scale, so h = μ(1 + a_t) in the reference set-up). Heavy-ball SGD with learning rate

@@ -1,4 +1,4 @@
-"""Structured SWD selection: channels gated by BatchNorm γ under a parameter budget (spec ``swd.md`` §2.6).
+"""Structured SWD selection: channels gated by BatchNorm γ under a parameter budget (docs/swd.md).
 
 Tessier et al., arXiv:2011.10520 (structured and "structuredF" pruning).
 """

@@ -71,6 +71,9 @@ class DataConfig(_Strict):
     data_dir: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: bool = False
+    on_device: Literal["auto", True, False] = Field(
+        "auto", description="keep the data on the training device (auto: if it fits), or pinned host batches"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -92,10 +95,34 @@ _FROM_DATASET = {
 
 
 class ModelConfig(_Strict):
-    """A registry model name and its keyword arguments."""
+    """A registry model name, its keyword arguments, and trained weights to start from."""
 
     name: str = "mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = Field(
+        None,
+        description="trained weights loaded before the method prepares the model: a .safetensors file, a "
+        "checkpoint file, a run directory or an exported model (slimtrain.train.init_from)",
+    )
+    init_exclude: list[str] | None = Field(
+        None, description="module paths not loaded from init_from, e.g. [classifier] for another class count"
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _non_empty_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a path (or null)")
+        return value
+
+    @field_validator("init_exclude")
+    @classmethod
+    def _exclude_needs_init_from(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value and info.data.get("init_from") is None:
+            raise ValueError("leaves modules out of model.init_from, which is not set")
+        if value and not all(value):
+            raise ValueError("module paths must be non-empty")
+        return value
 
     @field_validator("kwargs")
     @classmethod
@@ -155,6 +182,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="per process; the global batch is batch_size * world_size")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="forward passes under autocast in bf16 or fp16 (fp16 with loss scaling)"
+    )
+    compile: bool = Field(False, description="torch.compile the model's forward pass")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: default)")
     checkpoint_every_steps: int = Field(0, ge=0, description="0: checkpoint only at each epoch end")
     log_every_steps: int = Field(10, ge=1)
@@ -163,6 +194,14 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many steps (for tests and smoke runs)"
     )
+
+    @field_validator("precision")
+    @classmethod
+    def _low_precision_needs_float32(cls, value: str, info: ValidationInfo) -> str:
+        dtype = info.data.get("dtype", "float32")
+        if value != "fp32" and dtype != "float32":
+            raise ValueError(f"{value} autocasts float32 weights; it needs train.dtype float32, not {dtype}")
+        return value
 
 
 class EvaluationConfig(_Strict):

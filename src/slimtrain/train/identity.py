@@ -8,7 +8,7 @@ trained model. A run's **identity** names that model; it is the SHA-256 of
   evaluated keys each sweep row instead, see :mod:`slimtrain.experiments.sweeping`). Method options are
   resolved by the method's schema (defaults written out), so a new option with a default does not change
   it; ``train.dtype`` (and ``train.precision``, once recipes have it) count. When the recipe sets
-  ``model.init_from``, the SHA-256 of that weights file is part of the digest too.
+  ``model.init_from``, the SHA-256 of the weights file it loads is part of the digest too.
 - the SHA-256 of the run's **final checkpoint**, as listed in ``checkpoints/manifest.json``.
 
 The trainer writes the identity into ``results.json`` (``run_identity``, ``recipe_digest``,
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimtrain.io import sha256_file
 from slimtrain.train.checkpoint import CheckpointStore
+from slimtrain.train.init_from import init_weights_file
 
 if TYPE_CHECKING:
     from slimtrain.train.config import Recipe
@@ -54,6 +55,7 @@ PRESENTATION_KEYS: tuple[str, ...] = (
     "train.checkpoint_every_steps",
     "train.device",
     "train.threads",
+    "data.on_device",
 )
 """Recipe keys that change where a run writes, how it shows progress and logs, or where it runs, not what it
 computes (the final checkpoint's checksum records the weights actually reached)."""
@@ -105,15 +107,17 @@ def _excluded(key: str, keys: tuple[str, ...]) -> bool:
 def computed_keys(recipe: Recipe) -> dict[str, Any]:
     """The recipe's dotted keys that change what a run computes (see the module docstring).
 
-    With ``model.init_from`` set, ``model.init_from.sha256`` holds the SHA-256 of that file (``None`` when the
-    file is gone, so a moved or deleted file never matches a digest made with it).
+    With ``model.init_from`` set, ``model.init_from.sha256`` holds the SHA-256 of the weights file it loads
+    (:func:`~slimtrain.train.init_from.init_weights_file`: for a run directory its final checkpoint, for an
+    export its ``model.safetensors``); ``None`` when there is none, so a moved or deleted file never matches
+    a digest made with it.
     """
     flat = flatten_recipe(recipe.model_dump(mode="json"))
     keys = {k: v for k, v in flat.items() if not _excluded(k, PRESENTATION_KEYS + EVALUATION_KEYS)}
     init_from = keys.get(_INIT_FROM)
     if init_from:
-        path = Path(init_from)
-        keys[f"{_INIT_FROM}.sha256"] = sha256_file(path) if path.is_file() else None
+        weights = init_weights_file(init_from)
+        keys[f"{_INIT_FROM}.sha256"] = sha256_file(weights) if weights is not None else None
     return keys
 
 

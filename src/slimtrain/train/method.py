@@ -32,8 +32,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from slimtrain.errors import NonFiniteGradientError
 from slimtrain.registry import Registry
+from slimtrain.train.precision import MixedPrecision
 
 if TYPE_CHECKING:
     from slimtrain.train.config import Recipe
@@ -43,12 +43,14 @@ __all__ = [
     "DEFAULT_LEVELS",
     "ENTRY_POINT_GROUP",
     "METHODS",
+    "GradientHealth",
     "Levels",
     "Method",
     "NoOptions",
     "StepContext",
     "StepOutput",
     "build_standard_optimizer",
+    "full_precision",
     "get_method_class",
     "list_methods",
     "register_method",
@@ -66,9 +68,54 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class GradientHealth:
+    """A record, kept on the device, of the steps whose gradients were not finite.
+
+    :meth:`StepContext.backward` records every pass's averaged gradients here without waiting for the host;
+    the trainer reads the record at its log and checkpoint steps (:meth:`flag`, :meth:`culprits`) and
+    clears it (:meth:`clear`).
+    """
+
+    def __init__(self) -> None:
+        self._passes: list[tuple[int, list[nn.Parameter], torch.Tensor]] = []
+
+    def record(self, step: int, parameters: list[nn.Parameter]) -> None:
+        """Note which of ``parameters``' gradients are finite after a pass of ``step`` (no host sync)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)  # one fused kernel; the norm of a NaN/inf gradient is NaN/inf
+            finite = torch.isfinite(torch.stack([n.to(norms[0].dtype) for n in norms]))
+            self._passes.append((step, [p for p in parameters if p.grad is not None], finite))
+
+    def flag(self, device: torch.device) -> torch.Tensor:
+        """A 0-dim float64 on ``device``: 1 if any recorded gradient was not finite, else 0 (no host sync)."""
+        if not self._passes:
+            return torch.zeros((), dtype=torch.float64, device=device)
+        bad = torch.stack([(~finite).any() for _, _, finite in self._passes]).any()
+        return bad.to(device=device, dtype=torch.float64)
+
+    def culprits(self, names: dict[int, str]) -> tuple[int, list[str]] | None:
+        """The first step with a non-finite gradient and the parameters it hit (host reads), or ``None``."""
+        for step, parameters, finite in self._passes:
+            ok = finite.tolist()
+            if not all(ok):
+                bad = [p for p, good in zip(parameters, ok, strict=True) if not good]
+                return step, [names.get(id(p), f"<unnamed parameter of shape {tuple(p.shape)}>") for p in bad]
+        return None
+
+    def clear(self) -> None:
+        """Forget what was recorded (after a check found everything finite)."""
+        self._passes.clear()
+
+
 @dataclass
 class StepContext:
     """What a method's training step may use besides the model and the batch.
+
+    A step runs its forward passes inside :meth:`autocast`, back-propagates with :meth:`backward` and steps
+    its optimizers with :meth:`step_optimizer`; with ``train.precision: fp32`` these are the plain
+    operations. Nothing here waits for the host: a non-finite gradient is recorded on the device
+    (:attr:`health`) and reported by the trainer at its next log or checkpoint step.
 
     Attributes:
         step: global optimizer step index (0-based) across epochs.
@@ -78,6 +125,8 @@ class StepContext:
         grad_evals: forward/backward passes run so far in this step (counted by ``backward``).
         parameter_names: ``id(parameter) -> qualified name``, used to name the culprits of a non-finite
             gradient.
+        precision: autocast and loss scaling (``train.precision``); the default is plain float32.
+        health: where non-finite gradients are recorded; ``None`` records nothing.
     """
 
     step: int
@@ -86,35 +135,35 @@ class StepContext:
     world: World
     grad_evals: int = 0
     parameter_names: dict[int, str] = field(default_factory=dict)
+    precision: MixedPrecision = field(default_factory=MixedPrecision)
+    health: GradientHealth | None = None
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context for forward passes (disabled for fp32); compute losses outside it."""
+        return self.precision.autocast()
 
     def backward(self, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
         """Back-propagate ``loss`` and average the gradients of ``parameters`` over all processes.
 
         Gradients are averaged explicitly (not by a ``DistributedDataParallel`` wrapper) so that methods may
         run several passes per batch and re-create parameters (rank changes) without losing synchronisation.
+        With ``fp16`` the loss is scaled first: call :meth:`unscale_` before reading the gradients
+        (:meth:`step_optimizer` does it).
         """
-        loss.backward()
+        self.precision.scale(loss).backward()
         self.world.average_gradients(parameters)
         self.grad_evals += 1
-        self._check_finite(parameters)
+        # Overflowing fp16 gradients are expected and skipped by the scaler, not a divergence.
+        if self.health is not None and not self.precision.scaling:
+            self.health.record(self.step, parameters)
 
-    def _check_finite(self, parameters: list[nn.Parameter]) -> None:
-        """Raise :class:`NonFiniteGradientError` naming the parameters whose gradient is NaN or infinite.
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale the gradients of ``optimizer``'s parameters (fp16; once per step, a no-op otherwise)."""
+        self.precision.unscale_(optimizer)
 
-        Checked on the averaged gradients, so every process reaches the same verdict.
-        """
-        grads = [(p, p.grad) for p in parameters if p.grad is not None]
-        if not grads:
-            return
-        finite = torch.stack([torch.isfinite(g).all() for _, g in grads])
-        if bool(finite.all()):
-            return
-        names = [
-            self.parameter_names.get(id(p), f"<unnamed parameter of shape {tuple(p.shape)}>")
-            for (p, _), ok in zip(grads, finite.tolist(), strict=True)
-            if not ok
-        ]
-        raise NonFiniteGradientError(f"non-finite gradient in {', '.join(names)}")
+    def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step ``optimizer`` on unscaled gradients (fp16: skipped when they overflowed)."""
+        self.precision.step(optimizer)
 
 
 @dataclass(frozen=True)
@@ -177,6 +226,11 @@ class Method:
     :meth:`lr_factor` of the recipe's scheduled factor (``initial_lr`` defaults to the group's ``lr`` when the
     optimizer is first scheduled).
 
+    A training step runs its forward passes in ``ctx.autocast()``, computes losses and penalties outside it
+    (in float32, :func:`full_precision` of the logits), and steps through
+    ``ctx.step_optimizer(optimizer)``, so that ``train.precision`` (:attr:`precisions`) works; it reads no
+    tensor value on the host (docs/training.md, "Host synchronisation").
+
     Args:
         options: the method's validated options.
         recipe: the whole recipe (optimizer, schedule and training settings).
@@ -195,6 +249,8 @@ class Method:
     level_option: ClassVar[str | None] = None
     structures: ClassVar[tuple[str, ...]] = ("unstructured", "filter", "lowrank")
     full_batch: ClassVar[bool] = False
+    #: The ``train.precision`` values the method trains with; the trainer refuses the others.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
 
     def __init__(self, options: BaseModel, recipe: Recipe) -> None:
         self.options = options
@@ -263,10 +319,11 @@ class Method:
         """
         assert self.optimizer is not None, "build_optimizer must run before training_step"
         self.optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = self.loss(model, logits, targets)
+        with ctx.autocast():
+            logits = model(inputs)
+        loss = self.loss(model, full_precision(logits), targets)
         ctx.backward(loss, trainable_parameters(model))
-        self.optimizer.step()
+        ctx.step_optimizer(self.optimizer)
         self.after_optimizer_step(model, ctx)
         return StepOutput(loss=loss.detach(), logits=logits.detach())
 
@@ -348,6 +405,11 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "lowrank": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "native": (0.0,),
 }
+
+
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 at least: an autocast forward's bf16/fp16 logits, for the loss."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -3,9 +3,15 @@
 One loop for all methods: data sharded across processes, the method's ``training_step`` per batch (free to
 run several passes), the learning-rate schedule applied once before each step to every optimizer the method
 declares (:meth:`~slimtrain.train.method.Method.optimizers`, at the factor of
-:meth:`~slimtrain.train.method.Method.lr_factor`), CSV logs (and TensorBoard when installed),
-a progress bar, atomic checkpoints with everything needed to resume bit-exactly, and a clean stop on a
-non-finite loss that leaves the last good checkpoint intact.
+:meth:`~slimtrain.train.method.Method.lr_factor`), mixed precision and compilation (``train.precision``,
+``train.compile``), CSV logs (and TensorBoard when installed), progress (a live bar on a terminal, plain
+lines otherwise), atomic checkpoints with everything needed to resume bit-exactly, and a clean stop on
+divergence that leaves the last good checkpoint intact.
+
+Steps never wait for the host: losses and correct counts stay on the device and are read, with the
+divergence check (non-finite loss, gradients or weights), at log and checkpoint steps only, before any
+checkpoint is written (docs/reliability.md; the per-method budget of host synchronisations is in
+docs/training.md, "Host synchronisation").
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,13 +36,13 @@ from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
     CheckpointError,
-    NonFiniteGradientError,
     RecipeError,
     RunBuildError,
     TrainingDiverged,
 )
 from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
+from slimtrain.progress import format_duration
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, resolve_method_options
 from slimtrain.train.distributed import World, init_world, resolve_device
@@ -48,7 +55,9 @@ from slimtrain.train.identity import (
     remove_derived_outputs,
     run_identity,
 )
-from slimtrain.train.method import Method, StepContext, get_method_class
+from slimtrain.train.init_from import load_init_weights
+from slimtrain.train.method import GradientHealth, Method, StepContext, get_method_class
+from slimtrain.train.precision import MixedPrecision
 from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule, set_lr_factor
 
@@ -59,6 +68,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Seconds after a first signal within which another counts as the same request: a terminal's Ctrl-C reaches
 # torchrun's workers directly and again forwarded by torchrun, a preemption may signal every process.
 REPEAT_WINDOW_S = 1.0
+# Seconds between two plain progress lines (output that is not a terminal: logs, CI); epoch lines always.
+PLAIN_PROGRESS_INTERVAL_S = 30.0
 
 
 class StopRequests:
@@ -114,19 +125,120 @@ def _device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters of ``model`` holding NaN or infinite values (one device sync)."""
+    """Names of the parameters of ``model`` holding NaN or infinite values (one host read)."""
     named = list(model.named_parameters())
     if not named:
         return []
-    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
-    if bool(finite.all()):
-        return []
-    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    finite = _finite_flags([p for _, p in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def _finite_flags(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """Per parameter, whether it is finite, as one boolean tensor on the device (no host read)."""
+    norms = torch._foreach_norm([p.detach() for p in parameters])  # NaN/inf for a non-finite tensor
+    return torch.isfinite(torch.stack([n.to(norms[0].dtype) for n in norms]))
+
+
+def _steps(first: int, last: int) -> str:
+    """``at step N`` or ``between steps A and B`` (0-based step indices)."""
+    return f"at step {last}" if first == last else f"between steps {first} and {last}"
+
+
+class TrainingProgress:
+    """What a training run shows: a live bar on a terminal, plain periodic lines otherwise.
+
+    The training counterpart of :class:`slimtrain.progress.Progress` (items of sweeps, comparisons, exports).
+
+    Values (loss, accuracy, throughput) are shown at log steps only, when the trainer has read them anyway;
+    each epoch ends with one line (train loss, validation accuracy, learning rate, time) and the run with a
+    short summary. Everything goes to standard error; nothing is shown when ``enabled`` is false.
+
+    Args:
+        enabled: Whether to show anything (``train.progress`` on the main process).
+        epochs: The run's number of epochs.
+        steps_per_epoch: Optimizer steps per epoch.
+        live: A live bar (default: when standard error is a terminal).
+    """
+
+    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int, live: bool | None = None) -> None:
+        self.enabled = enabled
+        self.live = enabled and (sys.stderr.isatty() if live is None else live)
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self._bar: tqdm | None = None
+        self._epoch = 0
+        self._last_line = -math.inf
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        """Epoch ``epoch`` (0-based) starts with ``done`` of its steps already done (a resumed run)."""
+        self._epoch = epoch
+        if self.live:
+            self._bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=done,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+            )
+
+    def advance(self) -> None:
+        """One step done (the bar moves; no value is read)."""
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def values(self, step: int, total_steps: int, loss: float, accuracy: float, samples_per_s: float) -> None:
+        """The values read at a log step: on the bar, or as a plain line every few seconds."""
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}", samples_s=f"{samples_per_s:.0f}")
+        elif self.enabled and time.monotonic() - self._last_line >= PLAIN_PROGRESS_INTERVAL_S:
+            self._last_line = time.monotonic()
+            self._write(
+                f"epoch {self._epoch + 1}/{self.epochs} step {step}/{total_steps}: loss {loss:.4g}, "
+                f"train accuracy {accuracy:.3f}, {samples_per_s:.0f} samples/s"
+            )
+
+    def end_epoch(
+        self, epoch: int, train_loss: float, val_accuracy: float, lr: float | None, seconds: float
+    ) -> None:
+        """The line of a finished (or cut short) epoch ``epoch`` (1-based count of epochs done)."""
+        self.close()
+        rate = "no learning rate" if lr is None else f"lr {lr:.4g}"
+        self._write(
+            f"epoch {epoch}/{self.epochs}: train loss {train_loss:.4g}, val accuracy {val_accuracy:.4f}, "
+            f"{rate}, {format_duration(seconds)}"
+        )
+
+    def summary(self, results: dict[str, Any], run_dir: Path) -> None:
+        """The closing lines of a finished run."""
+        self._write(
+            f"trained {results['steps']} steps ({results['epochs']} epochs) in "
+            f"{format_duration(results['train_seconds'])}: "
+            f"val accuracy {results['val_accuracy']:.4f}, test accuracy {results['test_accuracy']:.4f}; "
+            f"run directory {run_dir}"
+        )
+
+    def close(self) -> None:
+        """Remove the bar (before a message that must start its own line)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _write(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line, file=sys.stderr)
 
 
 def _other_optimizers(method: Method) -> list[torch.optim.Optimizer]:
     """The optimizers of :meth:`Method.optimizers` besides :attr:`Method.optimizer` (checkpointed apart)."""
     return [optimizer for optimizer in method.optimizers() if optimizer is not method.optimizer]
+
+
+@dataclass
+class _EpochTotals:
+    """Sums over the checked steps of an epoch (host values, read at log and checkpoint steps)."""
+
+    loss_sum: float = 0.0  # Σ loss · batch size
+    correct: float = 0.0
+    seen: int = 0
 
 
 @dataclass
@@ -140,8 +252,17 @@ class RunComponents:
     dtype: torch.dtype
 
 
-def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponents:
-    """Load the data, create the model (seeded by the recipe) and let the method prepare it."""
+def build_run(
+    recipe: Recipe, device: torch.device | None = None, *, initial_weights: bool = True
+) -> RunComponents:
+    """Load the data, create the model (seeded by the recipe) and let the method prepare it.
+
+    Args:
+        recipe: The validated recipe.
+        device: Where the model goes (default: the recipe's ``train.device``).
+        initial_weights: Load ``model.init_from`` before the method prepares the model. A finished run
+            rebuilt to load its final checkpoint passes False, so it no longer needs the file it started from.
+    """
     device = device or _device(recipe.train.device)
     dtype = DTYPES[recipe.train.dtype]
     data = recipe.data
@@ -168,6 +289,8 @@ def build_run(recipe: Recipe, device: torch.device | None = None) -> RunComponen
         )
     except (ValueError, TypeError) as err:
         raise RunBuildError(f"'model': model '{recipe.model.name}' cannot be built: {err}") from err
+    if initial_weights:  # model.init_from: before the method converts the layers
+        load_init_weights(model, recipe.model)
     model = model.to(device=device, dtype=dtype)
     method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
     try:
@@ -260,6 +383,16 @@ class Trainer:
         if device.type == "cuda":
             device = _device("cuda", self.world.local_rank)
         self.components = build_run(recipe, device)
+        method = self.components.method
+        if recipe.train.precision not in method.precisions:
+            raise RecipeError(
+                f"'train.precision': method '{method.name}' trains in {' or '.join(method.precisions)}, "
+                f"not {recipe.train.precision}"
+            )
+        self.precision = MixedPrecision(recipe.train.precision, self.components.device)
+        if recipe.train.compile:  # the forward pass only: names, state dicts and hooks stay the module's own
+            self.components.model.compile()
+        self.health = GradientHealth()
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints")
         train_split = self.components.splits.train
         full_batch = self.components.method.full_batch
@@ -277,6 +410,8 @@ class Trainer:
             transform=None if full_batch else self.components.splits.augment,
             rank=self.world.rank,
             world_size=self.world.world_size,
+            device=self.components.device,
+            on_device=recipe.data.on_device,
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -326,6 +461,8 @@ class Trainer:
         others = _other_optimizers(method)
         if others:  # a method with several optimizers: the ones besides `method.optimizer`, in order
             state["other_optimizers"] = [optimizer.state_dict() for optimizer in others]
+        if self.precision.scaling:  # fp16: the loss scale and its growth tracker
+            state["grad_scaler"] = self.precision.state_dict()
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -359,6 +496,7 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.grad_evals, self.train_seconds = state["grad_evals"], state["train_seconds"]
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -399,7 +537,13 @@ class Trainer:
             self.log = RunLog(self.run_dir, tensorboard=recipe.train.tensorboard)
             self.log.restart(self.step if resumed else None)
         comp.model.train()
-        self._stop, self._stop_agreed, self._progress = StopRequests(), False, None
+        # Built once: parameter objects survive rank changes; culprits are named afresh when a check fails.
+        self._names = {id(p): name for name, p in comp.model.named_parameters()}
+        self.health.clear()
+        self._stop, self._stop_agreed = StopRequests(), False
+        self._progress = TrainingProgress(
+            recipe.train.progress and self.world.is_main, recipe.train.epochs, self.steps_per_epoch
+        )
         try:
             with self._stop:
                 while self.step < self.total_steps and self.epoch < recipe.train.epochs:
@@ -407,8 +551,7 @@ class Trainer:
                     if self._stop_requested():  # the epoch-end checkpoint is written
                         raise self._interrupted()
         finally:
-            if self._progress is not None:  # an error's message must not be glued to the bar's line
-                self._progress.close()
+            self._progress.close()  # an error's message must not be glued to the bar's line
         if not self.finalized:
             comp.method.finalize(comp.model)
             self.finalized = True
@@ -420,6 +563,7 @@ class Trainer:
         if self.world.is_main:
             self.log.close()
             atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=1))
+        self._progress.summary(results, self.run_dir)
         return results
 
     def _start_afresh(self, overwrite: bool) -> None:
@@ -441,15 +585,13 @@ class Trainer:
         method, model = comp.method, comp.model
         self.loader.set_epoch(self.epoch)
         skip = self.batch_in_epoch
-        self._progress = progress = tqdm(
-            total=self.steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {self.epoch + 1}/{recipe.train.epochs}",
-            disable=not (recipe.train.progress and self.world.is_main),
-            leave=False,
-        )
-        loss_sum, correct, seen = 0.0, 0, 0
-        tick = time.perf_counter()
+        self._progress.start_epoch(self.epoch, skip)
+        # Per step only device tensors are kept (loss, correct count) with the host's batch size; they are
+        # read, and the run checked for divergence, at log and checkpoint steps.
+        window: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        totals = _EpochTotals()
+        tick = epoch_start = time.perf_counter()
+        every = recipe.train.checkpoint_every_steps
         for index, (inputs, targets) in enumerate(self.loader):
             if index < skip:
                 continue
@@ -466,72 +608,51 @@ class Trainer:
                 epoch=self.epoch,
                 total_steps=self.total_steps,
                 world=self.world,
-                parameter_names={id(p): name for name, p in model.named_parameters()},
+                parameter_names=self._names,
+                precision=self.precision,
+                health=self.health,
             )
             try:
                 out = method.training_step(model, inputs, targets, ctx)
-            except NonFiniteGradientError as err:
-                raise self._diverged(str(err)) from err
             except torch.linalg.LinAlgError as err:  # an SVD, QR or Cholesky of non-finite or singular data
-                raise self._diverged(f"a factorization failed ({err})") from err
+                raise self._diverged(f"a factorization failed ({err})", self.step) from err
+            self.precision.update()
             self.world.average_batchnorm_statistics(model)
-            if nonfinite_parameters(model):  # e.g. a closed-form update or a factor that became NaN/inf
-                raise self._diverged("the step produced non-finite weights")
-            # The loss and whether a process was asked to stop, in one collective: every rank stops together.
-            asked = torch.tensor(float(self._stop.signal_name is not None), dtype=torch.float64)
-            loss_and_vote = torch.stack(
-                [out.loss.detach().to(torch.float64).reshape(()), asked.to(out.loss.device)]
-            )
-            loss, vote = self.world.all_reduce_mean(loss_and_vote).tolist()
-            self._stop_agreed = vote > 0
-            if not math.isfinite(loss):
-                raise self._diverged(f"loss is {loss}")
             self.grad_evals += ctx.grad_evals
             self.step += 1
             self.batch_in_epoch = index + 1
-            batch = targets.numel()
-            loss_sum += loss * batch
-            correct += (out.logits.argmax(dim=1) == targets).sum().item()
-            seen += batch
-            progress.update(1)
-            if self.step % recipe.train.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
-                elapsed = time.perf_counter() - tick
-                row = {
-                    "step": self.step,
-                    "epoch": self.epoch + 1,
-                    "loss": loss,
-                    "train_accuracy": correct / max(seen, 1),
-                    "lr_factor": factor,
-                    "samples_per_s": seen * self.world.world_size / max(elapsed, 1e-9),
-                    "grad_evals": self.grad_evals,
-                }
-                progress.set_postfix(
-                    loss=f"{loss:.3f}",
-                    acc=f"{row['train_accuracy']:.3f}",
-                    samples_s=f"{row['samples_per_s']:.0f}",
-                )
-                if self.world.is_main:
-                    self.log.append("train_log", row)
-            every = recipe.train.checkpoint_every_steps
+            correct = (out.logits.argmax(dim=1) == targets).sum()
+            window.append((out.loss.detach().reshape(()), correct, targets.numel()))
+            self._progress.advance()
+            log_step = (
+                self.step % recipe.train.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch
+            )
             mid_epoch = self.batch_in_epoch < self.steps_per_epoch  # else the epoch end checkpoints
+            checkpoint_step = bool(every) and self.step % every == 0 and mid_epoch
+            # A single process checks at once when asked to stop; ranks of a run vote at their next check.
+            asked = not self.world.distributed and self._stop.signal_name is not None
+            if log_step or checkpoint_step or asked or self.step >= self.total_steps:
+                loss = self._check(window, totals)
+                if log_step:
+                    self._log_step(loss, factor, totals, time.perf_counter() - tick)
             stop = mid_epoch and self._stop_requested()
-            if stop or (every and self.step % every == 0 and mid_epoch):
+            if stop or checkpoint_step:
                 self.train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
                 self._save()
             if stop:
                 raise self._interrupted()
-        progress.close()
         self.train_seconds += time.perf_counter() - tick
         if self.batch_in_epoch >= self.steps_per_epoch:
             self.epoch += 1
             self.batch_in_epoch = 0
         val = evaluate(model, comp.splits.val, device=comp.device, dtype=comp.dtype)
+        train_loss = totals.loss_sum / max(totals.seen, 1)
         row = {
             "step": self.step,
             "epoch": self.epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_loss": train_loss,
+            "train_accuracy": totals.correct / max(totals.seen, 1),
             "val_accuracy": val["accuracy"],
             "val_loss": val["loss"],
             "train_seconds": self.train_seconds,
@@ -542,9 +663,85 @@ class Trainer:
         }
         if self.world.is_main:
             self.log.append("epochs", row)
+        optimizers = method.optimizers()
+        lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+        self._progress.end_epoch(
+            self.epoch if self.batch_in_epoch == 0 else self.epoch + 1,
+            train_loss,
+            val["accuracy"],
+            lr,
+            time.perf_counter() - epoch_start,
+        )
         if self.batch_in_epoch == 0:  # the epoch was completed, not cut short by max_steps
             method.on_epoch_end(model, self.epoch)
         self._save()
+
+    def _check(self, window: list[tuple[torch.Tensor, torch.Tensor, int]], totals: _EpochTotals) -> float:
+        """Read the steps of ``window`` in one host read, add them to ``totals``, and stop on divergence.
+
+        Checks that every loss, every recorded gradient and every weight is finite (the step is at most
+        a log interval old, and no checkpoint has been written since); in a data-parallel run the values
+        are averaged over the processes, which also agree on a stop request here. Returns the last step's
+        loss and empties ``window``.
+
+        Raises:
+            TrainingDiverged: naming the first bad step found, the non-finite parameters and the last good
+                checkpoint.
+        """
+        device = self.components.device
+        losses = torch.stack([loss.to(device=device, dtype=torch.float64) for loss, _, _ in window])
+        batches = [batch for _, _, batch in window]
+        weights = torch.tensor(batches, dtype=torch.float64).to(device, non_blocking=True)
+        params = list(self.components.model.parameters())
+        asked = torch.tensor(float(self._stop.signal_name is not None), dtype=torch.float64)
+        values = torch.stack(
+            [
+                losses[-1],
+                (losses * weights).sum(),
+                torch.stack([correct for _, correct, _ in window]).sum().to(torch.float64),
+                self.health.flag(device),
+                (~_finite_flags(params).all()).to(torch.float64) if params else losses.new_zeros(()),
+                asked.to(device),
+            ]
+        )
+        last_loss, loss_sum, correct, bad_gradient, bad_weights, vote = self.world.all_reduce_mean(
+            values
+        ).tolist()
+        self._stop_agreed = vote > 0
+        first = self.step - len(window)
+        if bad_gradient or not math.isfinite(loss_sum) or bad_weights:
+            problems = []  # (step, problem): the earliest is reported
+            found = self.health.culprits({id(p): n for n, p in self.components.model.named_parameters()})
+            if found is not None:
+                problems.append((found[0], f"non-finite gradient in {', '.join(found[1])}"))
+            bad_losses = [(first + i, x) for i, x in enumerate(losses.tolist()) if not math.isfinite(x)]
+            if bad_losses:
+                problems.append((bad_losses[0][0], f"loss is {bad_losses[0][1]}"))
+            if problems:
+                step, problem = min(problems, key=lambda item: item[0])
+                raise self._diverged(problem, step)
+            raise self._diverged("the weights became non-finite", first, self.step - 1)
+        self.health.clear()
+        window.clear()
+        totals.loss_sum += loss_sum
+        totals.correct += correct
+        totals.seen += sum(batches)
+        return last_loss
+
+    def _log_step(self, loss: float, factor: float, totals: _EpochTotals, elapsed: float) -> None:
+        """Write a ``train_log`` row and show the values read by the check of this log step."""
+        row = {
+            "step": self.step,
+            "epoch": self.epoch + 1,
+            "loss": loss,
+            "train_accuracy": totals.correct / max(totals.seen, 1),
+            "lr_factor": factor,
+            "samples_per_s": totals.seen * self.world.world_size / max(elapsed, 1e-9),
+            "grad_evals": self.grad_evals,
+        }
+        self._progress.values(self.step, self.total_steps, loss, row["train_accuracy"], row["samples_per_s"])
+        if self.world.is_main:
+            self.log.append("train_log", row)
 
     def _stop_requested(self) -> bool:
         """Whether to stop at this step boundary (all processes of a data-parallel run agree)."""
@@ -563,14 +760,19 @@ class Trainer:
             f"stopped by {name} after step {self.step} of {self.total_steps}; checkpoint written: {where}"
         )
 
-    def _diverged(self, problem: str) -> TrainingDiverged:
-        """The error stopping the run at this step; names non-finite layers and the last checkpoint."""
+    def _diverged(self, problem: str, first: int, last: int | None = None) -> TrainingDiverged:
+        """The error stopping the run at step ``first`` (or between ``first`` and ``last``).
+
+        It names the non-finite parameters and the last good checkpoint.
+        """
+        self._progress.close()
         model = self.components.model
         bad = nonfinite_parameters(model)
-        last = self.checkpoints.entries()
-        where = self.checkpoints.directory / last[-1]["file"] if last else "none written yet"
+        entries = self.checkpoints.entries()
+        where = self.checkpoints.directory / entries[-1]["file"] if entries else "none written yet"
         return TrainingDiverged(
-            f"{problem} at step {self.step} (epoch {self.epoch + 1}, method '{self.components.method.name}')"
+            f"{problem} {_steps(first, first if last is None else last)} (epoch {self.epoch + 1}, "
+            f"method '{self.components.method.name}')"
             f"; non-finite parameters: {', '.join(bad) if bad else 'none'}; training stopped. "
             f"Last good checkpoint: {where}"
         )
