@@ -98,8 +98,28 @@ def test_a_level_set_by_training_is_named_by_its_option(tmp_path):
             "s",
             "cannot be the dense reference",
         ),
+        (
+            [row("d", "dense", 0, 0.0, float("nan"), 0.9, val_acc_dense=float("nan"))],
+            None,
+            "recipe 'd' .* has no validation accuracy",
+        ),
+        (
+            [
+                row("d", "dense", 0, 0.0, 0.9, 0.9),
+                row("s", "swd", 0, 0.9, float("nan"), 0.9, structure="native", option="target"),
+            ],
+            None,
+            "recipe 's' .* has no validation accuracy",
+        ),
     ],
-    ids=["two-dense", "only-during-training", "unknown-reference", "compressed-reference"],
+    ids=[
+        "two-dense",
+        "only-during-training",
+        "unknown-reference",
+        "compressed-reference",
+        "no-validation-split",
+        "no-validation-split-compressed",
+    ],
 )
 def test_refusals_name_the_problem(tmp_path, rows, reference, message):
     with pytest.raises(BadInputError, match=message):

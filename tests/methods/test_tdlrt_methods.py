@@ -71,30 +71,38 @@ def test_grad_evaluations_ranks_and_schedule(tmp_path, variant, passes):
     assert group["lr"] == pytest.approx(0.05 * trainer.schedule.factor(11))
 
 
+DLRT_NET = {"passes": 3, "aug_cap": "n", "state_transport": "none"}
+# Plateau cutting at the ends of epochs 2 and 3 (every epoch after the first is bad).
+PLATEAU = {"name": "plateau", "plateau": {"patience": 0, "threshold": 100.0, "threshold_mode": "abs"}}
+
+
 @pytest.mark.parametrize(
-    ("method", "options"),
+    ("method", "options", "schedule"),
     [
-        ("tdlrt", {}),
-        ("tdlrt", {"variant": "local", "local_steps": 4}),
-        ("tdlrt", {"variant": "local", "local_steps": 4, "cycle_phase": "epoch_offset"}),
-        ("dlrt", {"passes": 3, "aug_cap": "n", "state_transport": "none"}),
+        ("tdlrt", {}, None),
+        ("tdlrt", {"variant": "local", "local_steps": 4}, None),
+        ("tdlrt", {"variant": "local", "local_steps": 4, "cycle_phase": "epoch_offset"}, None),
+        ("dlrt", DLRT_NET, None),
+        ("dlrt", DLRT_NET, PLATEAU),
     ],
-    ids=["two_pass", "local", "local_epoch_offset", "dlrt_three_pass"],
+    ids=["two_pass", "local", "local_epoch_offset", "dlrt_three_pass", "dlrt_three_pass_plateau"],
 )
-def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed, method, options):
+def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed, method, options, schedule):
     """A TDLRT run killed mid-epoch and resumed from a checkpoint taken after the ranks changed (with local
     S-iterations: inside a cycle, which the checkpoint must carry; with three passes: the K and L optimizer
-    state) ends with exactly the weights and ranks of the uninterrupted run.
+    state; with plateau: in epoch 2, before the cut at its end, which needs the saved best loss) ends with
+    exactly the weights and ranks of the uninterrupted run.
     """
-    tree = _tree("r", method, {"tau": 0.3, **options}, epochs=2, checkpoint_every_steps=7)
-    recipe = recipe_from_dict(tree)
+    epochs, killed, saved = (3, 35, 35) if schedule else (2, 10, 7)
+    tree = _tree("r", method, {"tau": 0.3, **options}, epochs=epochs, checkpoint_every_steps=7)
+    recipe = recipe_from_dict(tree if schedule is None else {**tree, "schedule": schedule})
     full = Trainer(recipe, tmp_path / "full")
     initial = _ranks(full)
     full.fit()
 
-    train_until_killed(recipe, tmp_path / "split", step=10)
+    train_until_killed(recipe, tmp_path / "split", step=killed)
     store = CheckpointStore(tmp_path / "split" / "checkpoints")
-    assert store.entries()[-1]["step"] == 7
+    assert store.entries()[-1]["step"] == saved
     saved = store.load_latest()[0]["method"]
     if options.get("variant") == "local":
         assert saved["cycle_ranks"] is not None
@@ -110,6 +118,9 @@ def test_resume_reaches_the_same_weights_and_ranks(tmp_path, train_until_killed,
     for name, value in resumed.components.model.state_dict().items():
         assert torch.equal(value, expected[name]), name
     assert resumed.components.method.integrator.step_count == full.components.method.integrator.step_count
+    assert resumed.schedule.state_dict() == full.schedule.state_dict()
+    if schedule:
+        assert full.schedule.plateau.factor == pytest.approx(0.01)
 
 
 def test_dlrt_three_passes_count_three_gradient_evaluations(tmp_path):

@@ -406,10 +406,10 @@ def test_disk_full_keeps_the_previous_files(target, tmp_path, monkeypatch, capsy
     before = {}
     real_save = store.save.__func__
 
-    def remembering_save(self, state, step, *, final=False):
+    def remembering_save(self, state, step, **kwargs):
         if self.manifest_path.exists():
             before["manifest"] = self.manifest_path.read_bytes()
-        return real_save(self, state, step, final=final)
+        return real_save(self, state, step, **kwargs)
 
     monkeypatch.setattr(CheckpointStore, "save", remembering_save)
     recipe = write_recipe(tiny_tree("dense"), tmp_path / "r.yaml")

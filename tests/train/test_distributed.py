@@ -12,19 +12,22 @@ TREE = {
     "data": {"name": "digits", "val_fraction": 0.2},
     "model": {"name": "mlp", "kwargs": {"widths": [24]}},
     "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
-    "train": {"epochs": 2, "batch_size": 16, "dtype": "float64", "progress": False, "max_steps": 60},
+    # Cut at the ends of epochs 2 and 3 (18 steps each): the ranks must agree on the epoch loss.
+    "schedule": {"name": "plateau", "plateau": {"patience": 0, "threshold": 100.0, "threshold_mode": "abs"}},
+    "train": {"epochs": 4, "batch_size": 32, "dtype": "float64", "progress": False, "max_steps": 60},
 }
 
 
 def test_two_ranks_match_each_other_and_single_process(tmp_path):
-    """After 60 steps, both ranks hold bitwise-identical weights, and these equal (float64, 1e-10) the
-    weights of a single process trained with the combined batch (2 × 16).
+    """After 60 steps (with two plateau cuts taken from the epoch loss), both ranks hold bitwise-identical
+    weights, and these equal (float64, 1e-10) the weights of a single process trained with the combined
+    batch (2 × 32).
     """
     states = train_multiprocess(recipe_from_dict(TREE), tmp_path / "ddp", world_size=2)
     for name, value in states[0]["model"].items():
         assert torch.equal(value, states[1]["model"][name]), name
 
-    single_tree = {**TREE, "train": {**TREE["train"], "batch_size": 32}}
+    single_tree = {**TREE, "train": {**TREE["train"], "batch_size": 64}}
     single = Trainer(recipe_from_dict(single_tree), tmp_path / "single")
     single.fit()
     for name, value in single.components.model.state_dict().items():

@@ -8,10 +8,11 @@ from hypothesis import strategies as st
 
 from slimtrain.compress import global_magnitude_prune, save_exported, to_exported
 from slimtrain.errors import BadInputError, RecipeError, RunBuildError
+from slimtrain.experiments.sweeping import load_trained
 from slimtrain.io import sha256_file
 from slimtrain.models import create_model
 from slimtrain.train.config import recipe_from_dict
-from slimtrain.train.identity import computed_keys, final_checkpoint_sha256, recipe_digest
+from slimtrain.train.identity import computed_keys, final_checkpoint_sha256, recipe_digest, run_identity
 from slimtrain.train.init_from import map_keys
 from slimtrain.train.trainer import Trainer, build_run
 
@@ -182,6 +183,19 @@ def test_bad_sources_and_exclusions_are_refused(tmp_path, run_dir):
         build_run(_recipe(run_dir, init_exclude=["fc"]))
     with pytest.raises(RecipeError, match=r"model\.init_exclude"):
         _recipe(init_exclude=["classifier"])
+
+
+def test_a_finished_run_keeps_its_identity_when_its_starting_weights_are_gone(tmp_path):
+    """The identity uses the SHA-256 recorded when the run trained; the run rebuilds without the file."""
+    path = _save("safetensors", _trained(), tmp_path)
+    recipe = _recipe(path)
+    Trainer(recipe, tmp_path / "run").fit()
+    before = run_identity(tmp_path / "run")
+    assert before.recipe_digest == recipe_digest(recipe)
+    path.unlink()
+    assert run_identity(tmp_path / "run") == before
+    assert recipe_digest(recipe) != before.recipe_digest  # a new training from the gone file is another run
+    assert load_trained(tmp_path / "run").model is not None  # sweep and export rebuild it without the file
 
 
 def test_identity_follows_the_weights_file(tmp_path):

@@ -10,7 +10,15 @@ import torch
 from slimtrain.errors import RecipeError
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import recipe_from_dict
-from slimtrain.train.method import StepContext, get_method_class, list_methods
+from slimtrain.train.method import (
+    METHODS,
+    Method,
+    StepContext,
+    StepOutput,
+    get_method_class,
+    list_methods,
+    register_method,
+)
 from slimtrain.train.trainer import Trainer
 
 # One step in bf16 / fp16 against the same step in fp32, as the relative distance of the two updates
@@ -140,3 +148,31 @@ def test_compiled_run_trains(tmp_path, monkeypatch):
     state, _ = CheckpointStore(tmp_path / "checkpoints").load_latest(final_only=True)
     assert state["model"].keys() == trainer.components.model.state_dict().keys()
     assert not any(key.startswith("_orig_mod.") for key in state["model"])
+
+
+class _StepsItsOwnOptimizer(Method):
+    """A method written before ``train.precision``: ``ctx.backward``, then ``optimizer.step()`` directly."""
+
+    name = "test-steps-its-own-optimizer"
+
+    def training_step(self, model, inputs, targets, ctx):
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = self.loss(model, logits, targets)
+        ctx.backward(loss, list(model.parameters()))
+        self.optimizer.step()  # on gradients still multiplied by the loss scale under fp16
+        return StepOutput(loss=loss.detach(), logits=logits.detach())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_a_method_that_steps_on_scaled_gradients_is_refused_in_fp16(precision, tmp_path):
+    """fp16 scales the loss; a method that steps without unscaling would apply 65536× gradients: refused."""
+    with METHODS.scratch():
+        register_method(_StepsItsOwnOptimizer)
+        trainer = Trainer(recipe_from_dict(_tree(_StepsItsOwnOptimizer.name, precision)), tmp_path / "run")
+        if precision != "fp16":
+            trainer.fit()
+            return
+        with pytest.raises(RecipeError, match=r"'train\.precision'.*test-steps-its-own-optimizer.*fp16"):
+            trainer.fit()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))

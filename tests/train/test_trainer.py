@@ -22,20 +22,41 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.components.model.state_dict().items()}
 
 
-def test_resume_reaches_the_same_weights(tmp_path, train_until_killed):
-    """A run killed mid-epoch and resumed from its last checkpoint ends with the uninterrupted weights."""
-    recipe = recipe_from_dict({**SMALL, "name": "a"})
+# Plateau: every epoch after the first is bad (abs threshold 100), so the rate is cut after each of them.
+PLATEAU = {"name": "plateau", "plateau": {"patience": 0, "threshold": 100.0, "threshold_mode": "abs"}}
+
+
+def _train_losses(run_dir):
+    with (run_dir / "epochs.csv").open() as handle:
+        return [row["train_loss"] for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "killed", "saved"),
+    [(None, 2, 10, 7), (PLATEAU, 4, 45, 42)],
+    ids=["cosine", "plateau"],
+)
+def test_resume_reaches_the_same_weights(tmp_path, train_until_killed, schedule, epochs, killed, saved):
+    """A run killed mid-epoch and resumed from its last checkpoint ends with the uninterrupted weights and
+    epoch losses (with plateau: killed in epoch 3, after a cut, whose state and loss sums are resumed).
+    """
+    tree = {**SMALL, "name": "a", "train": {**SMALL["train"], "epochs": epochs}}
+    recipe = recipe_from_dict(tree if schedule is None else {**tree, "schedule": schedule})
     full = Trainer(recipe, tmp_path / "full")
     full.fit()
 
-    train_until_killed(recipe, tmp_path / "split", step=10)
-    assert CheckpointStore(tmp_path / "split" / "checkpoints").entries()[-1]["step"] == 7
+    train_until_killed(recipe, tmp_path / "split", step=killed)
+    assert CheckpointStore(tmp_path / "split" / "checkpoints").entries()[-1]["step"] == saved
 
     resumed = Trainer(recipe, tmp_path / "split")
     resumed.fit(resume=True)
     assert resumed.step == full.step
     for name, value in _weights(full).items():
         assert torch.equal(value, _weights(resumed)[name]), name
+    assert _train_losses(tmp_path / "split") == _train_losses(tmp_path / "full")
+    assert resumed.schedule.state_dict() == full.schedule.state_dict()
+    if schedule:
+        assert full.schedule.plateau.factor == pytest.approx(1e-3)
 
 
 def test_logs_and_results_are_written(tmp_path):

@@ -122,7 +122,8 @@ def select(
 
     Raises:
         BadInputError: A negative or non-finite ``max_drop``; no dense model to measure from; rows written
-            before sweeps recorded the trained model's validation accuracy (sweep again).
+            before sweeps recorded the trained model's validation accuracy (sweep again); runs without a
+            validation split (``data.val_fraction: 0``).
         FileNotFoundError: ``directory`` is not a directory or holds no sweep results.
 
     Example:
@@ -145,6 +146,14 @@ def select(
                 "the uncompressed model; run the same slimtrain sweep or compare again to add it"
             )
         own = [row for row in aggregated if row["recipe"] == recipe]
+        if not all(math.isfinite(v) for v in ref.val) or not all(
+            math.isfinite(row["val_acc_compressed_no_ft"]) for row in own
+        ):  # a NaN would fail every comparison and read as "no level within the drop"
+            culprit = ref.recipe if not all(math.isfinite(v) for v in ref.val) else recipe
+            raise BadInputError(
+                f"recipe '{culprit}' in {directory} has no validation accuracy (data.val_fraction is 0), "
+                "and select chooses on validation accuracy only; train with data.val_fraction > 0"
+            )
         floor = statistics.fmean(ref.val) - max_drop
         within = [row for row in own if row["val_acc_compressed_no_ft"] >= floor - 1e-12]
         chosen = max(within, key=_compression, default=None)

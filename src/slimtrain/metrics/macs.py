@@ -4,6 +4,10 @@ Two sources are combined:
 
 - ``torch.utils.flop_counter.FlopCounterMode`` counts everything the forward pass executes (MACs =
   FLOPs/2), including factorized layers built from any ops; this is the dense count of a model as it is.
+  :data:`~slimtrain.metrics.mac_formulas.FLOP_FORMULAS` adds the fused ops it counts as zero (RNN kernels,
+  attention on CPU, the attention fast paths), so the count does not depend on the device; the fast paths
+  of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` are switched off while counting so that
+  the hooks below see their Linear layers, as in training.
 - forward hooks on every Conv/Linear layer outside factorized layers give per-layer dense MACs from the real
   output shapes (Conv: C_out·H_out·W_out·(C_in/groups)·k_h·k_w; Linear: in·out·tokens).
 
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_modules
+from slimtrain.metrics.mac_formulas import FLOP_FORMULAS
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 ExampleInput = Tensor | Sequence[Tensor]
@@ -108,14 +113,18 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
         if isinstance(m, (*DENSE_LAYER_TYPES, SparseWeightLayer)) and not inside:
             handles.append(m.register_forward_hook(_make_hook(name, per_layer)))
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    # The fused inference kernels would hide the feed-forward Linears from the hooks (and their masks).
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     modules = dict(model.named_modules())
     layers = tuple(
         LayerMacs(

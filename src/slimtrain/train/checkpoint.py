@@ -51,15 +51,22 @@ class CheckpointStore:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint manifest {self.manifest_path} is corrupted: {err}") from None
 
-    def save(self, state: dict[str, Any], step: int, *, final: bool = False) -> Path:
-        """Write ``state`` atomically as the checkpoint of ``step`` and record it in the manifest."""
+    def save(
+        self, state: dict[str, Any], step: int, *, final: bool = False, record: dict[str, Any] | None = None
+    ) -> Path:
+        """Write ``state`` atomically as the checkpoint of ``step`` and record it in the manifest.
+
+        ``record`` adds JSON values to its manifest entry (the run identity's ``init_from_sha256``).
+        """
         buffer = io.BytesIO()
         torch.save(state, buffer)
         name = f"step-{step:08d}.pt" if not final else "final.pt"
         path = self.directory / name
         atomic_write_bytes(path, buffer.getvalue())
         entries = [e for e in self.entries() if e["file"] != name]
-        entries.append({"file": name, "sha256": sha256_file(path), "step": step, "final": final})
+        entries.append(
+            {**(record or {}), "file": name, "sha256": sha256_file(path), "step": step, "final": final}
+        )
         periodic = [e for e in entries if not e["final"]]
         stale = periodic[: max(0, len(periodic) - self.keep)]
         kept = [e for e in entries if e not in stale]

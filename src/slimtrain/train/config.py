@@ -156,16 +156,35 @@ class OptimizerConfig(_Strict):
     betas: tuple[_Beta, _Beta] = (0.9, 0.999)
 
 
-class ScheduleConfig(_Strict):
-    """Learning-rate schedule: a per-step factor of each param group's initial learning rate."""
+class PlateauConfig(_Strict):
+    """``schedule.name: plateau``: the rate cut when the epoch's mean training loss stops decreasing.
 
-    name: Literal["constant", "linear", "cosine", "multistep"] = "cosine"
+    The rule and defaults of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in mode ``min``, applied at the
+    end of each completed epoch. Rates (``min_lr``) are in the units of ``optimizer.lr``.
+    """
+
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="lr *= factor at a plateau")
+    patience: int = Field(10, ge=0, description="epochs without improvement tolerated before a cut")
+    threshold: float = Field(1e-4, ge=0.0, description="how much a loss must beat the best to improve")
+    threshold_mode: Literal["rel", "abs"] = Field(
+        "rel", description="rel: loss < best·(1 − threshold); abs: loss < best − threshold"
+    )
+    cooldown: int = Field(0, ge=0, description="epochs after a cut during which bad epochs are not counted")
+    min_lr: float = Field(0.0, ge=0.0, description="the rate is never cut below this")
+    eps: float = Field(1e-8, ge=0.0, description="a cut smaller than this is skipped")
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule: a factor of each param group's initial learning rate, set before every step."""
+
+    name: Literal["constant", "linear", "cosine", "multistep", "plateau"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     milestones: list[float] = Field(
         default_factory=list, description="multistep: epochs at which lr *= gamma"
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="linear/cosine: lr at the end / lr0")
+    plateau: PlateauConfig = Field(default_factory=PlateauConfig)
 
     @field_validator("milestones")
     @classmethod

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DERIVED_OUTPUTS",
     "EVALUATION_KEYS",
+    "INIT_SHA256_KEY",
     "PRESENTATION_KEYS",
     "RunIdentity",
     "computed_keys",
     "final_checkpoint_sha256",
     "flatten_recipe",
+    "init_weights_sha256",
     "is_finished",
     "recipe_digest",
     "remove_derived_outputs",
@@ -104,27 +106,43 @@ def _excluded(key: str, keys: tuple[str, ...]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
 
-def computed_keys(recipe: Recipe) -> dict[str, Any]:
+def init_weights_sha256(recipe: Recipe) -> str | None:
+    """SHA-256 of the weights file ``model.init_from`` loads now; ``None`` without one (or when it is gone).
+
+    For a run directory the file is its final checkpoint, for an export its ``model.safetensors``
+    (:func:`~slimtrain.train.init_from.init_weights_file`). The trainer records this value in its checkpoint
+    manifest, so a finished run keeps its identity when the file is later moved or deleted.
+    """
+    return _weights_sha256(recipe.model.init_from) if recipe.model.init_from else None
+
+
+def _weights_sha256(init_from: str) -> str | None:
+    weights = init_weights_file(init_from)
+    return sha256_file(weights) if weights is not None else None
+
+
+def computed_keys(recipe: Recipe, init_sha256: str | None = None) -> dict[str, Any]:
     """The recipe's dotted keys that change what a run computes (see the module docstring).
 
-    With ``model.init_from`` set, ``model.init_from.sha256`` holds the SHA-256 of the weights file it loads
-    (:func:`~slimtrain.train.init_from.init_weights_file`: for a run directory its final checkpoint, for an
-    export its ``model.safetensors``); ``None`` when there is none, so a moved or deleted file never matches
-    a digest made with it.
+    With ``model.init_from`` set, ``model.init_from.sha256`` holds the SHA-256 of the weights file it loads:
+    ``init_sha256`` when given (recorded at training time), else :func:`init_weights_sha256` of the file now
+    (``None`` when there is none, so a moved or deleted file never matches a digest made with it).
     """
     flat = flatten_recipe(recipe.model_dump(mode="json"))
     keys = {k: v for k, v in flat.items() if not _excluded(k, PRESENTATION_KEYS + EVALUATION_KEYS)}
-    init_from = keys.get(_INIT_FROM)
-    if init_from:
-        weights = init_weights_file(init_from)
-        keys[f"{_INIT_FROM}.sha256"] = sha256_file(weights) if weights is not None else None
+    if keys.get(_INIT_FROM):
+        keys[f"{_INIT_FROM}.sha256"] = init_sha256 or _weights_sha256(keys[_INIT_FROM])
     return keys
 
 
-def recipe_digest(recipe: Recipe) -> str:
+def recipe_digest(recipe: Recipe, init_sha256: str | None = None) -> str:
     """SHA-256 of :func:`computed_keys` (canonical JSON: sorted keys, no whitespace)."""
-    text = json.dumps(computed_keys(recipe), sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(computed_keys(recipe, init_sha256), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+INIT_SHA256_KEY = "init_from_sha256"
+"""The checkpoint manifest entry key of :func:`init_weights_sha256` at training time."""
 
 
 def final_checkpoint_sha256(run_dir: str | Path) -> str | None:
@@ -153,14 +171,16 @@ def run_identity(run_dir: str | Path, recipe: Recipe | None = None) -> RunIdenti
     Raises:
         RecipeError: The stored recipe cannot be read.
     """
-    checkpoint = final_checkpoint_sha256(run_dir)
-    if checkpoint is None:
+    finals = [e for e in CheckpointStore(Path(run_dir) / "checkpoints").entries() if e["final"]]
+    if not finals:
         return None
+    checkpoint = finals[-1]["sha256"]
     if recipe is None:
         from slimtrain.train.config import load_recipe
 
         recipe = load_recipe(Path(run_dir) / "recipe.yaml")
-    part = recipe_digest(recipe)
+    # the weights it started from as recorded when it trained: they may have moved since
+    part = recipe_digest(recipe, finals[-1].get(INIT_SHA256_KEY))
     digest = hashlib.sha256(f"{part}:{checkpoint}".encode()).hexdigest()
     return RunIdentity(digest=digest, recipe_digest=part, checkpoint_sha256=checkpoint)
 

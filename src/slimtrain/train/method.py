@@ -25,6 +25,7 @@ method defined in-process registers itself with :func:`register_method`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -50,6 +51,7 @@ __all__ = [
     "StepContext",
     "StepOutput",
     "build_standard_optimizer",
+    "finite_flags",
     "full_precision",
     "get_method_class",
     "list_methods",
@@ -68,6 +70,23 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def finite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per tensor, whether all its entries are finite: one boolean tensor on the device, no host read.
+
+    One fused max-norm kernel: the largest |x| is NaN/inf exactly for a non-finite tensor and, unlike the L2
+    norm, cannot overflow on finite values (a float32 tensor of L2 norm above ~1.8e19). Empty tensors are
+    finite.
+    """
+    full = [t.detach() for t in tensors if t.numel()]
+    largest = iter(torch._foreach_norm(full, ord=math.inf) if full else ())
+    return torch.stack(
+        [
+            torch.isfinite(next(largest)) if t.numel() else torch.ones((), dtype=torch.bool, device=t.device)
+            for t in tensors
+        ]
+    )
+
+
 class GradientHealth:
     """A record, kept on the device, of the steps whose gradients were not finite.
 
@@ -83,8 +102,7 @@ class GradientHealth:
         """Note which of ``parameters``' gradients are finite after a pass of ``step`` (no host sync)."""
         grads = [p.grad for p in parameters if p.grad is not None]
         if grads:
-            norms = torch._foreach_norm(grads)  # one fused kernel; the norm of a NaN/inf gradient is NaN/inf
-            finite = torch.isfinite(torch.stack([n.to(norms[0].dtype) for n in norms]))
+            finite = finite_flags(grads)
             self._passes.append((step, [p for p in parameters if p.grad is not None], finite))
 
     def flag(self, device: torch.device) -> torch.Tensor:

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from slimtrain.errors import RecipeError
+
 __all__ = ["AUTOCAST_DTYPES", "MixedPrecision", "PrecisionName"]
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]
@@ -45,6 +47,7 @@ class MixedPrecision:
         self.dtype = AUTOCAST_DTYPES.get(precision)
         self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
         self._unscaled: set[int] = set()  # optimizers unscaled since the last update
+        self._scaled = False  # a scaled loss was backpropagated since the last update
 
     @property
     def scaling(self) -> bool:
@@ -57,7 +60,10 @@ class MixedPrecision:
 
     def scale(self, loss: Tensor) -> Tensor:
         """The loss to call ``backward`` on: scaled for ``fp16``, as is otherwise."""
-        return loss if self.scaler is None else self.scaler.scale(loss)
+        if self.scaler is None:
+            return loss
+        self._scaled = True
+        return self.scaler.scale(loss)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the gradients of ``optimizer``'s parameters by the scale (fp16 only; once per step)."""
@@ -77,8 +83,23 @@ class MixedPrecision:
         self.unscale_(optimizer)
         self.scaler.step(optimizer)
 
-    def update(self) -> None:
-        """Adjust the scale after a step (fp16): lower it after an overflow, raise it after a long calm."""
+    def update(self, method: str = "the method") -> None:
+        """Adjust the scale after a step (fp16): lower it after an overflow, raise it after a long calm.
+
+        Args:
+            method: The method's name, for the error below.
+
+        Raises:
+            RecipeError: A scaled loss was backpropagated but no optimizer was unscaled or stepped through
+                :meth:`unscale_` / :meth:`step`: the method stepped on gradients 65536 times too large (a
+                method written before ``train.precision`` existed), so ``fp16`` is refused for it.
+        """
+        scaled, self._scaled = self._scaled, False
+        if self.scaler is not None and scaled and not self._unscaled:
+            raise RecipeError(
+                f"'train.precision': {method} does not support fp16: it steps its optimizer without "
+                "ctx.step_optimizer (or ctx.unscale_), so its gradients would stay scaled; use fp32 or bf16"
+            )
         if self.scaler is not None and self._unscaled:
             self.scaler.update()
         self._unscaled.clear()

@@ -3,7 +3,8 @@
 One loop for all methods: data sharded across processes, the method's ``training_step`` per batch (free to
 run several passes), the learning-rate schedule applied once before each step to every optimizer the method
 declares (:meth:`~slimtrain.train.method.Method.optimizers`, at the factor of
-:meth:`~slimtrain.train.method.Method.lr_factor`), mixed precision and compilation (``train.precision``,
+:meth:`~slimtrain.train.method.Method.lr_factor`; a plateau schedule fed each completed epoch's mean
+training loss), mixed precision and compilation (``train.precision``,
 ``train.compile``), CSV logs (and TensorBoard when installed), progress (a live bar on a terminal, plain
 lines otherwise), atomic checkpoints with everything needed to resume bit-exactly, and a clean stop on
 divergence that leaves the last good checkpoint intact.
@@ -23,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,16 @@ from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import (
     EVALUATION_KEYS,
+    INIT_SHA256_KEY,
     PRESENTATION_KEYS,
     flatten_recipe,
+    init_weights_sha256,
     is_finished,
     remove_derived_outputs,
     run_identity,
 )
 from slimtrain.train.init_from import load_init_weights
-from slimtrain.train.method import GradientHealth, Method, StepContext, get_method_class
+from slimtrain.train.method import GradientHealth, Method, StepContext, finite_flags, get_method_class
 from slimtrain.train.precision import MixedPrecision
 from slimtrain.train.run_log import RunLog
 from slimtrain.train.schedule import LRSchedule, set_lr_factor
@@ -129,14 +132,8 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     named = list(model.named_parameters())
     if not named:
         return []
-    finite = _finite_flags([p for _, p in named]).tolist()
+    finite = finite_flags([p for _, p in named]).tolist()
     return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
-
-
-def _finite_flags(parameters: list[nn.Parameter]) -> torch.Tensor:
-    """Per parameter, whether it is finite, as one boolean tensor on the device (no host read)."""
-    norms = torch._foreach_norm([p.detach() for p in parameters])  # NaN/inf for a non-finite tensor
-    return torch.isfinite(torch.stack([n.to(norms[0].dtype) for n in norms]))
 
 
 def _steps(first: int, last: int) -> str:
@@ -376,6 +373,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, world: World | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir) if run_dir is not None else run_directory(recipe)
+        self._init_sha256 = init_weights_sha256(recipe)  # the run identity's record of its starting weights
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
         device = _device(recipe.train.device)
@@ -424,7 +422,10 @@ class Trainer:
         self.total_steps = min(planned, recipe.train.max_steps or planned)
         self.components.method.steps_per_epoch = self.steps_per_epoch
         self.components.method.total_steps = self.total_steps
-        self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.total_steps)
+        self.schedule = LRSchedule(
+            recipe.schedule, self.steps_per_epoch, self.total_steps, base_lr=recipe.optimizer.lr
+        )
+        self.epoch_totals = _EpochTotals()  # of the epoch under way; a mid-epoch checkpoint carries them
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -457,6 +458,8 @@ class Trainer:
             "grad_evals": self.grad_evals,
             "train_seconds": self.train_seconds,
             "rng_cpu": torch.get_rng_state(),
+            "schedule": self.schedule.state_dict(),
+            "epoch_totals": asdict(self.epoch_totals),
         }
         others = _other_optimizers(method)
         if others:  # a method with several optimizers: the ones besides `method.optimizer`, in order
@@ -469,7 +472,8 @@ class Trainer:
 
     def _save(self, *, final: bool = False) -> None:
         if self.world.is_main:
-            self.checkpoints.save(self._state(), self.step, final=final)
+            record = {INIT_SHA256_KEY: self._init_sha256} if self._init_sha256 else None
+            self.checkpoints.save(self._state(), self.step, final=final, record=record)
         self.world.barrier()
 
     def _restore(self) -> bool:
@@ -496,6 +500,8 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.grad_evals, self.train_seconds = state["grad_evals"], state["train_seconds"]
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        self.epoch_totals = _EpochTotals(**state.get("epoch_totals", {}))
         self.precision.load_state_dict(state.get("grad_scaler", {}))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
@@ -589,7 +595,9 @@ class Trainer:
         # Per step only device tensors are kept (loss, correct count) with the host's batch size; they are
         # read, and the run checked for divergence, at log and checkpoint steps.
         window: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-        totals = _EpochTotals()
+        if not skip:
+            self.epoch_totals = _EpochTotals()
+        totals = self.epoch_totals
         tick = epoch_start = time.perf_counter()
         every = recipe.train.checkpoint_every_steps
         for index, (inputs, targets) in enumerate(self.loader):
@@ -615,8 +623,10 @@ class Trainer:
             try:
                 out = method.training_step(model, inputs, targets, ctx)
             except torch.linalg.LinAlgError as err:  # an SVD, QR or Cholesky of non-finite or singular data
-                raise self._diverged(f"a factorization failed ({err})", self.step) from err
-            self.precision.update()
+                gradients = self.health.culprits(self._names)  # NaN gradients are the usual cause
+                cause = f" after non-finite gradients in {', '.join(gradients[1])}" if gradients else ""
+                raise self._diverged(f"a factorization failed{cause} ({err})", self.step) from err
+            self.precision.update(f"method '{method.name}'")
             self.world.average_batchnorm_statistics(model)
             self.grad_evals += ctx.grad_evals
             self.step += 1
@@ -635,7 +645,9 @@ class Trainer:
                 loss = self._check(window, totals)
                 if log_step:
                     self._log_step(loss, factor, totals, time.perf_counter() - tick)
-            stop = mid_epoch and self._stop_requested()
+            # the request as seen before the check: a signal arriving since then waits for the next check,
+            # so no checkpoint holds weights that were not checked
+            stop = mid_epoch and (self._stop_agreed if self.world.distributed else asked)
             if stop or checkpoint_step:
                 self.train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -674,6 +686,8 @@ class Trainer:
         )
         if self.batch_in_epoch == 0:  # the epoch was completed, not cut short by max_steps
             method.on_epoch_end(model, self.epoch)
+            # train_loss is averaged over the processes at each check, so every rank takes the same cut
+            self.schedule.end_epoch(train_loss)
         self._save()
 
     def _check(self, window: list[tuple[torch.Tensor, torch.Tensor, int]], totals: _EpochTotals) -> float:
@@ -700,7 +714,7 @@ class Trainer:
                 (losses * weights).sum(),
                 torch.stack([correct for _, correct, _ in window]).sum().to(torch.float64),
                 self.health.flag(device),
-                (~_finite_flags(params).all()).to(torch.float64) if params else losses.new_zeros(()),
+                (~finite_flags(params).all()).to(torch.float64) if params else losses.new_zeros(()),
                 asked.to(device),
             ]
         )
