@@ -16,6 +16,8 @@ LOWER = (
     "errors.py",
     "registry.py",
     "_deprecation.py",
+    "_model_io.py",
+    "_shared_params.py",
     "io",
     "algebra",
     "data",

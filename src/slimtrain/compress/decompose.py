@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import nn
 
+from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
 from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
 
@@ -103,11 +104,16 @@ def svd_decompose(
 
     Returns:
         The decomposed copy.
+
+    Raises:
+        UnsupportedModelError: A selected layer shares a parameter with another module (factorizing it would
+            untie them); the message names both module paths.
     """
     types: tuple[type, ...] = (nn.Conv2d, nn.Linear) if include_linear or layers is not None else (nn.Conv2d,)
     result = copy_model(model)
     ranks = dict(ranks or {})
     names = _targets(result, types, layers)
+    refuse_shared(result, names, "SVD factorization")
     unknown = sorted(set(ranks) - set(names))
     if unknown:
         raise KeyError(f"ranks given for layers that are not decomposed: {', '.join(unknown)}")
@@ -162,10 +168,12 @@ def tucker_decompose(
 
     Raises:
         ValueError: If a selected conv has ``groups > 1`` (named in the message).
+        UnsupportedModelError: A selected conv shares a parameter with another module (named).
     """
     result = copy_model(model)
     ranks = dict(ranks or {})
     names = _targets(result, (nn.Conv2d,), layers)
+    refuse_shared(result, names, "Tucker factorization")
     unknown = sorted(set(ranks) - set(names))
     if unknown:
         raise KeyError(f"ranks given for layers that are not decomposed: {', '.join(unknown)}")

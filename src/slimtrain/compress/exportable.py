@@ -27,12 +27,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from slimtrain._model_io import ModelInputs, Tolerance, call_model, compare_outputs
+from slimtrain._shared_params import refuse_untied, shared_parameter_groups
 from slimtrain.compress._modules import copy_model, get_submodule, set_submodule
 from slimtrain.compress.channel_groups import ChannelGroup
 from slimtrain.compress.filter_pruning import ChannelPruningPlan, GroupSelection, remove_channels
 from slimtrain.compress.masks import fold_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
-from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError
+from slimtrain.errors import UnsupportedChannelFlowError
 from slimtrain.layers import TrainingLayer
 
 
@@ -163,13 +165,17 @@ def to_exported(
 
     Raises:
         UnsupportedChannelFlowError: ``filter`` on a model whose channel flow cannot be followed.
+        UnsupportedModelError: The export would untie a shared (tied) parameter (channels removed from one
+            of its layers); shared parameters stay one tensor otherwise.
         ValueError: An unknown structure, or ``round_to`` with a structure that removes no channels.
     """
     if structure not in ("unstructured", "filter", "lowrank", "native"):
         raise ValueError(f"unknown structure {structure!r}; valid: unstructured, filter, lowrank, native")
     if round_to is not None and structure not in ("filter", "native"):
         raise ValueError(f"round_to applies to channel removal (filter, native), not to {structure!r}")
-    model = export_lowrank_layers(fold_masks(compressed)).eval()
+    folded = fold_masks(compressed)
+    shared = shared_parameter_groups(folded)
+    model = export_lowrank_layers(folded).eval()
     if structure == "filter":
         model = remove_zero_channels(model, example_inputs, round_to=round_to)
     elif structure == "native" and _has_zero_output_channel(model):
@@ -177,46 +183,40 @@ def to_exported(
             model = remove_zero_channels(model, example_inputs, round_to=round_to)
         except UnsupportedChannelFlowError as error:
             warnings.warn(f"zeroed channels are kept in the exported model: {error}", stacklevel=2)
+    refuse_untied(shared, model, f"exporting ({structure})")
     return model.eval()
 
 
 def check_same_outputs(
     compressed: nn.Module,
     exported: nn.Module,
-    inputs: torch.Tensor,
+    inputs: ModelInputs,
     *,
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> float:
     """Check that ``exported`` computes ``compressed``'s outputs on ``inputs`` (both in eval mode).
 
+    Outputs are compared leaf by leaf as pytrees: a tensor, or tuples, lists, dicts, dataclasses and Hugging
+    Face ``ModelOutput`` objects of tensors (docs/export.md#model-inputs-and-outputs).
+
     Args:
         compressed: The compressed (reference) model.
         exported: Its exported form.
-        inputs: A batch of real inputs.
+        inputs: A batch of real inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
         rtol: Relative tolerance.
-        atol: Absolute tolerance, scaled by max(1, max |reference output|).
+        atol: Absolute tolerance, scaled by max(1, max |reference output|) per output tensor.
 
     Returns:
-        The largest absolute difference.
+        The largest absolute difference over every output tensor.
 
     Raises:
-        ExportMismatchError: If the shapes differ or an output differs beyond the tolerance.
+        ExportMismatchError: If the output structures or shapes differ or an output differs beyond the
+            tolerance; the message names the output.
+        UnsupportedModelError: If the compressed model's output holds no tensor, so nothing is compared.
     """
     compressed.eval()
     exported.eval()
     with torch.no_grad():
-        expected, actual = compressed(inputs), exported(inputs)
-    if expected.shape != actual.shape:
-        raise ExportMismatchError(
-            f"exported model outputs shape {tuple(actual.shape)}, "
-            f"the compressed model {tuple(expected.shape)}"
-        )
-    error = float((expected - actual).abs().max()) if expected.numel() else 0.0
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    if not torch.allclose(actual, expected, rtol=rtol, atol=atol * scale):
-        raise ExportMismatchError(
-            f"exported model's outputs differ from the compressed model's: max abs error {error:.3g} "
-            f"(tolerance rtol={rtol}, atol={atol * scale:.3g})"
-        )
-    return error
+        expected, actual = call_model(compressed, inputs), call_model(exported, inputs)
+    return compare_outputs(expected, actual, Tolerance(rtol=rtol, atol=atol))

@@ -23,10 +23,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from slimtrain._model_io import ModelInputs, call_model, compare_outputs
+from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.compress.masks import apply_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
+from slimtrain.errors import ExportMismatchError
 
 
 @dataclass(frozen=True)
@@ -149,24 +152,29 @@ def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch
 
 
 def apply_channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> nn.Module:
-    """Return a copy of ``model`` with the plan's channels zeroed (same function as after removal)."""
+    """Return a copy of ``model`` with the plan's channels zeroed (same function as after removal).
+
+    Raises:
+        UnsupportedModelError: The plan touches a layer whose parameter is shared (tied) with another module:
+            its channels cannot be removed consistently; the message names both module paths.
+    """
+    touched = sorted({s.module for selection in plan.selections for s in selection.slices})
+    refuse_shared(model, touched, "filter pruning")
     return apply_masks(model, channel_masks(model, plan))
 
 
-def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+def _outputs(model: nn.Module, example_inputs: ModelInputs) -> Any:
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(*inputs)
+            return call_model(model, example_inputs)
     finally:
         model.train(training)
-    return [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
 
 
 def remove_channels(
-    model: nn.Module, plan: ChannelPruningPlan, example_inputs: Any, *, verify: bool = True
+    model: nn.Module, plan: ChannelPruningPlan, example_inputs: ModelInputs, *, verify: bool = True
 ) -> nn.Module:
     """Return a copy of ``model`` with the plan's channels physically removed.
 
@@ -176,15 +184,18 @@ def remove_channels(
     Args:
         model: The trained (unmasked or masked) model, unchanged.
         plan: A plan computed on ``model`` (or a model of the same architecture).
-        example_inputs: Input(s) to trace the model with and to verify the result on.
+        example_inputs: Input(s) to trace the model with and to verify the result on: a tensor, a tuple of
+            positional inputs or a dict of keyword inputs (docs/export.md#model-inputs-and-outputs).
         verify: Check, in eval mode on ``example_inputs``, that the thinned model computes the same outputs
-            as :func:`apply_channel_masks` (relative tolerance 1e-4).
+            as :func:`apply_channel_masks`, every output tensor compared (relative tolerance 1e-4).
 
     Returns:
         The thinned copy.
 
     Raises:
-        RuntimeError: If verification fails (the thinned model is never returned then).
+        ExportMismatchError: If verification finds an output that differs (the thinned model is never
+            returned then).
+        UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
     """
     result = copy_model(model)
     originals = {
@@ -212,13 +223,12 @@ def remove_channels(
             raise RuntimeError(
                 f"channel removal produced a model that fails on the example input: {error}"
             ) from error
-        for e, a in zip(expected, actual, strict=True):
-            scale = max(1.0, float(e.abs().max()))
-            if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5 * scale):
-                raise RuntimeError(
-                    "channel removal changed the model's function: the thinned model's outputs "
-                    "differ from the masked model's"
-                )
+        try:
+            compare_outputs(expected, actual)
+        except ExportMismatchError as error:
+            raise ExportMismatchError(
+                f"channel removal changed the model's function: the thinned model's {error}"
+            ) from error
     return result
 
 

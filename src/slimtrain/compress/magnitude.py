@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from slimtrain._shared_params import first_names
 from slimtrain.compress.masks import apply_masks
 from slimtrain.pruning import magnitude
 
@@ -26,6 +27,9 @@ def population_parameters(
     model: nn.Module, population: PopulationName = "prunable"
 ) -> dict[str, nn.Parameter]:
     """Return the named parameters of a population (docs/metrics.md#populations).
+
+    A shared (tied) parameter is one member, under its first name, and belongs to ``prunable`` when any of its
+    aliases is a conv or linear weight (docs/metrics.md#shared-parameters); its mask holds for every alias.
 
     Args:
         model: The model.
@@ -39,10 +43,11 @@ def population_parameters(
         return dict(model.named_parameters())
     if population != "prunable":
         raise ValueError(f"population must be 'prunable' or 'all', got {population!r}")
+    first = first_names(model)
     result = {}
     for module_name, module in model.named_modules():
         if isinstance(module, (_ConvNd, nn.Linear)) and isinstance(module.weight, nn.Parameter):
-            result[f"{module_name}.weight" if module_name else "weight"] = module.weight
+            result[first[f"{module_name}.weight" if module_name else "weight"]] = module.weight
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     return dict(sorted(result.items(), key=lambda item: order[item[0]]))
 

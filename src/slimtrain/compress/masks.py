@@ -22,7 +22,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
 
     Args:
         model: The model (not modified).
-        masks: Parameter name → boolean keep-mask of the parameter's shape.
+        masks: Parameter name → boolean keep-mask of the parameter's shape; a shared (tied) parameter may be
+            named by any of its names, and its mask holds for all of them.
 
     Returns:
         The masked copy.
@@ -32,7 +33,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         ValueError: If a mask's shape differs from its parameter's.
     """
     result = copy_model(model)
-    params = dict(result.named_parameters())
+    params = dict(result.named_parameters(remove_duplicate=False))
     for name, mask in masks.items():
         if name not in params:
             raise KeyError(f"mask for {name!r}, which is not a parameter of the model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -12,10 +13,18 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from slimtrain._model_io import (
+    ModelInputs,
+    Tolerance,
+    call_model,
+    compare_outputs,
+    flatten_tensors,
+    input_tensors,
+    split_inputs,
+)
 from slimtrain.compress._modules import copy_model, set_submodule
 from slimtrain.compress.exported_format import PREPROCESSING_ATTR
 from slimtrain.errors import OnnxMismatchError
@@ -34,6 +43,8 @@ _EXPORTER_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     # Deprecations inside the exporter and its ONNX libraries.
     (DeprecationWarning, "", r"(torch\.onnx|onnxscript|onnx_ir|onnx|onnxruntime)(\.|$)"),
     (FutureWarning, "", r"(torch\.onnx|onnxscript|onnx_ir|onnx|onnxruntime)(\.|$)"),
+    # Several inputs sharing the one batch dimension: the exporter names the axis once and says so.
+    (UserWarning, r"# The axis name: .* will not be used, since it shares the same shape constraints", ""),
 )
 # Log records of the exporter that do not concern the model being exported (logger name → message prefix).
 _EXPORTER_LOG_NOISE = {
@@ -71,7 +82,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_onnx(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: ModelInputs,
     path: str | os.PathLike[str],
     *,
     dynamic_batch: bool = True,
@@ -92,11 +103,14 @@ def export_onnx(
 
     Args:
         model: The exported model (unchanged; a copy is exported).
-        example_input: One input batch, used for tracing and for the check.
+        example_input: One input batch, used for tracing and for the check: a tensor, a tuple of positional
+            inputs or a dict of keyword inputs (e.g. ``input_ids`` and ``attention_mask``); each input
+            tensor becomes one graph input, in that order (docs/export.md#model-inputs-and-outputs).
         path: Output ``.onnx`` file.
-        dynamic_batch: Let the batch dimension vary in the ONNX graph.
+        dynamic_batch: Let the batch dimension (the first) of every input tensor vary in the ONNX graph.
         opset_version: ONNX opset; the exporter's default when None.
-        verify: Run the file with onnxruntime on ``example_input`` and compare with PyTorch.
+        verify: Run the file with onnxruntime on ``example_input`` and compare every output tensor with
+            PyTorch's, flattened in pytree order (a dict or ``ModelOutput`` in key order).
         rtol: Relative tolerance of the check.
         atol: Absolute tolerance of the check, scaled by max(1, max|output|).
         preprocessing: How inputs must be prepared (see :func:`~slimtrain.compress.save_exported`), stored
@@ -109,13 +123,15 @@ def export_onnx(
 
     Raises:
         OnnxMismatchError: If ``verify`` and the outputs differ (the file is not written then).
+        UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
     """
     path = Path(path)
     exported = copy_model(model).eval()
     for name, module in list(exported.named_modules()):
         if isinstance(module, SparseLinear):
             set_submodule(exported, name, module.to_dense())
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    args, kwargs = split_inputs(example_input)
+    dynamic_shapes = _batch_dynamic(exported, args, kwargs) if dynamic_batch else None
     if preprocessing is None:
         preprocessing = getattr(model, PREPROCESSING_ATTR, None)
     properties = {
@@ -132,13 +148,14 @@ def export_onnx(
         with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 exported,
-                (example_input,),
+                args,
+                kwargs=kwargs,
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset_version,
                 verbose=False,
             )
-            expected = exported(example_input)
+            expected = call_model(exported, example_input)
             program.model.metadata_props.update(properties)
             program.save(str(tmp), external_data=False)
             if verify:
@@ -150,22 +167,53 @@ def export_onnx(
     return path
 
 
+def _batch_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Dynamic shapes by ``forward``'s argument name: one batch dimension shared by every input tensor."""
+    batch = torch.export.Dim("batch", min=1)
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return {0: batch}
+        if isinstance(value, Mapping):
+            return {k: spec(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec(v) for v in value)
+        return None
+
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    return {name: spec(value) for name, value in bound.arguments.items()}
+
+
 def _check_onnxruntime(
-    path: Path, target: Path, example_input: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float
+    path: Path, target: Path, example_input: ModelInputs, expected: Any, rtol: float, atol: float
 ) -> None:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: graph-optimisation notices are not the user's concern
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: example_input.detach().cpu().numpy()}
-    actual = session.run(None, feed)[0]
-    reference = expected.detach().cpu().numpy()
-    scale = max(1.0, float(np.abs(reference).max()))
-    if actual.shape != reference.shape or not np.allclose(actual, reference, rtol=rtol, atol=atol * scale):
-        error = float(np.abs(actual - reference).max()) if actual.shape == reference.shape else float("nan")
+    names = [node.name for node in session.get_inputs()]
+    tensors = input_tensors(example_input)
+    if len(names) != len(tensors):
         raise OnnxMismatchError(
-            f"onnxruntime output differs from PyTorch for {target}: "
-            f"shapes {actual.shape} vs {reference.shape}, "
-            f"max abs error {error:.3g}"
+            f"the ONNX graph {target} takes {len(names)} inputs {names}, the example input holds "
+            f"{len(tensors)} tensors"
         )
+    by_name = isinstance(example_input, Mapping) and all(
+        isinstance(example_input.get(name), torch.Tensor) for name in names
+    )  # keyword inputs are graph inputs of the same name, in forward's order rather than the dict's
+    pairs = [(name, example_input[name]) for name in names] if by_name else zip(names, tensors, strict=True)
+    feed = {name: tensor.detach().cpu().numpy() for name, tensor in pairs}
+    reference = flatten_tensors(expected)
+    actual = session.run(None, feed)
+    if len(actual) != len(reference):
+        raise OnnxMismatchError(
+            f"onnxruntime returns {len(actual)} outputs for {target}, PyTorch {len(reference)} "
+            f"({[name for name, _ in reference]})"
+        )
+    # onnxruntime returns the flattened outputs in pytree order: rebuild PyTorch's structure around them.
+    rebuilt = {name: torch.from_numpy(array) for (name, _), array in zip(reference, actual, strict=True)}
+    try:
+        compare_outputs(dict(reference), rebuilt, Tolerance(rtol=rtol, atol=atol), error=OnnxMismatchError)
+    except OnnxMismatchError as error:
+        raise OnnxMismatchError(f"onnxruntime differs from PyTorch for {target}: {error}") from None

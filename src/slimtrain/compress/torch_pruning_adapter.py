@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
+from slimtrain._model_io import call_model, flatten_tensors
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.errors import UnsupportedChannelFlowError
 
@@ -34,8 +35,9 @@ _SUPPORTED_LAYERS = (_ConvNd, nn.Linear, _BatchNorm)
 _STRUCTURAL_OPS = ("catbackward", "split", "unbind", "expand", "view", "reshape", "slice")
 
 
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """DepGraph traces back from these (its own flattening misses dataclass outputs)."""
+    return [tensor for _, tensor in flatten_tensors(output)]
 
 
 @contextmanager
@@ -104,7 +106,7 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
 
     Args:
         model: The model (its parameters and training flags are left unchanged).
-        example_inputs: An input tensor or a tuple of positional inputs.
+        example_inputs: An input tensor, a tuple of positional inputs or a dict of keyword inputs.
 
     Raises:
         UnsupportedChannelFlowError: Naming each offending operation and the module it runs in.
@@ -126,7 +128,7 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
         with _traced(model):
             model.eval()
             with recorder:
-                model(*_as_tuple(example_inputs))
+                call_model(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -145,7 +147,11 @@ def _build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     check_channel_flow(model, example_inputs)
     with _traced(model):
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=_as_tuple(example_inputs), verbose=False
+            model,
+            example_inputs=example_inputs,
+            forward_fn=call_model,
+            output_transform=_output_tensors,
+            verbose=False,
         )
 
 
@@ -213,7 +219,8 @@ def coupled_channel_groups(
 
     Args:
         model: The model (unchanged).
-        example_inputs: An input tensor or a tuple of positional inputs used to trace the model.
+        example_inputs: An input tensor, a tuple of positional inputs or a dict of keyword inputs used to
+            trace the model.
         root_types: Layer types whose output channels may be pruned.
         ignored_layers: Qualified names of layers whose output channels must be kept.
 
@@ -243,7 +250,8 @@ def remove_channels_in_place(
 
     Args:
         model: The model to thin (modified).
-        example_inputs: An input tensor or a tuple of positional inputs used to trace the model.
+        example_inputs: An input tensor, a tuple of positional inputs or a dict of keyword inputs used to
+            trace the model.
         selections: ``(root layer name, root channel indices to remove)`` pairs, one per group.
     """
     graph = _build_graph(model, example_inputs)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from torch import nn
 
 from slimtrain._config import is_int, is_real, with_options
+from slimtrain._shared_params import refuse_shared
 from slimtrain.layers.factor_base import RankConfig, TuckerFactorizedLayer
 from slimtrain.layers.matrix_factorized import MatrixFactorizedConv2d, MatrixFactorizedLinear
 from slimtrain.layers.tucker_factorized import TuckerFactorizedConv2d
@@ -177,6 +178,8 @@ def convert_to_lowrank(
         TypeError: An option that is not a field of either config (named, with the valid ones).
         ValueError: An invalid option (naming the field), a name in ``skip`` that is not a module, or a layer
             that cannot be factorized (e.g. a grouped convolution); the message names the layer.
+        UnsupportedModelError: A layer to convert shares a parameter with another module (converting it
+            would untie them); the message names both module paths. Nothing is converted then.
     """
     cfg = _with_conversion_options(config, options)
     if isinstance(model, (nn.Conv2d, nn.Linear)):
@@ -196,6 +199,10 @@ def convert_to_lowrank(
     conv_ranks = cfg.rank_config_for("tucker" if cfg.conv == "tucker" else "matrix")
     matrix_ranks = cfg.rank_config_for("matrix")
 
+    kinds = {n: cfg.conv if isinstance(modules[n], nn.Conv2d) else cfg.linear for n in convs + linears}
+    refuse_shared(
+        model, [n for n, kind in kinds.items() if kind is not None and n not in skipped], "conversion"
+    )
     replaced: dict[str, TuckerFactorizedLayer] = {}
     for name in [*convs, *linears]:
         if name in skipped:

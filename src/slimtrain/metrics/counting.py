@@ -112,8 +112,10 @@ class ParameterTotals:
 def count_tensors(model: nn.Module, population: str | Population = "all") -> list[TensorCount]:
     """Count every parameter tensor of ``model`` that belongs to ``population``, in module order.
 
-    Shared (tied) parameters are counted once. Factorized layers give one ``factors`` entry (all their
-    parameters except their own ``bias``) plus a ``bias`` entry if they have one.
+    Shared (tied) parameters are counted once, under their first name (``named_parameters`` order), as a
+    ``weight`` when any alias is a Conv/Linear weight (docs/metrics.md#shared-parameters). Factorized layers
+    give one ``factors`` entry (all their parameters except their own ``bias``) plus a ``bias`` entry if they
+    have one.
 
     Args:
         model: The model (masked or exported).
@@ -129,6 +131,7 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
     pop = resolve_population(population)
     pop.validate(model)
     seen: set[int] = set()
+    dense_weights = _dense_weight_ids(model)
     out: list[TensorCount] = []
     skip: list[str] = []
     with torch.no_grad():
@@ -142,7 +145,7 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
                 skip.append(mname)
                 entries = _factorized_entries(mname, module, seen)
             else:
-                entries = _plain_entries(mname, module, seen)
+                entries = _plain_entries(mname, module, seen, dense_weights)
             out.extend(e for e in entries if pop.includes(e.role, e.module, model))
     return out
 
@@ -216,15 +219,28 @@ def _role(module: nn.Module, pname: str) -> Role:
     return "other"
 
 
-def _plain_entries(mname: str, module: nn.Module, seen: set[int]) -> list[TensorCount]:
-    """Counts of the own parameters of an ordinary module."""
+def _dense_weight_ids(model: nn.Module) -> set[int]:
+    """``id`` of the parameter behind every Conv/Linear ``weight``: a tied tensor is prunable by any alias."""
+    return {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, DENSE_LAYER_TYPES)
+        for n, _, p in effective_tensors(m)
+        if n == "weight"
+    }
+
+
+def _plain_entries(
+    mname: str, module: nn.Module, seen: set[int], dense_weights: set[int]
+) -> list[TensorCount]:
+    """Counts of the own parameters of an ordinary module (``dense_weights``: :func:`_dense_weight_ids`)."""
     entries = []
     for pname, t, p in effective_tensors(module):
         if id(p) in seen:
             continue
         seen.add(id(p))
         n = t.numel()
-        dense, role = n, _role(module, pname)
+        dense, role = n, ("weight" if id(p) in dense_weights else _role(module, pname))
         if isinstance(module, SparseWeightLayer) and pname == "values":
             pname, role, dense = "weight", "weight", math.prod(module.dense_weight_shape())
         entries.append(

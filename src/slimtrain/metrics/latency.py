@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import slimtrain
-from slimtrain.metrics.macs import ExampleInput, as_inputs
+from slimtrain._model_io import batch_size, call_model, input_tensors, map_tensors
+from slimtrain.metrics.macs import ExampleInput
 
 NOISY_RELATIVE_IQR = 0.25
 """A latency or measured speed-up whose interquartile range exceeds this fraction of its median is noisy."""
@@ -132,7 +133,8 @@ def measure_latency(
 
     Args:
         model: Model to time (measure the exported model for real speedups).
-        example_input: Input batch (or tuple of inputs) on the model's device.
+        example_input: Input batch on the model's device: a tensor, a tuple of positional inputs or a dict
+            of keyword inputs.
         warmup: Untimed iterations first (spec: at least 10).
         iters: Minimum number of timed iterations (spec: at least 50).
         min_time_s: Keep timing until this many seconds have passed as well (spec: or at least 1 s).
@@ -148,11 +150,13 @@ def measure_latency(
         )
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be positive, got {threads}")
-    inputs = as_inputs(example_input)
+    batch = batch_size(example_input)
+    inputs = example_input
     if channels_last:
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        inputs = tuple(x.to(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
-    device = inputs[0].device
+        inputs = map_tensors(lambda x: x.to(memory_format=torch.channels_last) if x.dim() == 4 else x, inputs)
+    first = input_tensors(inputs)[0]
+    device = first.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     old_threads = torch.get_num_threads()
     was_training = model.training
@@ -163,12 +167,12 @@ def measure_latency(
         model.eval()
         with torch.inference_mode():
             for _ in range(warmup):
-                model(*inputs)
+                call_model(model, inputs)
             sync()
             start = time.perf_counter()
             while len(times) < iters or time.perf_counter() - start < min_time_s:
                 t0 = time.perf_counter()
-                model(*inputs)
+                call_model(model, inputs)
                 sync()
                 times.append((time.perf_counter() - t0) * 1e3)
         used_threads = torch.get_num_threads()
@@ -177,7 +181,6 @@ def measure_latency(
         model.train(was_training)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     median = statistics.median(times)
-    batch = inputs[0].shape[0]
     return LatencyResult(
         median_ms=median,
         iqr_ms=q3 - q1,
@@ -188,7 +191,7 @@ def measure_latency(
         iterations=len(times),
         warmup=warmup,
         threads=used_threads,
-        dtype=str(_model_dtype(model, inputs[0].dtype)).removeprefix("torch."),
+        dtype=str(_model_dtype(model, first.dtype)).removeprefix("torch."),
         device=str(device),
         device_name=_device_name(device),
         memory_format="channels_last" if channels_last else "contiguous",
@@ -292,7 +295,7 @@ def describe_latency(fields: dict[str, Any], batch: int) -> str:
 
 def latency_fields(
     model: nn.Module,
-    example_inputs: Sequence[Tensor],
+    example_inputs: Sequence[ExampleInput],
     *,
     reference: nn.Module | None = None,
     theoretical_speedup: float | None = None,

@@ -23,19 +23,20 @@ All counts are per sample: totals over the example batch divided by its first di
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimtrain._model_io import ModelInputs, batch_size, call_model
 from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_modules
 from slimtrain.metrics.mac_formulas import FLOP_FORMULAS
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
-ExampleInput = Tensor | Sequence[Tensor]
-"""One input tensor, or the positional inputs of ``model(*inputs)``; the first dimension is the batch."""
+ExampleInput = ModelInputs
+"""One input tensor, the positional inputs of ``model(*inputs)`` (a tuple or list) or the keyword inputs of
+``model(**inputs)`` (a dict); the first dimension of the first tensor is the batch."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,6 @@ class MacsCount:
     factorized: dict[str, float]
 
 
-def as_inputs(example_input: ExampleInput) -> tuple[Tensor, ...]:
-    """Normalise ``example_input`` to a tuple of positional inputs and check it has a batch dimension."""
-    inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
-    if not inputs or not isinstance(inputs[0], Tensor) or inputs[0].dim() == 0:
-        raise ValueError("example_input must be a tensor (or tensors) whose first dimension is the batch")
-    return inputs
-
-
 def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     """Count dense, per-layer and effective MACs of ``model`` on ``example_input`` (docs/metrics.md#macs).
 
@@ -95,13 +88,13 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
 
     Args:
         model: Masked or exported model; may contain :class:`~slimtrain.metrics.FactorizedLayer` modules.
-        example_input: A real input at the evaluation resolution (first dimension = batch).
+        example_input: A real input at the evaluation resolution (first dimension = batch): a tensor, a
+            tuple of positional inputs or a dict of keyword inputs.
 
     Returns:
         The :class:`MacsCount`, per sample.
     """
-    inputs = as_inputs(example_input)
-    batch = inputs[0].shape[0]
+    batch = batch_size(example_input)
     factorized = factorized_modules(model)
     per_layer: dict[str, int] = {}
     # Layers that rebuild their dense weight every forward count as the dense product they run
@@ -119,7 +112,7 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
-            model(*inputs)
+            call_model(model, example_input)
     finally:
         for h in handles:
             h.remove()

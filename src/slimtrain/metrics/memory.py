@@ -28,7 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from slimtrain.metrics.macs import ExampleInput, as_inputs
+from slimtrain._model_io import batch_size, call_model, flatten_tensors
+from slimtrain.metrics.macs import ExampleInput
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[object], Tensor]
@@ -58,9 +59,7 @@ class PeakMemory:
 
 def sum_of_outputs(output: object) -> Tensor:
     """Default loss: the sum of every output tensor (same memory pattern as a real loss)."""
-    if isinstance(output, Tensor):
-        return output.float().sum()
-    return sum(sum_of_outputs(o) for o in output)  # type: ignore[union-attr]
+    return sum((tensor.float().sum() for _, tensor in flatten_tensors(output)), torch.zeros(()))
 
 
 def measure_peak_memory(
@@ -76,7 +75,7 @@ def measure_peak_memory(
 
     Args:
         model: Model to measure; it is copied to the child, never modified.
-        example_input: Input batch (or tuple of inputs).
+        example_input: Input batch: a tensor, a tuple of positional inputs or a dict of keyword inputs.
         mode: ``"train"``: forward, ``loss_fn(output).backward()``, one optimizer step; ``"eval"``: one
             forward pass in eval mode under ``torch.inference_mode()``.
         device: Device the child runs the step on (``"cpu"`` or ``"cuda"``/``"cuda:N"``).
@@ -94,7 +93,8 @@ def measure_peak_memory(
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"peak memory is measured on cpu or cuda, got {device}")
     buffer = io.BytesIO()
-    torch.save((model, as_inputs(example_input)), buffer)
+    batch_size(example_input)  # refuses inputs without a batch dimension here, not in the child
+    torch.save((model, example_input), buffer)
     factory = optimizer_factory or functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -124,12 +124,12 @@ def _child_step(
         model.train()
         optimizer = factory(model.parameters())
         optimizer.zero_grad()
-        loss_fn(model(*inputs)).backward()
+        loss_fn(call_model(model, inputs)).backward()
         optimizer.step()
     else:
         model.eval()
         with torch.inference_mode():
-            model(*inputs)
+            call_model(model, inputs)
     if cuda:
         torch.cuda.synchronize(dev)
         return torch.cuda.max_memory_allocated(dev), baseline

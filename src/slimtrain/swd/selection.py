@@ -14,6 +14,7 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
+from slimtrain._shared_params import first_names
 from slimtrain.pruning.magnitude import smallest_magnitude_masks
 
 __all__ = [
@@ -58,12 +59,16 @@ def permille_count(n: int, target: float) -> int:
 def population_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Weights of every convolution and linear layer, by qualified name (the corrected population).
 
+    A shared (tied) weight is one member, under its first name (docs/metrics.md#shared-parameters), so its
+    entries are counted and selected once.
+
     Raises:
         ValueError: If the model has no convolution or linear layer.
     """
+    first = first_names(model)
     weights = {
-        f"{name}.weight" if name else "weight": m.weight
-        for name, m in model.named_modules()
+        first.get(qualified, qualified): m.weight
+        for qualified, m in ((f"{name}.weight" if name else "weight", m) for name, m in model.named_modules())
         if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
     }
     if not weights:

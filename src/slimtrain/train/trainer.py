@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from slimtrain._model_io import move_inputs
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
@@ -605,7 +606,8 @@ class Trainer:
                 continue
             if self.step >= self.total_steps:
                 break
-            inputs = inputs.to(device=comp.device, dtype=comp.dtype, non_blocking=True)
+            # Only floating inputs take the training dtype: token ids and masks stay integer.
+            inputs = move_inputs(inputs, comp.device, comp.dtype, non_blocking=True)
             targets = targets.to(comp.device, non_blocking=True)
             # The factor this step trains with: the recipe's schedule, unless the method reshapes it.
             factor = method.lr_factor(self.step, self.schedule.factor(self.step))
