@@ -145,10 +145,16 @@ INIT_SHA256_KEY = "init_from_sha256"
 """The checkpoint manifest entry key of :func:`init_weights_sha256` at training time."""
 
 
+def _final_entry(run_dir: str | Path) -> dict[str, Any] | None:
+    """The manifest entry of the run's final checkpoint; ``None`` before training ends."""
+    finals = [e for e in CheckpointStore(Path(run_dir) / "checkpoints").entries() if e["final"]]
+    return finals[-1] if finals else None
+
+
 def final_checkpoint_sha256(run_dir: str | Path) -> str | None:
     """SHA-256 of the run's final checkpoint as listed in its manifest; ``None`` before training ends."""
-    finals = [e for e in CheckpointStore(Path(run_dir) / "checkpoints").entries() if e["final"]]
-    return finals[-1]["sha256"] if finals else None
+    final = _final_entry(run_dir)
+    return final["sha256"] if final else None
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -171,16 +177,16 @@ def run_identity(run_dir: str | Path, recipe: Recipe | None = None) -> RunIdenti
     Raises:
         RecipeError: The stored recipe cannot be read.
     """
-    finals = [e for e in CheckpointStore(Path(run_dir) / "checkpoints").entries() if e["final"]]
-    if not finals:
+    final = _final_entry(run_dir)
+    if final is None:
         return None
-    checkpoint = finals[-1]["sha256"]
+    checkpoint = final["sha256"]
     if recipe is None:
         from slimtrain.train.config import load_recipe
 
         recipe = load_recipe(Path(run_dir) / "recipe.yaml")
     # the weights it started from as recorded when it trained: they may have moved since
-    part = recipe_digest(recipe, finals[-1].get(INIT_SHA256_KEY))
+    part = recipe_digest(recipe, final.get(INIT_SHA256_KEY))
     digest = hashlib.sha256(f"{part}:{checkpoint}".encode()).hexdigest()
     return RunIdentity(digest=digest, recipe_digest=part, checkpoint_sha256=checkpoint)
 

@@ -483,6 +483,8 @@ class Trainer:
             return False
         state, entry = loaded
         self.finalized = bool(entry["final"])
+        # the weights this run started from, as recorded then (the file may have changed since)
+        self._init_sha256 = entry.get(INIT_SHA256_KEY, self._init_sha256)
         model, method = self.components.model, self.components.method
         method.load_state_dict(state["method"], model)
         model.load_state_dict(state["model"])
