@@ -143,6 +143,20 @@ def test_resume_accepts_a_run_stored_before_an_option_existed(tmp_path):
         Trainer(recipe, tmp_path).fit(resume=True)
 
 
+def test_resume_accepts_a_run_stored_before_recipe_keys_existed(tmp_path):
+    """A stored recipe without keys added since (with defaults that compute what it computed) resumes."""
+    import yaml
+
+    recipe = recipe_from_dict({**SMALL, "name": "a", "train": {**SMALL["train"], "max_steps": 3}})
+    Trainer(recipe, tmp_path).fit()
+    tree = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    for section, key in (("train", "precision"), ("train", "compile"), ("schedule", "plateau")):
+        del tree[section][key]
+    del tree["data"]["on_device"], tree["model"]["init_from"], tree["model"]["init_exclude"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tree))
+    Trainer(recipe, tmp_path).fit(resume=True)
+
+
 @pytest.mark.parametrize("text", ["[1, 2", "- a list\n"], ids=["broken", "not-a-mapping"])
 def test_resume_names_an_unreadable_stored_recipe(tmp_path, text):
     """A damaged ``recipe.yaml`` in the run directory stops a resume with its path, not a traceback."""

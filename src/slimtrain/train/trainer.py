@@ -46,7 +46,7 @@ from slimtrain.io import atomic_write_text
 from slimtrain.models import create_model
 from slimtrain.progress import format_duration
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe, resolve_method_options
+from slimtrain.train.config import Recipe, recipe_from_dict, resolve_method_options
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import (
@@ -330,7 +330,7 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
         raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
     if not isinstance(tree, dict):
         raise RecipeError(f"{stored_path}: the stored recipe is not a mapping")
-    stored = flatten_recipe(_with_resolved_options(tree))
+    stored = flatten_recipe(_with_resolved_options(_with_recipe_defaults(tree)))
     wanted = flatten_recipe(recipe.model_dump(mode="json"))
     differ = sorted(
         key
@@ -344,6 +344,19 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
             f"{run_dir} holds a run of a different recipe ({details}); "
             "use another output directory or delete that run"
         )
+
+
+def _with_recipe_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """The stored tree with the keys it lacks filled in by the current recipe schema's defaults.
+
+    A run stored before a recipe key existed (``train.precision``, ``schedule.plateau``, ...) computed what
+    that key's default computes, so it is the same recipe. A stored tree the schema now rejects is compared
+    as stored (its keys then name what changed).
+    """
+    try:
+        return recipe_from_dict(tree).model_dump(mode="json")
+    except RecipeError:
+        return tree
 
 
 def _with_resolved_options(tree: dict[str, Any]) -> dict[str, Any]:
