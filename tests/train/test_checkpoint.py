@@ -56,3 +56,27 @@ def test_only_tensors_and_plain_values_are_loaded(tmp_path):
     store.save({"obj": argparse.Namespace(a=1)}, 1)
     with pytest.raises(CheckpointError, match="refused"):
         store.load_latest()
+
+
+def test_a_kill_between_the_first_checkpoint_and_its_manifest_entry_starts_afresh(tmp_path, monkeypatch):
+    """The first checkpoint file lands, the process dies before listing it: a resume starts from scratch
+    (the unlisted file is not mistaken for a checkpoint whose manifest was lost) and the next save removes it.
+    """
+    import slimtrain.train.checkpoint as checkpoint_module
+
+    store = CheckpointStore(tmp_path / "ckpt")
+    real = checkpoint_module.atomic_write_text
+
+    def dies_on_listing(path, text):
+        if '"file"' in text:  # the manifest that would list the new checkpoint
+            raise KeyboardInterrupt
+        real(path, text)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write_text", dies_on_listing)
+    with pytest.raises(KeyboardInterrupt):
+        store.save({"w": torch.ones(2)}, 1)
+    monkeypatch.undo()
+    assert (tmp_path / "ckpt" / "step-00000001.pt").exists()
+    assert store.load_latest() is None
+    store.save({"w": torch.zeros(2)}, 2)
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.pt")) == ["step-00000002.pt"]

@@ -60,6 +60,10 @@ class CheckpointStore:
         """
         buffer = io.BytesIO()
         torch.save(state, buffer)
+        if not self.manifest_path.exists():
+            # before the first checkpoint file: a kill between that file and its manifest entry then leaves
+            # an unlisted file (removed by the next save), not a file that cannot be verified
+            atomic_write_text(self.manifest_path, json.dumps({"checkpoints": []}, indent=1))
         name = f"step-{step:08d}.pt" if not final else "final.pt"
         path = self.directory / name
         atomic_write_bytes(path, buffer.getvalue())
