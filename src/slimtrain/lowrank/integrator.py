@@ -361,13 +361,22 @@ class TDLRT:
                 self._augment(layer)
         if bn_buffers is not None:
             _bn_restore(bn_buffers)
+        self._core_pass_and_truncate(closure, rng, ranks_before)
+        return loss
+
+    def _core_pass_and_truncate(
+        self,
+        closure: Callable[[], Tensor],
+        rng: tuple[Tensor, list[Tensor] | None],
+        ranks_before: dict[str, tuple[int, ...]],
+    ) -> None:
+        """The pass on the augmented bases (the first pass's random draws), its inner step, the truncation."""
         _rng_restore(rng)
         self._run_closure(closure)
         self._step_inner()
         with torch.no_grad():
             for name, layer in self.layers.items():
                 self._truncate(name, layer, ranks_before[name])
-        return loss
 
     def _parallel_step(
         self, closure: Callable[[], Tensor], ranks_before: dict[str, tuple[int, ...]]
@@ -416,12 +425,9 @@ class TDLRT:
         with torch.no_grad():
             for name, layer in self.layers.items():
                 self._augment(layer, [p.detach() for p in self.kls_parameters[name]])
-        _rng_restore(rng)
-        self._run_closure(closure)
-        self._step_inner()
+        self._core_pass_and_truncate(closure, rng, ranks_before)
         with torch.no_grad():
             for name, layer in self.layers.items():
-                self._truncate(name, layer, ranks_before[name])
                 self._transport_kls_state(name, layer, before[name][1])
         return loss
 
