@@ -16,6 +16,11 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Hugging Face models in the conformance suite are built from configs: nothing is downloaded, and the
+# library's advice-level logging stays out of the test output.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 # One thread: the suite is many small ops, for which threading costs more than it gives on 2 cores.
 torch.set_num_threads(1)
 

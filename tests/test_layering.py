@@ -18,6 +18,7 @@ LOWER = (
     "_deprecation.py",
     "_model_io.py",
     "_shared_params.py",
+    "_wrappers.py",
     "io",
     "algebra",
     "data",

@@ -84,6 +84,7 @@ def load(path: str | os.PathLike[str], *, factory: Callable[..., Any] | None = N
 
     Raises:
         slimtrain.compress.ExportFormatError: A missing, corrupted or inconsistent file, naming it.
+        slimtrain.errors.FactoryImportError: The recorded factory cannot be imported here (naming its module).
     """
     from slimtrain.compress import load_exported  # lazy: `import slimtrain` stays free of torch
 

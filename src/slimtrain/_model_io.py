@@ -40,6 +40,26 @@ def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
     return model(*args, **kwargs)
 
 
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model's output: a tensor as it is, or the ``"logits"`` of a mapping.
+
+    A Hugging Face ``ModelOutput`` is such a mapping; so a model from ``transformers`` trains and evaluates
+    without a wrapper.
+
+    Raises:
+        UnsupportedModelError: If ``output`` is neither, naming its type.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise UnsupportedModelError(
+        f"the model returned {_describe(output)}, not logits: a classifier must return a tensor of logits "
+        "(N, num_classes) or a mapping with a 'logits' tensor (a Hugging Face ModelOutput); wrap it in a "
+        "module whose forward returns its logits"
+    )
+
+
 def input_tensors(inputs: ModelInputs) -> list[Tensor]:
     """The tensors of ``inputs``, positional ones first, keywords in their order (the exporter's order)."""
     args, kwargs = split_inputs(inputs)

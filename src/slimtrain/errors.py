@@ -20,6 +20,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ExportFormatError",
     "ExportMismatchError",
+    "FactoryImportError",
     "FullBatchMemoryError",
     "OnnxMismatchError",
     "PeerLostError",
@@ -71,6 +72,13 @@ class UnknownNameError(BadInputError, KeyError):
 
     def __str__(self) -> str:  # KeyError's would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class FactoryImportError(BadInputError, ImportError):
+    """An import path ``"package.module:name"`` cannot be imported; the message names the module.
+
+    Raised for a recipe's ``model.factory`` or ``data.factory`` and for an export's recorded base factory.
+    """
 
 
 class UnsupportedModelError(BadInputError):

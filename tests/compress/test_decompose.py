@@ -10,6 +10,7 @@ from torch import nn
 
 from slimtrain.compress import (
     FactorizationCostWarning,
+    LayersLeftDenseWarning,
     LowRankLinear,
     SVDConv2d,
     TuckerConv2d,
@@ -116,4 +117,6 @@ def test_explicit_layers_and_ranks():
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match=r"'0'.*groups=1"):
         tucker_decompose(grouped, 0.5, layers=["0"])
-    assert isinstance(tucker_decompose(grouped, 0.5)[0], nn.Conv2d)
+    with pytest.warns(LayersLeftDenseWarning, match=r"'1'.*groups=2"):  # left dense by default
+        mixed = tucker_decompose(nn.Sequential(nn.Conv2d(4, 4, 1), grouped[0]), 0.5)
+    assert type(mixed[1]) is nn.Conv2d

@@ -21,6 +21,7 @@ from slimtrain.compress import (
     to_sparse_linear,
     tucker_decompose,
 )
+from slimtrain.errors import FactoryImportError
 
 from .toy_models import TinyMLP, TinyResNet, TinyVGG, build, example_input
 
@@ -132,7 +133,7 @@ def test_unreadable_or_absent_files_refused(tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["base_model"]["factory"] = "no_such_package.models:TinyMLP"
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportFormatError, match=r"no_such_package\.models:TinyMLP.*cannot be imported"):
+    with pytest.raises(FactoryImportError, match=r"no_such_package\.models:TinyMLP.*cannot be imported"):
         load_exported(path)
     assert isinstance(load_exported(path, factory=TinyMLP), TinyMLP)
     (path / "manifest.json").write_text("{not json")

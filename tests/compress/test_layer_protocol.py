@@ -31,6 +31,15 @@ EXAMPLES = {
     "torch.nn.BatchNorm1d": lambda: nn.BatchNorm1d(5, eps=1e-3),
     "torch.nn.BatchNorm2d": lambda: nn.BatchNorm2d(4, momentum=None),
     "torch.nn.Identity": nn.Identity,
+    "torch.nn.Conv3d": lambda: nn.Conv3d(3, 4, 2, dilation=(1, 2, 1)),
+    "torch.nn.ConvTranspose1d": lambda: nn.ConvTranspose1d(3, 4, 3, stride=2, output_padding=1),
+    "torch.nn.ConvTranspose2d": lambda: nn.ConvTranspose2d(
+        3, 4, 4, stride=2, padding=1, groups=1, bias=False
+    ),
+    "torch.nn.ConvTranspose3d": lambda: nn.ConvTranspose3d(
+        2, 4, 2, stride=(1, 2, 2), output_padding=(0, 1, 0)
+    ),
+    "torch.nn.BatchNorm3d": lambda: nn.BatchNorm3d(4, affine=False),
     "slimtrain.PointwiseConv2d": lambda: PointwiseConv2d(4, 3),
     "slimtrain.SVDConv2d": lambda: SVDConv2d.from_conv(nn.Conv2d(4, 6, 3, padding=1), 2),
     "slimtrain.LowRankLinear": lambda: LowRankLinear.from_linear(nn.Linear(8, 6), 3),
@@ -45,6 +54,11 @@ INPUTS = {
     "torch.nn.BatchNorm1d": (3, 5),
     "torch.nn.BatchNorm2d": (3, 4, 2, 2),
     "torch.nn.Identity": (2, 3),
+    "torch.nn.Conv3d": (2, 3, 4, 5, 4),
+    "torch.nn.ConvTranspose1d": (2, 3, 5),
+    "torch.nn.ConvTranspose2d": (2, 3, 4, 4),
+    "torch.nn.ConvTranspose3d": (2, 2, 3, 3, 3),
+    "torch.nn.BatchNorm3d": (3, 4, 2, 2, 2),
     "slimtrain.PointwiseConv2d": (2, 4, 3, 3),
     "slimtrain.SVDConv2d": (2, 4, 5, 5),
     "slimtrain.LowRankLinear": (2, 8),

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slimtrain.compress import global_magnitude_prune, to_sparse_linear
+from slimtrain.errors import UnsupportedModelError
 from slimtrain.layers import SparseLinear
 
 from .toy_models import build, example_input
@@ -34,5 +35,5 @@ def test_to_sparse_linear_on_pruned_mlp():
     assert sum(isinstance(m, SparseLinear) for m in sparse.modules()) == 3
     torch.testing.assert_close(sparse(x), model(x))
     assert sum(isinstance(m, SparseLinear) for m in to_sparse_linear(model, min_sparsity=0.99).modules()) == 0
-    with pytest.raises(TypeError, match=r"'net\.0'"):
+    with pytest.raises(UnsupportedModelError, match=r"'net\.0' \(Flatten\)"):
         to_sparse_linear(model, ["net.0"])

@@ -108,6 +108,10 @@ SPECIAL: dict[tuple[str, ...], dict[str, list[Any]]] = {
     # the tiny recipe trains in float64, where autocast is refused
     ("train", "precision"): {"valid": ["fp32"], "out_of_range": ["bf16", "fp16", "no-such-choice"]},
     ("model", "init_exclude"): {"valid": [[]], "out_of_range": [["fc"], ["classifier", "head"]]},
+    # the tiny recipe names a registry model and dataset: a factory next to a name is refused, as is a path
+    # that is not 'package.module:name' or cannot be imported
+    ("model", "factory"): {"out_of_range": ["0", "no_colon", "no_such_pkg.mod:fn", "json:no_such_fn"]},
+    ("data", "factory"): {"out_of_range": ["0", "no_colon", "no_such_pkg.mod:fn", "json:no_such_fn"]},
 }
 WRONG_TYPES: dict[Any, list[Any]] = {
     bool: ["maybe", 2, [True], {"a": 1}],

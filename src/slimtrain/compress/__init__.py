@@ -121,3 +121,8 @@ __getattr__ = moved_names(
         "module_config": "slimtrain.layers:layer_config",
     },
 )
+
+# The replacement rule's warning (defined in slimtrain.layers.replacement), for callers of the operators here.
+from slimtrain.layers.replacement import LayersLeftDenseWarning
+
+__all__ += ["LayersLeftDenseWarning"]

@@ -11,7 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
 ChannelDim = Literal["out", "in"]
+
+
+def weight_channel_axis(module: nn.Module, dim: ChannelDim) -> int:
+    """The axis of ``module.weight`` along which its ``dim`` channels run.
+
+    Convolutions and linears store ``[out, in/groups, ...]``; transposed convolutions store
+    ``[in, out/groups, ...]``.
+    """
+    transposed = isinstance(module, _ConvNd) and module.transposed
+    return int(transposed) if dim == "out" else int(not transposed)
 
 
 @dataclass(frozen=True)

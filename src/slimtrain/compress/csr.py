@@ -6,8 +6,12 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
+from slimtrain.layers.replacement import LINEARS, Replacement, select_replaceable
 from slimtrain.layers.sparse import SparseLinear
+
+_CSR = Replacement("CSR storage", (nn.Linear,), LINEARS, "linear")
 
 
 def to_sparse_linear(
@@ -15,28 +19,34 @@ def to_sparse_linear(
 ) -> nn.Module:
     """Return a copy of ``model`` with linear layers stored as :class:`SparseLinear`.
 
+    Layers are chosen by the rule of :mod:`slimtrain.layers.replacement` (docs/export.md, "Which layers are
+    replaced"): by default, linears it does not allow (a subclass with its own ``forward``, the ``out_proj``
+    of an ``nn.MultiheadAttention``, a parametrized weight) are kept dense and named in one
+    :class:`~slimtrain.layers.replacement.LayersLeftDenseWarning`.
+
     Args:
         model: The (pruned) model, unchanged.
-        layers: Names of the linears to convert; default every ``nn.Linear`` whose weight sparsity is at least
-            ``min_sparsity``.
+        layers: Names of the linears to convert; default every ``nn.Linear`` the rule allows whose weight
+            sparsity is at least ``min_sparsity``.
         min_sparsity: Minimum fraction of exact zeros for a layer to be converted when ``layers`` is None.
 
     Returns:
         The converted copy (same function).
+
+    Raises:
+        UnsupportedModelError: A layer named in ``layers`` that the rule refuses, a model with no linear the
+            rule allows, or a selected linear whose weight is shared with another module (named).
+        KeyError: A name in ``layers`` that is not a module.
     """
-    result = copy_model(model)
+    result = copy_model(model, "to_sparse_linear")
+    names = select_replaceable(result, _CSR, layers)
     if layers is None:
         names = [
-            n
-            for n, m in result.named_modules()
-            if isinstance(m, nn.Linear) and float((m.weight == 0).float().mean()) >= min_sparsity
+            n for n in names if float((get_submodule(result, n).weight == 0).float().mean()) >= min_sparsity
         ]
-    else:
-        names = list(layers)
+    refuse_shared(result, names, "CSR storage")
     for name in names:
         dense = get_submodule(result, name)
-        if not isinstance(dense, nn.Linear):
-            raise TypeError(f"layer {name!r} is a {type(dense).__name__}, not nn.Linear")
         sparse = SparseLinear.from_linear(dense)
         if hasattr(dense, KEPT_CHANNELS_ATTR):
             setattr(sparse, KEPT_CHANNELS_ATTR, getattr(dense, KEPT_CHANNELS_ATTR))

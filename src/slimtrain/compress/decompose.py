@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
 from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
-
-_FACTORIZED = (SVDConv2d, LowRankLinear, TuckerConv2d)
+from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
+from slimtrain.layers.replacement import CONVOLUTIONS, LINEARS, Replacement, select_replaceable
 
 
 class FactorizationCostWarning(UserWarning):
@@ -38,27 +38,20 @@ def kept_rank(full_rank: int, reduction: float) -> int:
     return max(1, math.floor((1.0 - reduction) * full_rank + 1e-9))
 
 
-def _targets(model: nn.Module, types: tuple[type, ...], layers: Iterable[str] | None) -> list[str]:
-    """Names of the layers to decompose: the given ones (validated) or every layer of ``types``."""
-    if layers is not None:
-        names = list(layers)
-        for name in names:
-            module = get_submodule(model, name)
-            if not isinstance(module, types):
-                raise TypeError(
-                    f"layer {name!r} is a {type(module).__name__}, expected one of "
-                    f"{', '.join(t.__name__ for t in types)}"
-                )
-        return names
-    inside_factorized = {
-        f"{name}.{sub}"
-        for name, m in model.named_modules()
-        if isinstance(m, _FACTORIZED)
-        for sub, _ in m.named_modules()
-    }
-    return [
-        name for name, m in model.named_modules() if isinstance(m, types) and name not in inside_factorized
-    ]
+def _tucker_refusal(conv: nn.Module) -> str | None:
+    if conv.groups != 1:
+        return f"grouped convolution (groups={conv.groups}): Tucker-2 factorization needs groups=1"
+    return None
+
+
+def _operator(
+    what: str, include_linear: bool, check: Callable[[nn.Module], str | None] | None = None
+) -> Replacement:
+    """The :class:`Replacement` of a factorization: convolutions, and linears if ``include_linear``."""
+    types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear) if include_linear else (nn.Conv2d,)
+    family = (*CONVOLUTIONS, *LINEARS) if include_linear else CONVOLUTIONS
+    name = "convolution or linear" if include_linear else "convolution"
+    return Replacement(what, types, family, name, check, inside=FACTORIZED_DEPLOYMENT_LAYERS)
 
 
 def _warn_if_costlier(
@@ -94,6 +87,9 @@ def svd_decompose(
     Conv: :class:`SVDConv2d` with r = max(1, ⌊(1 − s)·min(c_out/g, (c_in/g)·kh·kw)⌋) per group; linear:
     :class:`LowRankLinear` with r = max(1, ⌊(1 − s)·min(in, out)⌋) (docs/sfw.md#evaluation-protocol). A
     :class:`FactorizationCostWarning` is emitted for every layer the rank makes more expensive than dense.
+    Layers are chosen by the rule of :mod:`slimtrain.layers.replacement` (docs/export.md, "Which layers are
+    replaced"): by default, convolutions (and linears) it does not allow are left dense and named in one
+    :class:`~slimtrain.layers.replacement.LayersLeftDenseWarning`.
 
     Args:
         model: The trained model (not modified).
@@ -106,13 +102,15 @@ def svd_decompose(
         The decomposed copy.
 
     Raises:
-        UnsupportedModelError: A selected layer shares a parameter with another module (factorizing it would
-            untie them); the message names both module paths.
+        UnsupportedModelError: A layer named in ``layers`` that the rule refuses, a model with nothing to
+            factorize, or a selected layer that shares a parameter with another module (factorizing it would
+            untie them); the message names the module paths, types and why.
+        KeyError: A name in ``layers`` or ``ranks`` that is not a selected layer.
     """
-    types: tuple[type, ...] = (nn.Conv2d, nn.Linear) if include_linear or layers is not None else (nn.Conv2d,)
-    result = copy_model(model)
+    operator = _operator("SVD factorization", include_linear or layers is not None)
+    result = copy_model(model, "svd_decompose")
     ranks = dict(ranks or {})
-    names = _targets(result, types, layers)
+    names = select_replaceable(result, operator, layers)
     refuse_shared(result, names, "SVD factorization")
     unknown = sorted(set(ranks) - set(names))
     if unknown:
@@ -155,7 +153,9 @@ def tucker_decompose(
 
     Ranks: r_out = max(1, ⌊(1 − s)·c_out⌋), r_in = max(1, ⌊(1 − s)·c_in⌋), spatial modes full. Costs follow
     docs/metrics.md#macs (the 1×1 projection runs at input resolution, i.e. stride² positions per output
-    position); a :class:`FactorizationCostWarning` flags layers made more expensive than dense.
+    position); a :class:`FactorizationCostWarning` flags layers made more expensive than dense. Convolutions
+    are chosen as by :func:`svd_decompose`; grouped ones have no Tucker-2 form here and are left dense (and
+    named in the :class:`~slimtrain.layers.replacement.LayersLeftDenseWarning`).
 
     Args:
         model: The trained model (not modified).
@@ -167,24 +167,19 @@ def tucker_decompose(
         The decomposed copy.
 
     Raises:
-        ValueError: If a selected conv has ``groups > 1`` (named in the message).
-        UnsupportedModelError: A selected conv shares a parameter with another module (named).
+        UnsupportedModelError: A conv named in ``layers`` that the rule refuses (``groups > 1`` included), a
+            model with nothing to factorize, or a selected conv that shares a parameter with another module.
+        KeyError: A name in ``layers`` or ``ranks`` that is not a selected layer.
     """
-    result = copy_model(model)
+    result = copy_model(model, "tucker_decompose")
     ranks = dict(ranks or {})
-    names = _targets(result, (nn.Conv2d,), layers)
+    names = select_replaceable(result, _operator("Tucker factorization", False, _tucker_refusal), layers)
     refuse_shared(result, names, "Tucker factorization")
     unknown = sorted(set(ranks) - set(names))
     if unknown:
         raise KeyError(f"ranks given for layers that are not decomposed: {', '.join(unknown)}")
     for name in names:
         dense = get_submodule(result, name)
-        if dense.groups != 1:
-            if layers is None:
-                continue  # grouped/depthwise convs have no Tucker-2 form here; they stay dense
-            raise ValueError(
-                f"layer {name!r}: Tucker factorization needs groups=1, got groups={dense.groups}"
-            )
         r_out, r_in = ranks.get(
             name, (kept_rank(dense.out_channels, reduction), kept_rank(dense.in_channels, reduction))
         )

@@ -16,7 +16,7 @@ def densify(model: nn.Module) -> nn.Module:
     The result computes the same function with the original layer shapes (reconstructed low-rank kernels,
     zeros stored densely); it is the reference the exported model is compared with.
     """
-    result = copy_model(model)
+    result = copy_model(model, "densify")
     for name, module in list(result.named_modules()):
         if isinstance(module, _DENSIFIABLE):
             set_submodule(result, name, module.to_dense())

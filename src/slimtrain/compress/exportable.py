@@ -29,8 +29,9 @@ from torch.nn.modules.conv import _ConvNd
 
 from slimtrain._model_io import ModelInputs, Tolerance, call_model, compare_outputs
 from slimtrain._shared_params import refuse_untied, shared_parameter_groups
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress._modules import copy_model, get_submodule, set_submodule
-from slimtrain.compress.channel_groups import ChannelGroup
+from slimtrain.compress.channel_groups import ChannelGroup, weight_channel_axis
 from slimtrain.compress.filter_pruning import ChannelPruningPlan, GroupSelection, remove_channels
 from slimtrain.compress.masks import fold_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
@@ -69,15 +70,16 @@ def removable_channels(model: nn.Module, group: ChannelGroup) -> list[int]:
             params = [getattr(module, p, None) for p in ("weight", "bias")]
             if isinstance(module, _BatchNorm) and not module.affine:
                 produced[roots] = True
-            for param in params:
+            for pname, param in zip(("weight", "bias"), params, strict=True):
                 if isinstance(param, torch.Tensor):
-                    produced[roots[_nonzero_rows(param[idx])]] = True
+                    axis = weight_channel_axis(module, "out") if pname == "weight" else 0
+                    produced[roots[_nonzero_rows(param.movedim(axis, 0)[idx])]] = True
         elif isinstance(module, _ConvNd) and module.groups > 1:
             # A depthwise conv's input channel i only feeds its output channel i, a member of this group.
             continue
         else:
             has_consumer = True
-            columns = module.weight.detach().transpose(0, 1)[idx]
+            columns = module.weight.detach().movedim(weight_channel_axis(module, "in"), 0)[idx]
             consumed[roots[_nonzero_rows(columns)]] = True
     if not has_consumer:  # nothing proves the channels unread
         consumed[:] = True
@@ -118,13 +120,14 @@ def remove_zero_channels(model: nn.Module, example_inputs: Any, *, round_to: int
         if pruned:
             selections.append(GroupSelection(group, tuple(pruned)))
     if not selections:
-        return copy_model(model)
+        return copy_model(model, "remove_zero_channels")
     return remove_channels(model, ChannelPruningPlan(tuple(selections)), example_inputs)
 
 
 def _has_zero_output_channel(model: nn.Module) -> bool:
     return any(
-        isinstance(m, (_ConvNd, nn.Linear)) and not bool(_nonzero_rows(m.weight).all())
+        isinstance(m, (_ConvNd, nn.Linear))
+        and not bool(_nonzero_rows(m.weight.movedim(weight_channel_axis(m, "out"), 0)).all())
         for m in model.modules()
     )
 
@@ -137,7 +140,7 @@ def export_lowrank_layers(model: nn.Module) -> nn.Module:
     :class:`~slimtrain.layers.SVDConv2d` or :class:`~slimtrain.layers.LowRankLinear` at the trained ranks.
     The function is unchanged (up to rounding).
     """
-    result = copy_model(model)
+    result = copy_model(model, "export_lowrank_layers")
     for name, module in list(result.named_modules()):
         if isinstance(module, TrainingLayer):
             set_submodule(result, name, module.to_deployment())
@@ -154,7 +157,8 @@ def to_exported(
     """Return the exported form of a compressed model (see the module docstring).
 
     Args:
-        compressed: The output of a method's ``compress`` at one level (unchanged).
+        compressed: The output of a method's ``compress`` at one level (unchanged); a
+            ``DistributedDataParallel`` or ``torch.compile`` wrapper is unwrapped.
         structure: The structure it was compressed with: ``unstructured``, ``filter``, ``lowrank`` or
             ``native`` (the trained model itself; zeroed channels are removed when its channel flow allows).
         example_inputs: An input batch, used to trace channel dependencies and verify channel removal.
@@ -173,7 +177,7 @@ def to_exported(
         raise ValueError(f"unknown structure {structure!r}; valid: unstructured, filter, lowrank, native")
     if round_to is not None and structure not in ("filter", "native"):
         raise ValueError(f"round_to applies to channel removal (filter, native), not to {structure!r}")
-    folded = fold_masks(compressed)
+    folded = fold_masks(unwrap_model(compressed))  # the exported model is the user's, not its wrapper
     shared = shared_parameter_groups(folded)
     model = export_lowrank_layers(folded).eval()
     if structure == "filter":

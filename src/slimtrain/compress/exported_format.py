@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -32,8 +31,9 @@ import torch
 from torch import nn
 
 from slimtrain import __version__ as slimtrain_version
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, get_submodule, set_submodule
-from slimtrain.errors import ExportFormatError, UnknownNameError, UnsupportedModelError
+from slimtrain.errors import ExportFormatError, FactoryImportError, UnknownNameError, UnsupportedModelError
 from slimtrain.io import apply_umask_tree
 from slimtrain.layers.specs import build_layer, layer_type_of, reshape_layer
 
@@ -58,11 +58,9 @@ def _sha256(path: Path) -> str:
 
 
 def _build_base(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Module:
-    if callable(base):
-        return base(**kwargs)
-    from slimtrain.models import create_model  # imported lazily: the registry is optional for factories
+    from slimtrain.models.factory import build_model  # lazily: importing the zoo registers every model
 
-    return create_model(base, **kwargs)
+    return build_model(base, kwargs)
 
 
 def architecture_changes(base: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
@@ -159,7 +157,8 @@ def save_exported(
     reads as the previous export or the complete new one, never a partial one.
 
     Args:
-        model: The exported model (channels removed / layers factorized / masks folded).
+        model: The exported model (channels removed / layers factorized / masks folded); a
+            ``DistributedDataParallel`` or ``torch.compile`` wrapper is unwrapped.
         path: Directory to create.
         base: The uncompressed architecture: a ``slimtrain.models`` registry name, or a factory callable
             (recorded by its import path ``"module:qualname"``; :func:`load_exported` imports it again when
@@ -181,6 +180,7 @@ def save_exported(
         ExportFormatError: If the architecture change cannot be recorded.
     """
     path = Path(path)
+    model = unwrap_model(model)  # stored under the base model's names, not its wrapper's
     finish_interrupted_save(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -293,8 +293,9 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
 
     Args:
         path: The exported-model directory.
-        factory: The base model factory, required when the model was saved with a factory instead of a
-            registry name (called with the recorded keyword arguments); overrides a registry name.
+        factory: The base model factory, required when the model was saved with a factory that cannot be
+            imported here (built with the recorded keyword arguments, :func:`slimtrain.models.build_model`);
+            overrides a registry name.
 
     Returns:
         The model with the recorded architecture and weights. Its attribute :data:`PREPROCESSING_ATTR`
@@ -305,6 +306,7 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
     Raises:
         ExportFormatError: On a missing file, checksum mismatch, a manifest naming missing or extra tensors,
             or shapes/dtypes that disagree with the weights file or the rebuilt architecture.
+        FactoryImportError: The recorded factory cannot be imported here and ``factory`` is not given.
     """
     path = Path(path)
     finish_interrupted_save(path, remove_partial=False)
@@ -361,23 +363,27 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
 
 
 def _base_of(path: Path, manifest: dict[str, Any], factory: ModelFactory | None) -> str | ModelFactory:
-    """The registry name or factory to build the base model from (an importable factory is imported)."""
+    """The registry name or factory to build the base model from (an importable factory is imported).
+
+    Raises:
+        FactoryImportError: The recorded factory cannot be imported here (naming its module).
+        ExportFormatError: A format-1 manifest names a factory without its module.
+    """
+    from slimtrain.models.factory import resolve_factory
+
     entry = manifest["base_model"]
     if factory is not None:
         return factory
     if "registry_name" in entry:
         return entry["registry_name"]
-    module_name, colon, qualname = str(entry.get("factory", "")).partition(":")
-    if colon:  # format 2 records an import path; format 1 only a dotted name
+    recorded = str(entry.get("factory", ""))
+    if ":" in recorded:  # format 2 records an import path; format 1 only a dotted name
         try:
-            target: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                target = getattr(target, part)
-            return target
-        except (ImportError, AttributeError) as error:
-            raise ExportFormatError(
-                f"{path} was saved from the factory {entry['factory']!r}, which cannot be imported here "
-                f"({error}); pass it as load_exported(..., factory=...)"
+            return resolve_factory(recorded)
+        except FactoryImportError as error:
+            raise FactoryImportError(
+                f"{path} was saved from a factory that cannot be imported here: {error}; install its "
+                "package or pass it as load_exported(..., factory=...)"
             ) from error
     raise ExportFormatError(
         f"{path} was saved from the factory {entry.get('factory')!r}; "

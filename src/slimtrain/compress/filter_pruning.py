@@ -22,14 +22,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils import parametrize, prune
 
 from slimtrain._model_io import ModelInputs, call_model, compare_outputs
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule
-from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
+from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight_channel_axis
 from slimtrain.compress.masks import apply_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
-from slimtrain.errors import ExportMismatchError
+from slimtrain.errors import ExportMismatchError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def group_l1_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         module = get_submodule(model, member.module)
         if member.dim != "out" or not isinstance(module, (_ConvNd, nn.Linear)):
             continue
-        norms = module.weight.detach().abs().flatten(1).sum(1).double().cpu()
+        weight = module.weight.detach().movedim(weight_channel_axis(module, "out"), 0)
+        norms = weight.abs().flatten(1).sum(1).double().cpu()
         scores.index_add_(0, torch.tensor(member.root_indices), norms[list(member.indices)])
     return scores
 
@@ -112,13 +114,19 @@ def filter_pruning_plan(
         The plan; apply it with :func:`apply_channel_masks` or :func:`remove_channels`.
 
     Raises:
-        UnsupportedChannelFlowError: The model has zero-padding shortcuts or other channel flow the
-            dependency graph cannot follow.
+        UnsupportedChannelFlowError: The model has zero-padding shortcuts, recurrent layers or other channel
+            flow the dependency graph cannot follow.
+        UnsupportedModelError: ``fraction > 0`` and no channel group can be pruned (no conv, or every conv
+            feeds the output), or a group touches a re-parametrized layer (``weight_norm``, ``prune``); the
+            message names the layers.
     """
     root_types: tuple[type[nn.Module], ...] = (_ConvNd, nn.Linear) if include_linear else (_ConvNd,)
     groups = coupled_channel_groups(
         model, example_inputs, root_types=root_types, ignored_layers=ignored_layers
     )
+    if not groups and fraction > 0:
+        _refuse_nothing_prunable(model, root_types)
+    _refuse_reparametrized(model, groups)
     selections = []
     for group in groups:
         removed = group.size - channels_kept(group.size, fraction, round_to)
@@ -127,12 +135,49 @@ def filter_pruning_plan(
     return ChannelPruningPlan(tuple(selections))
 
 
+def _refuse_nothing_prunable(model: nn.Module, root_types: tuple[type[nn.Module], ...]) -> None:
+    """Refuse a level that would remove nothing: the model would come back unchanged, not pruned."""
+    kinds = "conv or linear layer" if nn.Linear in root_types else "conv layer"
+    roots = [f"{n!r} ({type(m).__qualname__})" for n, m in model.named_modules() if isinstance(m, root_types)]
+    if roots:
+        shown = ", ".join(roots[:6]) + (", ..." if len(roots) > 6 else "")
+        why = f"the output channels of every {kinds} ({shown}) reach the model's output or an ignored layer"
+    else:
+        why = f"{type(model).__qualname__} has no {kinds}"
+    hint = ""
+    if nn.Linear not in root_types and any(isinstance(m, nn.Linear) for m in model.modules()):
+        hint = "pass include_linear=True to remove the output features of hidden linear layers, or "
+    raise UnsupportedModelError(
+        f"filter pruning refused: no channel can be removed, since {why}; {hint}prune it unstructured "
+        "(global_magnitude_prune) or factorize it (svd_decompose) instead"
+    )
+
+
+def _refuse_reparametrized(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
+    """Refuse groups touching a layer whose weight is computed (``parametrize``, ``prune``).
+
+    Its channels are not entries of a stored tensor (weight norm divides by a norm over each row).
+    """
+    for group in groups:
+        for member in group.members:
+            module = get_submodule(model, member.module)
+            if parametrize.is_parametrized(module) or prune.is_pruned(module):
+                raise UnsupportedModelError(
+                    f"filter pruning refused: layer {member.module!r} ({type(module).__qualname__}) "
+                    "computes its weight through a re-parametrization (torch.nn.utils.parametrize, such as "
+                    "weight_norm, or torch.nn.utils.prune), so its channels cannot be masked or removed in "
+                    "the stored tensors; fold it into a plain weight first (slimtrain.compress.fold_masks"
+                    "(model) keeps its current value)"
+                )
+
+
 def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch.Tensor]:
     """Return the parameter keep-masks that realise ``plan`` on ``model`` (see module docstring)."""
     masks: dict[str, torch.Tensor] = {}
 
-    def mask_for(name: str, param: torch.Tensor) -> torch.Tensor:
-        return masks.setdefault(name, torch.ones_like(param, dtype=torch.bool))
+    def drop(name: str, param: torch.Tensor, axis: int, indices: list[int]) -> None:
+        mask = masks.setdefault(name, torch.ones_like(param, dtype=torch.bool))
+        mask.index_fill_(axis, torch.tensor(indices, device=mask.device), False)
 
     for selection in plan.selections:
         for s in selection.slices:
@@ -143,11 +188,12 @@ def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch
                 for pname in ("weight", "bias"):
                     param = getattr(module, pname, None)
                     if isinstance(param, nn.Parameter):
-                        mask_for(prefix + pname, param)[idx] = False
+                        axis = weight_channel_axis(module, "out") if pname == "weight" else 0
+                        drop(prefix + pname, param, axis, idx)
             elif isinstance(module, _ConvNd) and module.groups > 1:
                 continue  # depthwise conv: its input channel i only feeds output channel i, masked as "out"
             else:
-                mask_for(prefix + "weight", module.weight)[:, idx] = False
+                drop(prefix + "weight", module.weight, weight_channel_axis(module, "in"), idx)
     return masks
 
 
@@ -197,7 +243,7 @@ def remove_channels(
             returned then).
         UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
     """
-    result = copy_model(model)
+    result = copy_model(model, "remove_channels")
     originals = {
         (s.module, s.dim): _size(get_submodule(model, s.module), s.dim)
         for selection in plan.selections

@@ -1,11 +1,11 @@
 """Unstructured magnitude pruning: global over a population, or per layer.
 
-Global magnitude pruning over the weights of every conv and linear layer is the SFW paper's unstructured
-evaluation; over all parameters (biases and BatchNorm γ/β included) it is Miao et al.'s (ICLR 2022). Protocol:
-docs/sfw.md#evaluation-protocol; populations: docs/metrics.md#populations. Exactly ⌊s·N⌋ entries are removed;
-ties in magnitude are broken by position (parameter order, then flat index), so every process computes the
-same mask. The selection itself is :mod:`slimtrain.pruning.magnitude`'s, shared with the pruning baselines and
-SWD.
+Global magnitude pruning over the prunable weights (conv, linear, RNN and attention input weights;
+:mod:`slimtrain.layers.prunable`) is the SFW paper's unstructured evaluation; over all parameters (biases and
+BatchNorm γ/β included) it is Miao et al.'s (ICLR 2022). Protocol: docs/sfw.md#evaluation-protocol;
+populations: docs/metrics.md#populations. Exactly ⌊s·N⌋ entries are removed; ties in magnitude are broken by
+position (parameter order, then flat index), so every process computes the same mask. The selection itself
+is :mod:`slimtrain.pruning.magnitude`'s, shared with the pruning baselines and SWD.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
-from slimtrain._shared_params import first_names
 from slimtrain.compress.masks import apply_masks
+from slimtrain.layers.prunable import prunable_weights
 from slimtrain.pruning import magnitude
 
 PopulationName = Literal["prunable", "all"]
@@ -25,31 +24,27 @@ PopulationName = Literal["prunable", "all"]
 
 def population_parameters(
     model: nn.Module, population: PopulationName = "prunable"
-) -> dict[str, nn.Parameter]:
-    """Return the named parameters of a population (docs/metrics.md#populations).
+) -> dict[str, torch.Tensor]:
+    """Return the named tensors of a population (docs/metrics.md#populations).
 
-    A shared (tied) parameter is one member, under its first name, and belongs to ``prunable`` when any of its
-    aliases is a conv or linear weight (docs/metrics.md#shared-parameters); its mask holds for every alias.
+    ``prunable`` is :func:`slimtrain.layers.prunable.prunable_weights`: the weights its registry names
+    (convolutions, linears, RNN and attention input weights, Hugging Face ``Conv1D``), a shared (tied) tensor
+    once under its first name, prunable when any alias is (docs/metrics.md#shared-parameters); its mask holds
+    for every alias. A parametrized weight is its effective tensor under ``"<module>.weight"``: pruning it
+    (:func:`~slimtrain.compress.apply_masks`) leaves a plain weight in the copy.
 
     Args:
         model: The model.
-        population: ``"prunable"`` for the ``weight`` of every conv and linear layer, ``"all"`` for every
-            parameter.
+        population: ``"prunable"`` or ``"all"`` (every parameter).
 
     Returns:
-        Name → parameter, in ``named_parameters`` order.
+        Name → tensor, in ``named_parameters`` order.
     """
     if population == "all":
         return dict(model.named_parameters())
     if population != "prunable":
         raise ValueError(f"population must be 'prunable' or 'all', got {population!r}")
-    first = first_names(model)
-    result = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, (_ConvNd, nn.Linear)) and isinstance(module.weight, nn.Parameter):
-            result[first[f"{module_name}.weight" if module_name else "weight"]] = module.weight
-    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    return dict(sorted(result.items(), key=lambda item: order[item[0]]))
+    return prunable_weights(model)
 
 
 def global_magnitude_masks(
@@ -60,7 +55,7 @@ def global_magnitude_masks(
     Args:
         model: The model.
         sparsity: Fraction of the population's entries to remove, in [0, 1].
-        population: ``"prunable"`` (conv + linear weights; the SFW paper) or ``"all"`` (Miao et al.).
+        population: ``"prunable"`` (:func:`population_parameters`; the SFW paper) or ``"all"`` (Miao et al.).
 
     Returns:
         Parameter name → boolean keep-mask.

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from slimtrain.compress._modules import copy_model
+from slimtrain.layers.prunable import make_plain
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -23,20 +24,29 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
     Args:
         model: The model (not modified).
         masks: Parameter name → boolean keep-mask of the parameter's shape; a shared (tied) parameter may be
-            named by any of its names, and its mask holds for all of them.
+            named by any of its names, and its mask holds for all of them. A computed weight (a
+            ``torch.nn.utils.parametrize`` parametrization such as ``weight_norm``, or a
+            ``torch.nn.utils.prune`` mask) is named ``"<module>.<name>"``: its current value becomes a plain
+            parameter of the copy (the parametrization is removed), which is then masked — the copy computes
+            exactly the masked effective weight (docs/metrics.md#populations).
 
     Returns:
         The masked copy.
 
     Raises:
-        KeyError: If a mask names no parameter of the model.
+        KeyError: If a mask names neither a parameter nor a computed weight of the model.
         ValueError: If a mask's shape differs from its parameter's.
     """
-    result = copy_model(model)
+    result = copy_model(model, "apply_masks")
     params = dict(result.named_parameters(remove_duplicate=False))
-    for name, mask in masks.items():
+    for name in masks:
         if name not in params:
-            raise KeyError(f"mask for {name!r}, which is not a parameter of the model")
+            module_name, _, local = name.rpartition(".")
+            module = _submodule(result, module_name)
+            if module is None or not make_plain(module, local):
+                raise KeyError(f"mask for {name!r}, which is not a parameter of the model")
+            params[name] = getattr(module, local)
+    for name, mask in masks.items():
         if mask.shape != params[name].shape:
             raise ValueError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}"
@@ -53,13 +63,22 @@ def fold_masks(model: nn.Module) -> nn.Module:
     and ``torch.nn.utils.parametrize`` parametrizations (their current value is kept), so that the state dict
     has the plain layer keys and exports cleanly.
     """
-    result = copy_model(model)
+    result = copy_model(model, "fold_masks")
     for module in result.modules():
-        if prune.is_pruned(module):
-            for hook in list(module._forward_pre_hooks.values()):
-                if isinstance(hook, prune.BasePruningMethod):
-                    prune.remove(module, hook._tensor_name)
+        names = [
+            h._tensor_name
+            for h in module._forward_pre_hooks.values()
+            if isinstance(h, prune.BasePruningMethod)
+        ]
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            names += list(module.parametrizations.keys())
+        for name in names:
+            make_plain(module, name)
     return result
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None

@@ -25,9 +25,10 @@ from slimtrain._model_io import (
     input_tensors,
     split_inputs,
 )
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress._modules import copy_model, set_submodule
 from slimtrain.compress.exported_format import PREPROCESSING_ATTR
-from slimtrain.errors import OnnxMismatchError
+from slimtrain.errors import OnnxMismatchError, UnsupportedModelError
 from slimtrain.io import apply_umask
 from slimtrain.layers import SparseLinear
 
@@ -102,7 +103,8 @@ def export_onnx(
     silenced during the call; the model's own warnings are not.
 
     Args:
-        model: The exported model (unchanged; a copy is exported).
+        model: The exported model (unchanged; a copy is exported). A ``DistributedDataParallel`` or
+            ``torch.compile`` wrapper is unwrapped.
         example_input: One input batch, used for tracing and for the check: a tensor, a tuple of positional
             inputs or a dict of keyword inputs (e.g. ``input_ids`` and ``attention_mask``); each input
             tensor becomes one graph input, in that order (docs/export.md#model-inputs-and-outputs).
@@ -123,10 +125,12 @@ def export_onnx(
 
     Raises:
         OnnxMismatchError: If ``verify`` and the outputs differ (the file is not written then).
-        UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
+        UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare, or if
+            ``torch.onnx`` (through ``torch.export``) cannot export the model; the message gives the cause.
     """
     path = Path(path)
-    exported = copy_model(model).eval()
+    model = unwrap_model(model)  # the graph of the user's model, not of its DDP / torch.compile wrapper
+    exported = copy_model(model, "export_onnx").eval()
     for name, module in list(exported.named_modules()):
         if isinstance(module, SparseLinear):
             set_submodule(exported, name, module.to_dense())
@@ -146,15 +150,22 @@ def export_onnx(
     tmp = Path(tmp_name)
     try:
         with torch.no_grad(), _quiet_exporter():
-            program = torch.onnx.export(
-                exported,
-                args,
-                kwargs=kwargs,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset_version,
-                verbose=False,
-            )
+            try:
+                program = torch.onnx.export(
+                    exported,
+                    args,
+                    kwargs=kwargs,
+                    dynamo=True,
+                    dynamic_shapes=dynamic_shapes,
+                    opset_version=opset_version,
+                    verbose=False,
+                )
+            except Exception as error:  # torch.export's many error types: the model is what it refuses
+                raise UnsupportedModelError(
+                    f"torch.onnx cannot export {type(model).__name__}: {_export_failure(error)}; an output "
+                    "that is not a tensor (a Hugging Face cache: call it with use_cache=False) or "
+                    "data-dependent control flow in forward are the usual causes"
+                ) from error
             expected = call_model(exported, example_input)
             program.model.metadata_props.update(properties)
             program.save(str(tmp), external_data=False)
@@ -165,6 +176,13 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _export_failure(error: BaseException) -> str:
+    """The root cause of a torch.export failure, in one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
 
 
 def _batch_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ It finds coupled channel groups, physically removes channels, and checks beforeh
 operation the dependency graph would mis-model: DepGraph treats any unknown operation as element-wise
 (channel i in → channel i out), which is wrong for zero-padding ("option A") residual shortcuts and for
 concatenations with constant tensors; removing channels through them would produce a model that crashes or
-computes something else, so such models are refused with :class:`UnsupportedChannelFlowError`.
+computes something else, so such models are refused with :class:`UnsupportedChannelFlowError`, as are models
+with recurrent layers (whose tracing DepGraph gets wrong).
 """
 
 from __future__ import annotations
@@ -111,6 +112,18 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
     Raises:
         UnsupportedChannelFlowError: Naming each offending operation and the module it runs in.
     """
+    recurrent = [
+        f"{name!r} ({type(m).__qualname__})"
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.RNNBase, nn.RNNCellBase))
+    ]
+    # DepGraph's RNN support fails on stacked/bidirectional layers; our masks stop at conv/linear/BN.
+    if recurrent:
+        raise UnsupportedChannelFlowError(
+            f"structured pruning refused: recurrent layer {', '.join(recurrent)}: channel groups are not "
+            "followed through recurrent layers; prune the model unstructured (global_magnitude_prune) or "
+            "factorize it (svd_decompose) instead"
+        )
     running: list[nn.Module] = []  # the modules whose forward is executing, innermost last
 
     def push(module: nn.Module, _inputs: Any) -> None:
@@ -191,14 +204,20 @@ def _members(graph: tp.DependencyGraph, group: Any) -> tuple[ChannelSlice, ...]:
             if graph.is_out_channel_pruning_fn(item.dep.handler) or isinstance(module, _BatchNorm)
             else "in"
         )
-        if (
-            isinstance(module, _ConvNd)
-            and module.groups > 1
-            and not module.groups == module.in_channels == module.out_channels
-        ):
-            raise UnsupportedChannelFlowError(
-                f"structured pruning refused: grouped conv {name!r} (groups={module.groups}) is not depthwise"
-            )
+        if isinstance(module, _ConvNd) and module.groups > 1:
+            if module.transposed:
+                raise UnsupportedChannelFlowError(
+                    f"structured pruning refused: grouped transposed conv {name!r} "
+                    f"({type(module).__qualname__}, groups={module.groups}) is coupled to pruned channels, "
+                    "and only ungrouped transposed convs are supported; prune the model unstructured "
+                    "(global_magnitude_prune) instead"
+                )
+            if not module.groups == module.in_channels == module.out_channels:
+                raise UnsupportedChannelFlowError(
+                    f"structured pruning refused: grouped conv {name!r} ({type(module).__qualname__}, "
+                    f"groups={module.groups}) is not depthwise, and its channels cannot be removed group by "
+                    "group; prune the model unstructured (global_magnitude_prune) instead"
+                )
         members.append(
             ChannelSlice(name, dim, tuple(int(i) for i in item.idxs), tuple(int(i) for i in item.root_idxs))
         )

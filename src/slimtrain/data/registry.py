@@ -95,9 +95,10 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     augment: bool = False,
+    builder: DatasetBuilder | None = None,
     **options: Any,
 ) -> DatasetSplits:
-    """Load a registered dataset as normalized train / validation / test splits.
+    """Load a registered dataset (or one from ``builder``) as normalized train / validation / test splits.
 
     The validation split is carved from the training set, stratified by class, with exactly
     ``round(val_fraction * N)`` samples chosen by ``seed``; the test set is the dataset's own and does
@@ -113,6 +114,9 @@ def load_dataset(
         seed: seed of the validation split.
         augment: attach the dataset's standard train-time augmentation as ``DatasetSplits.augment``
             (``None`` when the dataset has none).
+        builder: a builder to call instead of the registered one, with the contract of
+            :func:`register_dataset`'s (a recipe's ``data.factory``); ``name`` then only names it (its
+            import path).
         **options: dataset-specific options (e.g. ``num_samples`` for ``synthetic``).
 
     Raises:
@@ -122,7 +126,7 @@ def load_dataset(
         DatasetNotFoundError: the files were not found (the message lists the places looked).
         DataFormatError: a file is corrupted, truncated or malformed (the message names it).
     """
-    builder = DATASETS.get(name)
+    builder = DATASETS.get(name) if builder is None else builder
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_options(name, builder, options)

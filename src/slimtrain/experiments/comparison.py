@@ -96,7 +96,7 @@ def _check_evaluable(run: Recipe, structure: str | None) -> None:
     if declared.chosen_after_training and structure != "native":
         comp = build_run(run, initial_weights=False)  # only the layer structure is checked
         example = comp.splits.test.inputs[:2].to(device=comp.device, dtype=comp.dtype)
-        check_compressible(comp.model, structure, run.model.name, example)
+        check_compressible(comp.model, structure, run.model.label, example)
 
 
 def _reuse_or_train(run: Recipe, run_dir: Path) -> None:

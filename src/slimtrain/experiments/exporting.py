@@ -4,8 +4,9 @@ The trained run is rebuilt (:func:`~slimtrain.experiments.sweeping.load_trained`
 ``compress`` at the level, turned into the exported model (:func:`slimtrain.compress.exportable.to_exported`:
 channels removed, factorized layers in place, masks folded, optionally CSR), checked to compute the
 compressed model's outputs on a test batch, and saved with :func:`slimtrain.compress.save_exported`. The
-manifest records the base model's registry name and keyword arguments, so :func:`slimtrain.load` rebuilds it
-without the run, the recipe or pickled classes.
+manifest records the base model — its registry name, or the import path of a recipe's ``model.factory`` — with
+the keyword arguments it was built with, so :func:`slimtrain.load` rebuilds it without the run, the recipe or
+pickled classes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from slimtrain.metrics import count_parameters, latency_fields
 from slimtrain.progress import Progress
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import run_identity
+from slimtrain.train.trainer import base_model
 
 if TYPE_CHECKING:
     from slimtrain.data import DatasetSplits
@@ -203,7 +205,7 @@ def export_run(
     example = to_device(comp.splits.test.inputs[:2])
     check_inputs = to_device(comp.splits.test.inputs[:CHECK_BATCH])
     if declared.chosen_after_training:
-        check_compressible(comp.model, structure, recipe.model.name, example)
+        check_compressible(comp.model, structure, recipe.model.label, example)
     stages = 4 + bool(onnx) + bool(latency_batch_sizes)
     what = f"export {recipe.name} {level_label(structure, level, fields['level_option'])}"
     shown = recipe.train.progress if progress is None else progress
@@ -223,12 +225,7 @@ def export_run(
         acc_exported = evaluate(exported, comp.splits.test, device=comp.device, dtype=comp.dtype)
 
         channels, height, _ = comp.splits.input_shape
-        base_kwargs = {
-            "num_classes": comp.splits.num_classes,
-            "in_channels": channels,
-            "image_size": height,
-            **recipe.model.kwargs,
-        }
+        base, base_kwargs = base_model(recipe, comp.splits)  # what the run's model was built from
         extra = {
             "run": run_dir.name,
             "method": method.name,
@@ -253,7 +250,7 @@ def export_run(
         path = save_exported(
             exported,
             out_dir,
-            base=recipe.model.name,
+            base=base,
             base_kwargs=base_kwargs,
             recipe=recipe.model_dump(mode="json"),
             manifest_extra=extra,

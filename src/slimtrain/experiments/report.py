@@ -437,8 +437,8 @@ def _context(directory: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
         recipe.get("train", {}).get("epochs", "?")
     ]
     return {
-        "dataset": recipe.get("data", {}).get("name", "unknown data"),
-        "model": f"{model.get('name', 'unknown model')}" + (f" ({kwargs})" if kwargs else ""),
+        "dataset": _source(recipe.get("data", {}), "unknown data"),
+        "model": _source(model, "unknown model") + (f" ({kwargs})" if kwargs else ""),
         "epochs": "/".join(str(e) for e in epochs),
         "seeds": sorted({row["seed"] for row in rows}),
         "date": datetime.date.today().isoformat(),
@@ -566,3 +566,8 @@ def write_report(directory: str | Path, title: str | None = None) -> Path:
     atomic_write_text(md_path, _markdown(blocks))
     atomic_write_text(directory / "report.html", _html(blocks))
     return md_path
+
+
+def _source(section: dict[str, Any], unknown: str) -> str:
+    """A recipe section's registry name or factory import path."""
+    return str(section.get("name") or section.get("factory") or unknown)

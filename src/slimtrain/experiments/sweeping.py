@@ -396,7 +396,7 @@ def sweep(
     if train_info.get("run_identity", identity.digest) != identity.digest:
         train_info = {}  # the results of another training of this directory
     if declared.chosen_after_training:
-        check_compressible(trained, structure, recipe.model.name, example)
+        check_compressible(trained, structure, recipe.model.label, example)
     dense = method.dense_reference(trained)  # a new model: `trained` keeps its own layers
     dense_latency = {b: _latency(dense, example, b) for b in latency_batch_sizes} if latency else {}
     todo = [level for level in levels if level not in done]

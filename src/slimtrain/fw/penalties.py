@@ -14,11 +14,17 @@ __all__ = ["conv_weights", "group_lasso_penalty", "nuclear_norm_penalty", "singu
 
 
 def conv_weights(model: nn.Module) -> list[Tensor]:
-    """The weights of every non-transposed conv layer of ``model``, in module order."""
+    """The trainable weights of every non-transposed conv layer of ``model``, in module order.
+
+    A frozen weight (``requires_grad=False``) is left out: the baselines neither penalise nor threshold it.
+    """
     return [
         m.weight
         for m in model.modules()
-        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.weight is not None
+        if isinstance(m, nn.modules.conv._ConvNd)
+        and not m.transposed
+        and m.weight is not None
+        and m.weight.requires_grad
     ]
 
 

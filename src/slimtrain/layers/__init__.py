@@ -56,3 +56,23 @@ __all__ = [
     "register_layer_type",
     "reshape_layer",
 ]
+
+from slimtrain.layers.replacement import (
+    PARAMETER_READERS,
+    REPLACEABLE_SUBCLASSES,
+    LayersLeftDenseWarning,
+    register_parameter_reader,
+    register_replaceable_subclass,
+)
+
+__all__ += [
+    "PARAMETER_READERS",
+    "REPLACEABLE_SUBCLASSES",
+    "LayersLeftDenseWarning",
+    "register_parameter_reader",
+    "register_replaceable_subclass",
+]
+
+from slimtrain.layers.prunable import PRUNABLE_TYPES, prunable_weights, register_prunable  # noqa: E402
+
+__all__ += ["PRUNABLE_TYPES", "prunable_weights", "register_prunable"]

@@ -306,6 +306,15 @@ class TuckerFactorizedLayer(nn.Module):
         """The weight of the dense layer this layer represents (shape of the replaced layer's weight)."""
         raise NotImplementedError
 
+    @property
+    def weight(self) -> Tensor:
+        """The dense-equivalent weight, :meth:`dense_weight`: a reconstruction from the factors on each read.
+
+        Not a parameter (the parameters are ``core`` and ``factors``); it exists so that code reading the
+        replaced layer's ``weight`` (its dtype, device or values) keeps working. Read-only.
+        """
+        return self.dense_weight()
+
     def to_dense(self) -> nn.Module:
         """A dense ``torch.nn`` layer computing the same function (reconstructed weight, same bias)."""
         raise NotImplementedError

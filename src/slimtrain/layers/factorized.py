@@ -44,6 +44,14 @@ def _check_rank(name: str, rank: int, limit: int) -> None:
         raise ValueError(f"{name} must be an integer in [1, {limit}], got {rank!r}")
 
 
+def _delegate(child: str, attribute: str) -> property:
+    """A read-only attribute of the replaced dense layer, read from the sub-layer ``child`` that keeps it."""
+    return property(
+        lambda self: getattr(getattr(self, child), attribute),
+        doc=f"``{attribute}`` of the replaced layer (that of ``{child}``); read-only.",
+    )
+
+
 def _dense_conv(
     geometry: nn.Conv2d, out_channels: int, kernel: torch.Tensor, bias: torch.Tensor | None
 ) -> nn.Conv2d:
@@ -124,6 +132,30 @@ class SVDConv2d(nn.Module):
             else nn.Conv2d(groups * rank, out_channels, 1, groups=groups, bias=bias)
         )
 
+    # nn.Conv2d's attributes, for code that reads them from the layer it holds (Hugging Face's TF padding).
+    in_channels = _delegate("reduce", "in_channels")
+    out_channels = _delegate("expand", "out_channels")
+    kernel_size = _delegate("reduce", "kernel_size")
+    stride = _delegate("reduce", "stride")
+    padding = _delegate("reduce", "padding")
+    dilation = _delegate("reduce", "dilation")
+    groups = _delegate("reduce", "groups")
+    padding_mode = _delegate("reduce", "padding_mode")
+    bias = _delegate("expand", "bias")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense-equivalent weight, rebuilt from the factors at each read (a reconstruction).
+
+        Not a parameter; code reading the replaced layer's ``weight`` (dtype, device, values) keeps working.
+        Read-only.
+        """
+        g, r = self.reduce.groups, self.rank
+        out_per_group = self.expand.out_channels // g
+        u = self.expand.weight.reshape(g, out_per_group, r)
+        v = self.reduce.weight.reshape(g, r, -1)
+        return torch.bmm(u, v).reshape(self.expand.out_channels, *self.reduce.weight.shape[1:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the k×k reduction and then the 1×1 expansion."""
         return self.expand(self.reduce(x))
@@ -141,12 +173,7 @@ class SVDConv2d(nn.Module):
 
     def to_dense(self) -> nn.Conv2d:
         """Return the dense conv with the reconstructed (rank-limited) kernel; same function."""
-        g, r = self.reduce.groups, self.rank
-        out_per_group = self.expand.out_channels // g
-        u = self.expand.weight.reshape(g, out_per_group, r)
-        v = self.reduce.weight.reshape(g, r, -1)
-        kernel = torch.bmm(u, v).reshape(self.expand.out_channels, *self.reduce.weight.shape[1:])
-        return _dense_conv(self.reduce, self.expand.out_channels, kernel, self.expand.bias)
+        return _dense_conv(self.reduce, self.expand.out_channels, self.weight.detach(), self.expand.bias)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> SVDConv2d:
@@ -205,6 +232,19 @@ class LowRankLinear(nn.Module):
         self.reduce = nn.Linear(in_features, rank, bias=False)
         self.expand = nn.Linear(rank, out_features, bias=bias)
 
+    in_features = _delegate("reduce", "in_features")
+    out_features = _delegate("expand", "out_features")
+    bias = _delegate("expand", "bias")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense-equivalent weight, rebuilt from the factors at each read (a reconstruction).
+
+        Not a parameter; code reading the replaced layer's ``weight`` (dtype, device, values) keeps working.
+        Read-only.
+        """
+        return self.expand.weight @ self.reduce.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply diag(σ)V_rᵀ and then U_r."""
         return self.expand(self.reduce(x))
@@ -225,7 +265,7 @@ class LowRankLinear(nn.Module):
         )
         linear = linear.to(device=self.reduce.weight.device, dtype=self.reduce.weight.dtype)
         with torch.no_grad():
-            linear.weight.copy_(self.expand.weight @ self.reduce.weight)
+            linear.weight.copy_(self.weight)
             if self.expand.bias is not None:
                 linear.bias.copy_(self.expand.bias)
         return linear
@@ -298,6 +338,30 @@ class TuckerConv2d(nn.Module):
         )
         self.expand = PointwiseConv2d(rank_out, out_channels, bias=bias)
 
+    in_channels = _delegate("project", "in_channels")
+    out_channels = _delegate("expand", "out_channels")
+    kernel_size = _delegate("core", "kernel_size")
+    stride = _delegate("core", "stride")
+    padding = _delegate("core", "padding")
+    dilation = _delegate("core", "dilation")
+    groups = _delegate("core", "groups")
+    padding_mode = _delegate("core", "padding_mode")
+    bias = _delegate("expand", "bias")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense-equivalent weight, rebuilt from the factors at each read (a reconstruction).
+
+        Not a parameter; code reading the replaced layer's ``weight`` (dtype, device, values) keeps working.
+        Read-only.
+        """
+        return torch.einsum(
+            "rshw,or,si->oihw",
+            self.core.weight,
+            self.expand.weight[:, :, 0, 0],
+            self.project.weight[:, :, 0, 0],
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply projection, core and expansion."""
         return self.expand(self.core(self.project(x)))
@@ -315,13 +379,7 @@ class TuckerConv2d(nn.Module):
 
     def to_dense(self) -> nn.Conv2d:
         """Return the dense conv with the reconstructed kernel C ×₁ U_out ×₂ U_in; same function."""
-        kernel = torch.einsum(
-            "rshw,or,si->oihw",
-            self.core.weight,
-            self.expand.weight[:, :, 0, 0],
-            self.project.weight[:, :, 0, 0],
-        )
-        return _dense_conv(self.core, self.expand.out_channels, kernel, self.expand.bias)
+        return _dense_conv(self.core, self.expand.out_channels, self.weight.detach(), self.expand.bias)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank_out: int, rank_in: int) -> TuckerConv2d:
@@ -357,6 +415,9 @@ class TuckerConv2d(nn.Module):
                 layer.expand.bias.copy_(conv.bias)
         return layer
 
+
+FACTORIZED_DEPLOYMENT_LAYERS = (SVDConv2d, LowRankLinear, TuckerConv2d)
+"""The deployment layers a factorization produces: their sub-layers are never factorized again by default."""
 
 register_layer_type("slimtrain.SVDConv2d", SVDConv2d, v1_name="SVDConv2d")
 register_layer_type("slimtrain.LowRankLinear", LowRankLinear, v1_name="LowRankLinear")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimtrain.layers.replacement import register_replaceable_subclass
 from slimtrain.layers.specs import register_layer_type
 
 __all__ = ["PointwiseConv2d", "pointwise_conv2d"]
@@ -67,6 +68,10 @@ class PointwiseConv2d(nn.Conv2d):
             "out_channels": self.out_channels,
             "bias": self.bias is not None,
         }
+
+
+# Its forward computes exactly nn.Conv2d's, so a factorization or conversion may replace it.
+register_replaceable_subclass(PointwiseConv2d)
 
 
 register_layer_type("slimtrain.PointwiseConv2d", PointwiseConv2d)

@@ -58,6 +58,15 @@ class SparseLinear(nn.Module):
         with _quiet_csr():
             return self.weight_csr().to_dense()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight, :meth:`dense_weight`, rebuilt on each read (not a parameter: ``values`` is).
+
+        It exists so that code reading the replaced linear's ``weight`` (its dtype, device or values) keeps
+        working; read-only.
+        """
+        return self.dense_weight()
+
     def weight_csr(self) -> torch.Tensor:
         """Return the weight as a ``torch.sparse_csr`` tensor of shape (out_features, in_features)."""
         with _quiet_csr():

@@ -98,13 +98,14 @@ class TTLinear(nn.Module):
         """Bond ranks ``(r_0, …, r_d)``."""
         return (1, *(int(core.shape[2]) for core in self.cores))
 
+    @property
     def weight(self) -> torch.Tensor:
-        """Reconstruct the dense ``out × in`` weight 𝒯(G)."""
+        """The dense ``out × in`` weight 𝒯(G), reconstructed from the cores on each read (not a parameter)."""
         return tt_reconstruct(list(self.cores)).reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to inputs of shape (…, in_features)."""
-        return F.linear(x, self.weight(), self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def dense_parameter_count(self) -> int:
         """Parameters of the equivalent dense layer: in·out (+ out for the bias)."""

@@ -23,6 +23,12 @@ def _conv_config(m: nn.Module) -> dict[str, Any]:
     }
 
 
+def _conv_transpose_config(m: nn.Module) -> dict[str, Any]:
+    config = _conv_config(m)
+    config["output_padding"] = list(m.output_padding)
+    return config
+
+
 def _linear_config(m: nn.Module) -> dict[str, Any]:
     return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
 
@@ -46,3 +52,13 @@ for _cls, _config in (
     (nn.Identity, lambda m: {}),
 ):
     register_layer_type(f"torch.nn.{_cls.__name__}", _cls, config=_config, v1_name=_cls.__name__)
+
+# Registered after format 1, so without a bare format-1 name.
+for _cls, _config in (
+    (nn.Conv3d, _conv_config),
+    (nn.ConvTranspose1d, _conv_transpose_config),
+    (nn.ConvTranspose2d, _conv_transpose_config),
+    (nn.ConvTranspose3d, _conv_transpose_config),
+    (nn.BatchNorm3d, _batchnorm_config),
+):
+    register_layer_type(f"torch.nn.{_cls.__name__}", _cls, config=_config)

@@ -16,14 +16,20 @@ from slimtrain.layers.factorized import TuckerConv2d
 from slimtrain.layers.pointwise import pointwise_conv2d
 
 
+def conv_refusal(conv: nn.Conv2d) -> str | None:
+    """Why a convolution cannot be factorized by the training layers (groups, padding mode), or ``None``."""
+    if conv.groups != 1:
+        return f"grouped convolutions (groups={conv.groups}) cannot be factorized"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} is not supported (only 'zeros')"
+    return None
+
+
 def check_conv_supported(conv: nn.Conv2d, name: str) -> None:
     """Raise ``ValueError`` naming the layer if a convolution cannot be factorized (groups, padding mode)."""
-    if conv.groups != 1:
-        raise ValueError(f"layer {name!r}: grouped convolutions (groups={conv.groups}) cannot be factorized")
-    if conv.padding_mode != "zeros":
-        raise ValueError(
-            f"layer {name!r}: padding_mode={conv.padding_mode!r} is not supported (only 'zeros')"
-        )
+    reason = conv_refusal(conv)
+    if reason is not None:
+        raise ValueError(f"layer {name!r}: {reason}")
 
 
 def init_conv_geometry(
@@ -40,6 +46,9 @@ def init_conv_geometry(
 ) -> Tensor:
     """Give a factorized convolution ``nn.Conv2d``'s hyper-parameters and bias; return a fresh kernel.
 
+    ``groups`` (1) and ``padding_mode`` (``"zeros"``), the only ones supported, are set too, so that code
+    reading a conv's attributes (Hugging Face's TF-style padding) reads the layer like the conv it replaced.
+
     The bias and the returned kernel (to be factorized) have ``nn.Conv2d``'s default initialization.
     """
     layer.in_channels, layer.out_channels = in_channels, out_channels
@@ -47,6 +56,7 @@ def init_conv_geometry(
     layer.stride = _pair(stride)
     layer.padding = padding if isinstance(padding, str) else _pair(padding)
     layer.dilation = _pair(dilation)
+    layer.groups, layer.padding_mode = 1, "zeros"
     reference = nn.Conv2d(in_channels, out_channels, layer.kernel_size, bias=bias, device=device, dtype=dtype)
     layer.bias = reference.bias
     return reference.weight

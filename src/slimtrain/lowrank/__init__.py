@@ -41,3 +41,8 @@ __getattr__ = moved_names(
         "MatrixFactorizedLayer": "slimtrain.layers:MatrixFactorizedLayer",
     },
 )
+
+# The replacement rule's warning (defined in slimtrain.layers.replacement), for callers of the operators here.
+from slimtrain.layers.replacement import LayersLeftDenseWarning
+
+__all__ += ["LayersLeftDenseWarning"]

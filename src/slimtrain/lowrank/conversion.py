@@ -17,9 +17,12 @@ from torch import nn
 
 from slimtrain._config import is_int, is_real, with_options
 from slimtrain._shared_params import refuse_shared
+from slimtrain._wrappers import refuse_data_parallel
 from slimtrain.layers.factor_base import RankConfig, TuckerFactorizedLayer
+from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
 from slimtrain.layers.matrix_factorized import MatrixFactorizedConv2d, MatrixFactorizedLinear
-from slimtrain.layers.tucker_factorized import TuckerFactorizedConv2d
+from slimtrain.layers.replacement import CONVOLUTIONS, LINEARS, Family, Replacement, select_replaceable
+from slimtrain.layers.tucker_factorized import TuckerFactorizedConv2d, conv_refusal
 
 __all__ = ["ConversionConfig", "convert_to_lowrank", "factorized_layers", "to_dense_model"]
 
@@ -157,7 +160,12 @@ def convert_to_lowrank(
     """Replace, in place, ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` by factorized layers.
 
     The first convolution and the last linear layer (in module registration order) stay dense by default,
-    as in the RobustDLRT experiments. New layers are created on the replaced layer's device and dtype.
+    as in the RobustDLRT experiments. The other layers are chosen by the rule of
+    :mod:`slimtrain.layers.replacement` (docs/tdlrt.md, "Conversion"): a convolution or linear it does not
+    allow (a subclass with its own ``forward``, a grouped convolution, the ``out_proj`` of an
+    ``nn.MultiheadAttention``, a parametrized weight, a ``Conv1d``...) is left dense and named in one
+    :class:`~slimtrain.layers.replacement.LayersLeftDenseWarning`, unless ``skip`` names it. New layers
+    are created on the replaced layer's device and dtype.
     ``convert_to_lowrank(model, ConversionConfig(conv="matrix", rank=RankConfig(rank_fraction=0.3)))`` and
     ``convert_to_lowrank(model, conv="matrix", rank_fraction=0.3)`` are the same call: the options are the
     fields of :class:`ConversionConfig` and, as keywords, those of its ``rank`` (all but ``min_rank``).
@@ -176,64 +184,75 @@ def convert_to_lowrank(
 
     Raises:
         TypeError: An option that is not a field of either config (named, with the valid ones).
-        ValueError: An invalid option (naming the field), a name in ``skip`` that is not a module, or a layer
-            that cannot be factorized (e.g. a grouped convolution); the message names the layer.
-        UnsupportedModelError: A layer to convert shares a parameter with another module (converting it
-            would untie them); the message names both module paths. Nothing is converted then.
+        ValueError: An invalid option (naming the field), or a name in ``skip`` that is not a module.
+        UnsupportedModelError: Nothing to convert (the message names every convolution and linear and why it
+            stays dense), or a layer to convert shares a parameter with another module (converting it would
+            untie them; the message names both module paths), or a ``DistributedDataParallel`` model
+            (convert ``model.module`` before wrapping it). Nothing is converted then.
     """
+    refuse_data_parallel(model, "convert_to_lowrank")
     cfg = _with_conversion_options(config, options)
-    if isinstance(model, (nn.Conv2d, nn.Linear)):
-        raise ValueError("convert_to_lowrank: the model itself is a Conv2d/Linear; wrap it in a container")
     modules = dict(model.named_modules())
-    skipped = set(cfg.skip)
-    unknown = skipped - modules.keys()
+    unknown = set(cfg.skip) - modules.keys()
     if unknown:
         raise ValueError(f"skip names modules that do not exist: {sorted(unknown)}")
     convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
     linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    excluded = dict.fromkeys(cfg.skip, "named in skip=")
     if cfg.keep_first_conv_dense and convs:
-        skipped.add(convs[0])
+        excluded.setdefault(convs[0], "the first convolution (keep_first_conv_dense=True)")
     if cfg.keep_last_linear_dense and linears:
-        skipped.add(linears[-1])
+        excluded.setdefault(linears[-1], "the last linear (keep_last_linear_dense=True)")
+    names = select_replaceable(model, _operator(cfg), excluded=excluded)
+    refuse_shared(model, names, "conversion")
     conv_class = TuckerFactorizedConv2d if cfg.conv == "tucker" else MatrixFactorizedConv2d
     conv_ranks = cfg.rank_config_for("tucker" if cfg.conv == "tucker" else "matrix")
     matrix_ranks = cfg.rank_config_for("matrix")
-
-    kinds = {n: cfg.conv if isinstance(modules[n], nn.Conv2d) else cfg.linear for n in convs + linears}
-    refuse_shared(
-        model, [n for n, kind in kinds.items() if kind is not None and n not in skipped], "conversion"
-    )
     replaced: dict[str, TuckerFactorizedLayer] = {}
-    for name in [*convs, *linears]:
-        if name in skipped:
-            continue
+    for name in sorted(names, key=lambda n: not isinstance(modules[n], nn.Conv2d)):  # convs first
         dense = modules[name]
-        if isinstance(dense, nn.Conv2d):
-            if cfg.conv is None:
-                continue
-            if dense.groups != 1:
-                raise ValueError(
-                    f"layer {name!r}: grouped convolutions (groups={dense.groups}) cannot be "
-                    "factorized; add it to skip"
-                )
-            if cfg.init == "random":
-                dense = _fresh_copy(dense)
-            try:
+        if cfg.init == "random":
+            dense = _fresh_copy(dense)
+        try:
+            if isinstance(dense, nn.Conv2d):
                 new = conv_class.from_conv(dense, conv_ranks, tau=cfg.tau, name=name)
-            except ValueError as error:
-                raise ValueError(f"layer {name!r}: {error}") from error
-        else:
-            if cfg.linear is None:
-                continue
-            if cfg.init == "random":
-                dense = _fresh_copy(dense)
-            try:
+            else:
                 new = MatrixFactorizedLinear.from_linear(dense, matrix_ranks, tau=cfg.tau)
-            except ValueError as error:
-                raise ValueError(f"layer {name!r}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}") from error
         _set_submodule(model, name, new)
         replaced[name] = new
     return replaced
+
+
+def _operator(cfg: ConversionConfig) -> Replacement:
+    """The :class:`Replacement` of a conversion: the convolutions and/or linears ``cfg`` converts."""
+    types: tuple[type[nn.Module], ...] = ()
+    family: Family = ()
+    words = []
+    if cfg.conv is not None:
+        types, family = (nn.Conv2d,), CONVOLUTIONS
+        words.append("convolution")
+    if cfg.linear is not None:
+        types, family = (*types, nn.Linear), (*family, *LINEARS)
+        words.append("linear")
+    name = " or ".join(words) or "layer to convert (conv=None and linear=None convert nothing)"
+    return Replacement(
+        "low-rank conversion",
+        types,
+        family,
+        name,
+        _training_refusal,
+        inside=FACTORIZED_DEPLOYMENT_LAYERS,
+    )
+
+
+def _training_refusal(layer: nn.Module) -> str | None:
+    """Why a convertible layer stays dense for training: a frozen weight, or a convolution the layers lack."""
+    if not layer.weight.requires_grad:
+        # Its factors would be trained: a frozen layer is left as it is, and named in the warning.
+        return "its weight is frozen (requires_grad=False)"
+    return conv_refusal(layer) if isinstance(layer, nn.Conv2d) else None
 
 
 def _fresh_copy(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:

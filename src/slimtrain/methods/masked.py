@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from slimtrain.errors import RecipeError
+from slimtrain.layers.prunable import refuse_computed
 from slimtrain.pruning import MaskSet, removal_count, smallest_magnitude_masks
 from slimtrain.swd import ChannelGraph, ChannelSelection, population_weights
 from slimtrain.swd.budget import Bisection
@@ -40,12 +41,16 @@ def phase_step(fraction: float, total_steps: int) -> int:
 
 
 def magnitude_masks(model: nn.Module, sparsity: float, stage: int = 1, stages: int = 1) -> dict[str, Tensor]:
-    """Global magnitude keep masks over conv and linear weights (one threshold, ties broken by position).
+    """Global magnitude keep masks over the prunable weights (one threshold, ties broken by position).
+
+    The population is SWD's (:func:`slimtrain.swd.population_weights`, docs/metrics.md#populations): conv,
+    linear, RNN and attention input weights; a parametrized weight is refused, as masks are held in place.
 
     Removes exactly ⌊stage·K/stages⌋ weights, K = ⌊sparsity·n⌋ (Han's cumulative targets,
     docs/swd.md#baselines; the defaults remove K). Entries already pruned are zero, hence among the smallest:
     cumulative pruning never revives them.
     """
+    refuse_computed(model, "masked fine-tuning")
     weights = population_weights(model)
     n = sum(w.numel() for w in weights.values())
     return smallest_magnitude_masks(weights, stage * removal_count(n, sparsity) // stages)
@@ -89,7 +94,7 @@ def pruning_masks(
 ) -> dict[str, Tensor]:
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
-    ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the conv and linear weights,
+    ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the prunable weights,
     ``fraction`` of those weights. ``"channels"``: :func:`gamma_channel_masks`, whole BatchNorm-gated channels
     ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
     structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``; ``graph``:

@@ -55,6 +55,7 @@ class NetworkSlimming(MaskedTrainingMethod):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Trace the gates once (BatchNorms not feeding an addition, as for structured SWD)."""
         self.channel_graph = ChannelGraph.from_model(model)
+        self.channel_graph.refuse_frozen(model, f"method '{self.name}'")
         return model
 
     def penalty(self, model: nn.Module) -> Tensor | None:

@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from slimtrain._model_io import logits_of
 from slimtrain.bcd import NNBCD, CompressedCopy, NNBCDConfig, PrunedCopy, TensorTrainCopy
 from slimtrain.methods.tt_layout import TTLayoutOptions, check_mlp, resolve_tt_layout
 from slimtrain.models.mlp import MLP
@@ -185,7 +186,7 @@ class _NNBCDMethod(Method):
         for index, layer in enumerate([*mlp.hidden, mlp.classifier]):
             layer.load_state_dict(self._layer(index).state_dict())
         with torch.no_grad():
-            logits = model(inputs)
+            logits = logits_of(model(inputs))
         objective = record.objective
         return StepOutput(
             loss=torch.tensor(objective.total, dtype=torch.float64), logits=logits, extras=objective.as_dict()

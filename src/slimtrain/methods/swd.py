@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from slimtrain._model_io import logits_of
 from slimtrain.methods.masked import fraction_to_permille
 from slimtrain.swd import ChannelSelection, MagnitudeSelection, SelectiveWeightDecay, prune_to_target
 from slimtrain.swd.selection import Selection
@@ -131,7 +132,7 @@ class _SWDBase(Method):
         swd.step_count = ctx.step
         self.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            logits = model(inputs)
+            logits = logits_of(model(inputs))
         loss = nn.functional.cross_entropy(full_precision(logits), targets)
         ctx.backward(loss, trainable_parameters(model))
         if self.options.decoupled:

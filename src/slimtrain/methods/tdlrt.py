@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from slimtrain._model_io import logits_of
 from slimtrain.layers import RankConfig
 from slimtrain.lowrank import (
     TDLRT,
@@ -227,7 +228,7 @@ class _IntegratedLowRankMethod(_LowRankMethod):
 
         def closure() -> torch.Tensor:
             with ctx.autocast():  # the forward pass only: the integrator's algebra stays in float32
-                logits = model(inputs)
+                logits = logits_of(model(inputs))
             loss = self.loss(model, full_precision(logits), targets)
             ctx.backward(loss, trainable_parameters(model))
             if not first_logits:

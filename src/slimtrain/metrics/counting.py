@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimtrain.layers.prunable import prunable_weight_names
 from slimtrain.metrics.factorized import FactorizedLayer
 from slimtrain.metrics.populations import Population, Role, resolve_population
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
 
 DENSE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
-"""Layers whose ``weight`` is ``prunable`` and whose MACs follow docs/metrics.md's Conv/Linear formulas."""
+"""Layers whose MACs follow docs/metrics.md's Conv/Linear formulas (the ``prunable`` population is wider:
+:mod:`slimtrain.layers.prunable`)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class TensorCount:
         dense: Size of the dense tensor this stands for (the replaced layer's weight for factors).
         stored: Number of entries actually stored.
         nonzero: Number of non-zero stored entries, masks applied.
+        computed: True for the effective value of a weight computed from several (or differently shaped)
+            parametrization originals (``weight_norm``'s g and v): it stands for them in the ``prunable``
+            and ``compressed`` populations, while ``all`` counts the originals, which are stored.
     """
 
     name: str
@@ -53,6 +58,7 @@ class TensorCount:
     dense: int
     stored: int
     nonzero: int
+    computed: bool = False
 
     @property
     def entries(self) -> int:
@@ -112,10 +118,13 @@ class ParameterTotals:
 def count_tensors(model: nn.Module, population: str | Population = "all") -> list[TensorCount]:
     """Count every parameter tensor of ``model`` that belongs to ``population``, in module order.
 
-    Shared (tied) parameters are counted once, under their first name (``named_parameters`` order), as a
-    ``weight`` when any alias is a Conv/Linear weight (docs/metrics.md#shared-parameters). Factorized layers
-    give one ``factors`` entry (all their parameters except their own ``bias``) plus a ``bias`` entry if they
-    have one.
+    A ``weight`` is a prunable weight of :mod:`slimtrain.layers.prunable`'s registry (convolutions, linears,
+    RNN and attention input weights, Hugging Face ``Conv1D``). Shared (tied) parameters are counted once,
+    under their first name (``named_parameters`` order), as a ``weight`` when any alias is a prunable weight
+    (docs/metrics.md#shared-parameters). A parametrized weight computed from several originals
+    (``weight_norm``) is counted by its originals in ``all`` and by its effective value
+    (:attr:`TensorCount.computed`) in ``prunable``. Factorized layers give one ``factors`` entry (all their
+    parameters except their own ``bias``) plus a ``bias`` entry if they have one.
 
     Args:
         model: The model (masked or exported).
@@ -131,7 +140,7 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
     pop = resolve_population(population)
     pop.validate(model)
     seen: set[int] = set()
-    dense_weights = _dense_weight_ids(model)
+    dense_weights = _prunable_ids(model)
     out: list[TensorCount] = []
     skip: list[str] = []
     with torch.no_grad():
@@ -146,7 +155,12 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
                 entries = _factorized_entries(mname, module, seen)
             else:
                 entries = _plain_entries(mname, module, seen, dense_weights)
-            out.extend(e for e in entries if pop.includes(e.role, e.module, model))
+            # A computed weight stands for its originals, which `all` counts instead.
+            out.extend(
+                e
+                for e in entries
+                if pop.includes(e.role, e.module, model) and not (e.computed and pop.name == "all")
+            )
     return out
 
 
@@ -186,11 +200,12 @@ def sparsity_per_layer(model: nn.Module, population: str | Population = "prunabl
 
 
 def effective_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]:
-    """Yield ``(name, effective tensor, underlying parameter)`` for ``module``'s own parameters.
+    """Yield ``(name, effective tensor, underlying parameter)`` for ``module``'s own stored parameters.
 
     The effective tensor has pruning masks applied: ``torch.nn.utils.prune`` keeps ``<name>_orig`` as the
-    parameter and ``<name>_mask`` as a buffer; ``parametrize`` keeps the original under
-    ``module.parametrizations``.
+    parameter and ``<name>_mask`` as a buffer; a ``parametrize`` parametrization with one original of the
+    tensor's shape (a mask) gives the tensor it computes. A parametrization with several originals, or one of
+    another shape (``weight_norm``), gives its originals, as ``parametrizations.<name>.<original>``.
     """
     for pname, p in module.named_parameters(recurse=False):
         base = pname.removesuffix("_orig")
@@ -200,33 +215,40 @@ def effective_tensors(module: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]
             yield pname, p, p
     if parametrize.is_parametrized(module):
         for pname, plist in module.parametrizations.items():
-            yield pname, getattr(module, pname), plist.original
+            originals = dict(plist.named_parameters(recurse=False))
+            effective = getattr(module, pname)
+            if _stands_for_original(effective, originals):
+                yield pname, effective, next(iter(originals.values()))
+            else:
+                for oname, original in originals.items():
+                    yield f"parametrizations.{pname}.{oname}", original, original
+
+
+def _stands_for_original(effective: Tensor, originals: dict[str, Tensor]) -> bool:
+    """Whether a parametrized tensor is counted in place of its single original (a mask), not beside it."""
+    return len(originals) == 1 and next(iter(originals.values())).shape == effective.shape
 
 
 def effective_weight(module: nn.Module) -> Tensor:
     """The weight a Conv/Linear layer computes with: masks applied; a sparse-storage layer's dense weight."""
     if isinstance(module, SparseWeightLayer):
         return module.dense_weight()
-    return next(t for n, t, _ in effective_tensors(module) if n == "weight")
+    return module.weight  # a prune hook or a parametrization computes it with masks applied
 
 
 def _role(module: nn.Module, pname: str) -> Role:
     """Role of the parameter ``pname`` of a non-factorized ``module``."""
     if pname == "bias":
         return "bias"
-    if pname == "weight" and isinstance(module, DENSE_LAYER_TYPES):
+    if pname in prunable_weight_names(module):
         return "weight"
     return "other"
 
 
-def _dense_weight_ids(model: nn.Module) -> set[int]:
-    """``id`` of the parameter behind every Conv/Linear ``weight``: a tied tensor is prunable by any alias."""
+def _prunable_ids(model: nn.Module) -> set[int]:
+    """``id`` of the parameter behind every prunable weight: a tied tensor is prunable by any alias."""
     return {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, DENSE_LAYER_TYPES)
-        for n, _, p in effective_tensors(m)
-        if n == "weight"
+        id(p) for m in model.modules() for n, _, p in effective_tensors(m) if n in prunable_weight_names(m)
     }
 
 
@@ -255,6 +277,16 @@ def _plain_entries(
                 nonzero=int(torch.count_nonzero(t)),
             )
         )
+    for pname in prunable_weight_names(module):
+        if parametrize.is_parametrized(module, pname):
+            t = getattr(module, pname)
+            if not _stands_for_original(
+                t, dict(module.parametrizations[pname].named_parameters(recurse=False))
+            ):
+                n, nonzero = t.numel(), int(torch.count_nonzero(t))
+                shape = (tuple(t.shape),)
+                name, mtype = _qualified(mname, pname), type(module).__name__
+                entries.append(TensorCount(name, mname, mtype, "weight", shape, n, n, nonzero, computed=True))
     return entries
 
 

@@ -2,8 +2,11 @@
 
 - ``all``: every parameter of the model (weights, biases, normalisation affine parameters, embeddings);
   buffers such as BN running statistics are not parameters.
-- ``prunable``: weights of Conv and Linear layers (and the factors of factorized layers that replace them);
-  no biases, no normalisation parameters.
+- ``prunable``: the prunable weights of :mod:`slimtrain.layers.prunable`'s registry — convolutions (transposed
+  included), linears, RNN weights of every layer and direction, attention input projections, Hugging Face
+  ``Conv1D`` — and the factors of factorized layers that replace them; no biases, no normalisation
+  parameters, no embeddings (unless tied to a prunable weight). A parametrized weight counts as its
+  effective value.
 - ``compressed``: the weights (or factors) of the layers a method actually targets, chosen by module name or
   by a predicate.
 """
@@ -17,7 +20,7 @@ from typing import Literal
 from torch import nn
 
 Role = Literal["weight", "factors", "bias", "other"]
-"""What a counted tensor is: a Conv/Linear weight, the factors of a factorized layer, a bias, or other."""
+"""What a counted tensor is: a prunable weight, the factors of a factorized layer, a bias, or other."""
 
 ModulePredicate = Callable[[str, nn.Module], bool]
 

@@ -49,7 +49,7 @@ def summarize(
             (NN-BCD's CR₂) and ``population``.
         model_state: ``"masked"`` (zeros kept in dense tensors) or ``"exported"`` (channels removed,
             factorized layers in place); default: ``exported`` if the model has factorized layers or a
-            ``reference`` of another dense size and keeps no zeros in dense Conv/Linear weights
+            ``reference`` of another dense size and keeps no zeros in dense prunable weights
             (:func:`keeps_zeros`), else ``masked``.
 
     Sparsities count zeros only (a factorized layer contributes the zeros of its factors); what a model
@@ -124,7 +124,7 @@ def compressed_model_fields(model: nn.Module) -> dict[str, Any]:
 
 
 def keeps_zeros(model: nn.Module) -> bool:
-    """Whether a plain Conv/Linear weight of ``model`` keeps zeros in its dense tensor (a masked model).
+    """Whether a plain prunable weight of ``model`` keeps zeros in its dense tensor (a masked model).
 
     :func:`summarize` then counts N_stored as the non-zeros, even if channels were removed or layers
     factorized as well.

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from slimtrain.errors import BadInputError
 from slimtrain.swd.channels import ChannelGraph, GateCompare
 
 __all__ = ["Bisection", "budget_threshold", "parameter_budget"]
@@ -83,9 +84,9 @@ def budget_threshold(
 
     if count(len(candidates) - 1) > budget:
         if graph.parameter_count(model, math.inf, gate_compare) > budget:
-            raise ValueError(
+            raise BadInputError(
                 f"target {target} asks for at most {budget} parameters, but the layers that no gate controls "
-                "already exceed it"
+                "already exceed it; choose a smaller target"
             )
         return math.inf
     lo, hi = 0, len(candidates) - 1  # invariant: count(hi) <= budget

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from slimtrain.errors import BadInputError, UnsupportedModelError
+
 __all__ = ["ChannelGraph", "GateCompare"]
 
 GateCompare = Literal["ge", "gt"]
@@ -107,21 +109,38 @@ class ChannelGraph:
             The channel graph.
 
         Raises:
-            ValueError: If the model cannot be traced, has no gate, uses grouped convolutions, calls a layer
-                twice, or a layer's channel count disagrees with its gates (the message names the layer).
+            UnsupportedModelError: If the model cannot be traced, has no gate, uses grouped convolutions or a
+                layer with parameters other than Conv2d, BatchNorm and Linear, calls a layer twice, or a
+                layer's channel count disagrees with its gates (the message names the layer).
         """
         try:
             traced = fx.symbolic_trace(model)
         except Exception as exc:  # fx raises many types; the cause is kept
-            raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
+            raise UnsupportedModelError(
+                "structured SWD traces the model with torch.fx to find its channel gates, and "
+                f"{type(model).__name__} cannot be traced ({type(exc).__name__}: {exc}); use unstructured "
+                "SWD, or a model whose forward torch.fx can trace"
+            ) from exc
         modules = dict(model.named_modules())
         nodes = list(traced.graph.nodes)
         called: dict[str, fx.Node] = {}
         for node in nodes:
-            if node.op == "call_module" and isinstance(modules[node.target], _LAYERS):
+            if node.op != "call_module":
+                continue
+            module = modules[node.target]
+            if isinstance(module, _LAYERS):
                 if node.target in called:
-                    raise ValueError(f"layer {node.target!r} is called more than once in the forward pass")
+                    raise UnsupportedModelError(
+                        f"layer {node.target!r} ({type(module).__name__}) is called more than once in the "
+                        "forward pass; structured SWD needs every Conv2d, BatchNorm and Linear called once"
+                    )
                 called[node.target] = node
+            elif any(True for _ in module.parameters(recurse=False)):
+                # Its channels would be counted as ungated and never pruned: a silently wrong budget.
+                raise UnsupportedModelError(
+                    f"structured SWD's channel graph knows Conv2d, BatchNorm and Linear layers only; "
+                    f"{node.target!r} is a {type(module).__name__}; use unstructured SWD for this model"
+                )
 
         def is_add(node: fx.Node) -> bool:
             return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
@@ -150,9 +169,15 @@ class ChannelGraph:
             gate_names = list(gates)
             for name in gate_names:
                 if name not in called or not is_norm(called[name]) or not modules[name].affine:
-                    raise ValueError(f"gate {name!r} is not an affine BatchNorm called in the forward pass")
+                    raise BadInputError(
+                        f"gate {name!r} is not an affine BatchNorm called in the forward pass"
+                    )
         if not gate_names:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm that can gate channels")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no BatchNorm2d that can gate channels (an affine BatchNorm2d "
+                "whose output is not directly added to another tensor); structured SWD prunes channels "
+                "through such gates only: use unstructured SWD"
+            )
         gate_set = set(gate_names)
 
         # Forward: which gates decide the live channels of each tensor.
@@ -200,7 +225,10 @@ class ChannelGraph:
             source_in = forward.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
             if isinstance(module, nn.Conv2d):
                 if module.groups != 1:
-                    raise ValueError(f"conv {name!r} has groups={module.groups}; only groups=1 is supported")
+                    raise UnsupportedModelError(
+                        f"conv {name!r} ({type(module).__name__}) has groups={module.groups}; structured SWD "
+                        "supports groups=1 only"
+                    )
                 source_out = consumers(node)
                 graph._check(modules, name, source_in, module.in_channels, "input")
                 graph._check(modules, name, source_out, module.out_channels, "output")
@@ -214,7 +242,7 @@ class ChannelGraph:
                 if source_in is not None:
                     channels = modules[next(iter(source_in))].num_features
                     if module.in_features % channels:
-                        raise ValueError(
+                        raise UnsupportedModelError(
                             f"linear {name!r} has {module.in_features} inputs, not a multiple of the "
                             f"{channels} channels of its gate"
                         )
@@ -228,9 +256,27 @@ class ChannelGraph:
     ) -> None:
         for gate in source or ():
             if modules[gate].num_features != channels:
-                raise ValueError(
+                raise UnsupportedModelError(
                     f"layer {layer!r} has {channels} {side} channels but its gate {gate!r} has "
                     f"{modules[gate].num_features}"
+                )
+
+    def refuse_frozen(self, model: nn.Module, what: str) -> None:
+        """Raise if a layer whose channels can be pruned has a frozen parameter (``requires_grad=False``).
+
+        Pruning a channel zeroes it in every layer it passes through, so a frozen layer on its way could
+        not be left alone.
+
+        Raises:
+            UnsupportedModelError: Naming the first such layer.
+        """
+        for name in (*self.convs, *self.norms, *self.linears):
+            module = model.get_submodule(name)
+            if any(not p.requires_grad for p in module.parameters(recurse=False)):
+                raise UnsupportedModelError(
+                    f"{what} prunes channels through layer {name!r} ({type(module).__name__}), whose "
+                    "parameters are frozen (requires_grad=False); unfreeze it, or use an unstructured "
+                    "method, which leaves frozen parameters alone"
                 )
 
     def gate_keep_masks(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slimtrain.errors import UnsupportedModelError
 from slimtrain.swd.schedule import ExponentialSchedule
 from slimtrain.swd.selection import Selected, Selection
 from slimtrain.swd.stability import is_stable, stability_limit
@@ -99,12 +100,22 @@ class SelectiveWeightDecay:
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
-        """Add μ·a_t·w to ``.grad`` of the selected entries; call after ``backward``, before the step."""
+        """Add μ·a_t·w to ``.grad`` of the selected entries; call after ``backward``, before the step.
+
+        A computed weight (a ``weight_norm`` parametrization) gets the penalty's gradient through its
+        parametrization, in the ``.grad`` of the parameters it is computed from, as :meth:`penalty` would.
+        """
         coefficient = self.weight_decay * self.a
         for s in self._select(model):
-            if s.param.grad is None:
-                s.param.grad = torch.zeros_like(s.param)
-            s.param.grad.addcmul_(s.param, s.removed, value=coefficient)
+            if isinstance(s.param, nn.Parameter):
+                if s.param.grad is None:
+                    s.param.grad = torch.zeros_like(s.param)
+                s.param.grad.addcmul_(s.param, s.removed, value=coefficient)
+                continue
+            module, name = _owner(model, s.name)
+            with torch.enable_grad():
+                weight = getattr(module, name)  # recomputed with its graph to the originals
+                weight.backward(weight.detach() * s.removed * coefficient)
 
     @torch.no_grad()
     def shrink_(self, model: nn.Module, lr: float) -> None:
@@ -120,6 +131,14 @@ class SelectiveWeightDecay:
         """
         factor = max(0.0, 1.0 - lr * self.weight_decay * self.a)
         for s in self._select(model):
+            if not isinstance(s.param, nn.Parameter):
+                module, _ = _owner(model, s.name)
+                raise UnsupportedModelError(
+                    f"SWD's shrink_ scales weights in place, but {s.name!r} is computed by a parametrization "
+                    f"of {s.name.rpartition('.')[0] or '<root>'!r} ({type(module).__name__}); use penalty() "
+                    "or apply_(), or remove the parametrization first "
+                    "(torch.nn.utils.parametrize.remove_parametrizations)"
+                )
             s.param.addcmul_(s.param, s.removed, value=factor - 1.0)
 
     def _select(self, model: nn.Module) -> list[Selected]:
@@ -196,3 +215,9 @@ class SelectiveWeightDecay:
         from slimtrain.swd.prune import prune_to_target
 
         return prune_to_target(model, self.selection)
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module and local name of a computed weight named ``"<module>.<name>"``."""
+    module_name, _, local = name.rpartition(".")
+    return model.get_submodule(module_name), local

@@ -14,7 +14,8 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from slimtrain._shared_params import first_names
+from slimtrain.errors import UnsupportedModelError
+from slimtrain.layers.prunable import prunable_weights
 from slimtrain.pruning.magnitude import smallest_magnitude_masks
 
 __all__ = [
@@ -30,10 +31,14 @@ PenalizedPopulation = Literal["weights", "reference"]
 
 
 class Selected(NamedTuple):
-    """One penalised parameter and the boolean mask of its selected (to-be-removed) entries."""
+    """One penalised tensor and the boolean mask of its selected (to-be-removed) entries.
+
+    ``param`` is a parameter, or the effective value of a computed weight (a ``weight_norm``
+    parametrization), named ``"<module>.<name>"`` (:mod:`slimtrain.layers.prunable`).
+    """
 
     name: str
-    param: nn.Parameter
+    param: Tensor
     removed: Tensor
 
 
@@ -56,23 +61,25 @@ def permille_count(n: int, target: float) -> int:
     return math.floor(Fraction(repr(float(target))) * n / 1000)
 
 
-def population_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Weights of every convolution and linear layer, by qualified name (the corrected population).
+def population_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The prunable weights SWD penalises and prunes, by first name (the corrected population).
 
-    A shared (tied) weight is one member, under its first name (docs/metrics.md#shared-parameters), so its
-    entries are counted and selected once.
+    :func:`slimtrain.layers.prunable.prunable_weights` (convolutions, linears, RNN and attention input
+    weights, Hugging Face ``Conv1D``): a shared (tied) weight is one member, under its first name
+    (docs/metrics.md#shared-parameters), so its entries are counted and selected once. A parametrized weight
+    (``weight_norm``) is its effective value: SWD penalises it through the parametrization and the final
+    pruning makes it a plain weight (docs/swd.md, :func:`slimtrain.swd.prune_to_target`). Frozen weights
+    (``requires_grad=False``) are left out: training methods leave them alone.
 
     Raises:
-        ValueError: If the model has no convolution or linear layer.
+        UnsupportedModelError: If the model has no trainable prunable weight.
     """
-    first = first_names(model)
-    weights = {
-        first.get(qualified, qualified): m.weight
-        for qualified, m in ((f"{name}.weight" if name else "weight", m) for name, m in model.named_modules())
-        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
-    }
+    weights = {name: w for name, w in prunable_weights(model).items() if w.requires_grad}
     if not weights:
-        raise ValueError(f"{type(model).__name__} has no Conv or Linear layer to prune")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no trainable prunable weight (convolution, linear, RNN or "
+            "attention input weight with requires_grad=True)"
+        )
     return weights
 
 
@@ -81,8 +88,9 @@ class MagnitudeSelection:
 
     Populations (docs/swd.md#objective-and-selection and #corrected-defaults-and-faithful-flags):
 
-    - ``"weights"`` (corrected default): conv and linear weights count, are penalised and pruned; exactly
-      ⌊(target/1000)·n⌋ entries are selected, ties broken by position (model order), without sorting.
+    - ``"weights"`` (corrected default): the prunable weights (:func:`population_weights`) count, are
+      penalised and pruned; exactly ⌊(target/1000)·n⌋ entries are selected, ties broken by position (model
+      order), without sorting.
     - ``"reference"`` (faithful): the threshold is the magnitude at index ⌊(target/1000)·n⌋ of the sorted
       magnitudes of every parameter whose name does not contain ``"bn"``; entries strictly below it are
       selected in **every** parameter, BatchNorm scales and shifts included.
@@ -109,7 +117,7 @@ class MagnitudeSelection:
             n = sum(w.numel() for w in weights.values())
             keep = smallest_magnitude_masks(weights, permille_count(n, self.target))
             return [Selected(name, w, ~keep[name]) for name, w in weights.items()]
-        params = dict(model.named_parameters())
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         counted = [p.detach().abs().flatten() for name, p in params.items() if "bn" not in name]
         if not counted:
             raise ValueError(f"{type(model).__name__} has no parameter without 'bn' in its name")

@@ -54,6 +54,7 @@ class ChannelSelection:
             raise ValueError("give either gates or a traced graph, not both")
         parameter_budget(model, target)
         self.graph = graph if graph is not None else ChannelGraph.from_model(model, gates)
+        self.graph.refuse_frozen(model, "structured SWD")
         self.target = target
         self.penalize_filters = penalize_filters
         self.bisection = bisection

@@ -20,9 +20,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -64,10 +67,45 @@ def _path_component(value: str) -> str:
     return value
 
 
-class DataConfig(_Strict):
-    """Which dataset to train on and how to split it."""
+def _importable(value: str | None) -> str | None:
+    """Refuse a factory import path that cannot be imported now (the message names the module)."""
+    if value is not None:
+        from slimtrain.models.factory import resolve_factory
 
-    name: str = "digits"
+        resolve_factory(value)  # a FactoryImportError is a ValueError: reported under the key
+    return value
+
+
+def _one_source(section: BaseModel) -> None:
+    """Refuse a section that names both a registered ``name`` and an import-path ``factory``."""
+    if getattr(section, "name", None) is not None and getattr(section, "factory", None) is not None:
+        raise ValueError(
+            "set one of 'name' (registered) and 'factory' (an import path 'package.module:name'), not both"
+        )
+
+
+def _name_unless_factory(data: Any, default: str) -> Any:
+    """A section without ``name`` or ``factory`` gets the default ``name``."""
+    if isinstance(data, dict) and data.get("name") is None and data.get("factory") is None:
+        return {**data, "name": default}
+    return data
+
+
+def _drop_unused_source(tree: dict[str, Any], factory: str | None) -> dict[str, Any]:
+    # Only the source in use is written, so a registry recipe (and its run identity) reads as it always did.
+    tree.pop("factory" if factory is None else "name", None)
+    return tree
+
+
+class DataConfig(_Strict):
+    """Which dataset to train on and how to split it: a registered ``name`` or a ``factory`` import path."""
+
+    name: str | None = Field(None, description="a registered dataset (default digits, unless factory is set)")
+    factory: str | None = Field(
+        None,
+        description="'package.module:builder' called as builder(data_dir, **options) -> RawSplits, like a "
+        "registered dataset's builder",
+    )
     data_dir: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: bool = False
@@ -76,14 +114,35 @@ class DataConfig(_Strict):
     )
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        return _name_unless_factory(data, "digits")
+
+    _factory_importable = field_validator("factory")(_importable)
+
     @field_validator("name")
     @classmethod
-    def _registered(cls, value: str) -> str:
+    def _registered(cls, value: str | None) -> str | None:
         from slimtrain.data import list_datasets
 
-        if value not in list_datasets():
+        if value is not None and value not in list_datasets():
             raise ValueError(f"unknown dataset; registered datasets: {', '.join(list_datasets())}")
         return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DataConfig:
+        _one_source(self)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unused_source(handler(self), self.factory)
+
+    @property
+    def label(self) -> str:
+        """The registered name or the factory's import path, for messages."""
+        return self.factory or self.name or ""
 
 
 # Model arguments the trainer takes from the dataset (``build_run``), so never recipe keys.
@@ -95,9 +154,15 @@ _FROM_DATASET = {
 
 
 class ModelConfig(_Strict):
-    """A registry model name, its keyword arguments, and trained weights to start from."""
+    """A registered ``name`` or a ``factory`` import path, keyword arguments, and weights to start from."""
 
-    name: str = "mlp"
+    name: str | None = Field(None, description="a registered model (default mlp, unless factory is set)")
+    factory: str | None = Field(
+        None,
+        description="'package.module:name' of a function or class returning the model, or a Hugging Face "
+        "PreTrainedModel class (built from its config class with kwargs); gets num_classes, in_channels, "
+        "image_size where it takes them",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = Field(
         None,
@@ -132,14 +197,35 @@ class ModelConfig(_Strict):
             raise PydanticCustomError("set_from_dataset", "set from the dataset", {"given": given})
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        return _name_unless_factory(data, "mlp")
+
+    _factory_importable = field_validator("factory")(_importable)
+
     @field_validator("name")
     @classmethod
-    def _registered(cls, value: str) -> str:
+    def _registered(cls, value: str | None) -> str | None:
         from slimtrain.models import list_models
 
-        if value not in list_models():
+        if value is not None and value not in list_models():
             raise ValueError(f"unknown model; registered models: {', '.join(list_models())}")
         return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelConfig:
+        _one_source(self)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unused_source(handler(self), self.factory)
+
+    @property
+    def label(self) -> str:
+        """The registered name or the factory's import path, for messages."""
+        return self.factory or self.name or ""
 
 
 _Beta = Annotated[float, Field(ge=0.0, lt=1.0)]

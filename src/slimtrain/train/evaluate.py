@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimtrain._model_io import call_model, move_inputs
+from slimtrain._model_io import call_model, logits_of, move_inputs
 from slimtrain.data import ArrayDataset, BatchLoader
 
 
@@ -32,7 +32,7 @@ def evaluate(
     correct, loss_sum = 0, 0.0
     for inputs, targets in BatchLoader(dataset, batch_size, shuffle=False):
         inputs, targets = move_inputs(inputs, device, dtype), targets.to(device)
-        logits = call_model(model, inputs)
+        logits = logits_of(call_model(model, inputs))
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         correct += (logits.argmax(dim=1) == targets).sum().item()
     model.train(was_training)

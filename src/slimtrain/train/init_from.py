@@ -100,8 +100,9 @@ def _run_description(run_dir: Path) -> str:
         return f"run directory {run_dir}"
     try:
         tree = yaml.safe_load(recipe_path.read_text()) or {}
-        model, method = tree["model"]["name"], tree["method"]["name"]
-    except (yaml.YAMLError, KeyError, TypeError):
+        model = tree["model"].get("name") or tree["model"]["factory"]
+        method = tree["method"]["name"]
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
         return f"run directory {run_dir}"
     return f"run directory {run_dir} (model '{model}', method '{method}')"
 

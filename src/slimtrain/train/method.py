@@ -33,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from slimtrain._model_io import logits_of
 from slimtrain.registry import Registry
 from slimtrain.train.precision import MixedPrecision
 
@@ -338,7 +339,7 @@ class Method:
         assert self.optimizer is not None, "build_optimizer must run before training_step"
         self.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            logits = model(inputs)
+            logits = logits_of(model(inputs))
         loss = self.loss(model, full_precision(logits), targets)
         ctx.backward(loss, trainable_parameters(model))
         ctx.step_optimizer(self.optimizer)

@@ -38,12 +38,14 @@ from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
     CheckpointError,
+    FactoryImportError,
     RecipeError,
     RunBuildError,
     TrainingDiverged,
 )
 from slimtrain.io import atomic_write_text
-from slimtrain.models import create_model
+from slimtrain.models import build_model, model_arguments, resolve_factory
+from slimtrain.models.registry import ModelFactory
 from slimtrain.progress import format_duration
 from slimtrain.train.checkpoint import CheckpointStore
 from slimtrain.train.config import Recipe, recipe_from_dict, resolve_method_options
@@ -265,28 +267,27 @@ def build_run(
     dtype = DTYPES[recipe.train.dtype]
     data = recipe.data
     try:
+        builder = None if data.factory is None else resolve_factory(data.factory)
         splits = load_dataset(
-            data.name,
+            data.label,
             data_dir=data.data_dir,
             val_fraction=data.val_fraction,
             seed=recipe.seed,
             augment=data.augment,
+            builder=builder,
             **data.options,
         )
+    except FactoryImportError as err:
+        raise RunBuildError(f"'data.factory': {err}") from err
     except (ValueError, TypeError) as err:  # malformed files, bad labels or shapes, unknown options
-        raise RunBuildError(f"'data': dataset '{data.name}' cannot be used: {err}") from err
-    channels, height, _ = splits.input_shape
+        raise RunBuildError(f"'data': dataset '{data.label}' cannot be used: {err}") from err
     torch.manual_seed(recipe.seed)
     try:
-        model = create_model(
-            recipe.model.name,
-            num_classes=splits.num_classes,
-            in_channels=channels,
-            image_size=height,
-            **recipe.model.kwargs,
-        )
+        model = build_model(*base_model(recipe, splits))
+    except FactoryImportError as err:
+        raise RunBuildError(f"'model.factory': {err}") from err
     except (ValueError, TypeError) as err:
-        raise RunBuildError(f"'model': model '{recipe.model.name}' cannot be built: {err}") from err
+        raise RunBuildError(f"'model': model '{recipe.model.label}' cannot be built: {err}") from err
     if initial_weights:  # model.init_from: before the method converts the layers
         load_init_weights(model, recipe.model)
     model = model.to(device=device, dtype=dtype)
@@ -295,10 +296,28 @@ def build_run(
         model = method.prepare(model)
     except (ValueError, TypeError, NotImplementedError) as err:  # layers the method cannot handle
         raise RunBuildError(
-            f"'method': method '{method.name}' cannot prepare model '{recipe.model.name}': {err}"
+            f"'method': method '{method.name}' cannot prepare model '{recipe.model.label}': {err}"
         ) from err
     model = model.to(device=device, dtype=dtype)
     return RunComponents(splits=splits, model=model, method=method, device=device, dtype=dtype)
+
+
+def base_model(recipe: Recipe, splits: DatasetSplits) -> tuple[str | ModelFactory, dict[str, Any]]:
+    """The base the recipe's model is built from and the keyword arguments it gets (those an export records).
+
+    The base is ``model.name`` or the callable ``model.factory`` imports; the arguments are ``model.kwargs``
+    with the dataset's ``num_classes``, ``in_channels`` and ``image_size`` where the base takes them
+    (:func:`slimtrain.models.model_arguments`).
+
+    Raises:
+        FactoryImportError: ``model.factory`` cannot be imported.
+    """
+    channels, height, _ = splits.input_shape
+    common = {"num_classes": splits.num_classes, "in_channels": channels, "image_size": height}
+    model = recipe.model
+    base = model.name if model.factory is None else resolve_factory(model.factory)
+    assert base is not None  # the recipe names one of them
+    return base, model_arguments(base, model.kwargs, common)
 
 
 def run_directory(recipe: Recipe) -> Path:
@@ -428,7 +447,7 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise RunBuildError(
-                f"'train.batch_size': the training split of '{recipe.data.name}' "
+                f"'train.batch_size': the training split of '{recipe.data.label}' "
                 f"({len(self.components.splits.train)} samples) is too small for batch size "
                 f"{recipe.train.batch_size} × {self.world.world_size} processes"
             )
@@ -823,6 +842,8 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "val_accuracy": val["accuracy"],
             "test_accuracy": test["accuracy"],
+            # A model's own frozen tensors (requires_grad=False): the methods leave them alone.
+            "params_frozen": sum(p.numel() for p in comp.model.parameters() if not p.requires_grad),
             **comp.method.describe(comp.model),
         }
 

@@ -1,0 +1,53 @@
+"""Models inside a wrapper: ``DistributedDataParallel`` / ``DataParallel`` and ``torch.compile``.
+
+A wrapper holds the user's model as a child (``model.module``, ``model._orig_mod``), so every parameter and
+module name gains a prefix. Functions that only read a model accept a wrapper as any module. Functions
+whose result is tied to the names of the base model (saving, ONNX export, export) unwrap it first. Functions
+that copy or replace layers refuse a data-parallel wrapper: a copy would carry its process group, and a
+layer replaced under it would no longer be the one it synchronises.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from slimtrain.errors import UnsupportedModelError
+
+
+def _inner(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The wrapped model and the attribute holding it, or None for a model that wraps nothing."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module, "module"
+    orig = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return orig, "_orig_mod"
+    return None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model inside any nesting of data-parallel and ``torch.compile`` wrappers."""
+    while (inner := _inner(model)) is not None:
+        model = inner[0]
+    return model
+
+
+def refuse_data_parallel(model: nn.Module, what: str) -> None:
+    """Raise if ``model`` is (or wraps) a ``DistributedDataParallel`` / ``DataParallel`` module.
+
+    Args:
+        model: The model given to ``what``.
+        what: The operation, for the message (``"svd_decompose"``).
+
+    Raises:
+        UnsupportedModelError: Naming the wrapper and what to pass instead.
+    """
+    path = "model"
+    while (inner := _inner(model)) is not None:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            raise UnsupportedModelError(
+                f"{what} was given a {type(model).__name__} ({path}); it copies or replaces layers, which "
+                f"a data-parallel wrapper cannot follow: pass {path}.module (every rank holds the same "
+                "weights), and wrap the result again"
+            )
+        model, attribute = inner
+        path = f"{path}.{attribute}"
