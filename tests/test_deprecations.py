@@ -38,6 +38,19 @@ MOVED = [
         "slimtrain.pruning.magnitude",
         "per_tensor_magnitude_masks",
     ),
+    ("slimtrain.pruning.masking", "MaskSet", "slimtrain.pruning.masks", "MaskSet"),
+    ("slimtrain.pruning.slimming", "slimming_penalty", "slimtrain.pruning.baselines", "slimming_penalty"),
+    ("slimtrain.pruning.slimming", "smooth_l1_gamma", "slimtrain.pruning.baselines", "smooth_l1_gamma"),
+    ("slimtrain.fw", "conv_weights", "slimtrain.pruning.baselines", "conv_weights"),
+    ("slimtrain.fw", "group_lasso_penalty", "slimtrain.pruning.baselines", "group_lasso_penalty"),
+    ("slimtrain.fw", "nuclear_norm_penalty", "slimtrain.pruning.baselines", "nuclear_norm_penalty"),
+    (
+        "slimtrain.fw",
+        "singular_value_soft_threshold_",
+        "slimtrain.pruning.baselines",
+        "singular_value_soft_threshold_",
+    ),
+    ("slimtrain.fw.penalties", "group_lasso_penalty", "slimtrain.pruning.baselines", "group_lasso_penalty"),
 ]
 
 

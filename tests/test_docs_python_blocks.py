@@ -93,14 +93,27 @@ def _registries_restored():
     """Whatever a page registers (a method, a model, a layer type) is forgotten after this module."""
     from slimtrain.data.registry import DATASETS
     from slimtrain.fw.base import CONSTRAINT_SETS
+    from slimtrain.layers.prunable import PRUNABLE_TYPES
+    from slimtrain.layers.replacement import PARAMETER_READERS, REPLACEABLE_SUBCLASSES
     from slimtrain.layers.specs import LAYER_TYPES
     from slimtrain.models.registry import MODELS
     from slimtrain.train.method import METHODS
 
+    prunable = dict(PRUNABLE_TYPES)
     with contextlib.ExitStack() as stack:
-        for registry in (DATASETS, CONSTRAINT_SETS, LAYER_TYPES, MODELS, METHODS):
+        for registry in (
+            DATASETS,
+            CONSTRAINT_SETS,
+            LAYER_TYPES,
+            MODELS,
+            METHODS,
+            REPLACEABLE_SUBCLASSES,
+            PARAMETER_READERS,
+        ):
             stack.enter_context(registry.scratch())
         yield
+    PRUNABLE_TYPES.clear()
+    PRUNABLE_TYPES.update(prunable)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,6 +9,9 @@ layer replaced under it would no longer be the one it synchronises.
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from slimtrain.errors import UnsupportedModelError
@@ -51,3 +54,23 @@ def refuse_data_parallel(model: nn.Module, what: str) -> None:
             )
         model, attribute = inner
         path = f"{path}.{attribute}"
+
+
+def copy_model(model: nn.Module, what: str = "this operation") -> nn.Module:
+    """Return a deep copy of ``model`` (compression operators never mutate their input).
+
+    A data-parallel wrapper is refused (its copy would carry the process group): pass ``model.module``.
+
+    Computed tensor attributes (e.g. the ``weight`` that ``torch.nn.utils.prune`` derives from ``weight_orig``
+    and ``weight_mask``) are not graph leaves and cannot be deep-copied; they are copied detached, which
+    is harmless because their owners recompute them on every forward pass.
+    """
+    refuse_data_parallel(model, what)
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            # An RNN holds its (possibly computed) weights in a list, ``_flat_weights``.
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, torch.Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)

@@ -184,3 +184,22 @@ def test_reload_equals_before_for_composed_structures(tmp_path):
     torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
     kept = {c["name"]: c.get("kept_channels") for c in read_manifest(path)["changes"]}
     assert kept["layer1.conv1"] == model.layer1.conv1.slimtrain_kept_channels
+
+
+def test_a_model_load_could_not_rebuild_is_not_saved(tmp_path):
+    """Channels removed inside a factorized layer cannot be recorded: refused before anything is written."""
+    from slimtrain.compress import filter_pruning_plan, remove_channels, save_exported, svd_decompose
+    from slimtrain.errors import UnsupportedModelError
+
+    def base():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
+
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        factorized = svd_decompose(base(), 0.5)
+        thinned = remove_channels(factorized, filter_pruning_plan(factorized, 0.5, x), x)
+    with pytest.raises(UnsupportedModelError, match=r"cannot record.*would be rebuilt as"):
+        save_exported(thinned, tmp_path / "m", base=base)
+    assert not (tmp_path / "m").exists()

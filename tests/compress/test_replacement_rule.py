@@ -346,3 +346,16 @@ def test_hugging_face_conv1d_is_named_as_a_linear_left_dense(op: Operator):
     with pytest.warns(LayersLeftDenseWarning, match=r"layer '1' \(Conv1D\)"):
         result = op.apply(model)
     assert type(result[1]) is conv1d
+
+
+def test_the_layer_inside_a_compile_wrapper_is_not_replaced():
+    """torch.compile keeps calling the module it compiled: replacing its _orig_mod would change nothing."""
+    compiled = torch.compile(nn.Linear(16, 16), backend="eager")
+    with pytest.raises(UnsupportedModelError, match=r"'_orig_mod'.*inside the OptimizedModule"):
+        svd_decompose(compiled, 0.5, include_linear=True)
+
+
+def test_a_layer_named_twice_is_refused():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"'0' twice"):
+        svd_decompose(model, 0.5, layers=["0", "0"])

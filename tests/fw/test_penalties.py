@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimtrain.fw import group_lasso_penalty, nuclear_norm_penalty, singular_value_soft_threshold_
+from slimtrain.pruning import group_lasso_penalty, nuclear_norm_penalty, singular_value_soft_threshold_
 
 D = torch.float64
 

@@ -181,3 +181,67 @@ def test_real_transformers_conv1d():
     assert metrics.count_parameters(layer, "prunable").dense == 24
     pruned = compress.global_magnitude_prune(layer, 0.25)
     assert int((pruned.weight == 0).sum()) == 6
+
+
+def _weight_normed() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    parametrizations.weight_norm(model[0])
+    return model
+
+
+def test_swd_penalises_and_prunes_a_parametrized_weight_outside_autograd():
+    """SWD's apply_ and final pruning run under no_grad, where a computed weight has requires_grad=False:
+    the weight still counts as trainable (its originals are), gets the penalty's gradient and is pruned.
+    """
+    from slimtrain.swd import population_weights, prune_to_target
+
+    model = _weight_normed()
+    with torch.no_grad():
+        assert list(population_weights(model)) == ["0.weight", "2.weight"]
+    model(torch.randn(3, 8)).sum().backward()
+    SelectiveWeightDecay(MagnitudeSelection(500), weight_decay=1.0, total_steps=1).apply_(model)
+    assert model[0].parametrizations.weight.original1.grad is not None
+    prune_to_target(model, 500.0)
+    zeros = int((model[0].weight == 0).sum()) + int((model[2].weight == 0).sum())
+    assert zeros == math.floor(0.5 * (64 + 16))
+
+
+def test_frozen_weights_are_out_of_the_training_population_only():
+    """Training methods leave frozen weights alone; post-training pruning counts every weight."""
+    from slimtrain.swd import population_weights
+
+    model = _weight_normed()
+    model[2].requires_grad_(False)
+    assert list(population_weights(model)) == ["0.weight"]
+    assert list(prunable_weights(model)) == ["0.weight", "2.weight"]
+
+
+def test_a_weight_computed_by_an_unknown_hook_is_refused_naming_the_module():
+    """The deprecated hook-based torch.nn.utils.weight_norm cannot be recomputed or folded: refused."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.nn.utils.weight_norm(model[0])
+    model(torch.randn(3, 8))
+    with pytest.raises(UnsupportedModelError, match=r"module '0'.*Linear.*parametrizations\.weight_norm"):
+        compress.global_magnitude_prune(model, 0.5)
+
+
+def test_swd_apply_recomputes_a_pruning_hook_weight():
+    """A torch.nn.utils.prune weight cached by the last forward is recomputed, not backpropagated twice."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    prune.random_unstructured(model[0], "weight", 0.25)
+    model(torch.randn(3, 8)).sum().backward()
+    SelectiveWeightDecay(MagnitudeSelection(500), weight_decay=1.0, total_steps=1).apply_(model)
+    assert model[0].weight_orig.grad is not None
+
+
+def test_a_weight_normed_rnn_weight_is_copied_by_the_operators():
+    """The RNN keeps its computed weights in a list: copying the model (every operator does) must work."""
+    lstm = nn.LSTM(4, 4)
+    parametrizations.weight_norm(lstm, "weight_hh_l0")
+    x = torch.randn(3, 2, 4)
+    pruned = compress.global_magnitude_prune(lstm, 0.5)
+    assert pruned(x)[0].shape == lstm(x)[0].shape

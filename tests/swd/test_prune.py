@@ -61,3 +61,17 @@ def test_masks_hold_zeros_through_optimizer_steps() -> None:
     assert masks.sparsity() == pytest.approx(permille_count(756, 900) / 756)
     for name, mask in masks.masks.items():
         assert (model.get_parameter(name)[~mask] == 0).all()
+
+
+def test_a_weight_norm_weight_is_pruned_as_a_plain_parameter() -> None:
+    """A ``weight_norm`` weight belongs to the population at the final pruning too (not only when grad mode is
+    on): it is made a plain parameter and ⌊target/1000·n⌋ weights are zeroed in total.
+    """
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    model[0] = torch.nn.utils.parametrizations.weight_norm(model[0])
+    n = sum(w.numel() for w in population_weights(model).values())
+    masks = prune_to_target(model, 750)
+    assert set(masks) == {"0.weight", "2.weight"}
+    assert isinstance(model[0].weight, torch.nn.Parameter)
+    zeros = int((model[0].weight == 0).sum() + (model[2].weight == 0).sum())
+    assert zeros == permille_count(n, 750)

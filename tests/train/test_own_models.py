@@ -40,10 +40,15 @@ def tiny_net(num_classes, in_channels, *, width=8):
     )
 
 
-def open_net(**kwargs):
-    CALLS.append(dict(kwargs))
-    features = kwargs["in_channels"] * kwargs["image_size"] ** 2
-    return nn.Sequential(nn.Flatten(), nn.Linear(features, kwargs["num_classes"]))
+class _Net(nn.Sequential):
+    def __init__(self, num_classes, features=16):
+        super().__init__(nn.Flatten(), nn.Linear(features, num_classes))
+
+
+def open_net(*, num_classes, **kwargs):
+    """Passes its keywords on, as torchvision's factories do: _Net takes no in_channels or image_size."""
+    CALLS.append({"num_classes": num_classes, **kwargs})
+    return _Net(num_classes=num_classes, **kwargs)
 
 
 def tiny_data(data_dir, n=60, classes=3):
@@ -88,7 +93,7 @@ def _recipe(tmp_path, model, data=None, **extra):
 
 
 def test_factory_gets_only_the_dataset_arguments_its_signature_takes(tmp_path, helper):
-    """tiny_net has no image_size parameter and gets none; a factory with **kwargs gets all three."""
+    """tiny_net has no image_size parameter and gets none; a **kwargs (passed on, maybe) gets none."""
     recipe = _recipe(tmp_path, {"factory": f"{HELPER}:tiny_net", "kwargs": {"width": 4}})
     trainer = Trainer(recipe)
     assert helper["CALLS"][-1] == {"num_classes": 10, "in_channels": 1, "width": 4}
@@ -97,9 +102,19 @@ def test_factory_gets_only_the_dataset_arguments_its_signature_takes(tmp_path, h
 
     base = resolve_factory(f"{HELPER}:open_net")
     common = {"num_classes": 3, "in_channels": 2, "image_size": 5}
-    assert model_arguments(base, {}, common) == common
-    model = build_model(base, model_arguments(base, {}, common))
-    assert model(torch.zeros(1, 2, 5, 5)).shape == (1, 3)
+    assert model_arguments(base, {}, common) == {"num_classes": 3}
+    model = build_model(base, model_arguments(base, {"features": 8}, common))
+    assert model(torch.zeros(1, 2, 2, 2)).shape == (1, 3)
+
+
+def test_hugging_face_kwargs_contradicting_the_dataset_are_refused():
+    """A num_labels in model.kwargs other than the class count would fail inside the loss: refused."""
+    pytest.importorskip("transformers")
+    base = resolve_factory(HF_MODEL)
+    common = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    with pytest.raises(ValueError, match=r"num_labels=3 \(the dataset gives 10\).*comes from the dataset"):
+        model_arguments(base, {**HF_KWARGS, "num_labels": 3}, common)
+    assert model_arguments(base, {**HF_KWARGS, "num_labels": 10}, common)["num_labels"] == 10
 
 
 def test_recipe_names_exactly_one_model_source():

@@ -1,23 +1,27 @@
 """Hard-threshold projection onto an ℓ₀ ball, the pruning copy of NN-BCD (docs/nnbcd.md).
 
-``H_s(W)`` keeps the (1 − s) fraction of entries of largest magnitude. The default ``"topk"`` rule keeps
-exactly ``n − ⌊s·n⌋`` entries (ties broken by the lower flat index), which is the exact Euclidean
-projection onto ``{‖W̃‖₀ ≤ (1 − s)n}``. The reference code's ``"quantile"`` rule zeroes every entry with
-``W² < quantile(W², s)``; its count can differ by one and ``torch.quantile`` limits the tensor size.
+``H_s(W)`` keeps the (1 − s) fraction of entries of largest magnitude, selected by the sparsity core
+(:mod:`slimtrain.pruning.selection`). The default ``"topk"`` rule keeps exactly ``n − ⌊s·n⌋`` entries (ties
+broken by keeping the lower flat index: the core's tie rule ``"last"``), which is the exact Euclidean
+projection onto ``{‖W̃‖₀ ≤ (1 − s)n}``. The reference code's ``"quantile"`` rule (the core's
+``"below_quantile"`` on W²) zeroes every entry with ``W² < quantile(W², s)``; its count can differ by one and
+``torch.quantile`` limits the tensor size.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
+
+from slimtrain.pruning.scores import magnitude_scores
+from slimtrain.pruning.selection import removal_count, removal_masks, smallest_k_mask
 
 ThresholdRule = Literal["topk", "quantile"]
 
 
 def kept_count(numel: int, sparsity: float) -> int:
-    """Number of entries kept by the exact rule: ``n − ⌊s·n⌋``.
+    """Number of entries kept by the exact rule: ``n − ⌊s·n⌋`` (⌊s·n⌋ computed exactly).
 
     Args:
         numel: Number of entries n.
@@ -26,7 +30,7 @@ def kept_count(numel: int, sparsity: float) -> int:
     Returns:
         The number of entries kept.
     """
-    return numel - math.floor(sparsity * numel)
+    return numel - removal_count(numel, sparsity)
 
 
 def hard_threshold(weight: torch.Tensor, sparsity: float, rule: ThresholdRule = "topk") -> torch.Tensor:
@@ -46,15 +50,10 @@ def hard_threshold(weight: torch.Tensor, sparsity: float, rule: ThresholdRule = 
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
     if rule == "topk":
-        flat = weight.reshape(-1)
-        keep = kept_count(flat.numel(), sparsity)
-        # Stable descending sort: among equal magnitudes the lower index is kept.
-        order = torch.argsort(flat.abs(), descending=True, stable=True)
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[order[:keep]] = True
-        return torch.where(mask, flat, torch.zeros_like(flat)).reshape(weight.shape)
-    if rule == "quantile":
-        squared = weight**2
-        threshold = torch.quantile(squared.reshape(-1), sparsity)
-        return torch.where(squared < threshold, torch.zeros_like(weight), weight)
-    raise ValueError(f"unknown threshold rule {rule!r}; use 'topk' or 'quantile'")
+        scores = magnitude_scores({"weight": weight})
+        removed = smallest_k_mask(scores, weight.numel() - kept_count(weight.numel(), sparsity), ties="last")
+    elif rule == "quantile":
+        removed = removal_masks({"weight": weight.detach() ** 2}, sparsity, rule="below_quantile")["weight"]
+    else:
+        raise ValueError(f"unknown threshold rule {rule!r}; use 'topk' or 'quantile'")
+    return torch.where(removed.view(weight.shape), torch.zeros_like(weight), weight)

@@ -8,10 +8,12 @@ from torch import nn
 
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
+from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
 from slimtrain.layers.replacement import LINEARS, Replacement, select_replaceable
 from slimtrain.layers.sparse import SparseLinear
 
-_CSR = Replacement("CSR storage", (nn.Linear,), LINEARS, "linear")
+# The linears inside a low-rank layer stay dense: the export format records whole layers only.
+_CSR = Replacement("CSR storage", (nn.Linear,), LINEARS, "linear", inside=FACTORIZED_DEPLOYMENT_LAYERS)
 
 
 def to_sparse_linear(

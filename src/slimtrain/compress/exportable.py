@@ -39,6 +39,10 @@ from slimtrain.errors import UnsupportedChannelFlowError
 from slimtrain.layers import TrainingLayer
 
 
+class ChannelsKeptWarning(UserWarning):
+    """A ``native`` export kept the zeroed channels: their removal was refused (the message says why)."""
+
+
 def _nonzero_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Per entry of dimension 0: whether any element of that slice is non-zero."""
     return tensor.detach().reshape(tensor.shape[0], -1).ne(0).any(dim=1).cpu()
@@ -186,7 +190,9 @@ def to_exported(
         try:
             model = remove_zero_channels(model, example_inputs, round_to=round_to)
         except UnsupportedChannelFlowError as error:
-            warnings.warn(f"zeroed channels are kept in the exported model: {error}", stacklevel=2)
+            warnings.warn(
+                f"zeroed channels are kept in the exported model: {error}", ChannelsKeptWarning, stacklevel=2
+            )
     refuse_untied(shared, model, f"exporting ({structure})")
     return model.eval()
 

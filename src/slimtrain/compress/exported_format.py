@@ -178,6 +178,8 @@ def save_exported(
     Raises:
         FileExistsError: If ``path`` exists and ``overwrite`` is false.
         ExportFormatError: If the architecture change cannot be recorded.
+        UnsupportedModelError: If the recorded changes would not rebuild the model (``load`` would fail);
+            nothing is written then.
     """
     path = Path(path)
     model = unwrap_model(model)  # stored under the base model's names, not its wrapper's
@@ -188,6 +190,7 @@ def save_exported(
     if preprocessing is None:
         preprocessing = getattr(model, PREPROCESSING_ATTR, None)
     changes = architecture_changes(_build_base(base, kwargs), model)
+    _refuse_unloadable(_build_base(base, kwargs), changes, model)
     tied = tied_parameter_groups(model)
     duplicates = {name for names in tied for name in names[1:]}
     # A tied tensor is stored once, under the first of its names.
@@ -321,20 +324,7 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
             f"checksum mismatch for {weights}: manifest has {expected}, file has {actual}"
         )
     model = _build_base(_base_of(path, manifest, factory), manifest["base_model"].get("kwargs", {}))
-    for change in manifest["changes"]:
-        try:
-            if change.get("reshape"):
-                module = get_submodule(model, change["name"])
-                reshape_layer(module, change["type"], change["config"])
-            else:
-                module = build_layer(change["type"], change["config"])
-                set_submodule(model, change["name"], module)
-        except (KeyError, ValueError, AttributeError, UnknownNameError, UnsupportedModelError) as error:
-            raise ExportFormatError(
-                f"{path}: cannot apply the change to {change.get('name')!r}: {error}"
-            ) from error
-        if "kept_channels" in change:
-            setattr(module, KEPT_CHANNELS_ATTR, change["kept_channels"])
+    _replay(model, manifest["changes"], str(path))
     tensors = safetensors.torch.load_file(str(weights))
     listed = manifest["tensors"]
     tied = manifest.get("tied_tensors", [])
@@ -360,6 +350,44 @@ def load_exported(path: str | os.PathLike[str], *, factory: ModelFactory | None 
     _tie(model, tied)
     setattr(model, PREPROCESSING_ATTR, manifest.get("preprocessing"))
     return model.eval()
+
+
+def _replay(model: nn.Module, changes: list[dict[str, Any]], where: str) -> None:
+    """Apply recorded architecture changes to the base model, in place."""
+    for change in changes:
+        try:
+            if change.get("reshape"):
+                module = get_submodule(model, change["name"])
+                reshape_layer(module, change["type"], change["config"])
+            else:
+                module = build_layer(change["type"], change["config"])
+                set_submodule(model, change["name"], module)
+        except (KeyError, ValueError, AttributeError, UnknownNameError, UnsupportedModelError) as error:
+            raise ExportFormatError(
+                f"{where}: cannot apply the change to {change.get('name')!r}: {error}"
+            ) from error
+        if "kept_channels" in change:
+            setattr(module, KEPT_CHANNELS_ATTR, change["kept_channels"])
+
+
+def _refuse_unloadable(base: nn.Module, changes: list[dict[str, Any]], model: nn.Module) -> None:
+    """Raise if the base model with ``changes`` replayed would not hold ``model``'s tensors (names, shapes).
+
+    ``slimtrain.load`` rebuilds exactly this, so a model it could not load is never saved.
+    """
+    _replay(base, changes, "save_exported")
+    rebuilt = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differing = sorted(k for k in rebuilt.keys() | saved.keys() if rebuilt.get(k) != saved.get(k))
+    if differing:
+        name = differing[0]
+        raise UnsupportedModelError(
+            f"save_exported cannot record the architecture of this model: tensor {name!r} would be rebuilt "
+            f"as {rebuilt.get(name, 'absent')} but is {saved.get(name, 'absent')} "
+            f"({len(differing)} tensor(s) differ); a change inside a layer slimtrain replaced (channels "
+            "removed from a factorized layer, CSR inside a low-rank layer) cannot be replayed: compress the "
+            "dense layers first"
+        )
 
 
 def _base_of(path: Path, manifest: dict[str, Any], factory: ModelFactory | None) -> str | ModelFactory:

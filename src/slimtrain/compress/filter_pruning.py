@@ -31,6 +31,7 @@ from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight
 from slimtrain.compress.masks import apply_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
 from slimtrain.errors import ExportMismatchError, UnsupportedModelError
+from slimtrain.pruning.selection import smallest_k_mask
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,9 @@ def filter_pruning_plan(
     selections = []
     for group in groups:
         removed = group.size - channels_kept(group.size, fraction, round_to)
-        order = torch.argsort(group_l1_scores(model, group), stable=True)
-        selections.append(GroupSelection(group, tuple(sorted(int(i) for i in order[:removed]))))
+        # The core's exact selection: the smallest L1 scores, ties removing the lower channel index first.
+        chosen = smallest_k_mask(group_l1_scores(model, group), removed).nonzero().flatten()
+        selections.append(GroupSelection(group, tuple(int(i) for i in chosen)))
     return ChannelPruningPlan(tuple(selections))
 
 

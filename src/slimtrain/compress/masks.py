@@ -1,7 +1,8 @@
 """Binary masks over named parameters: apply them to a copy, and fold mask re-parametrizations away.
 
 A mask dictionary maps a parameter name (as in ``model.named_parameters()``) to a boolean tensor of the same
-shape, ``True`` where the entry is kept.
+shape, ``True`` where the entry is kept. Applying masks is the sparsity core's
+(:class:`slimtrain.pruning.MaskSet`); this module names its copy semantics for the compression operators.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from slimtrain.compress._modules import copy_model
+from slimtrain._wrappers import copy_model
 from slimtrain.layers.prunable import make_plain
+from slimtrain.pruning.masks import MaskSet
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Return a copy of ``model`` whose masked parameters have their dropped entries set to zero.
 
-    The masks are folded into the weights (no hooks or re-parametrizations are left behind).
+    ``MaskSet(model, masks).applied_to_copy()``: the masks are folded into the weights (no hooks or
+    re-parametrizations are left behind).
 
     Args:
         model: The model (not modified).
@@ -37,23 +40,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         KeyError: If a mask names neither a parameter nor a computed weight of the model.
         ValueError: If a mask's shape differs from its parameter's.
     """
-    result = copy_model(model, "apply_masks")
-    params = dict(result.named_parameters(remove_duplicate=False))
-    for name in masks:
-        if name not in params:
-            module_name, _, local = name.rpartition(".")
-            module = _submodule(result, module_name)
-            if module is None or not make_plain(module, local):
-                raise KeyError(f"mask for {name!r}, which is not a parameter of the model")
-            params[name] = getattr(module, local)
-    for name, mask in masks.items():
-        if mask.shape != params[name].shape:
-            raise ValueError(
-                f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}"
-            )
-        with torch.no_grad():
-            params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
-    return result
+    return MaskSet(model, masks).applied_to_copy()
 
 
 def fold_masks(model: nn.Module) -> nn.Module:
@@ -75,10 +62,3 @@ def fold_masks(model: nn.Module) -> nn.Module:
         for name in names:
             make_plain(module, name)
     return result
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from slimtrain.compress.exportable import to_exported
+from slimtrain.compress.exportable import ChannelsKeptWarning, to_exported
 from slimtrain.compress.magnitude import population_parameters
 from slimtrain.compress.standard import STRUCTURES
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
@@ -117,19 +117,51 @@ def _latency(model: nn.Module, example: torch.Tensor, batch: int) -> LatencyResu
     return measure_latency(model, inputs)
 
 
-def _exported_form(compressed: nn.Module, structure: str, example: torch.Tensor) -> nn.Module:
+def _exported_form(
+    compressed: nn.Module, structure: str, example: torch.Tensor
+) -> tuple[nn.Module, str | None]:
     """``to_exported(compressed, structure, example)``, the model a sweep row's counts describe.
 
     A ``native`` model whose zeroed channels the channel tracer fails on keeps them, with a warning (what
-    ``to_exported`` does when it refuses the channel flow), rather than ending the sweep.
+    ``to_exported`` does when it refuses the channel flow), rather than ending the sweep. The second value
+    says why the channel removal was refused (by ``to_exported``, whose model ``slimtrain export`` saves,
+    or by an error of it), ``None`` when it was not.
     """
     try:
-        return to_exported(compressed, structure, example)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exported = to_exported(compressed, structure, example)
     except Exception as error:  # the tracer's own errors, on models it does not understand
         if structure != "native":
             raise
         warnings.warn(f"zeroed channels are kept in the exported form: {error!r}", stacklevel=2)
-        return to_exported(compressed, "lowrank", example)  # the same, without channel removal
+        return to_exported(compressed, "lowrank", example), repr(error)  # without channel removal
+    for caught_warning in caught:  # passed on, under the caller's filters
+        warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
+    kept = [str(w.message) for w in caught if issubclass(w.category, ChannelsKeptWarning)]
+    return exported, (kept[0] if kept else None)
+
+
+def budget_fields(budget: int | None, refusal: str | None, level: Any) -> dict[str, int]:
+    """``params_budget`` of a sweep row (docs/metrics.md), for a method that prunes to a parameter budget.
+
+    The row's ``params_stored_all`` is what the export reaches; it is set beside the budget. When the export
+    kept the zeroed channels, a warning says so (the stored count then includes them).
+
+    Args:
+        budget: :meth:`Method.params_budget` of the trained model (``None``: the method has no budget).
+        refusal: Why the export kept the zeroed channels, or ``None``.
+        level: The level, for the warning.
+    """
+    if budget is None:
+        return {}
+    if refusal is not None:
+        warnings.warn(
+            f"level {level}: the export keeps the zeroed channels ({refusal}), so params_stored_all counts "
+            f"them, against a budget of {budget}",
+            stacklevel=2,
+        )
+    return {"params_budget": budget}
 
 
 def level_metrics(
@@ -360,8 +392,10 @@ def sweep(
         its identity, structure, level and settings are the requested ones, and recomputed otherwise. The
         file holds the rows of one identity, one per level swept so far; a file of another identity is
         replaced. A level set by training is also recorded under its option's name (``"tau": 0.1``) with
-        ``level_option``; levels the method does not produce are refused (:func:`resolve_levels`), and so is
-        a structure with nothing to compress in the model (:func:`check_compressible`).
+        ``level_option``; a method with a parameter budget (:meth:`Method.params_budget`) adds
+        ``params_budget`` (:func:`budget_fields`), next to the exported ``params_stored_all``. Levels the
+        method does not produce are refused (:func:`resolve_levels`), and so is a structure with nothing to
+        compress in the model (:func:`check_compressible`).
 
     Raises:
         BadInputError: A structure or level the run does not produce, or one with nothing to compress.
@@ -380,11 +414,15 @@ def sweep(
 
     out_path = sweep_path(run_dir, structure)
     rows = [upgrade_row(r) for r in stored_rows(out_path, identity.digest)]
-    # A row written before rows recorded the trained model's validation accuracy is computed again.
+    budget = method.params_budget(comp.model)  # the same at every level: the run's own target
+    # A row written before rows recorded the trained model's validation accuracy (or a budgeted method's
+    # exported count) is computed again.
     done = {
         r["requested_level"]
         for r in rows
-        if r.get("evaluation_settings") == settings and "val_acc_dense" in r
+        if r.get("evaluation_settings") == settings
+        and "val_acc_dense" in r
+        and (budget is None or "params_budget" in r)
     }
 
     trained = comp.model
@@ -432,8 +470,9 @@ def sweep(
                     compressed, comp.splits.test, device=comp.device, dtype=comp.dtype
                 )["accuracy"]
             # The numbers of the deployed model, as `slimtrain export` reports them (one definition).
-            exported = _exported_form(compressed, structure, example)
+            exported, refusal = _exported_form(compressed, structure, example)
             row.update(level_metrics(compressed, exported, example, dense))
+            row.update(budget_fields(budget, refusal, level))
             if latency:
                 # Latency is a property of the deployed model: time the exported form, not the masked one.
                 row["latency_model_state"] = "exported"

@@ -4,18 +4,13 @@ Zimmer, Spiegel, Pokutta, "Compression-aware Training of Neural Networks using F
 arXiv:2205.11921; Miao et al., ICLR 2022 (K-sparse polytope). See ``docs/sfw.md``.
 """
 
+from slimtrain._deprecation import moved_names
 from slimtrain.fw import native
 from slimtrain.fw.base import ConstraintSet, KConstraintSet, constraint_from_config, resolve_k
 from slimtrain.fw.builder import ConstraintsConfig, build_constraints, miao_k
 from slimtrain.fw.ksparse import KSparsePolytope
 from slimtrain.fw.ksupport import GroupKSupportNormBall, KSupportNormBall, k_support_norm
 from slimtrain.fw.lp_balls import LpBall
-from slimtrain.fw.penalties import (
-    conv_weights,
-    group_lasso_penalty,
-    nuclear_norm_penalty,
-    singular_value_soft_threshold_,
-)
 from slimtrain.fw.radius import estimate_init_norms, local_init_norms
 from slimtrain.fw.sfw import SFW
 from slimtrain.fw.spectral import (
@@ -39,15 +34,25 @@ __all__ = [
     "SpectralKSupportNormBall",
     "build_constraints",
     "constraint_from_config",
-    "conv_weights",
     "estimate_init_norms",
-    "group_lasso_penalty",
     "k_support_norm",
     "local_init_norms",
     "miao_k",
     "native",
-    "nuclear_norm_penalty",
     "resolve_k",
-    "singular_value_soft_threshold_",
     "top_k_singular",
 ]
+
+# The penalties of SFW's baselines live with the baselines (slimtrain.pruning.baselines).
+__getattr__ = moved_names(
+    "slimtrain.fw",
+    {
+        name: f"slimtrain.pruning.baselines:{name}"
+        for name in (
+            "conv_weights",
+            "group_lasso_penalty",
+            "nuclear_norm_penalty",
+            "singular_value_soft_threshold_",
+        )
+    },
+)

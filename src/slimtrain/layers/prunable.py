@@ -40,7 +40,9 @@ from slimtrain.errors import UnsupportedModelError
 __all__ = [
     "PRUNABLE_TYPES",
     "WeightNames",
+    "computed_weight",
     "is_computed",
+    "is_trainable",
     "make_plain",
     "prunable_weight_names",
     "prunable_weights",
@@ -102,7 +104,36 @@ def _underlying(module: nn.Module, name: str) -> list[nn.Parameter]:
     return [orig] if isinstance(orig, nn.Parameter) else []
 
 
-def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
+def computed_weight(module: nn.Module, name: str) -> Tensor:
+    """The current value of the computed weight ``module.<name>``, computed now.
+
+    With gradients enabled it carries its graph to the tensors it is computed from; it is never a value cached
+    by the last forward pass (a ``torch.nn.utils.prune`` hook leaves one).
+
+    Raises:
+        UnsupportedModelError: If the weight is computed by a forward hook other than a pruning mask (the
+            deprecated ``torch.nn.utils.weight_norm``), which slimtrain cannot recompute or fold.
+    """
+    if parametrize.is_parametrized(module, name):
+        return getattr(module, name)
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
+            return hook.apply_mask(module)
+    raise UnsupportedModelError(
+        f"{type(module).__name__} computes its {name!r} in a forward hook slimtrain cannot follow (the "
+        "deprecated torch.nn.utils.weight_norm?); use torch.nn.utils.parametrizations.weight_norm, or remove "
+        "the hook"
+    )
+
+
+def is_trainable(module: nn.Module, name: str) -> bool:
+    """Whether training updates ``module.<name>``: it, or a parameter it is computed from, requires grad."""
+    if is_computed(module, name):
+        return any(p.requires_grad for p in _underlying(module, name))
+    return getattr(module, name).requires_grad
+
+
+def prunable_weights(model: nn.Module, *, trainable_only: bool = False) -> dict[str, Tensor]:
     """Every prunable weight of ``model``, by first name, in ``named_parameters`` order.
 
     The order is the position order by which magnitude ties are broken. A plain weight maps to its
@@ -111,9 +142,15 @@ def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
 
     Args:
         model: Any module.
+        trainable_only: Leave out frozen weights (``requires_grad=False``, or computed from frozen
+            tensors): the population of the training methods, which leave frozen parameters alone.
 
     Returns:
         First name → tensor; empty when the model has no prunable weight.
+
+    Raises:
+        UnsupportedModelError: A weight computed by a hook slimtrain cannot follow (:func:`computed_weight`),
+            naming the module path.
     """
     order = {id(p): i for i, p in enumerate(model.parameters())}
     first = first_names(model)
@@ -121,8 +158,14 @@ def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         for name in prunable_weight_names(module):
+            if trainable_only and not is_trainable(module, name):
+                continue
             tensor = getattr(module, name)
             if is_computed(module, name):
+                try:
+                    tensor = computed_weight(module, name)
+                except UnsupportedModelError as error:
+                    raise UnsupportedModelError(f"module {module_name!r}: {error}") from None
                 position = min(
                     (order[id(p)] for p in _underlying(module, name) if id(p) in order), default=-1
                 )

@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
-from slimtrain.errors import UnsupportedModelError
+from slimtrain._wrappers import unwrap_model
+from slimtrain.errors import BadInputError, UnsupportedModelError
 from slimtrain.registry import Registry
 
 __all__ = [
@@ -154,6 +155,12 @@ def replacement_refusal(
     """Why ``operator`` may not replace ``module`` (at ``path``, a child of ``parent``); ``None``: it may."""
     if not path:
         return "it is the model itself; wrap it in a container such as nn.Sequential(model)"
+    if parent is not None and unwrap_model(parent) is module:
+        # torch.compile's wrapper keeps calling the module it compiled, whatever its attribute then holds.
+        return (
+            f"it is the model inside the {type(parent).__name__} wrapper itself; wrap it in a container such "
+            "as nn.Sequential(model) before wrapping it"
+        )
     base = next((t for t in operator.types if isinstance(module, t)), None)
     if base is None:
         supported = " and ".join(f"nn.{t.__name__}" for t in operator.types)
@@ -222,6 +229,9 @@ def select_replaceable(
     parents = _parents(model)
     if layers is not None:
         names = list(layers)
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # the second time, the replacement itself would be replaced
+            raise BadInputError(f"{operator.what}: layers= names {', '.join(map(repr, repeated))} twice")
         for name in names:
             try:
                 module = model.get_submodule(name)

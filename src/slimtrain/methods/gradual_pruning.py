@@ -15,8 +15,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import Granularity, MaskedTrainingMethod, phase_step, pruning_masks
+from slimtrain.methods.masked import (
+    Granularity,
+    MaskedTrainingMethod,
+    fraction_to_permille,
+    phase_step,
+    pruning_masks,
+)
 from slimtrain.pruning import cubic_sparsity
+from slimtrain.swd import parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["GradualMagnitudePruning", "GradualPruningOptions"]
@@ -96,3 +103,9 @@ class GradualMagnitudePruning(MaskedTrainingMethod):
             masks = pruning_masks(model, self.granularity, self.options.target, graph=self.channel_graph)
             self.set_masks(model, masks)
             self.sparsity = self.options.target
+
+    def params_budget(self, model: nn.Module) -> int | None:
+        """``granularity: channels``: structured SWD's budget ⌊(1 − target)·N_total⌋; else ``None``."""
+        if self.granularity != "channels":
+            return None
+        return parameter_budget(model, fraction_to_permille(self.options.target))

@@ -16,7 +16,14 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import Granularity, MaskedTrainingMethod, phase_step, pruning_masks
+from slimtrain.methods.masked import (
+    Granularity,
+    MaskedTrainingMethod,
+    fraction_to_permille,
+    phase_step,
+    pruning_masks,
+)
+from slimtrain.swd import parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 from slimtrain.train.schedule import LRSchedule
 
@@ -112,6 +119,12 @@ class MagnitudePruningFineTune(MaskedTrainingMethod):
         """Prune to the target if the run stopped before the last iteration (``max_steps``)."""
         if self.stage < self.options.iterations:
             self._prune(model, self.options.iterations)
+
+    def params_budget(self, model: nn.Module) -> int | None:
+        """``granularity: channels``: structured SWD's budget ⌊(1 − target)·N_total⌋; else ``None``."""
+        if self.granularity != "channels":
+            return None
+        return parameter_budget(model, fraction_to_permille(self.options.target))
 
 
 @register_method

@@ -15,9 +15,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from slimtrain.methods.masked import MaskedTrainingMethod, gamma_channel_masks, phase_step
+from slimtrain.methods.masked import (
+    MaskedTrainingMethod,
+    fraction_to_permille,
+    gamma_channel_masks,
+    phase_step,
+)
 from slimtrain.pruning import slimming_penalty
-from slimtrain.swd import ChannelGraph
+from slimtrain.swd import ChannelGraph, parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["NetworkSlimming", "NetworkSlimmingOptions"]
@@ -82,3 +87,7 @@ class NetworkSlimming(MaskedTrainingMethod):
         """Prune if the run stopped before ``prune_at`` (``max_steps``)."""
         if self.stage == 0:
             self._prune(model)
+
+    def params_budget(self, model: nn.Module) -> int | None:
+        """The budget ⌊(1 − target)·N_total⌋ the pruning meets by the analytic count."""
+        return parameter_budget(model, fraction_to_permille(self.options.target))

@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtrain.fw import (
+from slimtrain.pruning.baselines import (
     conv_weights,
     group_lasso_penalty,
     nuclear_norm_penalty,

@@ -18,7 +18,13 @@ from torch import nn
 
 from slimtrain._model_io import logits_of
 from slimtrain.methods.masked import fraction_to_permille
-from slimtrain.swd import ChannelSelection, MagnitudeSelection, SelectiveWeightDecay, prune_to_target
+from slimtrain.swd import (
+    ChannelSelection,
+    MagnitudeSelection,
+    SelectiveWeightDecay,
+    parameter_budget,
+    prune_to_target,
+)
 from slimtrain.swd.selection import Selection
 from slimtrain.train.method import (
     Method,
@@ -224,3 +230,7 @@ class StructuredSWDMethod(_SWDBase):
 
     def _final_selection(self, model: nn.Module) -> Selection:
         return self._channel_selection(model, penalize_filters=True)
+
+    def params_budget(self, model: nn.Module) -> int | None:
+        """The budget ⌊(1 − target)·N_total⌋ the final pruning meets by the analytic count."""
+        return parameter_budget(model, fraction_to_permille(self.options.target))

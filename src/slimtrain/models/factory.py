@@ -60,16 +60,15 @@ def is_pretrained_class(factory: Any) -> bool:
     return isinstance(factory, type) and isinstance(getattr(factory, "config_class", None), type)
 
 
-def _accepts(function: Callable[..., Any], name: str, *, open_ended: bool) -> bool:
-    """Whether ``function`` takes the keyword ``name`` (``open_ended``: or any keyword, by ``**kwargs``)."""
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function``'s signature names the keyword ``name`` (a ``**kwargs`` does not count)."""
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):  # no signature (a builtin): pass it nothing it might not take
         return False
     parameter = parameters.get(name)
-    if parameter is not None and parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.VAR_POSITIONAL):
-        return True
-    return open_ended and any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    named = (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY) if parameter is not None else ()
+    return parameter is not None and parameter.kind in named
 
 
 def _config_settings(config_class: type) -> set[str]:
@@ -98,13 +97,15 @@ def model_arguments(
         base: A registry name (which takes every common argument) or a factory.
         kwargs: The user's keyword arguments (a recipe's ``model.kwargs``).
         common: The arguments a model takes from its dataset, ``num_classes``, ``in_channels``,
-            ``image_size``. A factory gets those its signature names (all of them if it takes ``**kwargs``);
+            ``image_size``. A factory gets those its signature names (a ``**kwargs`` gets none of them);
             a Hugging Face model's config gets them as ``num_labels``, ``num_channels``, ``image_size``, those
             its config class has, unless ``kwargs`` sets them.
 
     Raises:
         TypeError: A Hugging Face config class has no setting of a name in ``kwargs`` (it would store it and
             silently build its default model).
+        ValueError: ``kwargs`` sets a Hugging Face config's ``num_labels``, ``num_channels`` or ``image_size``
+            to another value than the dataset's.
     """
     unknown = sorted(set(common) - set(_COMMON_ARGUMENTS))
     if unknown:
@@ -120,13 +121,25 @@ def model_arguments(
                 f"{base.config_class.__name__} has no setting(s) {', '.join(map(repr, unknown))}; "
                 f"its settings: {', '.join(sorted(settings))}"
             )
+        # The dataset decides these; a different value in kwargs would build a model that does not fit it.
+        contradicting = [
+            f"{_CONFIG_NAMES[name]}={kwargs[_CONFIG_NAMES[name]]!r} (the dataset gives {value})"
+            for name, value in common.items()
+            if _CONFIG_NAMES[name] in kwargs and kwargs[_CONFIG_NAMES[name]] != value
+        ]
+        if contradicting:
+            raise ValueError(
+                f"{', '.join(contradicting)}: leave it out of the model's kwargs, it comes from the dataset"
+            )
         taken = {
             _CONFIG_NAMES[name]: value
             for name, value in common.items()
             if _CONFIG_NAMES[name] not in kwargs and _CONFIG_NAMES[name] in settings
         }
     else:
-        taken = {name: value for name, value in common.items() if _accepts(base, name, open_ended=True)}
+        # Only the arguments its signature names: a factory passing **kwargs on (torchvision's) would hand
+        # them to a class that may not take them.
+        taken = {name: value for name, value in common.items() if _accepts(base, name)}
     return {**taken, **kwargs}
 
 

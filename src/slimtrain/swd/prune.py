@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from slimtrain.layers.prunable import make_plain
+from slimtrain.pruning.masks import MaskSet
 from slimtrain.swd.selection import MagnitudeSelection, Selection
 
 __all__ = ["prune_to_target"]
 
 
-@torch.no_grad()
+# Not under no_grad: there a computed (weight_norm) weight reads as frozen and would leave the population.
 def prune_to_target(model: nn.Module, selection: Selection | float) -> dict[str, Tensor]:
     """Zero, in place, every entry the selection removes, and return the keep masks.
 
@@ -34,15 +33,6 @@ def prune_to_target(model: nn.Module, selection: Selection | float) -> dict[str,
     """
     if not hasattr(selection, "select"):
         selection = MagnitudeSelection(float(selection))
-    masks = {}
-    for s in selection.select(model):
-        keep = ~s.removed
-        param = s.param
-        if not isinstance(param, nn.Parameter):
-            module_name, _, local = s.name.rpartition(".")
-            module = model.get_submodule(module_name)
-            make_plain(module, local)
-            param = getattr(module, local)
-        param.mul_(keep)
-        masks[s.name] = keep
+    masks = {s.name: ~s.removed for s in selection.select(model)}
+    MaskSet(model, masks).apply_()
     return masks

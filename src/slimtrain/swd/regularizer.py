@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtrain.errors import UnsupportedModelError
+from slimtrain.layers.prunable import computed_weight
 from slimtrain.swd.schedule import ExponentialSchedule
 from slimtrain.swd.selection import Selected, Selection
 from slimtrain.swd.stability import is_stable, stability_limit
@@ -114,7 +115,7 @@ class SelectiveWeightDecay:
                 continue
             module, name = _owner(model, s.name)
             with torch.enable_grad():
-                weight = getattr(module, name)  # recomputed with its graph to the originals
+                weight = computed_weight(module, name)  # recomputed with its graph to the originals
                 weight.backward(weight.detach() * s.removed * coefficient)
 
     @torch.no_grad()
@@ -209,7 +210,6 @@ class SelectiveWeightDecay:
         )
         self.step_count = int(state_dict["step_count"])
 
-    @torch.no_grad()
     def prune(self, model: nn.Module) -> dict[str, Tensor]:
         """Hard-prune ``model`` at the target with the training selection rule; see ``prune_to_target``."""
         from slimtrain.swd.prune import prune_to_target

@@ -7,16 +7,15 @@ every step, with one global threshold, and no gradient flows through the selecti
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Literal, NamedTuple, Protocol
 
-import torch
 from torch import Tensor, nn
 
 from slimtrain.errors import UnsupportedModelError
 from slimtrain.layers.prunable import prunable_weights
-from slimtrain.pruning.magnitude import smallest_magnitude_masks
+from slimtrain.pruning.scores import magnitude_scores
+from slimtrain.pruning.selection import removal_count, smallest_k_mask, sorted_threshold, split_like
 
 __all__ = [
     "MagnitudeSelection",
@@ -58,7 +57,7 @@ def permille_count(n: int, target: float) -> int:
     """
     if not 0 <= target < 1000:
         raise ValueError(f"target is per-mille removed and must lie in [0, 1000), got {target}")
-    return math.floor(Fraction(repr(float(target))) * n / 1000)
+    return removal_count(n, Fraction(repr(float(target))) / 1000)
 
 
 def population_weights(model: nn.Module) -> dict[str, Tensor]:
@@ -74,7 +73,7 @@ def population_weights(model: nn.Module) -> dict[str, Tensor]:
     Raises:
         UnsupportedModelError: If the model has no trainable prunable weight.
     """
-    weights = {name: w for name, w in prunable_weights(model).items() if w.requires_grad}
+    weights = prunable_weights(model, trainable_only=True)
     if not weights:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no trainable prunable weight (convolution, linear, RNN or "
@@ -114,14 +113,17 @@ class MagnitudeSelection:
         """Selected entries of every penalised parameter, from the current magnitudes (detached)."""
         if self.population == "weights":
             weights = population_weights(model)
-            n = sum(w.numel() for w in weights.values())
-            keep = smallest_magnitude_masks(weights, permille_count(n, self.target))
-            return [Selected(name, w, ~keep[name]) for name, w in weights.items()]
+            scores = magnitude_scores(weights)
+            k = permille_count(scores.numel(), self.target)
+            # Views of one selection: no per-tensor kernels in this per-step path.
+            removed = split_like(smallest_k_mask(scores, k), weights)
+            return [Selected(name, w, removed[name]) for name, w in weights.items()]
+        # The reference rule of the core: strictly below the sorted value at index ⌊(target/1000)·n⌋ of the
+        # counted magnitudes, applied to every parameter.
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        counted = [p.detach().abs().flatten() for name, p in params.items() if "bn" not in name]
+        counted = {name: p for name, p in params.items() if "bn" not in name}
         if not counted:
             raise ValueError(f"{type(model).__name__} has no parameter without 'bn' in its name")
-        magnitudes = torch.cat([c.to(torch.promote_types(c.dtype, torch.float32)) for c in counted])
-        index = permille_count(magnitudes.numel(), self.target)
-        threshold = torch.kthvalue(magnitudes, index + 1).values
+        magnitudes = magnitude_scores(counted)
+        threshold = sorted_threshold(magnitudes, permille_count(magnitudes.numel(), self.target))
         return [Selected(name, p, p.detach().abs() < threshold) for name, p in params.items()]

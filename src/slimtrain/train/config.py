@@ -76,28 +76,58 @@ def _importable(value: str | None) -> str | None:
     return value
 
 
-def _one_source(section: BaseModel) -> None:
-    """Refuse a section that names both a registered ``name`` and an import-path ``factory``."""
-    if getattr(section, "name", None) is not None and getattr(section, "factory", None) is not None:
-        raise ValueError(
-            "set one of 'name' (registered) and 'factory' (an import path 'package.module:name'), not both"
-        )
+class _Source(_Strict):
+    """A section naming its source by a registered ``name`` or a ``factory`` import path (data, model).
+
+    Subclasses declare both fields and :meth:`_source_names`: what a source is, the default name and the
+    registered names.
+    """
+
+    @classmethod
+    def _source_names(cls) -> tuple[str, str, list[str]]:
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        # A section without ``name`` or ``factory`` gets the default ``name``.
+        if isinstance(data, dict) and data.get("name") is None and data.get("factory") is None:
+            return {**data, "name": cls._source_names()[1]}
+        return data
+
+    _factory_importable = field_validator("factory", check_fields=False)(_importable)
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        kind, _, names = cls._source_names()
+        if value is not None and value not in names:
+            raise ValueError(f"unknown {kind}; registered {kind}s: {', '.join(names)}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> _Source:
+        if getattr(self, "name", None) is not None and getattr(self, "factory", None) is not None:
+            raise ValueError(
+                "set one of 'name' (registered) and 'factory' (an import path 'package.module:name'), "
+                "not both"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Only the source in use is written, so a registry recipe (and its run identity) reads as it did.
+        tree = handler(self)
+        tree.pop("factory" if getattr(self, "factory", None) is None else "name", None)
+        return tree
+
+    @property
+    def label(self) -> str:
+        """The registered name or the factory's import path, for messages."""
+        return getattr(self, "factory", None) or getattr(self, "name", None) or ""
 
 
-def _name_unless_factory(data: Any, default: str) -> Any:
-    """A section without ``name`` or ``factory`` gets the default ``name``."""
-    if isinstance(data, dict) and data.get("name") is None and data.get("factory") is None:
-        return {**data, "name": default}
-    return data
-
-
-def _drop_unused_source(tree: dict[str, Any], factory: str | None) -> dict[str, Any]:
-    # Only the source in use is written, so a registry recipe (and its run identity) reads as it always did.
-    tree.pop("factory" if factory is None else "name", None)
-    return tree
-
-
-class DataConfig(_Strict):
+class DataConfig(_Source):
     """Which dataset to train on and how to split it: a registered ``name`` or a ``factory`` import path."""
 
     name: str | None = Field(None, description="a registered dataset (default digits, unless factory is set)")
@@ -114,35 +144,11 @@ class DataConfig(_Strict):
     )
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
     @classmethod
-    def _default_name(cls, data: Any) -> Any:
-        return _name_unless_factory(data, "digits")
-
-    _factory_importable = field_validator("factory")(_importable)
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str | None) -> str | None:
+    def _source_names(cls) -> tuple[str, str, list[str]]:
         from slimtrain.data import list_datasets
 
-        if value is not None and value not in list_datasets():
-            raise ValueError(f"unknown dataset; registered datasets: {', '.join(list_datasets())}")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> DataConfig:
-        _one_source(self)
-        return self
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unused_source(handler(self), self.factory)
-
-    @property
-    def label(self) -> str:
-        """The registered name or the factory's import path, for messages."""
-        return self.factory or self.name or ""
+        return "dataset", "digits", list_datasets()
 
 
 # Model arguments the trainer takes from the dataset (``build_run``), so never recipe keys.
@@ -153,7 +159,7 @@ _FROM_DATASET = {
 }
 
 
-class ModelConfig(_Strict):
+class ModelConfig(_Source):
     """A registered ``name`` or a ``factory`` import path, keyword arguments, and weights to start from."""
 
     name: str | None = Field(None, description="a registered model (default mlp, unless factory is set)")
@@ -197,35 +203,11 @@ class ModelConfig(_Strict):
             raise PydanticCustomError("set_from_dataset", "set from the dataset", {"given": given})
         return value
 
-    @model_validator(mode="before")
     @classmethod
-    def _default_name(cls, data: Any) -> Any:
-        return _name_unless_factory(data, "mlp")
-
-    _factory_importable = field_validator("factory")(_importable)
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str | None) -> str | None:
+    def _source_names(cls) -> tuple[str, str, list[str]]:
         from slimtrain.models import list_models
 
-        if value is not None and value not in list_models():
-            raise ValueError(f"unknown model; registered models: {', '.join(list_models())}")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> ModelConfig:
-        _one_source(self)
-        return self
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unused_source(handler(self), self.factory)
-
-    @property
-    def label(self) -> str:
-        """The registered name or the factory's import path, for messages."""
-        return self.factory or self.name or ""
+        return "model", "mlp", list_models()
 
 
 _Beta = Annotated[float, Field(ge=0.0, lt=1.0)]

@@ -399,6 +399,15 @@ class Method:
         """
         return copy.deepcopy(model)
 
+    def params_budget(self, model: nn.Module) -> int | None:
+        """The parameter budget the method prunes ``model`` to, counted analytically; ``None``: it has none.
+
+        A method that removes channels down to B = ⌊(1 − target)·N_total⌋ parameters (structured SWD, network
+        slimming, the channel baselines) returns B; a sweep row reports it as ``params_budget`` next to
+        ``params_stored_all``, the count the exported model reaches (docs/metrics.md).
+        """
+        return None
+
     def default_levels(self, structure: str) -> list[float]:
         """Levels the sweep evaluates when the recipe names none."""
         return list(DEFAULT_LEVELS.get(structure, (0.0,)))
