@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from slimtrain.errors import BadInputError
+from slimtrain.pruning.scores import batchnorm_gamma_scores
 from slimtrain.swd.channels import ChannelGraph, GateCompare
 
 __all__ = ["Bisection", "budget_threshold", "parameter_budget"]
@@ -61,9 +62,7 @@ def budget_threshold(
     if bisection not in ("corrected", "reference"):
         raise ValueError(f"bisection must be 'corrected' or 'reference', got {bisection!r}")
     budget = parameter_budget(model, target)
-    candidates = torch.cat(
-        [model.get_submodule(g).weight.detach().abs().flatten() for g in graph.gates]
-    ).sort()[0]
+    candidates = torch.cat([batchnorm_gamma_scores(model.get_submodule(g)) for g in graph.gates]).sort()[0]
 
     def count(index: int) -> int:
         return graph.parameter_count(model, float(candidates[index]), gate_compare)

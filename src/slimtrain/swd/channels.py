@@ -32,6 +32,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from slimtrain.errors import BadInputError, UnsupportedModelError
+from slimtrain.pruning.scores import batchnorm_gamma_scores
 
 __all__ = ["ChannelGraph", "GateCompare"]
 
@@ -285,7 +286,7 @@ class ChannelGraph:
         """Kept channels of every gate: |γ| ≥ threshold (``"ge"``) or |γ| > threshold (``"gt"``)."""
         keep = {}
         for name in self.gates:
-            gamma = model.get_submodule(name).weight.detach().abs()
+            gamma = batchnorm_gamma_scores(model.get_submodule(name))
             keep[name] = gamma >= threshold if compare == "ge" else gamma > threshold
         return keep
 
