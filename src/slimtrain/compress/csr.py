@@ -50,6 +50,8 @@ def to_sparse_linear(
     for name in names:
         dense = get_submodule(result, name)
         sparse = SparseLinear.from_linear(dense)
+        if not dense.weight.requires_grad:  # a frozen layer stays frozen in its sparse form
+            sparse.requires_grad_(False)
         if hasattr(dense, KEPT_CHANNELS_ATTR):
             setattr(sparse, KEPT_CHANNELS_ATTR, getattr(dense, KEPT_CHANNELS_ATTR))
         set_submodule(result, name, sparse)

@@ -71,6 +71,8 @@ def _replace(model: nn.Module, name: str, dense: nn.Module, factored: nn.Module)
     kept = getattr(dense, KEPT_CHANNELS_ATTR, None)
     if kept is not None:
         setattr(factored, KEPT_CHANNELS_ATTR, kept)
+    if not dense.weight.requires_grad:  # a frozen layer stays frozen in its factorized form
+        factored.requires_grad_(False)
     set_submodule(model, name, factored)
 
 

@@ -185,7 +185,7 @@ def replacement_refusal(
     if parent is not None and isinstance(parent, tuple(cls for _, cls in PARAMETER_READERS.items())):
         return (
             f"its owner {parent_path or '<root>'!r} ({type(parent).__name__}) reads its parameters directly "
-            "instead of calling it"
+            "instead of calling it; its weight can still be pruned (magnitude pruning, SWD)"
         )
     return operator.check(module) if operator.check is not None else None
 

@@ -238,7 +238,7 @@ def effective_weight(module: nn.Module) -> Tensor:
 
 def _role(module: nn.Module, pname: str) -> Role:
     """Role of the parameter ``pname`` of a non-factorized ``module``."""
-    if pname == "bias":
+    if pname == "bias" or pname.startswith(("bias_", "in_proj_bias")):  # RNN bias_ih_l0, attention in_proj
         return "bias"
     if pname in prunable_weight_names(module):
         return "weight"
