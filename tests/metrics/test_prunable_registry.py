@@ -245,3 +245,40 @@ def test_a_weight_normed_rnn_weight_is_copied_by_the_operators():
     x = torch.randn(3, 2, 4)
     pruned = compress.global_magnitude_prune(lstm, 0.5)
     assert pruned(x)[0].shape == lstm(x)[0].shape
+
+
+def test_swd_refuses_the_hook_based_weight_norm_instead_of_dropping_it():
+    from slimtrain.swd import population_weights
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.nn.utils.weight_norm(model[0])
+    model(torch.randn(3, 8))
+    with pytest.raises(UnsupportedModelError, match=r"module '0'"):
+        population_weights(model)
+
+
+def test_a_weight_held_as_a_buffer_is_pruned_as_a_plain_tensor():
+    """Not a parameter, not computed either (a buffer, or a weight inside torch.func.functional_call)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    weight = model[0].weight.detach().clone()
+    del model[0].weight
+    model[0].register_buffer("weight", weight)
+    assert list(prunable_weights(model)) == ["0.weight", "1.weight"]
+
+
+def test_prox_svd_refuses_a_parametrized_conv_it_could_not_write():
+    from slimtrain.pruning.baselines import singular_value_soft_threshold_
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3))
+    parametrizations.weight_norm(model[0])
+    with pytest.raises(UnsupportedModelError, match=r"'0'.*plain parameter"):
+        singular_value_soft_threshold_(model, 5.0)
+
+
+def test_maskset_attach_refuses_a_computed_weight():
+    from slimtrain.pruning import MaskSet
+
+    model = _weight_normed()
+    masks = {"0.weight": torch.ones(8, 8, dtype=torch.bool)}
+    with pytest.raises(UnsupportedModelError, match=r"'0.weight'.*apply_\(\) first"):
+        MaskSet(model, masks).attach(torch.optim.SGD(model.parameters(), lr=0.1))

@@ -103,6 +103,8 @@ def test_factory_gets_only_the_dataset_arguments_its_signature_takes(tmp_path, h
     base = resolve_factory(f"{HELPER}:open_net")
     common = {"num_classes": 3, "in_channels": 2, "image_size": 5}
     assert model_arguments(base, {}, common) == {"num_classes": 3}
+    # A factory taking only **kwargs (as torchvision resnet18(*, weights, **kwargs)) gets num_classes.
+    assert model_arguments(lambda *, weights=None, **kwargs: None, {}, common) == {"num_classes": 3}
     model = build_model(base, model_arguments(base, {"features": 8}, common))
     assert model(torch.zeros(1, 2, 2, 2)).shape == (1, 3)
 

@@ -189,8 +189,9 @@ def save_exported(
     kwargs = dict(base_kwargs or {})
     if preprocessing is None:
         preprocessing = getattr(model, PREPROCESSING_ATTR, None)
-    changes = architecture_changes(_build_base(base, kwargs), model)
-    _refuse_unloadable(_build_base(base, kwargs), changes, model)
+    base_model = _build_base(base, kwargs)
+    changes = architecture_changes(base_model, model)
+    _refuse_unloadable(base_model, changes, model)  # replays the changes on the base model it only read
     tied = tied_parameter_groups(model)
     duplicates = {name for names in tied for name in names[1:]}
     # A tied tensor is stored once, under the first of its names.
@@ -384,9 +385,9 @@ def _refuse_unloadable(base: nn.Module, changes: list[dict[str, Any]], model: nn
         raise UnsupportedModelError(
             f"save_exported cannot record the architecture of this model: tensor {name!r} would be rebuilt "
             f"as {rebuilt.get(name, 'absent')} but is {saved.get(name, 'absent')} "
-            f"({len(differing)} tensor(s) differ); a change inside a layer slimtrain replaced (channels "
-            "removed from a factorized layer, CSR inside a low-rank layer) cannot be replayed: compress the "
-            "dense layers first"
+            f"({len(differing)} tensor(s) differ): a change slimtrain cannot record and replay, such as "
+            "channels removed inside a factorized layer (compress the dense layers first) or a tensor the "
+            "model creates after it is built"
         )
 
 

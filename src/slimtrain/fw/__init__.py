@@ -11,6 +11,7 @@ from slimtrain.fw.builder import ConstraintsConfig, build_constraints, miao_k
 from slimtrain.fw.ksparse import KSparsePolytope
 from slimtrain.fw.ksupport import GroupKSupportNormBall, KSupportNormBall, k_support_norm
 from slimtrain.fw.lp_balls import LpBall
+from slimtrain.fw.penalties import MOVED_TO_BASELINES
 from slimtrain.fw.radius import estimate_init_norms, local_init_norms
 from slimtrain.fw.sfw import SFW
 from slimtrain.fw.spectral import (
@@ -44,15 +45,4 @@ __all__ = [
 ]
 
 # The penalties of SFW's baselines live with the baselines (slimtrain.pruning.baselines).
-__getattr__ = moved_names(
-    "slimtrain.fw",
-    {
-        name: f"slimtrain.pruning.baselines:{name}"
-        for name in (
-            "conv_weights",
-            "group_lasso_penalty",
-            "nuclear_norm_penalty",
-            "singular_value_soft_threshold_",
-        )
-    },
-)
+__getattr__ = moved_names("slimtrain.fw", MOVED_TO_BASELINES)

@@ -91,9 +91,21 @@ def prunable_weight_names(module: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in rule(module) if isinstance(getattr(module, name, None), Tensor))
 
 
+def _computing_hook(module: nn.Module, name: str) -> object | None:
+    """The forward pre-hook computing ``module.<name>`` (a pruning mask, the old ``weight_norm``), if any."""
+    for hook in module._forward_pre_hooks.values():
+        if name in (getattr(hook, "_tensor_name", None), getattr(hook, "name", None)):
+            return hook
+    return None
+
+
 def is_computed(module: nn.Module, name: str) -> bool:
-    """Whether ``module.<name>`` is computed (a parametrization or a ``torch.nn.utils.prune`` mask)."""
-    return parametrize.is_parametrized(module, name) or not isinstance(getattr(module, name), nn.Parameter)
+    """Whether ``module.<name>`` is computed from other tensors: by a parametrization or a forward pre-hook.
+
+    A plain tensor that is not a parameter (a buffer, or a weight inside ``torch.func.functional_call``) is
+    not computed: it is pruned as it is.
+    """
+    return parametrize.is_parametrized(module, name) or _computing_hook(module, name) is not None
 
 
 def _underlying(module: nn.Module, name: str) -> list[nn.Parameter]:
@@ -116,9 +128,9 @@ def computed_weight(module: nn.Module, name: str) -> Tensor:
     """
     if parametrize.is_parametrized(module, name):
         return getattr(module, name)
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            return hook.apply_mask(module)
+    hook = _computing_hook(module, name)
+    if isinstance(hook, prune.BasePruningMethod):
+        return hook.apply_mask(module)
     raise UnsupportedModelError(
         f"{type(module).__name__} computes its {name!r} in a forward hook slimtrain cannot follow (the "
         "deprecated torch.nn.utils.weight_norm?); use torch.nn.utils.parametrizations.weight_norm, or remove "
@@ -158,14 +170,14 @@ def prunable_weights(model: nn.Module, *, trainable_only: bool = False) -> dict[
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         for name in prunable_weight_names(module):
-            if trainable_only and not is_trainable(module, name):
-                continue
             tensor = getattr(module, name)
             if is_computed(module, name):
-                try:
+                try:  # an unknown hook is refused before the trainable filter could drop it silently
                     tensor = computed_weight(module, name)
                 except UnsupportedModelError as error:
                     raise UnsupportedModelError(f"module {module_name!r}: {error}") from None
+            if trainable_only and not is_trainable(module, name):
+                continue
                 position = min(
                     (order[id(p)] for p in _underlying(module, name) if id(p) in order), default=-1
                 )

@@ -71,6 +71,14 @@ def _accepts(function: Callable[..., Any], name: str) -> bool:
     return parameter is not None and parameter.kind in named
 
 
+def _takes_var_keywords(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` takes ``**kwargs``."""
+    try:
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def _config_settings(config_class: type) -> set[str]:
     """The settings of a Hugging Face config class.
 
@@ -97,7 +105,7 @@ def model_arguments(
         base: A registry name (which takes every common argument) or a factory.
         kwargs: The user's keyword arguments (a recipe's ``model.kwargs``).
         common: The arguments a model takes from its dataset, ``num_classes``, ``in_channels``,
-            ``image_size``. A factory gets those its signature names (a ``**kwargs`` gets none of them);
+            ``image_size``. A factory gets those its signature names, and a ``**kwargs`` gets ``num_classes``;
             a Hugging Face model's config gets them as ``num_labels``, ``num_channels``, ``image_size``, those
             its config class has, unless ``kwargs`` sets them.
 
@@ -137,9 +145,13 @@ def model_arguments(
             if _CONFIG_NAMES[name] not in kwargs and _CONFIG_NAMES[name] in settings
         }
     else:
-        # Only the arguments its signature names: a factory passing **kwargs on (torchvision's) would hand
-        # them to a class that may not take them.
-        taken = {name: value for name, value in common.items() if _accepts(base, name)}
+        # The arguments its signature names, and num_classes to a **kwargs too: factories that pass their
+        # keywords on (torchvision's, timm's) build classifiers that take num_classes but not the others.
+        taken = {
+            name: value
+            for name, value in common.items()
+            if _accepts(base, name) or (name == "num_classes" and _takes_var_keywords(base))
+        }
     return {**taken, **kwargs}
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from slimtrain.layers.prunable import is_trainable
+from slimtrain.layers.prunable import is_trainable, refuse_computed
 from slimtrain.pruning.scores import group_norm_scores
 
 __all__ = [
@@ -75,9 +75,12 @@ def singular_value_soft_threshold_(model: nn.Module, threshold: float) -> None:
 
     Raises:
         ValueError: if the model has no conv layer or ``threshold < 0``.
+        UnsupportedModelError: if a prunable weight is computed (a parametrization or a pruning mask).
     """
     if threshold < 0:
         raise ValueError(f"singular_value_soft_threshold_: threshold must be ≥ 0, got {threshold}")
+    # The step writes the weights in place: a computed one (weight_norm) would absorb nothing.
+    refuse_computed(model, "singular_value_soft_threshold_ (prox-svd)")
     for w in _require_convs(model, "singular_value_soft_threshold_"):
         u, s, vh = torch.linalg.svd(w.flatten(1), full_matrices=False)
         w.copy_(((u * (s - threshold).clamp_min(0)) @ vh).view_as(w))

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from slimtrain._wrappers import copy_model
+from slimtrain.errors import UnsupportedModelError
 from slimtrain.layers.prunable import is_computed, make_plain
 
 __all__ = ["MaskSet"]
@@ -102,7 +103,18 @@ class MaskSet:
 
         Returns:
             A handle whose ``remove()`` stops the re-application.
+
+        Raises:
+            UnsupportedModelError: A masked weight is computed (``weight_norm``): making it plain at the first
+                step would replace the parameter the optimizer holds. Call :meth:`apply_` first, then build
+                the optimizer.
         """
+        computed = sorted(self._masks.keys() - self._params.keys())
+        if computed:
+            raise UnsupportedModelError(
+                f"MaskSet.attach: {', '.join(map(repr, computed))} are computed weights; call apply_() first "
+                "(it makes them plain parameters), then build the optimizer and attach"
+            )
         return optimizer.register_step_post_hook(lambda *_: self.apply_())
 
     def sparsity(self) -> float:
