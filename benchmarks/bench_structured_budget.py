@@ -1,11 +1,14 @@
 """Parameter budget against the count the export reaches, for structured SWD and network slimming.
 
-Both methods prune channels to a budget B = ⌊(1 − target)·N_total⌋ counted *analytically* by the channel
-tracer (``slimtrain.swd.ChannelGraph``: BatchNorm gates, live channels of every layer), while the export
-(``to_exported(model, "native", x)``, what ``slimtrain export`` and a sweep row use) removes channels by
-Torch-Pruning's coupled groups, a channel only where every producer in its group is zero. The two counts
-disagree wherever the tracer gates channels that a coupled group shares with another gate (issue #22). This
-is the "before" of that issue: today's tracer.
+Both methods prune channels to a budget B = ⌊(1 − target)·N_total⌋ counted by their channel model, for
+both channel models (``channel_model``): ``groups`` (the default, ``slimtrain.swd.GroupGates``:
+Torch-Pruning's coupled groups holding a BatchNorm, counted as the export removes them) and ``reference``
+(the SWD reference's tracer, ``slimtrain.swd.ChannelGraph``: BatchNorm gates, analytic live channels of
+every layer).
+The export (``to_exported(model, "native", x)``, what ``slimtrain export`` and a sweep row use) removes
+channels by Torch-Pruning's coupled groups, a channel only where every producer in its group is zero. The
+reference's count disagrees wherever the tracer gates channels that a coupled group shares with another gate
+(issue #22); the groups' count is the export's by construction.
 
 For every model, method and target (per-mille 500 and 900): the budget B (the method's ``params_budget``,
 the sweep row's field), the analytic kept count P(th) at the threshold the method chooses, and the distinct
@@ -42,10 +45,11 @@ from slimtrain.compress import to_exported
 from slimtrain.compress.exportable import ChannelsKeptWarning, check_same_outputs
 from slimtrain.experiments.sweeping import budget_fields
 from slimtrain.models import create_model
-from slimtrain.swd import ChannelGraph, ChannelSelection
+from slimtrain.swd import ChannelGraph, ChannelSelection, GroupGates
 from slimtrain.train.method import get_method_class
 
 METHODS = ("swd-structured", "network-slimming")
+CHANNEL_MODELS = ("groups", "reference")
 TARGETS = (500, 900)
 SEED = 0
 
@@ -105,6 +109,14 @@ def analytic_per_layer(graph: ChannelGraph, model: nn.Module, threshold: float) 
     return counts
 
 
+def groups_per_layer(gates: GroupGates, model: nn.Module, threshold: float) -> dict[str, int]:
+    """Per layer, the parameters ``gates.parameter_count`` keeps: its own minus the removed entries."""
+    counts = own_parameters(model)
+    for name, removed in gates.removal_masks(model, threshold).items():
+        counts[name.rpartition(".")[0]] -= int(removed.sum())
+    return counts
+
+
 def own_parameters(model: nn.Module) -> dict[str, int]:
     """Parameters held by each module itself (not its children), by qualified name."""
     return {
@@ -128,13 +140,19 @@ def layer_differences(analytic: dict[str, int], exported: dict[str, int]) -> lis
     ]
 
 
-def measure(name: str, kwargs: dict[str, Any], method_name: str, target: int) -> dict[str, Any]:
-    """Budget, analytic kept count and exported count of one model, method and target (or a refusal)."""
+def measure(
+    name: str, kwargs: dict[str, Any], method_name: str, target: int, channel_model: str = "groups"
+) -> dict[str, Any]:
+    """Budget, counted kept and exported count of one model, method, target and channel model.
+
+    A refusal of the method or the export gives its message instead.
+    """
     model = random_gamma_model(name, kwargs)
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(SEED))
     cls = get_method_class(method_name)
-    method = cls(cls.Options(target=target / 1000), None)
-    row: dict[str, Any] = {"method": method_name, "target": target}
+    method = cls(cls.Options(target=target / 1000, channel_model=channel_model), None)
+    method.example_inputs = example  # as the trainer sets it
+    row: dict[str, Any] = {"method": method_name, "channel_model": channel_model, "target": target}
     try:
         method.prepare(model)
         graph = method.selection.graph if method_name == "swd-structured" else method.channel_graph
@@ -144,8 +162,12 @@ def measure(name: str, kwargs: dict[str, Any], method_name: str, target: int) ->
         return {**row, "refused": f"{type(error).__name__}: {error}"}
     row["budget"] = method.params_budget(model)
     row["analytic"] = graph.parameter_count(model, threshold)
-    per_layer = analytic_per_layer(graph, model, threshold)
-    assert sum(per_layer.values()) + _ungated(model, graph) == row["analytic"], "per-layer split"
+    if isinstance(graph, GroupGates):
+        per_layer = groups_per_layer(graph, model, threshold)
+        assert sum(per_layer.values()) == row["analytic"], "per-layer split"
+    else:
+        per_layer = analytic_per_layer(graph, model, threshold)
+        assert sum(per_layer.values()) + _ungated(model, graph) == row["analytic"], "per-layer split"
     method.finalize(model)
     compressed = method.compress(model, "native", target / 1000, example).eval()
     with warnings.catch_warnings(record=True) as caught:
@@ -181,12 +203,12 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
     lines = [
         "## Budget against the exported count",
         "",
-        "| model | method | target ‰ | budget B | analytic kept | exported | exported − B "
-        "| exported − analytic |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | channel model | method | target ‰ | budget B | counted kept | exported | exported − B "
+        "| exported − counted |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        head = f"| {r['model']} | {r['method']} | {r['target']} |"
+        head = f"| {r['model']} | {r['channel_model']} | {r['method']} | {r['target']} |"
         if "refused" in r:
             lines.append(f"{head} refused: {r['refused']} | | | | | |")
             continue
@@ -199,22 +221,23 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
             f"{head} {r['budget']:,} | {r['analytic']:,} | {r['exported']:,} | {over_budget:+,} "
             f"| {over_analytic:+,} |"
         )
-    lines += ["", "## Layers where the analytic and the exported counts differ", ""]
+    lines += ["", "## Layers where the counted and the exported counts differ", ""]
     shown: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         diffs = r.get("layer_differences")
         if diffs is None:
             continue
-        key = (r["model"], r["target"])
+        key = (r["model"], r["channel_model"], r["target"])
+        what = f"{r['model']} {r['channel_model']} ‰{r['target']} {r['method']}"
         if key in shown and shown[key] == diffs:
-            lines.append(f"- {r['model']} ‰{r['target']} {r['method']}: the same layers as above")
+            lines.append(f"- {what}: the same layers as above")
             continue
         shown[key] = diffs
         if not diffs:
-            lines.append(f"- {r['model']} ‰{r['target']} {r['method']}: none")
+            lines.append(f"- {what}: none")
             continue
         listed = ", ".join(f"`{d['layer']}` {d['analytic']:,}→{d['exported']:,}" for d in diffs)
-        lines.append(f"- {r['model']} ‰{r['target']} {r['method']} (analytic→exported): {listed}")
+        lines.append(f"- {what} (counted→exported): {listed}")
     return "\n".join(lines) + "\n"
 
 
@@ -228,20 +251,23 @@ def main(argv: list[str] | None = None) -> int:
     rec = BenchmarkRecorder("structured_budget", argv)
     rows = []
     for label, name, kwargs in model_specs(args.full):
-        for method_name in METHODS:
-            for target in TARGETS:
-                row = {"model": label, **measure(name, kwargs, method_name, target)}
-                rows.append(row)
-                for key in ("budget", "analytic", "exported"):
-                    if key in row:
-                        rec.add(f"{label}.{method_name}.t{target}.{key}", row[key], unit="params")
-                print(
-                    label,
-                    method_name,
-                    target,
-                    *(f"{k}={row[k]}" for k in ("budget", "analytic", "exported", "refused") if k in row),
-                    flush=True,
-                )
+        for channel_model in CHANNEL_MODELS:
+            for method_name in METHODS:
+                for target in TARGETS:
+                    row = {"model": label, **measure(name, kwargs, method_name, target, channel_model)}
+                    rows.append(row)
+                    for key in ("budget", "analytic", "exported"):
+                        if key in row:
+                            quantity = f"{label}.{channel_model}.{method_name}.t{target}.{key}"
+                            rec.add(quantity, row[key], unit="params")
+                    print(
+                        label,
+                        channel_model,
+                        method_name,
+                        target,
+                        *(f"{k}={row[k]}" for k in ("budget", "analytic", "exported", "refused") if k in row),
+                        flush=True,
+                    )
     rec.note("seed", SEED)
     rec.note("gamma", "uniform in [0.1, 1]")
     rec.note("rows", rows)

@@ -185,7 +185,7 @@ def swd_structured(case: Case, model: nn.Module, inputs: Any, tmp: Path) -> None
     for m in model.modules():  # fresh BatchNorms tie at γ = 1; training separates them
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             nn.init.uniform_(m.weight, 0.1, 1.0)
-    selection = ChannelSelection(model, target=500, penalize_filters=True)
+    selection = ChannelSelection(model, target=500, penalize_filters=True, example_inputs=inputs)
     swd = SelectiveWeightDecay(selection, weight_decay=5e-4, total_steps=2)
     swd.prune(model)
     exported = compress.to_exported(model, "filter", inputs)

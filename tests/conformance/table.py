@@ -29,8 +29,8 @@ REFUSAL_KINDS = {
     "channel flow": "channels pass through an operation the dependency graph cannot follow (LayerNorm over "
     "channels, attention reshapes, recurrent layers, grouped convolutions that are not depthwise)",
     "parametrized": "a parametrized weight (weight_norm, spectral_norm, torch.nn.utils.parametrize)",
-    "no gate": "structured SWD finds channel gates by tracing with torch.fx: the model cannot be traced, has "
-    "no BatchNorm2d gate, or has layers other than Conv2d, BatchNorm and Linear",
+    "no gate": "structured SWD gates the coupled channel groups that hold a BatchNorm: the model has none, "
+    "or too many parameters outside them to meet the target",
     "nothing to replace": "the model has no layer the operation applies to (no convolution for Tucker "
     "factorization or filter pruning, no linear layer for CSR storage); the message lists the layers left "
     "out and why",
@@ -45,7 +45,21 @@ _NO_GATE = Refused("no gate", r"structured SWD|gate")
 _NOTHING = Refused("nothing to replace", r"nothing to replace|no conv layer")
 
 REFUSED: dict[tuple[str, str], Refused] = {
-    **{(model, "swd_structured"): _NO_GATE for model in CASES},
+    **{
+        (model, "swd_structured"): _NO_GATE
+        for model in (
+            "hf_convnext",
+            "hf_vit",
+            "hf_bert",
+            "hf_gpt2",
+            "tied_transformer",
+            "lstm",
+            "gru",
+            "conv_transpose",
+            "weight_norm",
+        )
+    },
+    ("grouped_conv", "swd_structured"): _FLOW,
     **{
         (model, feature): _TIED
         for model in ("hf_gpt2", "tied_transformer")

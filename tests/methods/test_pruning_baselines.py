@@ -165,7 +165,8 @@ def test_channel_pruning_meets_the_budget_and_holds_masks(
     traces = []
     trace = ChannelGraph.from_model
     monkeypatch.setattr(ChannelGraph, "from_model", lambda *a, **k: traces.append(1) or trace(*a, **k))
-    trainer = Trainer(method_recipe(trees["resnet"], method, target=0.5, **options), tmp_path / "run")
+    recipe = method_recipe(trees["resnet"], method, target=0.5, channel_model="reference", **options)
+    trainer = Trainer(recipe, tmp_path / "run")
     assert trainer.components.method.structures == ("filter",)
     seen = []
     _watch_masks(trainer, seen)
@@ -199,7 +200,14 @@ def test_iterative_channel_pruning_removes_growing_nested_sets(trees, method_rec
     """magnitude-ft by channels with k = 3: iteration i meets the budget of i/3 of the target, and every
     channel removed at one iteration stays removed at the next.
     """
-    recipe = method_recipe(trees["resnet"], "magnitude-ft", target=0.6, iterations=3, granularity="channels")
+    recipe = method_recipe(
+        trees["resnet"],
+        "magnitude-ft",
+        target=0.6,
+        iterations=3,
+        granularity="channels",
+        channel_model="reference",
+    )
     trainer = Trainer(recipe, None)
     method, model = trainer.components.method, trainer.components.model
     graph = ChannelGraph.from_model(model)

@@ -41,12 +41,15 @@ def test_sweep_row_reports_budget_and_exported_count(tmp_path, trees, method_rec
 
 
 def test_zero_padding_shortcuts_keep_the_channels_and_say_so(tmp_path, trees, method_recipe):
-    """Zero-padding ("A") shortcuts: the export keeps the zeroed channels (Torch-Pruning cannot follow the
-    padding), so the row's stored count is the dense one beside its budget, and a warning names the shortcut.
+    """Zero-padding ("A") shortcuts (the reference channel model; the default refuses them): the export keeps
+    the zeroed channels (Torch-Pruning cannot follow the padding), so the row's stored count is the dense one
+    beside its budget, and a warning names the shortcut.
     """
     model = {**trees["resnet"]["model"], "kwargs": {"width": 4, "bn_after_add": True, "shortcut": "A"}}
     tree = {**trees["resnet"], "model": model}
-    Trainer(method_recipe(tree, "network-slimming", target=0.5), tmp_path / "run").fit()
+    Trainer(
+        method_recipe(tree, "network-slimming", target=0.5, channel_model="reference"), tmp_path / "run"
+    ).fit()
     with pytest.warns(UserWarning, match="keeps the zeroed channels.*shortcut"):
         (row,) = sweep(tmp_path / "run", progress=False)
     assert row["params_budget"] < row["params_stored_all"]

@@ -74,7 +74,8 @@ def test_structured_swd_meets_the_parameter_budget(tmp_path, trees, method_recip
     channel (γ below the threshold) has γ = β = 0.
     """
     trainer = Trainer(
-        method_recipe(trees["resnet"], "swd-structured", target=0.5, a_max=1e3), tmp_path / "run"
+        method_recipe(trees["resnet"], "swd-structured", target=0.5, a_max=1e3, channel_model="reference"),
+        tmp_path / "run",
     )
     trainer.fit()
     model = trainer.components.model

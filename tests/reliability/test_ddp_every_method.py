@@ -61,7 +61,19 @@ def test_two_ranks_identical_and_equal_to_one_process(method, tmp_path):
     assert_same_state(ranks[1]["model"], ranks[0]["model"], "model")
     assert_same_state(ranks[1]["method"], ranks[0]["method"], "method")
 
+    options = {}
+    if "channel_model" in get_method_class(method).Options.model_fields and tree["model"]["name"] != "mlp":
+        # Gates of the default channel model are DepGraph groups: one flipped near-tie removes a whole
+        # residual-stream channel of the width-4 ResNet (relative distance 0.4-0.5), which measures the tie,
+        # not the data parallelism. The ranks above agree bitwise; the comparison with one process uses the
+        # per-BatchNorm gates, where a flip is one block's channel.
+        options = {"channel_model": "reference"}
+        tree["method"]["options"] = {**tree["method"]["options"], **options}
+        ranks = train_multiprocess(
+            recipe_from_dict(tree), tmp_path / "ddp-ref", world_size=2, start_method="fork"
+        )
     single_tree = tiny_tree(method, train={"batch_size": 48, "max_steps": 5, "checkpoint_every_steps": 0})
+    single_tree["method"]["options"] = {**single_tree["method"]["options"], **options}
     single = Trainer(recipe_from_dict(single_tree), tmp_path / "single")
     single.fit()
     expected = {

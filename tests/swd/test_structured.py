@@ -127,7 +127,7 @@ def _bn_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_pruned_gate_channels_output_exactly_zero(mode: str) -> None:
     """After structured pruning, a gated-off channel (γ = β = 0) outputs exactly 0 in train and eval mode."""
     model = _model()
-    selection = ChannelSelection(model, 600)
+    selection = ChannelSelection(model, 600, channel_model="reference")
     masks = prune_to_target(model, selection)
     getattr(model, mode)()
     outputs = _bn_outputs(model, torch.randn(2, 3, 8, 8))
@@ -142,7 +142,7 @@ def test_pruned_gate_channels_output_exactly_zero(mode: str) -> None:
 def test_structured_pruning_meets_the_parameter_budget() -> None:
     """The analytic count after pruning is within the budget and γ=0 channels are exactly the masked ones."""
     model = _model()
-    selection = ChannelSelection(model, 700)
+    selection = ChannelSelection(model, 700, channel_model="reference")
     th = selection.threshold(model)
     prune_to_target(model, selection)
     assert selection.graph.parameter_count(model, th) <= parameter_budget(model, 700)
@@ -151,7 +151,7 @@ def test_structured_pruning_meets_the_parameter_budget() -> None:
 def test_filter_mode_selects_exactly_the_adjacent_conv_slices() -> None:
     """F mode: slice W[o, i] of a conv is selected iff o is gated off after it or i is gated off before it."""
     model = _model()
-    selection = ChannelSelection(model, 600, penalize_filters=True)
+    selection = ChannelSelection(model, 600, penalize_filters=True, channel_model="reference")
     keep = selection.keep_masks(model)
     adjacency = {"conv1": (None, "prunablebn1")}
     previous = "prunablebn1"
@@ -175,7 +175,7 @@ def test_a_traced_graph_selects_what_a_fresh_trace_selects() -> None:
     both ``gates`` and ``graph`` is refused (they could disagree).
     """
     model = _model(3)
-    traced = ChannelSelection(model, 600, penalize_filters=True).select(model)
+    traced = ChannelSelection(model, 600, penalize_filters=True, channel_model="reference").select(model)
     given_graph = ChannelSelection(model, 600, penalize_filters=True, graph=GRAPH).select(model)
     assert [s.name for s in traced] == [s.name for s in given_graph]
     assert all(torch.equal(a.removed, b.removed) for a, b in zip(traced, given_graph, strict=True))
@@ -186,7 +186,9 @@ def test_a_traced_graph_selects_what_a_fresh_trace_selects() -> None:
 def test_structured_penalty_gradient_on_gamma_and_beta() -> None:
     """Structured SWD: gradient μ·a·γ and μ·a·β on selected channels, 0 elsewhere, conv weights untouched."""
     model = _model()
-    swd = SelectiveWeightDecay(ChannelSelection(model, 600), weight_decay=5e-4, total_steps=4, a_min=2.0)
+    swd = SelectiveWeightDecay(
+        ChannelSelection(model, 600, channel_model="reference"), weight_decay=5e-4, total_steps=4, a_min=2.0
+    )
     keep = swd.selection.keep_masks(model)
     swd.penalty(model).backward()
     for gate in swd.selection.graph.gates:
@@ -286,7 +288,7 @@ def test_registry_resnet_with_bn_after_add(shortcut: str) -> None:
 
     model = create_model("resnet8", bn_after_add=True, shortcut=shortcut)
     randomize_bn(model, torch.Generator().manual_seed(2))
-    selection = ChannelSelection(model, 750)
+    selection = ChannelSelection(model, 750, channel_model="reference")
     stages = [f"layer{i}.0" for i in (1, 2, 3)]
     assert selection.graph.gates == ["bn1"] + [f"{s}.bn{j}" for s in stages for j in (1, 3)]
     total = sum(p.numel() for p in model.parameters())

@@ -182,13 +182,13 @@ def _members(graph: tp.DependencyGraph, group: Any) -> tuple[ChannelSlice, ...]:
     members = []
     for item in group:
         module = item.dep.target.module
+        if isinstance(module, nn.Parameter):  # named by DepGraph or not, no layer owns its slicing
+            raise UnsupportedChannelFlowError(
+                "structured pruning refused: a free-standing parameter "
+                f"{graph._param_to_name.get(module, '?')!r} is coupled to pruned channels"
+            )
         name = graph._module2name.get(module)
         if name is None:  # an operation node (add, relu, flatten ...) without parameters
-            if isinstance(module, nn.Parameter):
-                raise UnsupportedChannelFlowError(
-                    "structured pruning refused: a free-standing parameter "
-                    f"{graph._param_to_name.get(module, '?')!r} is coupled to pruned channels"
-                )
             continue
         if not isinstance(module, _SUPPORTED_LAYERS):
             if any(True for _ in module.parameters(recurse=False)) or any(

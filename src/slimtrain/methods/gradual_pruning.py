@@ -23,7 +23,7 @@ from slimtrain.methods.masked import (
     pruning_masks,
 )
 from slimtrain.pruning import cubic_sparsity
-from slimtrain.swd import parameter_budget
+from slimtrain.swd import ChannelModelName, parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["GradualMagnitudePruning", "GradualPruningOptions"]
@@ -40,6 +40,10 @@ class GradualPruningOptions(BaseModel):
         frequency: Steps between mask updates (Δt).
         granularity: ``weights`` (default) or ``channels`` (see
             :func:`slimtrain.methods.masked.pruning_masks`).
+        channel_model: ``groups`` (default: DepGraph's coupled channel groups holding a BatchNorm,
+            counted as the export removes them) or ``reference`` (the SWD reference's traced gates and
+            analytic count),
+            for ``granularity: channels`` (docs/swd.md#structured-swd-and-the-parameter-budget).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +53,7 @@ class GradualPruningOptions(BaseModel):
     end: float = Field(0.7, gt=0.0, le=1.0)
     frequency: int = Field(10, ge=1)
     granularity: Granularity = "weights"
+    channel_model: ChannelModelName = "groups"
 
     @model_validator(mode="after")
     def _ordered(self) -> GradualPruningOptions:

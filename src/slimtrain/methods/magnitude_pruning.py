@@ -23,7 +23,7 @@ from slimtrain.methods.masked import (
     phase_step,
     pruning_masks,
 )
-from slimtrain.swd import parameter_budget
+from slimtrain.swd import ChannelModelName, parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 from slimtrain.train.schedule import LRSchedule
 
@@ -41,6 +41,10 @@ class MagnitudePruningOptions(BaseModel):
         rewind_lr: Replay the learning-rate schedule from its start in every fine-tuning iteration.
         granularity: ``weights`` (default) or ``channels`` (see
             :func:`slimtrain.methods.masked.pruning_masks`).
+        channel_model: ``groups`` (default: DepGraph's coupled channel groups holding a BatchNorm,
+            counted as the export removes them) or ``reference`` (the SWD reference's traced gates and
+            analytic count),
+            for ``granularity: channels`` (docs/swd.md#structured-swd-and-the-parameter-budget).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +54,7 @@ class MagnitudePruningOptions(BaseModel):
     iterations: int = Field(1, ge=1)
     rewind_lr: bool = False
     granularity: Granularity = "weights"
+    channel_model: ChannelModelName = "groups"
 
 
 class LRRewindingOptions(MagnitudePruningOptions):

@@ -18,8 +18,9 @@ from torch.utils.hooks import RemovableHandle
 from slimtrain.errors import RecipeError
 from slimtrain.layers.prunable import refuse_computed
 from slimtrain.pruning import MaskSet, removal_count, smallest_magnitude_masks
-from slimtrain.swd import ChannelGraph, ChannelSelection, population_weights
+from slimtrain.swd import ChannelGraph, ChannelModelName, ChannelSelection, GroupGates, population_weights
 from slimtrain.swd.budget import Bisection
+from slimtrain.swd.structured import build_channel_model
 from slimtrain.train.method import Method
 
 __all__ = [
@@ -65,21 +66,30 @@ def gamma_channel_masks(
     model: nn.Module,
     fraction: float,
     bisection: Bisection = "corrected",
-    graph: ChannelGraph | None = None,
+    graph: ChannelGraph | GroupGates | None = None,
+    *,
+    channel_model: ChannelModelName = "groups",
+    example_inputs: Any = None,
 ) -> dict[str, Tensor]:
     """Keep masks that remove whole channels to a parameter budget, ranked by BatchNorm ``|γ|``.
 
-    The gates, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD
-    (docs/swd.md#structured-swd-and-the-parameter-budget); γ, β of a removed channel and the conv slices
+    The channel model, the budget ⌊(1 − fraction)·N_total⌋ and the bisection are those of structured SWD
+    (docs/swd.md#structured-swd-and-the-parameter-budget); γ, β of a removed channel and the layer slices
     reading or writing it are masked. Channels already pruned have γ = 0, so a larger ``fraction`` removes a
-    superset of them. ``graph``: the model's :class:`~slimtrain.swd.ChannelGraph` if already traced (default:
-    traced here).
+    superset of them. ``graph``: the model's channel model if already built (default: built here from
+    ``channel_model`` and ``example_inputs``, see :class:`~slimtrain.swd.ChannelSelection`).
 
     Raises:
-        ValueError: if the model has no BatchNorm gate the channel graph can trace.
+        ValueError: if the model has no BatchNorm gate the channel model can find.
     """
     selection = ChannelSelection(
-        model, fraction_to_permille(fraction), penalize_filters=True, bisection=bisection, graph=graph
+        model,
+        fraction_to_permille(fraction),
+        penalize_filters=True,
+        bisection=bisection,
+        graph=graph,
+        channel_model=channel_model,
+        example_inputs=example_inputs,
     )
     return {s.name: ~s.removed for s in selection.select(model)}
 
@@ -90,15 +100,14 @@ def pruning_masks(
     fraction: float,
     stage: int = 1,
     stages: int = 1,
-    graph: ChannelGraph | None = None,
+    graph: ChannelGraph | GroupGates | None = None,
 ) -> dict[str, Tensor]:
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
     ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the prunable weights,
     ``fraction`` of those weights. ``"channels"``: :func:`gamma_channel_masks`, whole BatchNorm-gated channels
     ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
-    structured SWD; needs a model with traceable gates, e.g. ``resnet8`` with ``bn_after_add``; ``graph``:
-    its channel graph if already traced).
+    structured SWD; needs a model with BatchNorm gates; ``graph``: its channel model if already built).
     """
     if granularity == "channels":
         return gamma_channel_masks(model, fraction * stage / stages, graph=graph)
@@ -110,7 +119,9 @@ class MaskedTrainingMethod(Method):
 
     Subclasses call :meth:`set_masks` when they prune; the masks and :attr:`stage` (how far the pruning
     schedule has gone) are checkpointed, so a resumed run holds the same masks and does not prune again.
-    Options with ``granularity: channels`` make the method a structured (``filter``) one.
+    Options with ``granularity: channels`` make the method a structured (``filter``) one; their
+    ``channel_model`` (``groups``, default, or ``reference``) chooses the channel model
+    (:class:`~slimtrain.swd.ChannelSelection`), built by :meth:`prepare` from :attr:`example_inputs`.
     """
 
     levels_chosen = "during_training"
@@ -123,19 +134,27 @@ class MaskedTrainingMethod(Method):
         if self.granularity == "channels":
             self.structures = ("filter",)
         self.masks: dict[str, Tensor] | None = None
-        self.channel_graph: ChannelGraph | None = None  # traced by prepare for granularity: channels
+        self.channel_graph: ChannelGraph | GroupGates | None = None  # built by prepare (channels)
         self.stage = 0
         self._handle: RemovableHandle | None = None
         self._model: nn.Module | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """For ``granularity: channels``: trace the channel graph once; refuse a model without gates."""
+        """For ``granularity: channels``: build the channel model once; refuse a model without gates."""
         if self.granularity == "channels":
             try:
-                self.channel_graph = ChannelGraph.from_model(model)
+                self.channel_graph = self.build_channel_model(model)
             except ValueError as exc:
                 raise RecipeError(f"'method.options.granularity': channels: {exc}") from exc
         return model
+
+    def build_channel_model(self, model: nn.Module) -> ChannelGraph | GroupGates:
+        """The channel model of the ``channel_model`` option (``groups`` by default).
+
+        ``groups`` traces the model on :attr:`example_inputs`.
+        """
+        choice: ChannelModelName = getattr(self.options, "channel_model", "groups")
+        return build_channel_model(model, choice, self.example_inputs, f"method '{self.name}'")
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The recipe's optimizer, with the current masks (if any) re-applied after each of its steps."""

@@ -22,7 +22,7 @@ from slimtrain.methods.masked import (
     phase_step,
 )
 from slimtrain.pruning import slimming_penalty
-from slimtrain.swd import ChannelGraph, parameter_budget
+from slimtrain.swd import ChannelModelName, parameter_budget
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["NetworkSlimming", "NetworkSlimmingOptions"]
@@ -38,6 +38,10 @@ class NetworkSlimmingOptions(BaseModel):
         prune_at: Fraction of the run's steps trained with the penalty before pruning.
         sign_bug: The reference's h(γ) = γ instead of |γ| for |γ| > 1 (faithful; default corrected).
         bisection: ``corrected`` or ``reference`` (see :class:`slimtrain.swd.ChannelSelection`).
+        channel_model: ``groups`` (default: DepGraph's coupled channel groups holding a BatchNorm,
+            counted as the export removes them) or ``reference`` (the SWD reference's traced gates and
+            analytic count),
+            for ``granularity: channels`` (docs/swd.md#structured-swd-and-the-parameter-budget).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,26 +51,27 @@ class NetworkSlimmingOptions(BaseModel):
     prune_at: float = Field(0.5, ge=0.0, lt=1.0)
     sign_bug: bool = False
     bisection: Literal["corrected", "reference"] = "corrected"
+    channel_model: ChannelModelName = "groups"
 
 
 @register_method
 class NetworkSlimming(MaskedTrainingMethod):
-    """Structured baseline of structured SWD: needs the same BatchNorm-after-addition models."""
+    """Structured baseline of structured SWD, on the same channel model (a model with BatchNorm gates)."""
 
     name = "network-slimming"
     Options = NetworkSlimmingOptions
     structures = ("filter",)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Trace the gates once (BatchNorms not feeding an addition, as for structured SWD)."""
-        self.channel_graph = ChannelGraph.from_model(model)
-        self.channel_graph.refuse_frozen(model, f"method '{self.name}'")
+        """Build the channel model once (the gates of structured SWD)."""
+        self.channel_graph = self.build_channel_model(model)
         return model
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         """λ·Σ h(γ) over the gates until the pruning step, nothing afterwards."""
         if self.stage > 0:
             return None
+        assert self.channel_graph is not None, "prepare must run before training"
         gammas = [model.get_submodule(g).weight for g in self.channel_graph.gates]
         return slimming_penalty(gammas, self.options.strength, sign_bug=self.options.sign_bug)
 

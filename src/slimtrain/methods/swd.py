@@ -19,9 +19,13 @@ from torch import nn
 from slimtrain._model_io import logits_of
 from slimtrain.methods.masked import fraction_to_permille
 from slimtrain.swd import (
+    ChannelGraph,
+    ChannelModelName,
     ChannelSelection,
+    GroupGates,
     MagnitudeSelection,
     SelectiveWeightDecay,
+    build_channel_model,
     parameter_budget,
     prune_to_target,
 )
@@ -84,12 +88,17 @@ class StructuredSWDOptions(SWDOptions):
             ``structuredF``).
         bisection: ``corrected`` (smallest threshold meeting the budget) or ``reference``.
         gate_compare: ``ge`` (count as the mask) or ``gt`` (the reference's mixed rule).
+        channel_model: ``groups`` (default: DepGraph's coupled channel groups holding a BatchNorm,
+            counted as the export removes them) or ``reference`` (the SWD reference's traced gates and
+            analytic count),
+            for ``granularity: channels`` (docs/swd.md#structured-swd-and-the-parameter-budget).
     """
 
     population: Literal["weights"] = "weights"
     penalize_filters: bool = False
     bisection: Literal["corrected", "reference"] = "corrected"
     gate_compare: Literal["ge", "gt"] = "ge"
+    channel_model: ChannelModelName = "groups"
 
 
 class _SWDBase(Method):
@@ -204,10 +213,12 @@ class SelectiveWeightDecayMethod(_SWDBase):
 class StructuredSWDMethod(_SWDBase):
     """Structured SWD: channels gated by BatchNorm γ (and β), under a parameter budget (docs/swd.md).
 
-    Needs a BatchNorm after every residual addition (e.g. ``resnet20`` with ``bn_after_add: true,
-    shortcut: B``). The final pruning zeroes γ and β of the gated-off channels and the conv slices adjacent
-    to them (which changes nothing in the function, and makes the zero count match the budget); the
-    analytic surviving-parameter count is then at most ⌊(1 − target)·N_total⌋.
+    Gates are DepGraph's coupled channel groups holding a BatchNorm (``channel_model: groups``, default) or
+    the reference's traced gates (``reference``: needs a BatchNorm after every residual addition, e.g.
+    ``resnet20`` with ``bn_after_add: true, shortcut: B``). The final pruning zeroes γ and β of the
+    gated-off channels and the layer slices adjacent to them (which changes nothing in the function); the
+    parameter count of the channel model is then at most ⌊(1 − target)·N_total⌋ (for ``groups``, the count
+    the export reaches).
     """
 
     name = "swd-structured"
@@ -215,7 +226,10 @@ class StructuredSWDMethod(_SWDBase):
     structures = ("filter",)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Trace the model's channel graph (gates, analytic count) once."""
+        """Build the model's channel model (gates, parameter count) once, from :attr:`example_inputs`."""
+        self.channel_model: ChannelGraph | GroupGates = build_channel_model(
+            model, self.options.channel_model, self.example_inputs, f"method '{self.name}'"
+        )
         self.selection = self._channel_selection(model, self.options.penalize_filters)
         return model
 
@@ -226,6 +240,7 @@ class StructuredSWDMethod(_SWDBase):
             penalize_filters=penalize_filters,
             bisection=self.options.bisection,
             gate_compare=self.options.gate_compare,
+            graph=self.channel_model,
         )
 
     def _final_selection(self, model: nn.Module) -> Selection:

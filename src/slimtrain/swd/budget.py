@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
-from slimtrain.errors import BadInputError
-from slimtrain.pruning.scores import batchnorm_gamma_scores
-from slimtrain.swd.channels import ChannelGraph, GateCompare
+from slimtrain.errors import UnsupportedModelError
+from slimtrain.swd.channels import GateCompare
 
-__all__ = ["Bisection", "budget_threshold", "parameter_budget"]
+__all__ = ["Bisection", "ChannelModel", "budget_threshold", "parameter_budget"]
 
 Bisection = Literal["corrected", "reference"]
+
+
+class ChannelModel(Protocol):
+    """What the budget bisection needs of a channel model.
+
+    :class:`~slimtrain.swd.GroupGates` (the default) and :class:`~slimtrain.swd.ChannelGraph` (reference).
+    """
+
+    def scores(self, model: nn.Module) -> Tensor:
+        """The score of every gate channel (the threshold candidates)."""
+        ...
+
+    def parameter_count(self, model: nn.Module, threshold: float, compare: GateCompare = "ge") -> int:
+        """Parameters left once the channels scoring below ``threshold`` are removed."""
+        ...
 
 
 def parameter_budget(model: nn.Module, target: float) -> int:
@@ -31,7 +44,7 @@ def parameter_budget(model: nn.Module, target: float) -> int:
 
 
 def budget_threshold(
-    graph: ChannelGraph,
+    graph: ChannelModel,
     model: nn.Module,
     target: float,
     bisection: Bisection = "corrected",
@@ -39,14 +52,15 @@ def budget_threshold(
 ) -> float:
     """Global γ threshold whose surviving network meets the parameter budget of ``target``.
 
-    Candidates are the sorted |γ| of all gates. ``"corrected"`` (default) returns the smallest candidate th
-    with P(th) ≤ B, found by binary search (P is non-increasing in th); if even the largest candidate keeps
-    too much, every gate channel is removed (th = +inf). ``"reference"`` reproduces the reference loop: bisect
-    the candidate indices, return as soon as P(th) = B, otherwise shrink until hi − lo ≤ 1 and return the last
-    th, which may miss the budget by one candidate.
+    Candidates are the sorted gate scores of ``graph`` (``graph.scores``: |γ| of every gate channel).
+    ``"corrected"`` (default) returns the smallest candidate th with P(th) ≤ B, found by binary search (P is
+    non-increasing in th); if even the largest candidate keeps too much, every gate channel is removed
+    (th = +inf). ``"reference"`` reproduces the reference loop: bisect the candidate indices, return as soon
+    as P(th) = B, otherwise shrink until hi − lo ≤ 1 and return the last th, which may miss the budget by one
+    candidate.
 
     Args:
-        graph: Channel structure of ``model``.
+        graph: Channel model of ``model`` (its gates and parameter count).
         model: The model, with its current γ.
         target: Per-mille of parameters removed, in [0, 1000).
         bisection: ``"corrected"`` or ``"reference"``.
@@ -56,13 +70,13 @@ def budget_threshold(
         The threshold: channels with |γ| ≥ threshold are kept.
 
     Raises:
-        ValueError: If no threshold meets the budget (the ungated layers alone exceed it) or an argument is
-            unknown.
+        UnsupportedModelError: If no threshold meets the budget (the ungated layers alone exceed it).
+        ValueError: If an argument is unknown.
     """
     if bisection not in ("corrected", "reference"):
         raise ValueError(f"bisection must be 'corrected' or 'reference', got {bisection!r}")
     budget = parameter_budget(model, target)
-    candidates = torch.cat([batchnorm_gamma_scores(model.get_submodule(g)) for g in graph.gates]).sort()[0]
+    candidates = graph.scores(model).sort()[0]
 
     def count(index: int) -> int:
         return graph.parameter_count(model, float(candidates[index]), gate_compare)
@@ -83,9 +97,10 @@ def budget_threshold(
 
     if count(len(candidates) - 1) > budget:
         if graph.parameter_count(model, math.inf, gate_compare) > budget:
-            raise BadInputError(
-                f"target {target} asks for at most {budget} parameters, but the layers that no gate controls "
-                "already exceed it; choose a smaller target"
+            raise UnsupportedModelError(
+                f"{type(model).__qualname__}: target {target} asks for at most {budget} parameters, but the "
+                "layers that no gate controls (no channel of theirs gated by a BatchNorm) already exceed it; "
+                "choose a smaller target"
             )
         return math.inf
     lo, hi = 0, len(candidates) - 1  # invariant: count(hi) <= budget

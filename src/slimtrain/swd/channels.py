@@ -280,6 +280,10 @@ class ChannelGraph:
                     "method, which leaves frozen parameters alone"
                 )
 
+    def scores(self, model: nn.Module) -> Tensor:
+        """|γ| of every gate channel, gate after gate (the candidates of the budget bisection)."""
+        return torch.cat([batchnorm_gamma_scores(model.get_submodule(g)) for g in self.gates])
+
     def gate_keep_masks(
         self, model: nn.Module, threshold: float, compare: GateCompare = "ge"
     ) -> dict[str, Tensor]:

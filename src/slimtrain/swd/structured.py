@@ -6,15 +6,51 @@ Tessier et al., arXiv:2011.10520 (structured and "structuredF" pruning).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from slimtrain.errors import BadInputError
 from slimtrain.swd.budget import Bisection, budget_threshold, parameter_budget
 from slimtrain.swd.channels import ChannelGraph, GateCompare
+from slimtrain.swd.gate_groups import GroupGates
 from slimtrain.swd.selection import Selected
 
-__all__ = ["ChannelSelection"]
+__all__ = ["ChannelModelName", "ChannelSelection", "build_channel_model"]
+
+ChannelModelName = Literal["groups", "reference"]
+
+
+def build_channel_model(
+    model: nn.Module,
+    channel_model: ChannelModelName,
+    example_inputs: Any = None,
+    what: str = "structured SWD",
+) -> GroupGates | ChannelGraph:
+    """Build the channel model of ``model``.
+
+    ``"groups"``: DepGraph's coupled groups (:class:`GroupGates`; needs ``example_inputs``); ``"reference"``:
+    the reference's traced gates (:class:`ChannelGraph`). Layers of gated channels with frozen parameters are
+    refused (``what`` names the caller).
+
+    Raises:
+        BadInputError: An unknown ``channel_model``, or ``"groups"`` without ``example_inputs``.
+    """
+    if channel_model == "reference":
+        graph: GroupGates | ChannelGraph = ChannelGraph.from_model(model)
+    elif channel_model == "groups":
+        if example_inputs is None:
+            raise BadInputError(
+                f"{what} with channel_model='groups' (the default) traces the model's channel groups and "
+                "needs example_inputs (a small input batch); pass example_inputs=..., or "
+                "channel_model='reference' for the reference's traced gates"
+            )
+        graph = GroupGates.from_model(model, example_inputs)
+    else:
+        raise BadInputError(f"channel_model must be 'groups' or 'reference', got {channel_model!r}")
+    graph.refuse_frozen(model, what)
+    return graph
 
 
 class ChannelSelection:
@@ -26,16 +62,30 @@ class ChannelSelection:
     channel o or input channel i is gated off are selected too (biases of gated-off outputs included),
     shortcut convolutions included.
 
+    Two channel models (docs/swd.md#structured-swd-and-the-parameter-budget): ``"groups"`` (default) gates
+    DepGraph's coupled channel groups holding a BatchNorm (:class:`~slimtrain.swd.GroupGates`), counted as the
+    export removes them; ``"reference"`` is the reference's traced gates and analytic count
+    (:class:`~slimtrain.swd.ChannelGraph`).
+
     Args:
-        model: The model; its channel graph is traced once here (unless ``graph`` is given).
-        target: Per-mille of parameters removed, in [0, 1000); the budget is in parameters (analytic count).
+        model: The model; its channel model is built once here (unless ``graph`` is given).
+        target: Per-mille of parameters removed, in [0, 1000); the budget is in parameters.
         penalize_filters: Also select the conv filters adjacent to gated-off channels.
         bisection: ``"corrected"`` (default) or ``"reference"``, see :func:`budget_threshold`.
         gate_compare: Count comparison, ``"ge"`` (corrected, same as the mask) or ``"gt"`` (the reference's
             mixed rule: the mask keeps |γ| ≥ th while the count keeps |γ| > th).
-        gates: BatchNorm names to use as gates instead of the automatic rule of :class:`ChannelGraph`.
-        graph: The model's channel graph, traced before (then it is not traced again; ``gates`` must be
-            ``None``): for callers that select channels many times on one model.
+        gates: ``"reference"`` only: BatchNorm names to use as gates instead of the automatic rule of
+            :class:`ChannelGraph`.
+        graph: The model's channel model (a :class:`ChannelGraph` or :class:`GroupGates`), built before (then
+            it is not built again; ``gates`` must be ``None``; ``channel_model`` is ignored): for callers that
+            select channels many times on one model.
+        channel_model: ``"groups"`` (default) or ``"reference"``.
+        example_inputs: An input batch to trace the model with; required by ``"groups"``.
+
+    Raises:
+        BadInputError: ``channel_model="groups"`` without ``example_inputs``.
+        UnsupportedChannelFlowError: ``"groups"`` on a model whose channels DepGraph cannot follow (e.g. a
+            zero-padding "option A" shortcut; the message names it).
     """
 
     def __init__(
@@ -46,15 +96,26 @@ class ChannelSelection:
         bisection: Bisection = "corrected",
         gate_compare: GateCompare = "ge",
         gates: Iterable[str] | None = None,
-        graph: ChannelGraph | None = None,
+        graph: ChannelGraph | GroupGates | None = None,
+        *,
+        channel_model: ChannelModelName = "groups",
+        example_inputs: Any = None,
     ) -> None:
         if gate_compare not in ("ge", "gt"):
             raise ValueError(f"gate_compare must be 'ge' or 'gt', got {gate_compare!r}")
         if graph is not None and gates is not None:
             raise ValueError("give either gates or a traced graph, not both")
         parameter_budget(model, target)
-        self.graph = graph if graph is not None else ChannelGraph.from_model(model, gates)
-        self.graph.refuse_frozen(model, "structured SWD")
+        if graph is not None:
+            self.graph = graph
+            graph.refuse_frozen(model, "structured SWD")
+        elif gates is not None:
+            if channel_model != "reference":
+                raise BadInputError("gates= chooses the reference's gates: pass channel_model='reference'")
+            self.graph = ChannelGraph.from_model(model, gates)
+            self.graph.refuse_frozen(model, "structured SWD")
+        else:
+            self.graph = build_channel_model(model, channel_model, example_inputs)
         self.target = target
         self.penalize_filters = penalize_filters
         self.bisection = bisection
@@ -65,11 +126,21 @@ class ChannelSelection:
         return budget_threshold(self.graph, model, self.target, self.bisection, self.gate_compare)
 
     def keep_masks(self, model: nn.Module) -> dict[str, Tensor]:
-        """Kept channels of every gate at the current threshold (the mask always keeps |γ| ≥ th)."""
+        """Kept channels of every gate at the current threshold (the mask always keeps |γ| ≥ th).
+
+        Keyed by gate BatchNorm (``"reference"``) or by group root layer (``"groups"``).
+        """
+        if isinstance(self.graph, GroupGates):
+            kept = self.graph.keep_masks(model, self.threshold(model), "ge")
+            return {g.root: k for g, k in zip(self.graph.groups, kept, strict=True)}
         return self.graph.gate_keep_masks(model, self.threshold(model), "ge")
 
     def select(self, model: nn.Module) -> list[Selected]:
         """Selected entries of every penalised parameter, from the current γ (detached)."""
+        if isinstance(self.graph, GroupGates):
+            which = "all" if self.penalize_filters else "gates"
+            removed = self.graph.removal_masks(model, self.threshold(model), "ge", which)
+            return [Selected(name, model.get_parameter(name), mask) for name, mask in removed.items()]
         keep = self.keep_masks(model)
         selected = []
         for gate in self.graph.gates:

@@ -260,6 +260,9 @@ class Method:
             schedules are given in epochs.
         total_steps: optimizer steps of the whole run, set by the trainer with :attr:`steps_per_epoch`
             (``None`` outside training).
+        example_inputs: a couple of training inputs on the run's device and dtype, set by the trainer before
+            :meth:`prepare` (``None`` when the method is used outside a run), for methods that trace the
+            model (e.g. its channel groups).
     """
 
     name: ClassVar[str] = ""
@@ -277,6 +280,7 @@ class Method:
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch: int | None = None
         self.total_steps: int | None = None
+        self.example_inputs: torch.Tensor | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -292,6 +292,7 @@ def build_run(
         load_init_weights(model, recipe.model)
     model = model.to(device=device, dtype=dtype)
     method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
+    method.example_inputs = move_inputs(splits.train.inputs[:2], device, dtype)  # to trace the model with
     try:
         model = method.prepare(model)
     except (ValueError, TypeError, NotImplementedError) as err:  # layers the method cannot handle
