@@ -52,6 +52,34 @@ def _delegate(child: str, attribute: str) -> property:
     )
 
 
+def _role_delegate(role: str, attribute: str) -> property:
+    """A read-only attribute of the replaced conv, read from the sub-layer the attribute ``role`` names."""
+    return property(
+        lambda self: getattr(getattr(self, getattr(self, role)), attribute),
+        doc=f"``{attribute}`` of the replaced conv (that of its {role.strip('_').replace('_', ' ')}).",
+    )
+
+
+class _ConvAttributes:
+    """nn.Conv2d's attributes of a factorized conv, read-only, from its input, spatial and output sub-layers.
+
+    For code that reads them from the layer it holds (Hugging Face's TF padding); subclasses name the three.
+    """
+
+    _input_layer: str
+    _spatial_layer: str
+    _output_layer: str
+    in_channels = _role_delegate("_input_layer", "in_channels")
+    out_channels = _role_delegate("_output_layer", "out_channels")
+    kernel_size = _role_delegate("_spatial_layer", "kernel_size")
+    stride = _role_delegate("_spatial_layer", "stride")
+    padding = _role_delegate("_spatial_layer", "padding")
+    dilation = _role_delegate("_spatial_layer", "dilation")
+    groups = _role_delegate("_spatial_layer", "groups")
+    padding_mode = _role_delegate("_spatial_layer", "padding_mode")
+    bias = _role_delegate("_output_layer", "bias")
+
+
 def _dense_conv(
     geometry: nn.Conv2d, out_channels: int, kernel: torch.Tensor, bias: torch.Tensor | None
 ) -> nn.Conv2d:
@@ -74,7 +102,7 @@ def _dense_conv(
     return conv
 
 
-class SVDConv2d(nn.Module):
+class SVDConv2d(_ConvAttributes, nn.Module):
     """A k×k conv with ``groups·rank`` filters followed by a 1×1 conv: a truncated matrix SVD of a conv.
 
     For each of the ``groups`` groups, mat(W_g) ∈ R^{c_out/g × (c_in/g)·kh·kw} ≈ U_r diag(σ) V_rᵀ; the first
@@ -132,16 +160,8 @@ class SVDConv2d(nn.Module):
             else nn.Conv2d(groups * rank, out_channels, 1, groups=groups, bias=bias)
         )
 
-    # nn.Conv2d's attributes, for code that reads them from the layer it holds (Hugging Face's TF padding).
-    in_channels = _delegate("reduce", "in_channels")
-    out_channels = _delegate("expand", "out_channels")
-    kernel_size = _delegate("reduce", "kernel_size")
-    stride = _delegate("reduce", "stride")
-    padding = _delegate("reduce", "padding")
-    dilation = _delegate("reduce", "dilation")
-    groups = _delegate("reduce", "groups")
-    padding_mode = _delegate("reduce", "padding_mode")
-    bias = _delegate("expand", "bias")
+    _input_layer = _spatial_layer = "reduce"
+    _output_layer = "expand"
 
     @property
     def weight(self) -> torch.Tensor:
@@ -285,7 +305,7 @@ class LowRankLinear(nn.Module):
         return layer
 
 
-class TuckerConv2d(nn.Module):
+class TuckerConv2d(_ConvAttributes, nn.Module):
     """Tucker-2 conv: 1×1 projection (c_in → r_in) → k×k core conv (r_in → r_out) → 1×1 expansion (→ c_out).
 
     W ≈ C ×₁ U_out ×₂ U_in with the spatial modes kept full; the projection runs at input resolution, the
@@ -338,15 +358,7 @@ class TuckerConv2d(nn.Module):
         )
         self.expand = PointwiseConv2d(rank_out, out_channels, bias=bias)
 
-    in_channels = _delegate("project", "in_channels")
-    out_channels = _delegate("expand", "out_channels")
-    kernel_size = _delegate("core", "kernel_size")
-    stride = _delegate("core", "stride")
-    padding = _delegate("core", "padding")
-    dilation = _delegate("core", "dilation")
-    groups = _delegate("core", "groups")
-    padding_mode = _delegate("core", "padding_mode")
-    bias = _delegate("expand", "bias")
+    _input_layer, _spatial_layer, _output_layer = "project", "core", "expand"
 
     @property
     def weight(self) -> torch.Tensor:
