@@ -254,3 +254,53 @@ def test_structured_methods_export_the_count_they_prune_to(tmp_path, method, opt
     x = method_object.example_inputs
     exported = to_exported(model, "native", x)
     assert _distinct(exported) == count <= method_object.params_budget(model)
+
+
+class _TiedInGroup(nn.Module):
+    """Two convs reading one BatchNorm-gated group and sharing their weight, added together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.ca = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.cb = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.cb.weight = self.ca.weight
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        return self.head(self.ca(h) + self.cb(h))
+
+
+def test_a_tied_weight_in_a_gating_group_is_refused_naming_it():
+    """Removing a channel would untie it, which the export refuses: the count could never be reached."""
+    with pytest.raises(UnsupportedModelError, match=r"tied parameter ca\.weight = cb\.weight"):
+        GroupGates.from_model(_TiedInGroup(), torch.randn(2, 3, 8, 8))
+
+
+def test_the_tracers_count_rule_is_refused_with_the_groups():
+    model = create_model("resnet8", num_classes=10, in_channels=3, image_size=32, width=4, shortcut="B")
+    with pytest.raises(BadInputError, match=r"gate_compare='gt'.*channel_model='reference'"):
+        ChannelSelection(model, 500, gate_compare="gt", example_inputs=_inputs())
+
+
+def test_a_nan_gamma_keeps_every_group_non_empty():
+    model = create_model("resnet8", num_classes=10, in_channels=3, image_size=32, width=4, shortcut="B")
+    _random_gammas(model)
+    with torch.no_grad():
+        model.bn1.weight[0] = float("nan")
+    gates = GroupGates.from_model(model, _inputs())
+    kept = gates.plan(model, 0.99).selections
+    assert all(len(s.pruned) < s.group.size for s in kept)
+
+
+def test_channel_pruning_masks_trace_the_groups_on_example_inputs():
+    from slimtrain.methods.masked import pruning_masks
+
+    model = create_model("resnet8", num_classes=10, in_channels=3, image_size=32, width=4, shortcut="B")
+    _random_gammas(model)
+    masks = pruning_masks(model, "channels", 0.5, example_inputs=_inputs())
+    assert any(not bool(m.all()) for m in masks.values())
+    with pytest.raises(BadInputError, match="example_inputs"):
+        pruning_masks(model, "channels", 0.5)

@@ -39,7 +39,7 @@ from slimtrain.metrics import (
 )
 from slimtrain.progress import Progress
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import load_recipe
+from slimtrain.train.config import load_stored_recipe
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import run_identity
 from slimtrain.train.method import Levels, Method
@@ -53,7 +53,7 @@ def load_trained(run_dir: str | Path) -> RunComponents:
         CheckpointError: the run has no final checkpoint (it has not finished training).
     """
     run_dir = Path(run_dir)
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    recipe = load_stored_recipe(run_dir / "recipe.yaml")
     comp = build_run(recipe, initial_weights=False)  # the final checkpoint replaces them
     loaded = CheckpointStore(run_dir / "checkpoints").load_latest(final_only=True)
     if loaded is None:

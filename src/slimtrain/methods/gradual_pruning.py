@@ -10,7 +10,7 @@ prune each layer to the same sparsity; the global rule keeps the comparison on o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
@@ -54,6 +54,8 @@ class GradualPruningOptions(BaseModel):
     frequency: int = Field(10, ge=1)
     granularity: Granularity = "weights"
     channel_model: ChannelModelName = "groups"
+    # Runs stored before the option existed gated the fx tracer's BatchNorms (see with_legacy_options).
+    legacy_defaults: ClassVar[dict[str, Any]] = {"channel_model": "reference"}
 
     @model_validator(mode="after")
     def _ordered(self) -> GradualPruningOptions:

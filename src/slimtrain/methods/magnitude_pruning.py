@@ -13,6 +13,8 @@ compressed into each fine-tuning iteration (``lr-rewinding``).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -55,6 +57,8 @@ class MagnitudePruningOptions(BaseModel):
     rewind_lr: bool = False
     granularity: Granularity = "weights"
     channel_model: ChannelModelName = "groups"
+    # Runs stored before the option existed gated the fx tracer's BatchNorms (see with_legacy_options).
+    legacy_defaults: ClassVar[dict[str, Any]] = {"channel_model": "reference"}
 
 
 class LRRewindingOptions(MagnitudePruningOptions):

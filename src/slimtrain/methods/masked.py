@@ -101,16 +101,26 @@ def pruning_masks(
     stage: int = 1,
     stages: int = 1,
     graph: ChannelGraph | GroupGates | None = None,
+    *,
+    channel_model: ChannelModelName = "groups",
+    example_inputs: Any = None,
 ) -> dict[str, Tensor]:
     """Magnitude keep masks at stage ``stage`` of ``stages`` towards removing ``fraction``.
 
     ``"weights"``: :func:`magnitude_masks`, one global magnitude threshold over the prunable weights,
     ``fraction`` of those weights. ``"channels"``: :func:`gamma_channel_masks`, whole BatchNorm-gated channels
     ranked by ``|γ|`` with their conv slices, ``stage/stages·fraction`` of *all* parameters (the budget of
-    structured SWD; needs a model with BatchNorm gates; ``graph``: its channel model if already built).
+    structured SWD; needs a model with BatchNorm gates; ``graph``: its channel model if already built, else
+    one of ``channel_model``, traced on ``example_inputs`` for ``"groups"``).
     """
     if granularity == "channels":
-        return gamma_channel_masks(model, fraction * stage / stages, graph=graph)
+        return gamma_channel_masks(
+            model,
+            fraction * stage / stages,
+            graph=graph,
+            channel_model=channel_model,
+            example_inputs=example_inputs,
+        )
     return magnitude_masks(model, fraction, stage, stages)
 
 

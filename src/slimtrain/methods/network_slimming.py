@@ -10,7 +10,7 @@ masked equivalent of removing the channels).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -52,6 +52,8 @@ class NetworkSlimmingOptions(BaseModel):
     sign_bug: bool = False
     bisection: Literal["corrected", "reference"] = "corrected"
     channel_model: ChannelModelName = "groups"
+    # Runs stored before the option existed gated the fx tracer's BatchNorms (see with_legacy_options).
+    legacy_defaults: ClassVar[dict[str, Any]] = {"channel_model": "reference"}
 
 
 @register_method

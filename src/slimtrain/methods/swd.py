@@ -10,7 +10,7 @@ scales the SWD term (docs/swd.md#objective-and-selection).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -99,6 +99,8 @@ class StructuredSWDOptions(SWDOptions):
     bisection: Literal["corrected", "reference"] = "corrected"
     gate_compare: Literal["ge", "gt"] = "ge"
     channel_model: ChannelModelName = "groups"
+    # Runs stored before the option existed gated the fx tracer's BatchNorms (see with_legacy_options).
+    legacy_defaults: ClassVar[dict[str, Any]] = {"channel_model": "reference"}
 
 
 class _SWDBase(Method):

@@ -98,9 +98,9 @@ def budget_threshold(
     if count(len(candidates) - 1) > budget:
         if graph.parameter_count(model, math.inf, gate_compare) > budget:
             raise UnsupportedModelError(
-                f"{type(model).__qualname__}: target {target} asks for at most {budget} parameters, but the "
-                "layers that no gate controls (no channel of theirs gated by a BatchNorm) already exceed it; "
-                "choose a smaller target"
+                f"{type(model).__qualname__}: removing {target / 1000:g} of the parameters leaves at most "
+                f"{budget}, but what no gate can remove already exceeds it (layers with no channel gated by "
+                "a BatchNorm, and the one channel every gate keeps); choose a smaller target"
             )
         return math.inf
     lo, hi = 0, len(candidates) - 1  # invariant: count(hi) <= budget

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from slimtrain._shared_params import shared_parameter_groups
 from slimtrain.compress import ChannelGroup, ChannelPruningPlan, GroupSelection
 from slimtrain.compress.channel_groups import weight_channel_axis
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
@@ -110,6 +111,15 @@ class GroupGates:
             raise UnsupportedModelError(f"{type(model).__qualname__} has no affine BatchNorm; {what}")
         groups = coupled_channel_groups(model, example_inputs, root_types=(_ConvNd, nn.Linear))
         gating = [g for g in groups if any(_is_affine_norm(model.get_submodule(s.module)) for s in g.members)]
+        members = {s.module for g in gating for s in g.members}
+        for names in shared_parameter_groups(model):
+            owners = [n.rpartition(".")[0] for n in names]
+            if any(owner in members for owner in owners):
+                raise UnsupportedModelError(
+                    f"the tied parameter {' = '.join(names)} lies in a channel group that gates channels; "
+                    "removing a channel would untie it (the export refuses), so the count could not be "
+                    "reached: untie the parameters, or use an unstructured method"
+                )
         if not gating:
             raise UnsupportedModelError(
                 f"{type(model).__qualname__} has no removable channel group holding an affine BatchNorm "
@@ -192,7 +202,7 @@ class GroupGates:
                 batchnorm_gamma_scores(model.get_submodule(name))[t[f"norm{i}"]]
                 for i, (name, _, _) in enumerate(self._norm_slices)
             ]
-        )
+        ).nan_to_num(nan=0.0)  # a NaN would never equal its group's best: the keep-one rule needs an order
         scores = torch.full((self._offsets[-1],), -torch.inf, dtype=values.dtype, device=values.device)
         scores.scatter_reduce_(0, t["norm_flat"], values, "amax")
         return scores.masked_fill(~t["covered"], torch.inf)

@@ -116,6 +116,12 @@ class ChannelSelection:
             self.graph.refuse_frozen(model, "structured SWD")
         else:
             self.graph = build_channel_model(model, channel_model, example_inputs)
+        if gate_compare == "gt" and isinstance(self.graph, GroupGates):
+            # The mask keeps scores >= th: counting > th would miss what the export keeps.
+            raise BadInputError(
+                "gate_compare='gt' reproduces the fx tracer's count (the reference's mixed rule); use it "
+                "with channel_model='reference'"
+            )
         self.target = target
         self.penalize_filters = penalize_filters
         self.bisection = bisection

@@ -456,6 +456,19 @@ def _number_problems(schema: type[BaseModel], raw: dict[str, Any], *, prefix: st
     return problems
 
 
+def _read_tree(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
+    tree.setdefault("name", path.stem)
+    return tree
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a YAML recipe.
 
@@ -466,14 +479,34 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     Raises:
         RecipeError: the file is missing or not a mapping, or a key is unknown, mistyped or out of range.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    return recipe_from_dict(_read_tree(Path(path)), overrides)
+
+
+def with_legacy_options(tree: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored recipe tree with the method options it predates set to what it was trained with.
+
+    A method's options schema may declare ``legacy_defaults``: options whose default changed after they
+    were added (``channel_model``: the fx tracer's gates before it existed). A stored run that lacks one
+    computed the legacy value, not the current default.
+    """
+    method = tree.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("options", {}), dict):
+        return tree
+    from slimtrain.train.method import get_method_class
+
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
-    tree.setdefault("name", path.stem)
-    return recipe_from_dict(tree, overrides)
+        legacy = getattr(get_method_class(method.get("name", "dense")).Options, "legacy_defaults", {})
+    except KeyError:  # an unknown method: reported where the tree is validated
+        return tree
+    options = method.get("options", {})
+    missing = {key: value for key, value in legacy.items() if key not in options}
+    return {**tree, "method": {**method, "options": {**options, **missing}}} if missing else tree
+
+
+def load_stored_recipe(path: str | Path) -> Recipe:
+    """Load a run's stored ``recipe.yaml``, with the options it predates as it was trained with them.
+
+    Raises:
+        RecipeError: as :func:`load_recipe`.
+    """
+    return recipe_from_dict(with_legacy_options(_read_tree(Path(path))))

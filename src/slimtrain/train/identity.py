@@ -182,9 +182,9 @@ def run_identity(run_dir: str | Path, recipe: Recipe | None = None) -> RunIdenti
         return None
     checkpoint = final["sha256"]
     if recipe is None:
-        from slimtrain.train.config import load_recipe
+        from slimtrain.train.config import load_stored_recipe
 
-        recipe = load_recipe(Path(run_dir) / "recipe.yaml")
+        recipe = load_stored_recipe(Path(run_dir) / "recipe.yaml")
     # the weights it started from as recorded when it trained: they may have moved since
     part = recipe_digest(recipe, final.get(INIT_SHA256_KEY))
     digest = hashlib.sha256(f"{part}:{checkpoint}".encode()).hexdigest()

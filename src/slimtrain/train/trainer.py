@@ -48,7 +48,7 @@ from slimtrain.models import build_model, model_arguments, resolve_factory
 from slimtrain.models.registry import ModelFactory
 from slimtrain.progress import format_duration
 from slimtrain.train.checkpoint import CheckpointStore
-from slimtrain.train.config import Recipe, recipe_from_dict, resolve_method_options
+from slimtrain.train.config import Recipe, recipe_from_dict, resolve_method_options, with_legacy_options
 from slimtrain.train.distributed import World, init_world, resolve_device
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import (
@@ -350,7 +350,7 @@ def check_resumable(run_dir: str | Path, recipe: Recipe) -> None:
         raise RecipeError(f"{stored_path}: the stored recipe cannot be read ({err})") from err
     if not isinstance(tree, dict):
         raise RecipeError(f"{stored_path}: the stored recipe is not a mapping")
-    stored = flatten_recipe(_with_resolved_options(_with_recipe_defaults(tree)))
+    stored = flatten_recipe(_with_resolved_options(_with_recipe_defaults(with_legacy_options(tree))))
     wanted = flatten_recipe(recipe.model_dump(mode="json"))
     differ = sorted(
         key
