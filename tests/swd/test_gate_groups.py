@@ -304,3 +304,18 @@ def test_channel_pruning_masks_trace_the_groups_on_example_inputs():
     assert any(not bool(m.all()) for m in masks.values())
     with pytest.raises(BadInputError, match="example_inputs"):
         pruning_masks(model, "channels", 0.5)
+
+
+@pytest.mark.parametrize("method", ["swd-structured", "network-slimming"])
+def test_an_unreachable_target_is_refused_before_training(tmp_path, method):
+    """What no gate can remove does not depend on γ: the run is refused when it is built, not at pruning."""
+    from slimtrain.errors import RunBuildError
+
+    tree = {
+        "data": {"name": "digits", "val_fraction": 0.2},
+        "model": {"name": "resnet8", "kwargs": {"width": 4, "shortcut": "B"}},
+        "method": {"name": method, "options": {"target": 0.995}},
+        "train": {"epochs": 1, "batch_size": 64, "progress": False},
+    }
+    with pytest.raises(RunBuildError, match=r"removing 0\.995 of the parameters.*choose a smaller target"):
+        Trainer(recipe_from_dict(tree), tmp_path / "run")

@@ -19,7 +19,7 @@ from slimtrain.errors import RecipeError
 from slimtrain.layers.prunable import refuse_computed
 from slimtrain.pruning import MaskSet, removal_count, smallest_magnitude_masks
 from slimtrain.swd import ChannelGraph, ChannelModelName, ChannelSelection, GroupGates, population_weights
-from slimtrain.swd.budget import Bisection
+from slimtrain.swd.budget import Bisection, refuse_unreachable
 from slimtrain.swd.structured import build_channel_model
 from slimtrain.train.method import Method
 
@@ -154,6 +154,7 @@ class MaskedTrainingMethod(Method):
         if self.granularity == "channels":
             try:
                 self.channel_graph = self.build_channel_model(model)
+                refuse_unreachable(self.channel_graph, model, fraction_to_permille(self.options.target))
             except ValueError as exc:
                 raise RecipeError(f"'method.options.granularity': channels: {exc}") from exc
         return model

@@ -23,6 +23,7 @@ from slimtrain.methods.masked import (
 )
 from slimtrain.pruning import slimming_penalty
 from slimtrain.swd import ChannelModelName, parameter_budget
+from slimtrain.swd.budget import refuse_unreachable
 from slimtrain.train.method import StepContext, StepOutput, register_method
 
 __all__ = ["NetworkSlimming", "NetworkSlimmingOptions"]
@@ -67,6 +68,7 @@ class NetworkSlimming(MaskedTrainingMethod):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Build the channel model once (the gates of structured SWD)."""
         self.channel_graph = self.build_channel_model(model)
+        refuse_unreachable(self.channel_graph, model, fraction_to_permille(self.options.target))
         return model
 
     def penalty(self, model: nn.Module) -> Tensor | None:

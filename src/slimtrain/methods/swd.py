@@ -29,6 +29,7 @@ from slimtrain.swd import (
     parameter_budget,
     prune_to_target,
 )
+from slimtrain.swd.budget import refuse_unreachable
 from slimtrain.swd.selection import Selection
 from slimtrain.train.method import (
     Method,
@@ -233,6 +234,10 @@ class StructuredSWDMethod(_SWDBase):
             model, self.options.channel_model, self.example_inputs, f"method '{self.name}'"
         )
         self.selection = self._channel_selection(model, self.options.penalize_filters)
+        # Before training, not at the final pruning: the unreachable part does not depend on γ.
+        refuse_unreachable(
+            self.channel_model, model, fraction_to_permille(self.options.target), self.options.gate_compare
+        )
         return model
 
     def _channel_selection(self, model: nn.Module, penalize_filters: bool) -> ChannelSelection:

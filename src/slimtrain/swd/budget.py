@@ -96,12 +96,7 @@ def budget_threshold(
                 return float(candidates[mid])
 
     if count(len(candidates) - 1) > budget:
-        if graph.parameter_count(model, math.inf, gate_compare) > budget:
-            raise UnsupportedModelError(
-                f"{type(model).__qualname__}: removing {target / 1000:g} of the parameters leaves at most "
-                f"{budget}, but what no gate can remove already exceeds it (layers with no channel gated by "
-                "a BatchNorm, and the one channel every gate keeps); choose a smaller target"
-            )
+        refuse_unreachable(graph, model, target, gate_compare)
         return math.inf
     lo, hi = 0, len(candidates) - 1  # invariant: count(hi) <= budget
     while lo < hi:
@@ -111,3 +106,29 @@ def budget_threshold(
         else:
             lo = mid + 1
     return float(candidates[hi])
+
+
+def refuse_unreachable(
+    graph: ChannelModel, model: nn.Module, target: float, gate_compare: GateCompare = "ge"
+) -> None:
+    """Raise if no threshold meets the budget of ``target``: what no gate can remove exceeds it.
+
+    The count with every gate at its least (``parameter_count`` at an infinite threshold) does not depend on
+    γ, so methods check it when they set up, before training.
+
+    Args:
+        graph: The channel model (:class:`ChannelGraph` or :class:`~slimtrain.swd.GroupGates`).
+        model: The model.
+        target: Per-mille of the parameters removed.
+        gate_compare: The count's comparison.
+
+    Raises:
+        UnsupportedModelError: Naming the model, the fraction and the budget.
+    """
+    budget = parameter_budget(model, target)
+    if graph.parameter_count(model, math.inf, gate_compare) > budget:
+        raise UnsupportedModelError(
+            f"{type(model).__qualname__}: removing {target / 1000:g} of the parameters leaves at most "
+            f"{budget}, but what no gate can remove already exceeds it (layers with no channel gated by "
+            "a BatchNorm, and the one channel every gate keeps); choose a smaller target"
+        )
