@@ -6,7 +6,7 @@ recurrent and re-parametrized layers are refused by name.
 
 import pytest
 import torch
-import torch.nn.functional as F
+from tests.conformance.zoo import BatchNormAct2d, Conv2dSame
 from torch import nn
 
 from slimtrain.compress import (
@@ -31,24 +31,6 @@ def _decoder(width: int) -> nn.Sequential:
         nn.ReLU(),
         nn.Conv2d(width, 3, 1),
     )
-
-
-class BatchNormAct2d(nn.BatchNorm2d):
-    """A BatchNorm2d with a fused ReLU (as timm's ``BatchNormAct2d``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(super().forward(x))
-
-
-class Conv2dSame(nn.Conv2d):
-    """TensorFlow "same" padding computed from the input size (as timm's ``Conv2dSame``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
-            total = max((-(size // -s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def bn_act_net() -> nn.Module:

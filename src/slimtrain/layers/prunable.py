@@ -225,10 +225,9 @@ def make_plain(module: nn.Module, name: str) -> bool:
         module.__class__ = type(cls.__name__, cls.__bases__, own)
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
         return True
-    for hook in list(module._forward_pre_hooks.values()):
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            prune.remove(module, name)
-            return True
+    if isinstance(_computing_hook(module, name), prune.BasePruningMethod):
+        prune.remove(module, name)
+        return True
     return False
 
 
