@@ -315,6 +315,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{result.params_dense_reference:,}: compression ratio {m['compression_ratio_all']:.2f}x of the "
         f"{counted} count"
     )
+    if result.params_budget is not None:
+        over = m["params_stored_all"] - result.params_budget
+        print(
+            f"  parameter budget of the training {result.params_budget:,}: "
+            + (f"exceeded by {over:,}" if over > 0 else "met")
+        )
     if "macs_dense" in m:
         print(
             f"  MACs per sample {m['macs_effective']:,.0f} of {m['macs_dense']:,.0f} dense "

@@ -37,6 +37,10 @@ def test_sweep_row_reports_budget_and_exported_count(tmp_path, trees, method_rec
     result = export_run(tmp_path / "run", latency_batch_sizes=(), progress=False)
     loaded = slimtrain.load(result.path)
     assert row["params_stored_all"] == _distinct_parameters(loaded)
+    # The export reports the same budget beside its count, in its result and in the manifest on disk.
+    extra = slimtrain.compress.read_manifest(result.path)["extra"]
+    assert result.params_budget == extra["params_budget"] == row["params_budget"]
+    assert extra["params_stored_all"] == _distinct_parameters(loaded) <= row["params_budget"]
     assert row["params_stored_all"] < n_total  # channels were removed: not the dense model's count
 
 
@@ -90,3 +94,11 @@ def test_only_channel_budget_methods_have_a_budget(trees, method, options, budge
     instance = cls(cls.Options(**options), None)
     expected = math.floor(0.5 * _distinct_parameters(model)) if budgeted else None
     assert instance.params_budget(model) == expected
+
+
+def test_export_of_a_method_without_budget_records_none(tmp_path, trees, method_recipe):
+    """An unstructured run's export has no ``params_budget``, in its result or its manifest."""
+    Trainer(method_recipe(trees["resnet"], "magnitude-ft", target=0.5), tmp_path / "run").fit()
+    result = export_run(tmp_path / "run", latency_batch_sizes=(), progress=False)
+    assert result.params_budget is None
+    assert "params_budget" not in slimtrain.compress.read_manifest(result.path)["extra"]

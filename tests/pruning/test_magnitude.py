@@ -15,11 +15,15 @@ from slimtrain.pruning import (
 
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.data())
 def test_smallest_k_equals_a_stable_sort_prefix(values: list[int], data: st.DataObject) -> None:
-    """smallest_k_mask selects exactly the first k indices of a stable ascending sort (ties by position)."""
+    """smallest_k_mask selects exactly the first k indices of a stable ascending sort (ties by position),
+    infinite values included, NaN counted as +inf.
+    """
     v = torch.tensor(values, dtype=torch.float64)
+    v[v == 4] = torch.nan  # counts as +inf: the count stays exact
+    v[v == 3] = torch.inf
     k = data.draw(st.integers(0, len(values)))
     expected = torch.zeros(len(values), dtype=torch.bool)
-    expected[torch.sort(v, stable=True).indices[:k]] = True
+    expected[torch.sort(torch.where(v.isnan(), torch.inf, v), stable=True).indices[:k]] = True
     assert torch.equal(smallest_k_mask(v, k), expected)
 
 

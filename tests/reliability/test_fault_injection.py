@@ -96,7 +96,8 @@ def test_sigkilled_python_m_slimtrain_resumes_exactly(tmp_path):
     """A real ``python -m slimtrain train`` process SIGKILLed once its manifest lists a checkpoint past
     step 4 resumes (``--resume``) to bitwise the uninterrupted final state.
     """
-    tree = tiny_tree("dense")
+    # 60 steps: the kill lands mid-run however late a loaded machine lets this test send it.
+    tree = tiny_tree("dense", train={"epochs": 8, "max_steps": 60})
     expected, _ = _reference(tree, tmp_path / "reference")
     run = tmp_path / "run"
     argv = ["train", str(write_recipe(tree, tmp_path / "r.yaml")), "--run-dir", str(run), "--resume"]
@@ -114,7 +115,7 @@ def test_sigkilled_python_m_slimtrain_resumes_exactly(tmp_path):
     child.send_signal(signal.SIGKILL)
     _, err = child.communicate()
     assert child.returncode == -signal.SIGKILL, err.decode()
-    assert max(e["step"] for e in store.entries()) < 12
+    assert max(e["step"] for e in store.entries()) < 60
     assert main(argv) == 0
     assert_same_state(trained_state(final_state(run)), expected)
 

@@ -213,12 +213,17 @@ def test_zero_padding_shortcuts_are_refused_naming_them():
 
 
 def test_the_default_needs_example_inputs():
-    """Without example inputs the default channel model says which argument is missing."""
+    """Without example inputs the default channel model says which argument is missing; without a gating group
+    ``GroupGates`` says how to build it.
+    """
     model = create_model("resnet8", width=4, shortcut="B")
     with pytest.raises(BadInputError, match="example_inputs"):
         ChannelSelection(model, 500)
     with pytest.raises(BadInputError, match="channel_model"):
         ChannelSelection(model, 500, channel_model="fx")  # type: ignore[arg-type]
+
+    with pytest.raises(BadInputError, match=r"GroupGates\.from_model"):
+        GroupGates(model, [])  # built directly with no gating group
 
 
 STRUCTURED = [

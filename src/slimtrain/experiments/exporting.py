@@ -24,6 +24,7 @@ from slimtrain.compress.exported_format import save_exported
 from slimtrain.compress.onnx_export import export_onnx
 from slimtrain.errors import BadInputError
 from slimtrain.experiments.sweeping import (
+    budget_fields,
     check_compressible,
     describe_levels,
     level_fields,
@@ -69,6 +70,8 @@ class ExportResult:
             (CPU): ``latency_ms_b{N}`` (median), ``latency_iqr_ms_b{N}``, ``measured_speedup_b{N}`` and
             its quartiles ``measured_speedup_q1_b{N}``, ``measured_speedup_q3_b{N}``.
         level_option: The method option that set the level during training (``tau``, ``target``), if any.
+        params_budget: The parameter budget a structured method pruned to (:meth:`Method.params_budget`),
+            for comparison with ``metrics["params_stored_all"]``; ``None`` for a method without one.
     """
 
     path: Path
@@ -82,6 +85,7 @@ class ExportResult:
     params_dense_reference: int
     latency: dict[str, float] = field(default_factory=dict)
     level_option: str | None = None
+    params_budget: int | None = None
 
 
 STANDARD_CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -244,6 +248,8 @@ def export_run(
             "compression_ratio_all": metrics["compression_ratio_all"],
             "macs_effective": metrics["macs_effective"],
             "theoretical_speedup": metrics.get("theoretical_speedup"),
+            # None: the export's own ChannelsKeptWarning already reached the user.
+            **budget_fields(method.params_budget(comp.model), None, level),
         }
         preprocessing = input_preprocessing(comp.splits, example.dtype)
         bar.step("save")
@@ -283,4 +289,5 @@ def export_run(
         params_dense_reference=count_parameters(dense, "all").dense,
         latency=latency,
         level_option=fields["level_option"],
+        params_budget=extra.get("params_budget"),
     )

@@ -74,7 +74,8 @@ def smallest_k_mask(values: Tensor, k: int, ties: TieRule = "first") -> Tensor:
     """Boolean mask of exactly the ``k`` smallest entries of a 1-D tensor, ties broken by position.
 
     Args:
-        values: 1-D tensor of finite values (typically scores).
+        values: 1-D tensor (typically scores); a NaN counts as +inf, so exactly ``k`` entries are selected
+            whatever the values.
         k: How many entries to select, ``0 <= k <= values.numel()``.
         ties: Among equal values at the threshold, select the ``"first"`` (smallest index) or the ``"last"``.
 
@@ -96,6 +97,8 @@ def smallest_k_mask(values: Tensor, k: int, ties: TieRule = "first") -> Tensor:
         return torch.zeros_like(values, dtype=torch.bool)
     if k == n:
         return torch.ones_like(values, dtype=torch.bool)
+    # kthvalue and the comparisons below would lose NaN entries from the count.
+    values = torch.nan_to_num(values, nan=math.inf, posinf=math.inf, neginf=-math.inf)
     threshold = torch.kthvalue(values, k).values
     below = values < threshold
     at_threshold = values == threshold

@@ -62,6 +62,11 @@ class GroupGates:
             for s in g.members
             if _is_affine_norm(model.get_submodule(s.module))
         ]
+        if not self._norm_slices:
+            raise BadInputError(
+                "GroupGates needs at least one channel group holding an affine BatchNorm; build it with "
+                "GroupGates.from_model(model, example_inputs), which finds them"
+            )
         self.gates = sorted({name for name, _, _ in self._norm_slices}, key=order.__getitem__)
         total = offsets[-1]
         covered = torch.zeros(total, dtype=torch.bool)

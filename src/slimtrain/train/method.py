@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from slimtrain._model_io import logits_of
+from slimtrain._model_io import ModelInputs, logits_of
 from slimtrain.registry import Registry
 from slimtrain.train.precision import MixedPrecision
 
@@ -260,7 +260,8 @@ class Method:
             schedules are given in epochs.
         total_steps: optimizer steps of the whole run, set by the trainer with :attr:`steps_per_epoch`
             (``None`` outside training).
-        example_inputs: a couple of training inputs on the run's device and dtype, set by the trainer before
+        example_inputs: a couple of training inputs (a tensor, or the tuple or dict the model is called
+            with) on the run's device and dtype, set by the trainer before
             :meth:`prepare` (``None`` when the method is used outside a run), for methods that trace the
             model (e.g. its channel groups).
     """
@@ -280,7 +281,7 @@ class Method:
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch: int | None = None
         self.total_steps: int | None = None
-        self.example_inputs: torch.Tensor | None = None
+        self.example_inputs: ModelInputs | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
