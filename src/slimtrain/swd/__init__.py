@@ -6,11 +6,12 @@
 - :class:`GroupGates`: the default channel model: DepGraph's coupled groups holding a BatchNorm, counted as
   the export removes them.
 - :class:`ChannelGraph`: the reference's channel model: traced gates and analytic surviving-parameter count.
-- :func:`budget_threshold`: the parameter-budget bisection.
+- :func:`budget_threshold`: the parameter-budget bisection; :func:`budget_threshold_tensor`: its corrected
+  search on the device, for :class:`GroupGates` (no host read).
 - :func:`prune_to_target`: final hard pruning at the target.
 """
 
-from slimtrain.swd.budget import budget_threshold, parameter_budget
+from slimtrain.swd.budget import budget_threshold, budget_threshold_tensor, parameter_budget
 from slimtrain.swd.channels import ChannelGraph
 from slimtrain.swd.gate_groups import GroupGates
 from slimtrain.swd.prune import prune_to_target
@@ -31,6 +32,7 @@ __all__ = [
     "Selection",
     "SelectiveWeightDecay",
     "budget_threshold",
+    "budget_threshold_tensor",
     "build_channel_model",
     "is_stable",
     "parameter_budget",

@@ -224,31 +224,48 @@ class GroupGates:
         scores = self._flat_scores(model)
         return scores[self._tensors(scores.device)["covered_index"]]
 
-    def _flat_keep(self, model: nn.Module, threshold: float, compare: GateCompare) -> Tensor:
-        # On the device, without reading it on the host (docs/training.md, "Host synchronisation").
-        scores = self._flat_scores(model)
+    def _keep(self, scores: Tensor, thresholds: Tensor, compare: GateCompare) -> Tensor:
+        """Kept root channels at each of ``thresholds`` (shape ``[T, channels]``), from the flat scores.
+
+        On the device, without reading it on the host (docs/training.md, "Host synchronisation").
+        """
         t = self._tensors(scores.device)
-        kept = scores >= threshold if compare == "ge" else scores > threshold
+        column = thresholds.to(device=scores.device, dtype=scores.dtype)[:, None]
+        kept = scores >= column if compare == "ge" else scores > column
         groups = len(self.groups)
-        any_kept = torch.zeros(groups, dtype=torch.long, device=scores.device)
-        any_kept.index_add_(0, t["group_of"], kept.long())
+        any_kept = torch.zeros((len(thresholds), groups), dtype=torch.long, device=scores.device)
+        any_kept.index_add_(1, t["group_of"], kept.long())
+        # The channel an emptied group keeps: its best, the lowest index on a tie (independent of th).
         best = torch.full((groups,), -torch.inf, dtype=scores.dtype, device=scores.device)
         best.scatter_reduce_(0, t["group_of"], scores, "amax")
         total = self._offsets[-1]
         candidates = torch.where(scores == best[t["group_of"]], t["position"], total)
         first = torch.full((groups,), total, dtype=torch.long, device=scores.device)
         first.scatter_reduce_(0, t["group_of"], candidates, "amin")
-        emptied = (any_kept == 0)[t["group_of"]]
+        emptied = (any_kept == 0)[:, t["group_of"]]
         return kept | (emptied & (t["position"] == first[t["group_of"]]))
 
-    def keep_masks(self, model: nn.Module, threshold: float, compare: GateCompare = "ge") -> list[Tensor]:
+    def _flat_keep(self, model: nn.Module, threshold: float | Tensor, compare: GateCompare) -> Tensor:
+        scores = self._flat_scores(model)
+        # A float in float64, so that a float64 model compares at full precision.
+        if isinstance(threshold, Tensor):
+            thresholds = threshold.reshape(1)
+        else:
+            thresholds = torch.tensor([threshold], dtype=torch.float64)
+        return self._keep(scores, thresholds, compare)[0]
+
+    def keep_masks(
+        self, model: nn.Module, threshold: float | Tensor, compare: GateCompare = "ge"
+    ) -> list[Tensor]:
         """Per gating group, its kept root channels: score ≥ (``"ge"``) or > (``"gt"``) threshold.
 
         A group left empty keeps its highest-scoring channel (the lowest index on a tie).
         """
         return list(self._flat_keep(model, threshold, compare).split([g.size for g in self.groups]))
 
-    def plan(self, model: nn.Module, threshold: float, compare: GateCompare = "ge") -> ChannelPruningPlan:
+    def plan(
+        self, model: nn.Module, threshold: float | Tensor, compare: GateCompare = "ge"
+    ) -> ChannelPruningPlan:
         """The channels removed at ``threshold``, as a plan for :mod:`slimtrain.compress`."""
         return ChannelPruningPlan(
             tuple(
@@ -258,7 +275,7 @@ class GroupGates:
         )
 
     def removal_masks(
-        self, model: nn.Module, threshold: float, compare: GateCompare = "ge", which: Removed = "all"
+        self, model: nn.Module, threshold: float | Tensor, compare: GateCompare = "ge", which: Removed = "all"
     ) -> dict[str, Tensor]:
         """``{parameter name: removed entries}`` at ``threshold``.
 
@@ -282,17 +299,25 @@ class GroupGates:
             masks[name] = removed.clone() if name not in masks else masks[name] | removed
         return masks
 
+    def parameter_counts(self, model: nn.Module, thresholds: Tensor, compare: GateCompare = "ge") -> Tensor:
+        """:meth:`parameter_count` at each of ``thresholds`` (1-D), computed on the model's device.
+
+        Returns:
+            A ``torch.long`` tensor shaped like ``thresholds``, not read on the host.
+        """
+        keep = self._keep(self._flat_scores(model), thresholds, compare)
+        t = self._tensors(keep.device)
+        removed = torch.zeros((len(keep), len(t["entry_size"])), dtype=torch.long, device=keep.device)
+        removed.index_add_(1, t["entry_of"], (~keep[:, t["channel_of"]]).long())
+        kept = t["entry_size"] - removed
+        return (t["rest"] * kept[:, t["param_axes"]].prod(2)).sum(1) + self._untouched
+
     def parameter_count(self, model: nn.Module, threshold: float, compare: GateCompare = "ge") -> int:
         """Distinct parameters (tied ones once) left after removing the channels at ``threshold``.
 
         Equals the parameter count of the model exported after masking :meth:`removal_masks` (``"all"``).
         """
-        keep = self._flat_keep(model, threshold, compare)
-        t = self._tensors(keep.device)
-        removed = torch.zeros(len(t["entry_size"]), dtype=torch.long, device=keep.device)
-        removed.index_add_(0, t["entry_of"], (~keep[t["channel_of"]]).long())
-        kept = t["entry_size"] - removed
-        return int((t["rest"] * kept[t["param_axes"]].prod(1)).sum()) + self._untouched
+        return int(self.parameter_counts(model, torch.tensor([threshold], dtype=torch.float64), compare)[0])
 
     def refuse_frozen(self, model: nn.Module, what: str) -> None:
         """Raise if a layer of a gating group has a frozen parameter (``requires_grad=False``).

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from slimtrain.errors import BadInputError
-from slimtrain.swd.budget import Bisection, budget_threshold, parameter_budget
+from slimtrain.swd.budget import (
+    Bisection,
+    budget_threshold,
+    budget_threshold_tensor,
+    parameter_budget,
+    refuse_unreachable,
+)
 from slimtrain.swd.channels import ChannelGraph, GateCompare
 from slimtrain.swd.gate_groups import GroupGates
 from slimtrain.swd.selection import Selected
@@ -57,7 +63,10 @@ class ChannelSelection:
     """Selects whole channels: γ and β of gate channels with |γ| below the budget threshold.
 
     At every call the threshold is re-derived from the current γ by :func:`budget_threshold`, so the
-    selected channels are those that pruning to the budget now would remove. With
+    selected channels are those that pruning to the budget now would remove. With the default channel model
+    and bisection, :meth:`select` and :meth:`keep_masks` find it on the device
+    (:func:`~slimtrain.swd.budget.budget_threshold_tensor`): a training step that selects never waits for
+    the host. With
     ``penalize_filters=True`` (the reference ``structuredF``) the convolution slices W[o, i] whose output
     channel o or input channel i is gated off are selected too (biases of gated-off outputs included),
     shortcut convolutions included.
@@ -84,6 +93,8 @@ class ChannelSelection:
 
     Raises:
         BadInputError: ``channel_model="groups"`` without ``example_inputs``.
+        UnsupportedModelError: With the ``"corrected"`` bisection, a target no threshold reaches (what no
+            gate can remove exceeds the budget; it does not depend on γ).
         UnsupportedChannelFlowError: ``"groups"`` on a model whose channels DepGraph cannot follow (e.g. a
             zero-padding "option A" shortcut; the message names it).
     """
@@ -122,6 +133,8 @@ class ChannelSelection:
                 "gate_compare='gt' reproduces the fx tracer's count (the reference's mixed rule); use it "
                 "with channel_model='reference'"
             )
+        if bisection == "corrected":
+            refuse_unreachable(self.graph, model, target, gate_compare)
         self.target = target
         self.penalize_filters = penalize_filters
         self.bisection = bisection
@@ -131,13 +144,19 @@ class ChannelSelection:
         """Current budget threshold on |γ|."""
         return budget_threshold(self.graph, model, self.target, self.bisection, self.gate_compare)
 
+    def _threshold_on_device(self, model: nn.Module) -> float | Tensor:
+        """:meth:`threshold`, left on the device where the channel model counts there."""
+        if self.bisection == "corrected" and isinstance(self.graph, GroupGates):
+            return budget_threshold_tensor(self.graph, model, self.target, self.gate_compare)
+        return self.threshold(model)
+
     def keep_masks(self, model: nn.Module) -> dict[str, Tensor]:
         """Kept channels of every gate at the current threshold (the mask always keeps |γ| ≥ th).
 
         Keyed by gate BatchNorm (``"reference"``) or by group root layer (``"groups"``).
         """
         if isinstance(self.graph, GroupGates):
-            kept = self.graph.keep_masks(model, self.threshold(model), "ge")
+            kept = self.graph.keep_masks(model, self._threshold_on_device(model), "ge")
             return {g.root: k for g, k in zip(self.graph.groups, kept, strict=True)}
         return self.graph.gate_keep_masks(model, self.threshold(model), "ge")
 
@@ -145,7 +164,7 @@ class ChannelSelection:
         """Selected entries of every penalised parameter, from the current γ (detached)."""
         if isinstance(self.graph, GroupGates):
             which = "all" if self.penalize_filters else "gates"
-            removed = self.graph.removal_masks(model, self.threshold(model), "ge", which)
+            removed = self.graph.removal_masks(model, self._threshold_on_device(model), "ge", which)
             return [Selected(name, model.get_parameter(name), mask) for name, mask in removed.items()]
         keep = self.keep_masks(model)
         selected = []
