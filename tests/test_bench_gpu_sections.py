@@ -6,7 +6,13 @@ they build, time and record their quantities and ratios (the numbers themselves 
 
 import pytest
 import torch
-from benchmarks import bench_export_latency, bench_sfw_step, bench_swd_overhead, bench_tdlrt_speed
+from benchmarks import (
+    bench_export_latency,
+    bench_sfw_step,
+    bench_structured_selection,
+    bench_swd_overhead,
+    bench_tdlrt_speed,
+)
 from benchmarks.harness import BenchmarkRecorder, gpu_section, interleaved_time_ms
 
 CPU = torch.device("cpu")
@@ -98,3 +104,19 @@ def test_export_latency_gpu_section_runs_on_a_cpu(monkeypatch):
         for layout in ("nchw", "channels_last"):
             assert f"gpu tiny_{variant}_b2_{layout}_ratio" in quantities
     assert rec.summary["gpu tiny_tucker90_b2_nchw_ms"]["median"] == 2.0
+
+
+def test_structured_selection_gpu_section_runs_on_a_cpu():
+    """Both variants select the same entries (``measure`` checks it); the device search reads nothing."""
+    rec = BenchmarkRecorder("structured_selection", ["--quick"])
+    result = bench_structured_selection.measure(
+        CPU, "resnet8", {"width": 4, "shortcut": "B"}, rounds=1, steps=1
+    )
+    bench_structured_selection.record(rec, "gpu ", "resnet8", result)
+    variants = ("host_bisection", "device_search")
+    assert _gpu_quantities(rec) == {
+        *(f"gpu resnet8.{v}_{q}" for v in variants for q in ("ms", "host_reads")),
+        "gpu resnet8.ratio_host_over_device",
+    }
+    assert rec.summary["gpu resnet8.device_search_host_reads"]["median"] == 0
+    assert rec.summary["gpu resnet8.host_bisection_host_reads"]["median"] > 0
