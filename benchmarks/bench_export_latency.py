@@ -243,22 +243,24 @@ def main(argv: list[str] | None = None) -> int:
         path = _save(rec, summary)  # after every model: a slow model never loses the finished ones
     gpu_section(rec, lambda device: measure_gpu(rec, device, models, (1, 256), rounds))
     path = _save(rec, summary)
+    print("\n".join(SUMMARY_HEADER + summary), flush=True)
     print(f"results: {path}")
     return 0
 
 
+SUMMARY_HEADER = [
+    "| model | variant | MAC ratio | param ratio | batch | layout | latency ratio, median (min–max) "
+    "| theoretical / measured speed-up |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
 def _save(rec: BenchmarkRecorder, rows: list[str]) -> Path:
     """Save the recorder and append the readable summary table to its markdown page."""
-    header = [
-        "| model | variant | MAC ratio | param ratio | batch | layout | latency ratio, median (min–max) "
-        "| theoretical / measured speed-up |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
     path = rec.save()
-    table = "\n".join(header + rows)
+    table = "\n".join(SUMMARY_HEADER + rows)
     markdown = path.with_suffix(".md")
     markdown.write_text(markdown.read_text() + "\n## Latency ratio exported / dense\n\n" + table + "\n")
-    print(table, flush=True)
     return path
 
 

@@ -11,10 +11,10 @@ same γ (uniform in [0.1, 1], seed 0), with the same masks:
   (``int(GroupGates.parameter_count(...))``, the search ``select`` ran before the device search).
 
 Per model: milliseconds per ``select`` (median over rounds, the variants taking turns), host reads per call
-(``aten._local_scalar_dense`` and ``nonzero``) and the ratio host/device per round. Models: ResNet-20 in the
-reference layout (width 16, 1×1-conv shortcuts, a BatchNorm after every addition) and ResNet-18 (width 64;
-``--quick``: width 8). On a GPU (its own section) the host bisection also waits for the device at every
-read, which is what the device search removes.
+(:class:`benchmarks.harness.HostReads`: ``.item()``, size-dependent ops, copies and ``tolist``) and the
+ratio host/device per round. Models: ResNet-20 in the reference layout (width 16, 1×1-conv shortcuts, a
+BatchNorm after every addition) and ResNet-18 (width 64; ``--quick``: width 8). On a GPU (its own section)
+the host bisection also waits for the device at every read, which is what the device search removes.
 
 Usage: ``python -m benchmarks.bench_structured_selection --quick|--full [--threads N]``.
 """
@@ -27,27 +27,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.harness import BenchmarkRecorder, gpu_section, interleaved_time_ms
+from benchmarks.harness import BenchmarkRecorder, HostReads, gpu_section, interleaved_time_ms
 from slimtrain.models import create_model
 from slimtrain.swd import ChannelSelection, GroupGates, parameter_budget
 
 SEED = 0
 TARGET = 500  # per mille of the parameters removed
-_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the operations that make the host wait for the device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.reads += func in _READS
-        return func(*args, **(kwargs or {}))
 
 
 def host_bisection(gates: GroupGates, model: nn.Module, target: int) -> float:
@@ -101,7 +87,7 @@ def measure(
     for variant, call in (("host_bisection", on_host), ("device_search", on_device)):
         with HostReads() as counted:
             call()
-        reads[variant] = counted.reads
+        reads[variant] = sum(counted.counts.values())
     times = interleaved_time_ms(
         {"host_bisection": on_host, "device_search": on_device}, device, rounds, steps
     )

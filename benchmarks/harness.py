@@ -7,6 +7,7 @@ measures, and saves ``benchmarks/results/<name>.json`` plus a generated ``<name>
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -192,6 +195,75 @@ class BenchmarkRecorder:
         _write_atomic(json_path, json.dumps(self.to_dict(), indent=2) + "\n")
         _write_atomic(results_dir / f"{self.name}.md", self.to_markdown())
         return json_path
+
+
+_aten = torch.ops.aten
+_SIZE_DEPENDENT = {_aten.nonzero.default, _aten.masked_select.default}
+_COPIES = {_aten._to_copy.default, _aten.copy_.default}
+
+
+def _device_to_host(func: Any, args: tuple, kwargs: dict) -> bool:
+    if func is _aten._to_copy.default:
+        target = kwargs.get("device")
+        return args[0].device.type != "cpu" and target is not None and torch.device(target).type == "cpu"
+    return args[0].device.type == "cpu" and args[1].device.type != "cpu"  # copy_(dst, src)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts, by kind, the operations that make the host wait for the device, while it is entered.
+
+    Kinds: ``item`` (``aten._local_scalar_dense``: ``.item()``, ``float()``, ``bool()``), ``size-dependent``
+    (``nonzero``, ``masked_select``, ``unique``: their output size depends on the data), ``device-to-host``
+    copies, and ``tolist`` (``Tensor.tolist()`` / ``.numpy()``, which bypass the dispatcher on a CPU, counted
+    by a ``TorchFunctionMode`` entered with this one; on a GPU they are device-to-host copies). A subclass
+    overrides :meth:`add` to attribute the reads (e.g. to training steps).
+
+    Example:
+        >>> with HostReads() as reads:
+        ...     _ = float(torch.ones(1).sum())
+        >>> dict(reads.counts)
+        {'item': 1}
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[Any] = collections.Counter()
+        self._lists = _ListReads(self)
+
+    def add(self, kind: str) -> None:
+        """Count one read of ``kind``."""
+        self.counts[kind] += 1
+
+    def __enter__(self) -> HostReads:
+        self._lists.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        self._lists.__exit__(*exc)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is _aten._local_scalar_dense.default:
+            self.add("item")
+        elif func in _SIZE_DEPENDENT or "unique" in func.__name__:
+            self.add("size-dependent")
+        elif func in _COPIES and _device_to_host(func, args, kwargs):
+            self.add("device-to-host")
+        return func(*args, **kwargs)
+
+
+class _ListReads(TorchFunctionMode):
+    """Adds ``tolist`` / ``numpy`` calls (invisible to the dispatcher on a CPU) to a :class:`HostReads`."""
+
+    def __init__(self, reads: HostReads) -> None:
+        super().__init__()
+        self.reads = reads
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in (torch.Tensor.tolist, torch.Tensor.numpy):
+            self.reads.add("tolist")
+        return func(*args, **(kwargs or {}))
 
 
 def synchronize(device: torch.device) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import slimtrain
+from slimtrain.cli import main
 from slimtrain.experiments import sweeping
 from slimtrain.experiments.exporting import export_run
 from slimtrain.experiments.sweeping import sweep
@@ -102,3 +103,17 @@ def test_export_of_a_method_without_budget_records_none(tmp_path, trees, method_
     result = export_run(tmp_path / "run", latency_batch_sizes=(), progress=False)
     assert result.params_budget is None
     assert "params_budget" not in slimtrain.compress.read_manifest(result.path)["extra"]
+
+
+def test_the_export_command_prints_the_budget_beside_the_stored_count(tmp_path, trees, method_recipe, capsys):
+    """``slimtrain export`` says whether the stored count meets the budget, and compares nothing when
+    ``--round-to`` changes the stored count.
+    """
+    Trainer(method_recipe(trees["resnet"], "network-slimming", target=0.5), tmp_path / "run").fit()
+    run = str(tmp_path / "run")
+    assert main(["export", run, "--latency-batch-sizes", "--output", str(tmp_path / "plain")]) == 0
+    budget = slimtrain.compress.read_manifest(tmp_path / "plain")["extra"]["params_budget"]
+    assert f"parameter budget of the training {budget:,}: met" in capsys.readouterr().out
+    rounded = ["--round-to", "8", "--output", str(tmp_path / "rounded")]
+    assert main(["export", run, "--latency-batch-sizes", *rounded]) == 0
+    assert f"{budget:,}: not compared (--csr and --round-to" in capsys.readouterr().out

@@ -1,75 +1,36 @@
 """Host synchronisations per training step, per method, against the budget of docs/training.md.
 
-A ``TorchDispatchMode`` counts the operations that make the host wait for the device: ``_local_scalar_dense``
-(``.item()``, ``float()``, ``bool()``), ``nonzero`` / ``masked_select`` / ``unique`` (their output size is
-data-dependent) and device→host copies. ``Tensor.tolist()`` and ``.numpy()`` of a CPU tensor bypass the
-dispatcher, so a ``TorchFunctionMode`` counts them too (on a GPU they are device→host copies). Events are
+``benchmarks.harness.HostReads`` counts the operations that make the host wait for the device:
+``_local_scalar_dense`` (``.item()``, ``float()``, ``bool()``), ``nonzero`` / ``masked_select`` / ``unique``
+(their output size is data-dependent), device→host copies, and ``Tensor.tolist()`` / ``.numpy()``. Events are
 attributed to the step whose ``training_step`` last started; the first step (lazy set-up) and the last one
 (epoch end: evaluation, checkpoint) are not budgeted.
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import pytest
-import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from benchmarks import harness
 
 from slimtrain.train.config import recipe_from_dict
 from slimtrain.train.method import get_method_class, list_methods
 from slimtrain.train.trainer import Trainer
 
-aten = torch.ops.aten
-_SIZE_DEPENDENT = {aten.nonzero.default, aten.masked_select.default}
-_COPIES = {aten._to_copy.default, aten.copy_.default}
 
-
-def _device_to_host(func: Any, args: tuple, kwargs: dict) -> bool:
-    if func is aten._to_copy.default:
-        target = kwargs.get("device")
-        return args[0].device.type != "cpu" and target is not None and torch.device(target).type == "cpu"
-    return args[0].device.type == "cpu" and args[1].device.type != "cpu"  # copy_(dst, src)
-
-
-class HostReads(TorchDispatchMode):
+class HostReads(harness.HostReads):
     """Counts host synchronisations by (step, phase, kind); phase is ``method`` inside ``training_step``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.step, self.phase = -1, "trainer"
-        self.counts: collections.Counter[tuple[int, str, str]] = collections.Counter()
 
     def add(self, kind: str) -> None:
         self.counts[(self.step, self.phase, kind)] += 1
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is aten._local_scalar_dense.default:
-            self.add("item")
-        elif func in _SIZE_DEPENDENT or "unique" in func.__name__:
-            self.add("size-dependent")
-        elif func in _COPIES and _device_to_host(func, args, kwargs):
-            self.add("device-to-host")
-        return func(*args, **kwargs)
-
     def at(self, step: int, phase: str) -> dict[str, int]:
         return {kind: n for (s, p, kind), n in self.counts.items() if s == step and p == phase and n}
-
-
-class HostListReads(TorchFunctionMode):
-    """Adds ``tolist`` / ``numpy`` calls (invisible to the dispatcher on CPU) to a :class:`HostReads`."""
-
-    def __init__(self, reads: HostReads) -> None:
-        super().__init__()
-        self.reads = reads
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.tolist, torch.Tensor.numpy):
-            self.reads.add("tolist")
-        return func(*args, **(kwargs or {}))
 
 
 # Host reads per step between log steps, per method (docs/training.md, "Host synchronisation"); every
@@ -134,7 +95,7 @@ def _count(recipe: Any, run_dir: Any) -> HostReads:
             reads.phase = "trainer"
 
     trainer.components.method.training_step = counted
-    with reads, HostListReads(reads):
+    with reads:
         trainer.fit()
     return reads
 

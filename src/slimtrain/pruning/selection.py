@@ -81,7 +81,7 @@ def smallest_k_mask(values: Tensor, k: int, ties: TieRule = "first") -> Tensor:
 
     Returns:
         Boolean tensor shaped like ``values``, True on the selected entries. Every selected value is ≤ every
-        unselected one.
+        unselected one (NaN ordered as +inf).
 
     Raises:
         ValueError: If ``values`` is not 1-D, ``k`` is out of range or ``ties`` unknown.

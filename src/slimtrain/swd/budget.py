@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,14 @@ from torch import Tensor, nn
 from slimtrain.errors import UnsupportedModelError
 from slimtrain.swd.channels import GateCompare
 
-__all__ = ["Bisection", "ChannelModel", "budget_threshold", "budget_threshold_tensor", "parameter_budget"]
+__all__ = [
+    "Bisection",
+    "ChannelModel",
+    "CountsOnDevice",
+    "budget_threshold",
+    "budget_threshold_tensor",
+    "parameter_budget",
+]
 
 Bisection = Literal["corrected", "reference"]
 
@@ -32,6 +39,7 @@ class ChannelModel(Protocol):
         ...
 
 
+@runtime_checkable
 class CountsOnDevice(ChannelModel, Protocol):
     """A channel model that counts at many thresholds at once, on the device (:class:`GroupGates`)."""
 
@@ -85,7 +93,7 @@ def budget_threshold(
     """
     if bisection not in ("corrected", "reference"):
         raise ValueError(f"bisection must be 'corrected' or 'reference', got {bisection!r}")
-    if bisection == "corrected" and hasattr(graph, "parameter_counts"):
+    if bisection == "corrected" and isinstance(graph, CountsOnDevice):
         threshold = float(budget_threshold_tensor(graph, model, target, gate_compare))
         if math.isinf(threshold):
             refuse_unreachable(graph, model, target, gate_compare)
@@ -124,8 +132,8 @@ def budget_threshold(
 
 
 PROBES_PER_ROUND = 8
-"""Candidates :func:`budget_threshold_tensor` counts at once per round by default (fastest of 4, 8, 16 and 32
-on ResNet-20 and ResNet-18 on a CPU)."""
+"""Probes of :func:`budget_threshold_tensor` per round by default (it counts at these and the interval's
+start; the fastest of 4, 8, 16 and 32 on ResNet-20 and ResNet-18 on a CPU)."""
 
 
 def budget_threshold_tensor(
@@ -138,6 +146,9 @@ def budget_threshold_tensor(
     """The ``"corrected"`` threshold of :func:`budget_threshold`, found on the device without host reads.
 
     The same value: the smallest candidate th with P(th) ≤ B, or +inf when even the largest keeps too much.
+    Unlike :func:`budget_threshold` it does not refuse a target that +inf does not meet either (that would
+    read the host): check it once with :func:`refuse_unreachable`, which does not depend on γ, as
+    :class:`~slimtrain.swd.ChannelSelection` does when it is built.
     Instead of one count per bisection step (each read on the host to choose the next half), every round
     counts at ``probes`` + 1 candidates spread over the interval still open and keeps the part
     between the last probe over the budget and the first within it, all as tensor operations; the number
@@ -150,7 +161,7 @@ def budget_threshold_tensor(
         target: Per-mille of parameters removed, in [0, 1000).
         gate_compare: Comparison of the count.
         probes: Candidates counted at once per round, besides the interval's start (≥ 1): more means fewer
-            rounds of larger batches.
+            rounds of larger batches (at most one round: more than the candidates are not used).
 
     Returns:
         A 0-d tensor on the model's device, in the scores' dtype.
@@ -160,6 +171,7 @@ def budget_threshold_tensor(
     budget = parameter_budget(model, target)
     candidates = graph.scores(model).sort()[0]
     n = len(candidates)
+    probes = min(probes, max(n - 1, 1))  # more would count the same candidates again
     # The answer's index a = min{i : P(c_i) <= B} lies in [lo, hi]; P is non-increasing in i. Indices are
     # 1-element tensors: indexing with a 0-d tensor would read it on the host.
     lo = torch.zeros(1, dtype=torch.long, device=candidates.device)

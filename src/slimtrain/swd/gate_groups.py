@@ -304,7 +304,12 @@ class GroupGates:
 
         Returns:
             A ``torch.long`` tensor shaped like ``thresholds``, not read on the host.
+
+        Raises:
+            ValueError: ``thresholds`` is not 1-D.
         """
+        if thresholds.dim() != 1:
+            raise ValueError(f"thresholds must be 1-D, got shape {tuple(thresholds.shape)}")
         keep = self._keep(self._flat_scores(model), thresholds, compare)
         t = self._tensors(keep.device)
         removed = torch.zeros((len(keep), len(t["entry_size"])), dtype=torch.long, device=keep.device)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from slimtrain.errors import BadInputError
 from slimtrain.swd.budget import (
     Bisection,
+    CountsOnDevice,
     budget_threshold,
     budget_threshold_tensor,
     parameter_budget,
@@ -146,7 +147,7 @@ class ChannelSelection:
 
     def _threshold_on_device(self, model: nn.Module) -> float | Tensor:
         """:meth:`threshold`, left on the device where the channel model counts there."""
-        if self.bisection == "corrected" and isinstance(self.graph, GroupGates):
+        if self.bisection == "corrected" and isinstance(self.graph, CountsOnDevice):
             return budget_threshold_tensor(self.graph, model, self.target, self.gate_compare)
         return self.threshold(model)
 
