@@ -12,8 +12,9 @@ the errors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,29 @@ from slimtrain.errors import BadInputError, ExportMismatchError, UnsupportedMode
 
 ModelInputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 """One tensor, the positional inputs of ``model(*inputs)`` or the keyword inputs of ``model(**inputs)``."""
+
+
+@contextlib.contextmanager
+def kept_training_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every sub-module's own training flag on leaving the block.
+
+    ``model.train(was_training)`` would set every sub-module alike, unfreezing a BatchNorm the user had put
+    in eval mode inside a training model.
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, every sub-module's training flag restored after."""
+    with kept_training_modes(model):
+        model.eval()
+        yield model
 
 
 def split_inputs(inputs: ModelInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from slimtrain._model_io import ModelInputs, Tolerance, call_model, compare_outputs
+from slimtrain._model_io import ModelInputs, Tolerance, call_model, compare_outputs, eval_mode
 from slimtrain._shared_params import refuse_untied, shared_parameter_groups
 from slimtrain._wrappers import unwrap_model
 from slimtrain.compress._modules import copy_model, get_submodule, set_submodule
@@ -205,7 +205,7 @@ def check_same_outputs(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> float:
-    """Check that ``exported`` computes ``compressed``'s outputs on ``inputs`` (both in eval mode).
+    """Check that ``exported`` computes ``compressed``'s outputs on ``inputs``, both in eval mode (modes restored).
 
     Outputs are compared leaf by leaf as pytrees: a tensor, or tuples, lists, dicts, dataclasses and Hugging
     Face ``ModelOutput`` objects of tensors (docs/export.md#model-inputs-and-outputs).
@@ -225,8 +225,6 @@ def check_same_outputs(
             tolerance; the message names the output.
         UnsupportedModelError: If the compressed model's output holds no tensor, so nothing is compared.
     """
-    compressed.eval()
-    exported.eval()
-    with torch.no_grad():
+    with eval_mode(compressed), eval_mode(exported), torch.no_grad():
         expected, actual = call_model(compressed, inputs), call_model(exported, inputs)
     return compare_outputs(expected, actual, Tolerance(rtol=rtol, atol=atol))

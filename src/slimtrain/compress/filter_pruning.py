@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize, prune
 
-from slimtrain._model_io import ModelInputs, call_model, compare_outputs
+from slimtrain._model_io import ModelInputs, call_model, compare_outputs, eval_mode
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight_channel_axis
@@ -212,13 +212,8 @@ def apply_channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> nn.Module
 
 
 def _outputs(model: nn.Module, example_inputs: ModelInputs) -> Any:
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, example_inputs)
-    finally:
-        model.train(training)
+    with eval_mode(model), torch.no_grad():
+        return call_model(model, example_inputs)
 
 
 def remove_channels(

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
-from slimtrain._model_io import call_model, flatten_tensors
+from slimtrain._model_io import call_model, flatten_tensors, kept_training_modes
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.errors import UnsupportedChannelFlowError
 
@@ -44,13 +44,8 @@ def _output_tensors(output: Any) -> list[torch.Tensor]:
 @contextmanager
 def _traced(model: nn.Module):
     """Keep every sub-module's training flag (DepGraph switches the model to eval) and enable autograd."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with kept_training_modes(model), torch.enable_grad():
+        yield
 
 
 def _registered_layer_types() -> tuple[type, ...]:

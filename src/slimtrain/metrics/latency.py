@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain._model_io import batch_size, call_model, input_tensors, map_tensors
+from slimtrain._model_io import batch_size, call_model, eval_mode, input_tensors, map_tensors
 from slimtrain.metrics.macs import ExampleInput
 
 NOISY_RELATIVE_IQR = 0.25
@@ -159,13 +159,11 @@ def measure_latency(
     device = first.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     old_threads = torch.get_num_threads()
-    was_training = model.training
     times: list[float] = []
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 call_model(model, inputs)
             sync()
@@ -178,7 +176,6 @@ def measure_latency(
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     median = statistics.median(times)
     return LatencyResult(

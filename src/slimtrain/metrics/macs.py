@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from slimtrain._model_io import ModelInputs, batch_size, call_model
+from slimtrain._model_io import ModelInputs, batch_size, call_model, eval_mode
 from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_modules
 from slimtrain.metrics.mac_formulas import FLOP_FORMULAS
 from slimtrain.metrics.sparse_weight import SparseWeightLayer
@@ -105,18 +105,16 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
         inside = any(name == f or name.startswith(f + ".") for f in factorized)
         if isinstance(m, (*DENSE_LAYER_TYPES, SparseWeightLayer)) and not inside:
             handles.append(m.register_forward_hook(_make_hook(name, per_layer)))
-    was_training = model.training
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
     # The fused inference kernels would hide the feed-forward Linears from the hooks (and their masks).
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
-            call_model(model, example_input)
+        with eval_mode(model), torch.no_grad():
+            with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+                call_model(model, example_input)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
         torch.backends.mha.set_fastpath_enabled(fastpath)
     modules = dict(model.named_modules())
     layers = tuple(
