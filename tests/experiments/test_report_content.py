@@ -145,3 +145,19 @@ def test_log_ticks_are_round_numbers_inside_the_range(low, factor):
     assert all(low <= t <= high for t in ticks) or len(ticks) == 1
     for t in ticks:  # at most three significant digits: labels read as plain decimals
         assert float(f"{t:.3g}") == t
+
+
+def test_a_pipe_in_a_recipe_name_keeps_the_markdown_columns(tmp_path):
+    """A "|" inside a cell is escaped: every row of a markdown table has its header's column count."""
+    rows = [row("a|b", "dense", 0, lv, 0.9, acc, acc_dense=0.9) for lv, acc in ((0.0, 0.9), (0.9, 0.6))]
+    markdown = write_report(write_compare(tmp_path, rows)).read_text()
+    table: list[str] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            cells = [len(re.split(r"(?<!\\)\|", t)) for t in table]
+            assert len(set(cells)) == 1, table
+        table = []
+    assert "a\\|b" in markdown

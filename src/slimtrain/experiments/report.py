@@ -499,6 +499,11 @@ def _blocks(directory: Path, title: str | None) -> tuple[list[tuple[str, Any]], 
     return blocks, figures
 
 
+def _markdown_row(cells: list[str]) -> str:
+    # A "|" in a cell (a recipe name, a model's kwargs) would split it; a line break would end the row.
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
 def _markdown(blocks: list[tuple[str, Any]]) -> str:
     out: list[str] = []
     for kind, content in blocks:
@@ -507,9 +512,9 @@ def _markdown(blocks: list[tuple[str, Any]]) -> str:
         elif kind == "p":
             out += [content, ""]
         elif kind == "table":
-            out.append("| " + " | ".join(content[0]) + " |")
+            out.append(_markdown_row(content[0]))
             out.append("|" + "---|" * len(content[0]))
-            out += ["| " + " | ".join(r) + " |" for r in content[1:]]
+            out += [_markdown_row(r) for r in content[1:]]
             out.append("")
         else:
             out += [f"![{content.alt}]({content.name})", "", f"*{content.caption}*", ""]
