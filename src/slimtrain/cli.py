@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -657,13 +658,32 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str, debug: bool) -> Iterator[None]:
+    """Warnings print as one line naming the command (with ``--debug``: Python's form, file and line)."""
+    if debug:
+        yield
+        return
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        text = " ".join(str(message).split())
+        print(f"slimtrain {command}: warning: {text} ({category.__name__})", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` command; returns the exit code."""
     from slimtrain.errors import BadInputError, SlimtrainError
 
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_interrupts():
+        with _sigterm_interrupts(), _one_line_warnings(args.command, getattr(args, "debug", False)):
             return args.func(args)
     except KeyboardInterrupt as interruption:
         error: BaseException = interruption

@@ -526,7 +526,9 @@ def test_non_finite_weights_stop_training_naming_layer_and_step(method, value, t
 
 
 class _NaNGradient(nn.Module):
-    """Identity whose parameter gets a NaN gradient (0 · ∞ from ``sqrt`` at 0) from its third call on."""
+    """Identity whose parameter gets a NaN gradient (0 · ∞ from ``sqrt`` at 0) from its fourth training call
+    on (calls in eval mode, such as the check that the model fits the data, do not count).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -534,7 +536,7 @@ class _NaNGradient(nn.Module):
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.calls += self.training
         if self.training and self.calls >= 4:
             return x + 0.0 * torch.sqrt(self.p - self.p)
         return x

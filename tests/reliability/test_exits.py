@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,26 @@ def test_debug_shows_the_traceback_of_user_errors(tmp_path, capsys):
     assert main(["--debug", "train", str(recipe)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "Traceback" in err and "RecipeError" in err and "train.epochz" in err
+
+
+def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys, monkeypatch):
+    """A warning during a command is one line (its category named, no file or source line); --debug leaves
+    it to Python's warning machinery.
+    """
+
+    def warning(directory, **kwargs):
+        warnings.warn("the factorized layer is\nnot cheaper", UserWarning, stacklevel=1)
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr(report_module, "write_report", warning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["report", str(tmp_path)]) == EXIT_OK
+        assert capsys.readouterr().err.splitlines() == [
+            "slimtrain report: warning: the factorized layer is not cheaper (UserWarning)"
+        ]
+    with pytest.warns(UserWarning, match="not cheaper"):  # left to Python's own handling
+        assert main(["--debug", "report", str(tmp_path)]) == EXIT_OK
 
 
 def test_unexpected_error_is_one_line_pointing_to_debug(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,7 @@ would be; the Hugging Face model is ``transformers:ResNetForImageClassification`
 """
 
 import json
+import re
 import shutil
 import sys
 
@@ -62,6 +63,21 @@ def tiny_data(data_dir, n=60, classes=3):
 
 def not_a_dataset(data_dir):
     return "nothing"
+
+
+def three_classes(num_classes):
+    """Ignores the dataset's class count."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+def failing_net(num_classes):
+    raise RuntimeError("boom while building")
+
+
+def convolutional(num_classes, *, kernel=3):
+    return nn.Sequential(
+        nn.Conv2d(1, 4, kernel, padding=kernel // 2), nn.Flatten(), nn.Linear(4 * 64, num_classes)
+    )
 '''
 HF_MODEL = "transformers:ResNetForImageClassification"
 HF_KWARGS = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]}
@@ -249,3 +265,41 @@ def test_a_refused_compression_of_an_own_model_exits_2_naming_the_layer(tmp_path
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
     assert "cannot follow channels" in err and "vit." in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"factory": f"{HELPER}:three_classes"}, r"logits of shape \(2, 3\).*needs \(2, 10\)"),
+        ({"factory": "torch.nn:Linear", "kwargs": {"in_features": 64, "out_features": 10}}, r"cannot run on"),
+        ({"factory": f"{HELPER}:failing_net"}, r"cannot be built: its factory raised RuntimeError: boom"),
+        ({"factory": "os:getcwd"}, r"os:getcwd returned a str"),
+    ],
+    ids=["wrong-class-count", "wrong-input-shape", "factory-raises", "not-a-module"],
+)
+def test_a_model_that_does_not_fit_the_data_exits_2_when_the_run_is_built(
+    tmp_path, helper, capsys, model, message
+):
+    """Checked once before training (one forward of two inputs): one line naming the model, exit 2, and the
+    recipe's own name of the factory.
+    """
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "train": TRAIN}))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+
+
+def test_a_run_whose_model_code_changed_names_the_model(tmp_path, helper, capsys, monkeypatch):
+    """After training, the factory builds another architecture: sweep, export and --resume say so (exit 1)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"factory": f"{HELPER}:convolutional"}, "train": TRAIN}))
+    run = str(tmp_path / "run")
+    assert main(["train", str(recipe), "--run-dir", run]) == EXIT_OK
+    monkeypatch.setitem(helper["convolutional"].__kwdefaults__, "kernel", 5)  # the user's edit
+    for argv in (["sweep", run], ["export", run, "--level", "0.5", "--latency-batch-sizes"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"does not fit model '{HELPER}:convolutional' as it is built now" in err, err

@@ -43,7 +43,7 @@ from slimtrain.train.config import load_stored_recipe
 from slimtrain.train.evaluate import evaluate
 from slimtrain.train.identity import run_identity
 from slimtrain.train.method import Levels, Method
-from slimtrain.train.trainer import RunComponents, build_run
+from slimtrain.train.trainer import RunComponents, build_run, load_checkpoint_state
 
 
 def load_trained(run_dir: str | Path) -> RunComponents:
@@ -61,8 +61,7 @@ def load_trained(run_dir: str | Path) -> RunComponents:
             f"{run_dir} has no final checkpoint; train it to the end (or --resume it) first"
         )
     state, _ = loaded
-    comp.method.load_state_dict(state["method"], comp.model)
-    comp.model.load_state_dict(state["model"])
+    load_checkpoint_state(comp, state, recipe, run_dir / "checkpoints")
     comp.model.to(device=comp.device, dtype=comp.dtype).eval()
     return comp
 

@@ -155,8 +155,13 @@ def model_arguments(
     return {**taken, **kwargs}
 
 
-def build_model(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Module:
+def build_model(
+    base: str | ModelFactory, kwargs: Mapping[str, Any], *, label: str | None = None
+) -> nn.Module:
     """Build ``base`` with ``kwargs`` (the result of :func:`model_arguments`, or an export's recorded ones).
+
+    ``label`` names the factory in messages as the user wrote it (a recipe's ``"os:getcwd"`` rather than the
+    module that defines it, ``posix``).
 
     A registry name goes to :func:`~slimtrain.models.create_model`, a Hugging Face model class is built as
     ``cls(cls.config_class(**kwargs))`` and any other factory is called as ``factory(**kwargs)``.
@@ -169,7 +174,7 @@ def build_model(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Modul
         return create_model(base, **kwargs)
     model = base(base.config_class(**kwargs)) if is_pretrained_class(base) else base(**kwargs)
     if not isinstance(model, nn.Module):
-        name = f"{getattr(base, '__module__', '?')}:{getattr(base, '__qualname__', repr(base))}"
+        name = label or f"{getattr(base, '__module__', '?')}:{getattr(base, '__qualname__', repr(base))}"
         raise UnsupportedModelError(
             f"the model factory {name} returned a {type(model).__name__}, not a torch.nn.Module; "
             "make it return the model"

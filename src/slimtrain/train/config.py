@@ -375,6 +375,13 @@ def _format_errors(err: ValidationError, *, prefix: tuple[str, ...] = (), root: 
             if item["type"] == "value_error" and message.startswith("Value error, "):
                 message = message[len("Value error, ") :]
             lines.append(f"'{key}': {message} (got {item.get('input')!r})")
+    return recipe_problems(lines)
+
+
+def recipe_problems(lines: list[str]) -> str:
+    """The message of an invalid recipe: one problem on one line, several as a list under the header."""
+    if len(lines) == 1:
+        return f"invalid recipe: {lines[0]}"
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 
@@ -427,10 +434,10 @@ def resolve_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]
     try:
         options_model = get_method_class(name).Options
     except KeyError as err:
-        raise RecipeError(f"invalid recipe:\n  'method.name': {err.args[0]}") from None
+        raise RecipeError(recipe_problems([f"'method.name': {err.args[0]}"])) from None
     problems = _number_problems(options_model, options, prefix="method.options")
     if problems:
-        raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
+        raise RecipeError(recipe_problems(problems))
     try:
         parsed = options_model.model_validate(options)
     except ValidationError as err:
@@ -507,6 +514,10 @@ def load_stored_recipe(path: str | Path) -> Recipe:
     """Load a run's stored ``recipe.yaml``, with the options it predates as it was trained with them.
 
     Raises:
-        RecipeError: as :func:`load_recipe`.
+        RecipeError: as :func:`load_recipe`, the message starting with ``path`` (the run's own recipe).
     """
-    return recipe_from_dict(with_legacy_options(_read_tree(Path(path))))
+    tree = _read_tree(Path(path))  # its errors name the file already
+    try:
+        return recipe_from_dict(with_legacy_options(tree))
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from err

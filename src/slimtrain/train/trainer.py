@@ -33,7 +33,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from slimtrain._model_io import move_inputs
+from slimtrain._model_io import call_model, eval_mode, input_tensors, logits_of, move_inputs
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
@@ -41,6 +41,7 @@ from slimtrain.errors import (
     FactoryImportError,
     RecipeError,
     RunBuildError,
+    SlimtrainError,
     TrainingDiverged,
 )
 from slimtrain.io import atomic_write_text
@@ -281,16 +282,31 @@ def build_run(
         raise RunBuildError(f"'data.factory': {err}") from err
     except (ValueError, TypeError) as err:  # malformed files, bad labels or shapes, unknown options
         raise RunBuildError(f"'data': dataset '{data.label}' cannot be used: {err}") from err
+    except Exception as err:
+        if data.factory is None:  # a built-in dataset's own failure is a bug, not the recipe's
+            raise
+        raise RunBuildError(
+            f"'data': dataset '{data.label}' cannot be built: its factory raised {_one_line(err)}"
+        ) from err
     torch.manual_seed(recipe.seed)
     try:
-        model = build_model(*base_model(recipe, splits))
+        model = build_model(*base_model(recipe, splits), label=recipe.model.label)
     except FactoryImportError as err:
         raise RunBuildError(f"'model.factory': {err}") from err
     except (ValueError, TypeError) as err:
         raise RunBuildError(f"'model': model '{recipe.model.label}' cannot be built: {err}") from err
+    except SlimtrainError:
+        raise
+    except Exception as err:
+        if recipe.model.factory is None:  # a registry model's own failure is a bug, not the recipe's
+            raise
+        raise RunBuildError(
+            f"'model': model '{recipe.model.label}' cannot be built: its factory raised {_one_line(err)}"
+        ) from err
     if initial_weights:  # model.init_from: before the method converts the layers
         load_init_weights(model, recipe.model)
     model = model.to(device=device, dtype=dtype)
+    _check_fits_the_data(model, recipe, splits, device, dtype)
     method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
     method.example_inputs = move_inputs(splits.train.inputs[:2], device, dtype)  # to trace the model with
     try:
@@ -301,6 +317,61 @@ def build_run(
         ) from err
     model = model.to(device=device, dtype=dtype)
     return RunComponents(splits=splits, model=model, method=method, device=device, dtype=dtype)
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` on one line (torch's messages span several)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:400]}{'...' if len(text) > 400 else ''}"
+
+
+def _check_fits_the_data(
+    model: nn.Module, recipe: Recipe, splits: DatasetSplits, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Refuse a model that cannot run on the data's inputs or whose logits do not have one per class.
+
+    One forward pass of two training inputs, in eval mode (no running statistics move) and outside the
+    random stream (the run's draws stay those of a run without the check).
+
+    Raises:
+        RunBuildError: Naming the model, the input shape and the logits shape the data needs.
+    """
+    inputs = move_inputs(splits.train.inputs[:2], device, dtype)
+    shape = "×".join(str(d) for d in input_tensors(inputs)[0].shape)
+    wanted = (len(input_tensors(inputs)[0]), splits.num_classes)
+    label = recipe.model.label
+    try:
+        with torch.random.fork_rng(devices=[]), eval_mode(model), torch.no_grad():
+            logits = logits_of(call_model(model, inputs))
+    except SlimtrainError as err:
+        raise RunBuildError(f"'model': model '{label}': {err}") from err
+    except Exception as err:
+        raise RunBuildError(
+            f"'model': model '{label}' cannot run on the dataset's inputs ({shape}): {_one_line(err)}"
+        ) from err
+    if tuple(logits.shape) != wanted:
+        raise RunBuildError(
+            f"'model': model '{label}' returns logits of shape {tuple(logits.shape)} for inputs of shape "
+            f"{shape}; the dataset '{recipe.data.label}' needs {wanted} (one logit per class of its "
+            f"{splits.num_classes})"
+        )
+
+
+def load_checkpoint_state(comp: RunComponents, state: dict[str, Any], recipe: Recipe, where: Path) -> None:
+    """Load a checkpoint's method state and weights into a freshly built run.
+
+    Raises:
+        CheckpointError: The checkpoint does not fit the model as it is built now (its code or factory
+            changed since the run was trained); the message names the model and the checkpoints.
+    """
+    try:
+        comp.method.load_state_dict(state["method"], comp.model)
+        comp.model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{where}: the checkpoint does not fit model '{recipe.model.label}' as it is built now: its "
+            f"code changed since the run was trained; restore it, or train again ({_one_line(err)})"
+        ) from err
 
 
 def base_model(recipe: Recipe, splits: DatasetSplits) -> tuple[str | ModelFactory, dict[str, Any]]:
@@ -519,8 +590,7 @@ class Trainer:
         # the weights this run started from, as recorded then (the file may have changed since)
         self._init_sha256 = entry.get(INIT_SHA256_KEY, self._init_sha256)
         model, method = self.components.model, self.components.method
-        method.load_state_dict(state["method"], model)
-        model.load_state_dict(state["model"])
+        load_checkpoint_state(self.components, state, self.recipe, self.checkpoints.directory)
         model.to(device=self.components.device, dtype=self.components.dtype)
         method.build_optimizer(model)
         if state["optimizer"]:
