@@ -1,10 +1,17 @@
 """Models inside a wrapper: ``DistributedDataParallel`` / ``DataParallel`` and ``torch.compile``.
 
 A wrapper holds the user's model as a child (``model.module``, ``model._orig_mod``), so every parameter and
-module name gains a prefix. Functions that only read a model accept a wrapper as any module. Functions
-whose result is tied to the names of the base model (saving, ONNX export, export) unwrap it first. Functions
-that copy or replace layers refuse a data-parallel wrapper: a copy would carry its process group, and a
-layer replaced under it would no longer be the one it synchronises.
+module name gains a prefix. One rule:
+
+- Functions that only read a model accept a wrapper as any module (counts, metrics).
+- Results that name layers or parameters of the model (channel plans and groups, masks, gates; saving,
+  ONNX export, export) are named by :func:`unwrap_model`'s model, and functions that later take a model
+  together with such names resolve them on the unwrapped model too, so names computed on a wrapper apply to
+  the model inside it and back. Tracing (DepGraph's hooks) runs on the unwrapped model, which
+  ``torch.compile``'s dynamo never sees.
+- Functions that copy or replace layers refuse a data-parallel wrapper, saying to pass ``model.module``
+  (with the same names): a copy would carry its process group, and a layer replaced under it would no
+  longer be the one it synchronises. A ``torch.compile`` wrapper is copied whole.
 """
 
 from __future__ import annotations

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
 from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
 from slimtrain.layers.replacement import LINEARS, Replacement, select_replaceable
 from slimtrain.layers.sparse import SparseLinear
 
+
+def _csr_refusal(linear: nn.Module) -> str | None:
+    """Why a linear cannot run in CSR form: torch's CPU sparse product has no half-precision kernel."""
+    weight = linear.weight
+    if weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16):
+        return (
+            f"its weight is {weight.dtype} on the CPU, where torch's sparse CSR product has no kernel for "
+            "that dtype; convert the model to float32 first (model.float()) or move it to a CUDA device"
+        )
+    return None
+
+
 # The linears inside a low-rank layer stay dense: the export format records whole layers only.
-_CSR = Replacement("CSR storage", (nn.Linear,), LINEARS, "linear", inside=FACTORIZED_DEPLOYMENT_LAYERS)
+_CSR = Replacement(
+    "CSR storage", (nn.Linear,), LINEARS, "linear", _csr_refusal, inside=FACTORIZED_DEPLOYMENT_LAYERS
+)
 
 
 def to_sparse_linear(
@@ -36,10 +52,13 @@ def to_sparse_linear(
         The converted copy (same function).
 
     Raises:
-        UnsupportedModelError: A layer named in ``layers`` that the rule refuses, a model with no linear the
-            rule allows, or a selected linear whose weight is shared with another module (named).
-        KeyError: A name in ``layers`` that is not a module.
+        UnsupportedModelError: A layer named in ``layers`` that the rule refuses (a half-precision weight on
+            the CPU included), a model with no linear the rule allows, a selected linear whose weight is
+            shared with another module (named), or a parameter or buffer without values (``meta`` device,
+            lazy module).
+        UnknownNameError: Names in ``layers`` that are not modules (a ``BadInputError`` and ``KeyError``).
     """
+    refuse_unmaterialized(model, "to_sparse_linear")
     result = copy_model(model, "to_sparse_linear")
     names = select_replaceable(result, _CSR, layers)
     if layers is None:

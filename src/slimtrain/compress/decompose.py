@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._shared_params import refuse_shared
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule, set_submodule
+from slimtrain.errors import UnknownNameError
 from slimtrain.layers import LowRankLinear, SVDConv2d, TuckerConv2d
 from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
-from slimtrain.layers.replacement import CONVOLUTIONS, LINEARS, Replacement, select_replaceable
+from slimtrain.layers.replacement import CONVOLUTIONS, LINEARS, Replacement, select_replaceable, some_names
 
 
 class FactorizationCostWarning(UserWarning):
@@ -67,6 +69,15 @@ def _warn_if_costlier(
         )
 
 
+def _refuse_unknown_ranks(ranks: Mapping[str, object], names: list[str]) -> None:
+    unknown = sorted(set(ranks) - set(names))
+    if unknown:
+        raise UnknownNameError(
+            f"ranks= given for layers that are not decomposed: {', '.join(map(repr, unknown))}; "
+            f"{some_names(names)}"
+        )
+
+
 def _replace(model: nn.Module, name: str, dense: nn.Module, factored: nn.Module) -> None:
     kept = getattr(dense, KEPT_CHANNELS_ATTR, None)
     if kept is not None:
@@ -107,16 +118,16 @@ def svd_decompose(
         UnsupportedModelError: A layer named in ``layers`` that the rule refuses, a model with nothing to
             factorize, or a selected layer that shares a parameter with another module (factorizing it would
             untie them); the message names the module paths, types and why.
-        KeyError: A name in ``layers`` or ``ranks`` that is not a selected layer.
+        UnknownNameError: A name in ``layers`` or ``ranks`` that is not a selected layer (all named, with
+            some valid ones; a ``BadInputError`` and ``KeyError``).
     """
+    refuse_unmaterialized(model, "svd_decompose")
     operator = _operator("SVD factorization", include_linear or layers is not None)
     result = copy_model(model, "svd_decompose")
     ranks = dict(ranks or {})
     names = select_replaceable(result, operator, layers)
     refuse_shared(result, names, "SVD factorization")
-    unknown = sorted(set(ranks) - set(names))
-    if unknown:
-        raise KeyError(f"ranks given for layers that are not decomposed: {', '.join(unknown)}")
+    _refuse_unknown_ranks(ranks, names)
     for name in names:
         dense = get_submodule(result, name)
         if isinstance(dense, nn.Conv2d):
@@ -171,15 +182,15 @@ def tucker_decompose(
     Raises:
         UnsupportedModelError: A conv named in ``layers`` that the rule refuses (``groups > 1`` included), a
             model with nothing to factorize, or a selected conv that shares a parameter with another module.
-        KeyError: A name in ``layers`` or ``ranks`` that is not a selected layer.
+        UnknownNameError: A name in ``layers`` or ``ranks`` that is not a selected layer (all named, with
+            some valid ones; a ``BadInputError`` and ``KeyError``).
     """
+    refuse_unmaterialized(model, "tucker_decompose")
     result = copy_model(model, "tucker_decompose")
     ranks = dict(ranks or {})
     names = select_replaceable(result, _operator("Tucker factorization", False, _tucker_refusal), layers)
     refuse_shared(result, names, "Tucker factorization")
-    unknown = sorted(set(ranks) - set(names))
-    if unknown:
-        raise KeyError(f"ranks given for layers that are not decomposed: {', '.join(unknown)}")
+    _refuse_unknown_ranks(ranks, names)
     for name in names:
         dense = get_submodule(result, name)
         r_out, r_in = ranks.get(

@@ -63,6 +63,7 @@ def removable_channels(model: nn.Module, group: ChannelGroup) -> list[int]:
     Returns:
         Sorted root channel indices.
     """
+    model = unwrap_model(model)  # groups name the layers of the model inside a wrapper
     produced = torch.zeros(group.size, dtype=torch.bool)  # some producer of the channel is non-zero
     consumed = torch.zeros(group.size, dtype=torch.bool)  # some consumer reads it with a non-zero weight
     has_consumer = False
@@ -205,7 +206,9 @@ def check_same_outputs(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> float:
-    """Check that ``exported`` computes ``compressed``'s outputs on ``inputs``, both in eval mode (modes restored).
+    """Check that ``exported`` computes ``compressed``'s outputs on ``inputs``, both in eval mode.
+
+    Every sub-module's training flag is restored after the check.
 
     Outputs are compared leaf by leaf as pytrees: a tensor, or tuples, lists, dicts, dataclasses and Hugging
     Face ``ModelOutput`` objects of tensors (docs/export.md#model-inputs-and-outputs).

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from slimtrain import __version__ as slimtrain_version
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._wrappers import unwrap_model
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, get_submodule, set_submodule
 from slimtrain.errors import ExportFormatError, FactoryImportError, UnknownNameError, UnsupportedModelError
@@ -60,7 +61,8 @@ def _sha256(path: Path) -> str:
 def _build_base(base: str | ModelFactory, kwargs: Mapping[str, Any]) -> nn.Module:
     from slimtrain.models.factory import build_model  # lazily: importing the zoo registers every model
 
-    return build_model(base, kwargs)
+    # A factory may return its model wrapped (torch.compile): the manifest names the model inside.
+    return unwrap_model(build_model(base, kwargs))
 
 
 def architecture_changes(base: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
@@ -162,7 +164,8 @@ def save_exported(
         path: Directory to create.
         base: The uncompressed architecture: a ``slimtrain.models`` registry name, or a factory callable
             (recorded by its import path ``"module:qualname"``; :func:`load_exported` imports it again when
-            it is importable, otherwise it must be passed to it).
+            it is importable, otherwise it must be passed to it). A model it returns inside a wrapper
+            (``torch.compile``) is unwrapped, as ``model`` is.
         base_kwargs: Keyword arguments of the registry's ``create_model`` or of the factory.
         recipe: The recipe (configuration) that produced the model, JSON-serialisable.
         manifest_extra: Further JSON-serialisable fields (metrics, provenance) stored under ``"extra"``.
@@ -183,6 +186,7 @@ def save_exported(
     """
     path = Path(path)
     model = unwrap_model(model)  # stored under the base model's names, not its wrapper's
+    refuse_unmaterialized(model, "save_exported")
     finish_interrupted_save(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -412,11 +416,11 @@ def _base_of(path: Path, manifest: dict[str, Any], factory: ModelFactory | None)
         except FactoryImportError as error:
             raise FactoryImportError(
                 f"{path} was saved from a factory that cannot be imported here: {error}; install its "
-                "package or pass it as load_exported(..., factory=...)"
+                "package, or pass it as slimtrain.load(path, factory=...)"
             ) from error
     raise ExportFormatError(
         f"{path} was saved from the factory {entry.get('factory')!r}; "
-        "pass it as load_exported(..., factory=...)"
+        "pass it as slimtrain.load(path, factory=...)"
     )
 
 

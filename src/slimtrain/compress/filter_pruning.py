@@ -10,6 +10,9 @@ BatchNorm γ/β and the consumers' input weights are zeroed) or **physically** (
 Because the consumers' inputs are masked too, both compute the same function. The SFW reference code masks
 only the conv weight, leaving the BatchNorm shift β as a constant in the "pruned" channel; that variant
 cannot be exported as a smaller model and is not reproduced here.
+
+Plans and masks name the layers of the unwrapped model (:mod:`slimtrain._wrappers`): a plan computed on a
+``DataParallel`` or ``torch.compile`` wrapper applies to ``model.module`` / the wrapper alike.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch.nn.utils import parametrize, prune
 
 from slimtrain._model_io import ModelInputs, call_model, compare_outputs, eval_mode
 from slimtrain._shared_params import refuse_shared
+from slimtrain._wrappers import refuse_data_parallel, unwrap_model
 from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_submodule
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight_channel_axis
 from slimtrain.compress.masks import apply_masks
@@ -81,6 +85,7 @@ def channels_kept(size: int, fraction: float, round_to: int | None = None) -> in
 
 def group_l1_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """L1 norm of each root channel, summed over the output-channel weights of the group's convs/linears."""
+    model = unwrap_model(model)
     scores = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
         module = get_submodule(model, member.module)
@@ -118,9 +123,10 @@ def filter_pruning_plan(
         UnsupportedChannelFlowError: The model has zero-padding shortcuts, recurrent layers or other channel
             flow the dependency graph cannot follow.
         UnsupportedModelError: ``fraction > 0`` and no channel group can be pruned (no conv, or every conv
-            feeds the output), or a group touches a re-parametrized layer (``weight_norm``, ``prune``); the
-            message names the layers.
+            feeds a model output or a layer's input side fed by a model input), or a group touches a
+            re-parametrized layer (``weight_norm``, ``prune``); the message names the layers.
     """
+    model = unwrap_model(model)  # the plan names the layers of the user's model
     root_types: tuple[type[nn.Module], ...] = (_ConvNd, nn.Linear) if include_linear else (_ConvNd,)
     groups = coupled_channel_groups(
         model, example_inputs, root_types=root_types, ignored_layers=ignored_layers
@@ -143,7 +149,10 @@ def _refuse_nothing_prunable(model: nn.Module, root_types: tuple[type[nn.Module]
     roots = [f"{n!r} ({type(m).__qualname__})" for n, m in model.named_modules() if isinstance(m, root_types)]
     if roots:
         shown = ", ".join(roots[:6]) + (", ..." if len(roots) > 6 else "")
-        why = f"the output channels of every {kinds} ({shown}) reach the model's output or an ignored layer"
+        why = (
+            f"the output channels of every {kinds} ({shown}) are channels of a model output, of a model "
+            "input (a layer applied to its own output) or of an ignored layer"
+        )
     else:
         why = f"{type(model).__qualname__} has no {kinds}"
     hint = ""
@@ -174,7 +183,11 @@ def _refuse_reparametrized(model: nn.Module, groups: Sequence[ChannelGroup]) -> 
 
 
 def channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> dict[str, torch.Tensor]:
-    """Return the parameter keep-masks that realise ``plan`` on ``model`` (see module docstring)."""
+    """Return the parameter keep-masks that realise ``plan`` on ``model`` (see module docstring).
+
+    Named by the unwrapped model, as the plan.
+    """
+    model = unwrap_model(model)
     masks: dict[str, torch.Tensor] = {}
 
     def drop(name: str, param: torch.Tensor, axis: int, indices: list[int]) -> None:
@@ -204,10 +217,12 @@ def apply_channel_masks(model: nn.Module, plan: ChannelPruningPlan) -> nn.Module
 
     Raises:
         UnsupportedModelError: The plan touches a layer whose parameter is shared (tied) with another module:
-            its channels cannot be removed consistently; the message names both module paths.
+            its channels cannot be removed consistently; the message names both module paths. Or ``model`` is
+            a data-parallel wrapper: pass ``model.module`` (the same plan applies).
     """
+    refuse_data_parallel(model, "apply_channel_masks")
     touched = sorted({s.module for selection in plan.selections for s in selection.slices})
-    refuse_shared(model, touched, "filter pruning")
+    refuse_shared(unwrap_model(model), touched, "filter pruning")
     return apply_masks(model, channel_masks(model, plan))
 
 
@@ -225,7 +240,8 @@ def remove_channels(
     own kept channels composed with any earlier thinning) that :func:`save_exported` records.
 
     Args:
-        model: The trained (unmasked or masked) model, unchanged.
+        model: The trained (unmasked or masked) model, unchanged; not a data-parallel wrapper (pass
+            ``model.module``: a plan computed on the wrapper applies to it).
         plan: A plan computed on ``model`` (or a model of the same architecture).
         example_inputs: Input(s) to trace the model with and to verify the result on: a tensor, a tuple of
             positional inputs or a dict of keyword inputs (docs/export.md#model-inputs-and-outputs).
@@ -241,18 +257,20 @@ def remove_channels(
         UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
     """
     result = copy_model(model, "remove_channels")
+    # Thinned inside its wrapper (torch.compile), verified unwrapped: the plan names the user's model.
+    model, thinned = unwrap_model(model), unwrap_model(result)
     originals = {
         (s.module, s.dim): _size(get_submodule(model, s.module), s.dim)
         for selection in plan.selections
         for s in selection.slices
     }
-    remove_channels_in_place(result, example_inputs, [(s.group.root, s.pruned) for s in plan.selections])
+    remove_channels_in_place(thinned, example_inputs, [(s.group.root, s.pruned) for s in plan.selections])
     removed: dict[tuple[str, str], set[int]] = {}
     for selection in plan.selections:
         for s in selection.slices:
             removed.setdefault((s.module, s.dim), set()).update(s.indices)
     for (name, dim), indices in removed.items():
-        module = get_submodule(result, name)
+        module = get_submodule(thinned, name)
         kept_now = [i for i in range(originals[(name, dim)]) if i not in indices]
         record = dict(getattr(module, KEPT_CHANNELS_ATTR, {}))
         previous = record.get(dim)
@@ -261,7 +279,7 @@ def remove_channels(
     if verify:
         expected = _outputs(apply_channel_masks(model, plan), example_inputs)
         try:
-            actual = _outputs(result, example_inputs)
+            actual = _outputs(thinned, example_inputs)
         except RuntimeError as error:
             raise RuntimeError(
                 f"channel removal produced a model that fails on the example input: {error}"

@@ -15,7 +15,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from slimtrain._materialized import refuse_unmaterialized
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress.masks import apply_masks
+from slimtrain.errors import BadInputError, UnsupportedModelError
 from slimtrain.layers.prunable import prunable_weights
 from slimtrain.pruning import magnitude
 
@@ -34,16 +37,22 @@ def population_parameters(
     (:func:`~slimtrain.compress.apply_masks`) leaves a plain weight in the copy.
 
     Args:
-        model: The model.
+        model: The model; a wrapped one (``DataParallel``, ``torch.compile``) is read unwrapped.
         population: ``"prunable"`` or ``"all"`` (every parameter).
 
     Returns:
-        Name → tensor, in ``named_parameters`` order.
+        Name → tensor, in ``named_parameters`` order, named by the unwrapped model (as masks are).
+
+    Raises:
+        BadInputError: An unknown population.
+        UnsupportedModelError: A tensor without values (``meta`` device, lazy module), named.
     """
+    model = unwrap_model(model)
+    refuse_unmaterialized(model, "magnitude pruning")
     if population == "all":
         return dict(model.named_parameters())
     if population != "prunable":
-        raise ValueError(f"population must be 'prunable' or 'all', got {population!r}")
+        raise BadInputError(f"population must be 'prunable' or 'all', got {population!r}")
     return prunable_weights(model)
 
 
@@ -62,7 +71,10 @@ def global_magnitude_masks(
     """
     params = population_parameters(model, population)
     if not params:
-        raise ValueError(f"model has no parameters in population {population!r}")
+        raise UnsupportedModelError(
+            f"{type(unwrap_model(model)).__qualname__} has no parameters in population {population!r}: "
+            "nothing to prune"
+        )
     total = sum(p.numel() for p in params.values())
     return magnitude.smallest_magnitude_masks(params, magnitude.removal_count(total, sparsity))
 

@@ -3,6 +3,7 @@
 A mask dictionary maps a parameter name (as in ``model.named_parameters()``) to a boolean tensor of the same
 shape, ``True`` where the entry is kept. Applying masks is the sparsity core's
 (:class:`slimtrain.pruning.MaskSet`); this module names its copy semantics for the compression operators.
+Names are those of the unwrapped model (:mod:`slimtrain._wrappers`), for a model inside a wrapper too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from slimtrain._wrappers import copy_model
+from slimtrain._wrappers import copy_model, unwrap_model
 from slimtrain.layers.prunable import make_plain
 from slimtrain.pruning.masks import MaskSet
 
@@ -25,8 +26,10 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
     re-parametrizations are left behind).
 
     Args:
-        model: The model (not modified).
-        masks: Parameter name → boolean keep-mask of the parameter's shape; a shared (tied) parameter may be
+        model: The model (not modified). A ``torch.compile`` wrapper is copied whole; a data-parallel wrapper
+            is refused: pass ``model.module``, to which masks computed on the wrapper apply.
+        masks: Parameter name of the unwrapped model (:func:`~slimtrain._wrappers.unwrap_model`) → boolean
+            keep-mask of the parameter's shape; a shared (tied) parameter may be
             named by any of its names, and its mask holds for all of them. A computed weight (a
             ``torch.nn.utils.parametrize`` parametrization such as ``weight_norm``, or a
             ``torch.nn.utils.prune`` mask) is named ``"<module>.<name>"``: its current value becomes a plain
@@ -39,8 +42,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
     Raises:
         KeyError: If a mask names neither a parameter nor a computed weight of the model.
         ValueError: If a mask's shape differs from its parameter's.
+        UnsupportedModelError: If ``model`` is a data-parallel wrapper.
     """
-    return MaskSet(model, masks).applied_to_copy()
+    result = copy_model(model, "apply_masks")
+    MaskSet(unwrap_model(result), masks).apply_()
+    return result
 
 
 def fold_masks(model: nn.Module) -> nn.Module:

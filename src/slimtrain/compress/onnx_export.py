@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._model_io import (
     ModelInputs,
     Tolerance,
@@ -89,8 +90,8 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset_version: int | None = None,
     verify: bool = True,
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     preprocessing: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -113,8 +114,10 @@ def export_onnx(
         opset_version: ONNX opset; the exporter's default when None.
         verify: Run the file with onnxruntime on ``example_input`` and compare every output tensor with
             PyTorch's, flattened in pytree order (a dict or ``ModelOutput`` in key order).
-        rtol: Relative tolerance of the check.
-        atol: Absolute tolerance of the check, scaled by max(1, max|output|).
+        rtol: Relative tolerance of the check; default by the outputs' dtype (:func:`default_tolerance`:
+            1e-4 in float32, 10 machine epsilons in half precision).
+        atol: Absolute tolerance of the check, scaled by max(1, max|output|); default by the outputs' dtype
+            (1e-5 in float32, 10 machine epsilons in half precision).
         preprocessing: How inputs must be prepared (see :func:`~slimtrain.compress.save_exported`), stored
             as JSON in the file's ``metadata_props`` under :data:`PREPROCESSING_METADATA_KEY`; default the
             model's ``slimtrain_preprocessing`` attribute (a model from ``load_exported``) when it has one.
@@ -127,9 +130,14 @@ def export_onnx(
         OnnxMismatchError: If ``verify`` and the outputs differ (the file is not written then).
         UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare, or if
             ``torch.onnx`` (through ``torch.export``) cannot export the model; the message gives the cause.
+            Also, at the call, a parameter or buffer without values (``meta`` device, lazy module), and with
+            ``verify`` a ``bfloat16`` parameter, buffer or input, which onnxruntime's CPU provider cannot run.
     """
     path = Path(path)
     model = unwrap_model(model)  # the graph of the user's model, not of its DDP / torch.compile wrapper
+    refuse_unmaterialized(model, "export_onnx")
+    if verify:
+        _refuse_unverifiable(model, example_input)
     exported = copy_model(model, "export_onnx").eval()
     for name, module in list(exported.named_modules()):
         if isinstance(module, SparseLinear):
@@ -170,7 +178,11 @@ def export_onnx(
             program.model.metadata_props.update(properties)
             program.save(str(tmp), external_data=False)
             if verify:
-                _check_onnxruntime(tmp, path, example_input, expected, rtol, atol)
+                default = default_tolerance(expected)
+                tolerance = Tolerance(
+                    rtol=default.rtol if rtol is None else rtol, atol=default.atol if atol is None else atol
+                )
+                _check_onnxruntime(tmp, path, example_input, expected, tolerance)
         apply_umask(tmp)  # mkstemp made it owner-only
         os.replace(tmp, path)
     finally:
@@ -202,8 +214,40 @@ def _batch_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     return {name: spec(value) for name, value in bound.arguments.items()}
 
 
+def default_tolerance(outputs: Any) -> Tolerance:
+    """The check's tolerance for these model outputs: by the least precise floating dtype among them.
+
+    float32 and float64: ``rtol=1e-4``, ``atol=1e-5``. float16 and bfloat16, whose every product is rounded
+    to 11 or 8 significant bits: 10 machine epsilons for both (about 1e-2 and 8e-2).
+    """
+    tensors = [tensor for _, tensor in flatten_tensors(outputs) if tensor.is_floating_point()]
+    eps = max((torch.finfo(tensor.dtype).eps for tensor in tensors), default=0.0)
+    if eps <= torch.finfo(torch.float32).eps:
+        return Tolerance()
+    return Tolerance(rtol=10 * eps, atol=10 * eps)
+
+
+def _refuse_unverifiable(model: nn.Module, example_input: ModelInputs) -> None:
+    """Refuse, before exporting, a bfloat16 tensor: onnxruntime's CPU provider has no kernels for it."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    found = next(((name, t) for name, t in named if t.dtype == torch.bfloat16), None)
+    if found is not None:
+        path = found[0].rpartition(".")[0]
+        owner = type(model.get_submodule(path)).__qualname__
+        where = f"{found[0]!r} of module {path or '<root>'!r} ({owner})"
+    elif any(t.dtype == torch.bfloat16 for t in input_tensors(example_input)):
+        where = "an input tensor"
+    else:
+        return
+    raise UnsupportedModelError(
+        f"export_onnx: {where} is torch.bfloat16, which onnxruntime's CPU provider cannot run, so the export "
+        "cannot be checked; export a float32 copy (model.float() and float32 inputs), or pass verify=False "
+        "to write the file unchecked"
+    )
+
+
 def _check_onnxruntime(
-    path: Path, target: Path, example_input: ModelInputs, expected: Any, rtol: float, atol: float
+    path: Path, target: Path, example_input: ModelInputs, expected: Any, tolerance: Tolerance
 ) -> None:
     import onnxruntime
 
@@ -232,6 +276,6 @@ def _check_onnxruntime(
     # onnxruntime returns the flattened outputs in pytree order: rebuild PyTorch's structure around them.
     rebuilt = {name: torch.from_numpy(array) for (name, _), array in zip(reference, actual, strict=True)}
     try:
-        compare_outputs(dict(reference), rebuilt, Tolerance(rtol=rtol, atol=atol), error=OnnxMismatchError)
+        compare_outputs(dict(reference), rebuilt, tolerance, error=OnnxMismatchError)
     except OnnxMismatchError as error:
         raise OnnxMismatchError(f"onnxruntime differs from PyTorch for {target}: {error}") from None

@@ -6,6 +6,9 @@ operation the dependency graph would mis-model: DepGraph treats any unknown oper
 concatenations with constant tensors; removing channels through them would produce a model that crashes or
 computes something else, so such models are refused with :class:`UnsupportedChannelFlowError`, as are models
 with recurrent layers (whose tracing DepGraph gets wrong).
+
+A model inside a wrapper (``DataParallel``, ``torch.compile``) is traced unwrapped (dynamo must not see the
+tracing hooks), and its groups name the layers of the unwrapped model (:mod:`slimtrain._wrappers`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +27,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
 from slimtrain._model_io import call_model, flatten_tensors, kept_training_modes
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice
 from slimtrain.errors import UnsupportedChannelFlowError
 
@@ -107,6 +112,7 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
     Raises:
         UnsupportedChannelFlowError: Naming each offending operation and the module it runs in.
     """
+    model = unwrap_model(model)
     recurrent = [
         f"{name!r} ({type(m).__qualname__})"
         for name, m in model.named_modules()
@@ -148,27 +154,79 @@ def check_channel_flow(model: nn.Module, example_inputs: Any) -> None:
         )
 
 
-def _build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+@dataclass(frozen=True)
+class _Boundary:
+    """Where the traced graph meets the model's inputs and outputs, which no channel removal may change.
+
+    Attributes:
+        output_nodes: The graph nodes computing a tensor the model returns (every output tensor).
+        fed_by_input: The layers called at least once on a tensor no parameter computes (a model input, or
+            a function of the inputs alone): DepGraph sees no producer whose channels could follow theirs.
+    """
+
+    output_nodes: frozenset[Any]
+    fed_by_input: frozenset[nn.Module]
+
+
+def _build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, _Boundary]:
     installed = importlib.metadata.version("torch-pruning")  # tp.__version__ of 1.6.1 still reads "1.6.0"
     if installed != TESTED_TORCH_PRUNING_VERSION:
         raise RuntimeError(f"torch-pruning {TESTED_TORCH_PRUNING_VERSION} is required, found {installed}")
     check_channel_flow(model, example_inputs)
-    with _traced(model):
-        return tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=example_inputs,
-            forward_fn=call_model,
-            output_transform=_output_tensors,
-            verbose=False,
-        )
+    produced: dict[Any, nn.Module] = {}  # grad_fn of every layer call's output -> the layer
+    fed_by_input: set[nn.Module] = set()
+    output_grad_fns: list[Any] = []
+
+    def record_input(module: nn.Module, inputs: Any) -> None:
+        if any(t.grad_fn is None for _, t in flatten_tensors(inputs) if t.is_floating_point()):
+            fed_by_input.add(module)
+
+    def record_output(module: nn.Module, _inputs: Any, output: Any) -> None:
+        for _, tensor in flatten_tensors(output):
+            produced[tensor.grad_fn] = module  # the outermost layer last, as DepGraph records it
+
+    def outputs(output: Any) -> list[torch.Tensor]:
+        tensors = _output_tensors(output)
+        output_grad_fns.extend(t.grad_fn for t in tensors if t.grad_fn is not None)
+        return tensors
+
+    layers = [m for m in model.modules() if isinstance(m, _registered_layer_types())]
+    handles = [m.register_forward_pre_hook(record_input) for m in layers]
+    handles += [m.register_forward_hook(record_output) for m in layers]
+    try:
+        with _traced(model):
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_inputs,
+                forward_fn=call_model,
+                output_transform=outputs,
+                verbose=False,
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    node_of = {node.grad_fn: node for node in graph.module2node.values()}
+    output_nodes = {graph.module2node.get(produced.get(g)) or node_of.get(g) for g in output_grad_fns}
+    return graph, _Boundary(frozenset(output_nodes - {None}), frozenset(fed_by_input))
 
 
-def _reaches_output(graph: tp.DependencyGraph, group: Any) -> bool:
+def _passes_channels(module: Any) -> bool:
+    """Whether the node's output channels are its input channels (everything but conv and linear layers)."""
+    if isinstance(module, _ConvNd):
+        return module.groups > 1  # depthwise (other grouped convs are refused by _members)
+    return not isinstance(module, nn.Linear)
+
+
+def _touches_model_boundary(graph: tp.DependencyGraph, boundary: _Boundary, group: Any) -> bool:
+    """Whether removing the group would change the width of a model output or of a model input."""
     for dep, _ in group:
         node = dep.target
-        if node.type == tp.ops.OPTYPE.OUTPUT:
+        out_side = graph.is_out_channel_pruning_fn(dep.handler)
+        if node.type == tp.ops.OPTYPE.OUTPUT or (out_side and not node.outputs):
             return True
-        if graph.is_out_channel_pruning_fn(dep.handler) and not node.outputs:
+        if node in boundary.output_nodes and (out_side or _passes_channels(node.module)):
+            return True
+        if node.module in boundary.fed_by_input and (not out_side or _passes_channels(node.module)):
             return True
     return False
 
@@ -228,11 +286,13 @@ def coupled_channel_groups(
 ) -> list[ChannelGroup]:
     """Return every prunable group of coupled channels, rooted at layers of ``root_types``.
 
-    Groups whose channels reach the model's output (e.g. the classifier's logits) or touch an ignored layer's
-    output channels are left out.
+    Groups are left out when they hold channels of a model output (any tensor the model returns, e.g. the
+    classifier's logits or a returned hidden state), input channels of a layer fed by a model input (a
+    layer applied to its own output), or an ignored layer's output channels.
 
     Args:
-        model: The model (unchanged).
+        model: The model (unchanged); a wrapped model is traced unwrapped, and the groups name the layers
+            of :func:`~slimtrain._wrappers.unwrap_model`'s model.
         example_inputs: An input tensor, a tuple of positional inputs or a dict of keyword inputs used to
             trace the model.
         root_types: Layer types whose output channels may be pruned.
@@ -244,13 +304,14 @@ def coupled_channel_groups(
     Raises:
         UnsupportedChannelFlowError: The model cannot be pruned structurally (see :func:`check_channel_flow`).
     """
-    graph = _build_graph(model, example_inputs)
+    model = unwrap_model(model)
+    graph, boundary = _build_graph(model, example_inputs)
     ignored = [model.get_submodule(name) for name in ignored_layers]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     groups = []
     with _traced(model):
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=root_types):
-            if _reaches_output(graph, group):
+            if _touches_model_boundary(graph, boundary, group):
                 continue
             root = group[0].dep.target.module
             groups.append(ChannelGroup(graph._module2name[root], len(group[0].idxs), _members(graph, group)))
@@ -263,12 +324,14 @@ def remove_channels_in_place(
     """Physically remove, in ``model`` itself, the given root channels and every channel coupled to them.
 
     Args:
-        model: The model to thin (modified).
+        model: The model to thin (modified); a wrapped model is thinned inside its wrapper.
         example_inputs: An input tensor, a tuple of positional inputs or a dict of keyword inputs used to
             trace the model.
-        selections: ``(root layer name, root channel indices to remove)`` pairs, one per group.
+        selections: ``(root layer name, root channel indices to remove)`` pairs, one per group, named by the
+            unwrapped model.
     """
-    graph = _build_graph(model, example_inputs)
+    model = unwrap_model(model)
+    graph, _ = _build_graph(model, example_inputs)
     with _traced(model):
         for root_name, channels in selections:
             if not channels:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from slimtrain._config import is_int, is_real, with_options
+from slimtrain._materialized import refuse_sparse_gradients, refuse_unmaterialized
 from slimtrain.errors import BadInputError
 from slimtrain.fw.base import CONSTRAINT_SETS, ConstraintSet, VectorKConstraintSet, resolve_k
 from slimtrain.fw.ksupport import GroupKSupportNormBall
@@ -190,7 +191,10 @@ def build_constraints(
     Raises:
         TypeError: an option that is not a field of :class:`ConstraintsConfig` (named, with the valid ones),
             or the mode given twice.
-        ValueError: an invalid option (naming the field), or a model without trainable parameters.
+        ValueError: an invalid option (naming the field).
+        BadInputError: a model without trainable parameters (also a ``ValueError``).
+        UnsupportedModelError: a parameter or buffer without values (``meta`` device, lazy module), or a
+            trained embedding with ``sparse=True`` (SFW's step needs dense gradients); the module is named.
         BadInputError: ``radii`` names parameters the model does not train (all of them named); also a
             ``ValueError``.
     """
@@ -201,9 +205,14 @@ def build_constraints(
     cfg = with_options(ConstraintsConfig, config, options, "build_constraints")
     mode, set_name = cfg.mode, cfg.set_name
 
+    refuse_unmaterialized(model, "build_constraints")
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not params:
-        raise ValueError("build_constraints: the model has no trainable parameters")
+        raise BadInputError(
+            f"build_constraints: {type(model).__qualname__} has no trainable parameters (none, or all with "
+            "requires_grad=False): SFW has nothing to constrain"
+        )
+    refuse_sparse_gradients(model, "SFW")
     structured = _structured_weights(model) if mode != "unstructured" else set()
     families: dict[str, list[tuple[str, Tensor]]] = {"structured": [], "other": []}
     for name, param in params:

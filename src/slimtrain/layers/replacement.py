@@ -32,7 +32,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
 from slimtrain._wrappers import unwrap_model
-from slimtrain.errors import BadInputError, UnsupportedModelError
+from slimtrain.errors import BadInputError, UnknownNameError, UnsupportedModelError
 from slimtrain.registry import Registry
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "register_replaceable_subclass",
     "replacement_refusal",
     "select_replaceable",
+    "some_names",
 ]
 
 REPLACEABLE_SUBCLASSES: Registry[type[nn.Module]] = Registry("replaceable layer subclass")
@@ -190,6 +191,15 @@ def replacement_refusal(
     return operator.check(module) if operator.check is not None else None
 
 
+def some_names(names: Iterable[str], limit: int = 8) -> str:
+    """``"valid names: 'a', 'b', ... (N in all)"``: a few of ``names`` for an unknown-name message."""
+    names = list(names)
+    if not names:
+        return "it has none"
+    shown = ", ".join(map(repr, names[:limit]))
+    return f"valid names: {shown}" + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _parents(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
     """``path → (parent path, parent)`` for every sub-module of ``model``."""
     return {
@@ -222,7 +232,8 @@ def select_replaceable(
         The selected paths, in ``named_modules`` order for the default selection.
 
     Raises:
-        KeyError: A named layer does not exist.
+        UnknownNameError: Named layers that do not exist (all of them, with some of the layers the operator
+            replaces; a ``BadInputError`` and ``KeyError``).
         UnsupportedModelError: A named layer fails the rule (its path, type, the reason and what to do), or
             nothing is left to replace (every layer of the family, each with its reason).
     """
@@ -232,11 +243,16 @@ def select_replaceable(
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:  # the second time, the replacement itself would be replaced
             raise BadInputError(f"{operator.what}: layers= names {', '.join(map(repr, repeated))} twice")
+        modules = dict(model.named_modules(remove_duplicate=False))
+        unknown = [name for name in names if name not in modules]
+        if unknown:
+            valid = [path for path, module in modules.items() if path and _in_family(module, operator.family)]
+            raise UnknownNameError(
+                f"{operator.what}: layers= names {', '.join(map(repr, unknown))}, which "
+                f"{type(model).__qualname__} does not have; {some_names(valid)}"
+            )
         for name in names:
-            try:
-                module = model.get_submodule(name)
-            except AttributeError as error:
-                raise KeyError(f"model has no sub-module named {name!r}") from error
+            module = modules[name]
             parent_path, parent = parents.get(name, ("", None))
             reason = replacement_refusal(operator, name, module, parent, parent_path)
             if reason is not None:

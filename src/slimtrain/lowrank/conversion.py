@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from slimtrain._config import is_int, is_real, with_options
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._shared_params import refuse_shared
 from slimtrain._wrappers import refuse_data_parallel
 from slimtrain.layers.factor_base import RankConfig, TuckerFactorizedLayer
@@ -165,7 +167,8 @@ def convert_to_lowrank(
     allow (a subclass with its own ``forward``, a grouped convolution, the ``out_proj`` of an
     ``nn.MultiheadAttention``, a parametrized weight, a ``Conv1d``...) is left dense and named in one
     :class:`~slimtrain.layers.replacement.LayersLeftDenseWarning`, unless ``skip`` names it. New layers
-    are created on the replaced layer's device and dtype.
+    are created on the replaced layer's device and dtype; a half-precision layer is factorized in float32
+    and its factors are stored in its dtype, as :func:`slimtrain.compress.svd_decompose` does.
     ``convert_to_lowrank(model, ConversionConfig(conv="matrix", rank=RankConfig(rank_fraction=0.3)))`` and
     ``convert_to_lowrank(model, conv="matrix", rank_fraction=0.3)`` are the same call: the options are the
     fields of :class:`ConversionConfig` and, as keywords, those of its ``rank`` (all but ``min_rank``).
@@ -191,6 +194,7 @@ def convert_to_lowrank(
             (convert ``model.module`` before wrapping it). Nothing is converted then.
     """
     refuse_data_parallel(model, "convert_to_lowrank")
+    refuse_unmaterialized(model, "convert_to_lowrank")
     cfg = _with_conversion_options(config, options)
     modules = dict(model.named_modules())
     unknown = set(cfg.skip) - modules.keys()
@@ -213,6 +217,9 @@ def convert_to_lowrank(
         dense = modules[name]
         if cfg.init == "random":
             dense = _fresh_copy(dense)
+        dtype = dense.weight.dtype
+        if dtype in _HALF:  # no QR/SVD kernels in half precision: factorize in float32, store in its dtype
+            dense = copy.deepcopy(dense).float()
         try:
             if isinstance(dense, nn.Conv2d):
                 new = conv_class.from_conv(dense, conv_ranks, tau=cfg.tau, name=name)
@@ -220,9 +227,13 @@ def convert_to_lowrank(
                 new = MatrixFactorizedLinear.from_linear(dense, matrix_ranks, tau=cfg.tau)
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from error
+        new.to(dtype)
         _set_submodule(model, name, new)
         replaced[name] = new
     return replaced
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _operator(cfg: ConversionConfig) -> Replacement:

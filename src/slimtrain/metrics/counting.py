@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain.layers.prunable import prunable_weight_names
 from slimtrain.metrics.factorized import FactorizedLayer
 from slimtrain.metrics.populations import Population, Role, resolve_population
@@ -134,9 +135,11 @@ def count_tensors(model: nn.Module, population: str | Population = "all") -> lis
         One :class:`TensorCount` per counted tensor.
 
     Raises:
-        ValueError: If a factorized layer reports a dense size smaller than its bias, or the population
-            names modules the model lacks.
+        ValueError: If a factorized layer reports a dense size smaller than its bias.
+        UnknownNameError: The population names modules the model lacks (a ``BadInputError``).
+        UnsupportedModelError: A parameter or buffer without values (``meta`` device, lazy module).
     """
+    refuse_unmaterialized(model, "parameter counting")
     pop = resolve_population(population)
     pop.validate(model)
     seen: set[int] = set()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import slimtrain
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._model_io import batch_size, call_model, eval_mode, input_tensors, map_tensors
 from slimtrain.metrics.macs import ExampleInput
 
@@ -143,7 +144,11 @@ def measure_latency(
 
     Returns:
         The :class:`LatencyResult`.
+
+    Raises:
+        UnsupportedModelError: A parameter or buffer without values (``meta`` device, lazy module).
     """
+    refuse_unmaterialized(model, "measure_latency")
     if warmup < 0 or iters < 1 or min_time_s < 0:
         raise ValueError(
             f"need warmup >= 0, iters >= 1, min_time_s >= 0; got {warmup}, {iters}, {min_time_s}"

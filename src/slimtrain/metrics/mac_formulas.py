@@ -94,9 +94,10 @@ def theoretical_speedup(macs_dense: float, macs_effective: float) -> float:
     """theoretical_speedup = macs_dense / macs_effective (docs/metrics.md#macs).
 
     Warns (``UserWarning``) when the result is below 1, which happens for factorizations at high rank.
+    ``inf`` when the compressed model runs no MACs, NaN when neither model does (0/0).
     """
     if macs_effective <= 0:
-        return math.inf
+        return math.inf if macs_dense > 0 else math.nan
     speedup = macs_dense / macs_effective
     if speedup < 1:
         warnings.warn(

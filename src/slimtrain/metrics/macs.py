@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._model_io import ModelInputs, batch_size, call_model, eval_mode
 from slimtrain.metrics.counting import DENSE_LAYER_TYPES, effective_weight, factorized_modules
 from slimtrain.metrics.mac_formulas import FLOP_FORMULAS
@@ -93,7 +94,11 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> MacsCount:
 
     Returns:
         The :class:`MacsCount`, per sample.
+
+    Raises:
+        UnsupportedModelError: A parameter or buffer without values (``meta`` device, lazy module).
     """
+    refuse_unmaterialized(model, "count_macs")
     batch = batch_size(example_input)
     factorized = factorized_modules(model)
     per_layer: dict[str, int] = {}

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain._model_io import batch_size, call_model, flatten_tensors
 from slimtrain.metrics.macs import ExampleInput
 
@@ -86,7 +87,11 @@ def measure_peak_memory(
     Returns:
         The :class:`PeakMemory` (``peak_memory_bytes_train`` / ``peak_memory_bytes_eval`` of
         docs/metrics.md#summarize is its ``peak_bytes``).
+
+    Raises:
+        UnsupportedModelError: A parameter or buffer without values (``meta`` device, lazy module).
     """
+    refuse_unmaterialized(model, "measure_peak_memory")
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     device = torch.device(device)

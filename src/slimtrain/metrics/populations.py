@@ -19,6 +19,9 @@ from typing import Literal
 
 from torch import nn
 
+from slimtrain.errors import UnknownNameError
+from slimtrain.layers.replacement import some_names
+
 Role = Literal["weight", "factors", "bias", "other"]
 """What a counted tensor is: a prunable weight, the factors of a factorized layer, a bias, or other."""
 
@@ -49,11 +52,17 @@ class Population:
         return "compressed: " + ", ".join(self.modules)
 
     def validate(self, model: nn.Module) -> None:
-        """Raise ``ValueError`` naming every listed module that ``model`` does not contain."""
-        names = {n for n, _ in model.named_modules()}
-        missing = [m for m in self.modules if m not in names]
+        """Raise :class:`~slimtrain.errors.UnknownNameError` naming every listed module ``model`` lacks.
+
+        The message also lists some of the model's module names (a ``BadInputError`` and ``KeyError``).
+        """
+        names = [n for n, _ in model.named_modules() if n]
+        missing = [m for m in self.modules if m not in names and m != ""]
         if missing:
-            raise ValueError(f"population {self.describe()!r}: no module named {', '.join(missing)} in model")
+            raise UnknownNameError(
+                f"population {self.describe()!r}: {type(model).__qualname__} has no module named "
+                f"{', '.join(map(repr, missing))}; {some_names(names)}"
+            )
 
     def includes(self, role: Role, module_name: str, model: nn.Module) -> bool:
         """Whether a tensor of the given role, owned by ``module_name`` in ``model``, belongs here."""

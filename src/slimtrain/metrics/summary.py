@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from torch import nn
 
+from slimtrain._materialized import refuse_unmaterialized
 from slimtrain.metrics.counting import (
     ParameterTotals,
     count_parameters,
@@ -21,7 +23,6 @@ from slimtrain.metrics.effective_sparsity import effective_sparsity, is_relu_mlp
 from slimtrain.metrics.mac_formulas import theoretical_speedup
 from slimtrain.metrics.macs import ExampleInput, count_macs
 from slimtrain.metrics.populations import Population
-from slimtrain.metrics.ratios import compression_ratio, storage_fraction
 
 ModelState = Literal["masked", "exported"]
 
@@ -54,6 +55,8 @@ def summarize(
 
     Sparsities count zeros only (a factorized layer contributes the zeros of its factors); what a model
     saves by storing fewer entries is ``storage_fraction_*`` = N_stored/N_ref = 1/``compression_ratio_*``.
+    A ratio over an empty population (a model without parameters, or without prunable weights) is NaN
+    (0/0); a compression ratio with nothing stored is ``inf``.
 
     Returns:
         ``model_state``, ``params_dense_all``, ``params_stored_all``, ``params_nonzero_all``,
@@ -65,7 +68,11 @@ def summarize(
         ``cr_percent_eval_factorized_only`` for factorized models, with ``ranks_per_layer`` for those
         that expose a ``ranks`` attribute; ``storage_fraction_compressed`` and
         ``population`` with ``population``.
+
+    Raises:
+        UnsupportedModelError: A parameter or buffer without values (``meta`` device, lazy module).
     """
+    refuse_unmaterialized(model, "summarize")
     if population is not None and population.name != "compressed":
         raise ValueError(f"population must be a compressed(...) population, got {population.describe()!r}")
     totals = {p: count_parameters(model, p) for p in ("all", "prunable")}
@@ -88,15 +95,15 @@ def summarize(
         "params_stored_all": totals["all"].stored,
         "params_nonzero_all": totals["all"].nonzero,
         **_zero_fields(model, totals),
-        "compression_ratio_all": compression_ratio(refs["all"].dense, n_stored(totals["all"])),
-        "compression_ratio_prunable": compression_ratio(refs["prunable"].dense, n_stored(totals["prunable"])),
-        "storage_fraction_all": storage_fraction(n_stored(totals["all"]), refs["all"].dense),
-        "storage_fraction_prunable": storage_fraction(n_stored(totals["prunable"]), refs["prunable"].dense),
+        "compression_ratio_all": _ratio(refs["all"].dense, n_stored(totals["all"])),
+        "compression_ratio_prunable": _ratio(refs["prunable"].dense, n_stored(totals["prunable"])),
+        "storage_fraction_all": _ratio(n_stored(totals["all"]), refs["all"].dense),
+        "storage_fraction_prunable": _ratio(n_stored(totals["prunable"]), refs["prunable"].dense),
     }
     if population is not None:
         comp = count_parameters(model, population)
         ref_comp = count_parameters(reference, population) if reference is not None else comp
-        out["storage_fraction_compressed"] = storage_fraction(n_stored(comp), ref_comp.dense)
+        out["storage_fraction_compressed"] = _ratio(n_stored(comp), ref_comp.dense)
         out["population"] = population.describe()
     out.update(_factorization_fields(model))
     macs = count_macs(model, example_input)
@@ -108,6 +115,13 @@ def summarize(
     if "macs_dense" in out:
         out["theoretical_speedup"] = theoretical_speedup(out["macs_dense"], macs.effective)
     return out
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    """A ratio of counts: ``inf`` for x/0 (everything pruned), NaN for 0/0 (an empty population)."""
+    if denominator == 0:
+        return math.inf if numerator else math.nan
+    return numerator / denominator
 
 
 def compressed_model_fields(model: nn.Module) -> dict[str, Any]:

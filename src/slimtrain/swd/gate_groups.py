@@ -9,6 +9,10 @@ group). Removing a channel removes every slice of the group for it (those
 :func:`slimtrain.compress.channel_masks` zeroes; tests/swd/test_gate_groups.py checks the masks against it),
 and the parameter count at a threshold is counted on exactly those masks: it is the parameter count of the
 exported model (docs/swd.md#structured-swd-and-the-parameter-budget).
+
+Gates name the layers of the unwrapped model, and every method reads the model unwrapped
+(:mod:`slimtrain._wrappers`): gates built on a ``DataParallel`` or ``torch.compile`` wrapper serve the model
+inside it too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from slimtrain._shared_params import shared_parameter_groups
+from slimtrain._wrappers import unwrap_model
 from slimtrain.compress import ChannelGroup, ChannelPruningPlan, GroupSelection
 from slimtrain.compress.channel_groups import weight_channel_axis
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
@@ -49,6 +54,7 @@ class GroupGates:
     """
 
     def __init__(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        model = unwrap_model(model)
         self.groups = groups
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         offsets = [0]
@@ -103,6 +109,7 @@ class GroupGates:
                 a zero-padding ("option A") shortcut; the message names the operation and its module.
             UnsupportedModelError: No group holds an affine BatchNorm.
         """
+        model = unwrap_model(model)
         if example_inputs is None:
             raise BadInputError(
                 "the 'groups' channel model traces the model's channel groups and needs example_inputs "
@@ -128,7 +135,7 @@ class GroupGates:
         if not gating:
             raise UnsupportedModelError(
                 f"{type(model).__qualname__} has no removable channel group holding an affine BatchNorm "
-                f"(groups reaching the model's output are never removed); {what}"
+                f"(groups holding channels of a model input or output are never removed); {what}"
             )
         return cls(model, gating)
 
@@ -201,6 +208,7 @@ class GroupGates:
 
     def _flat_scores(self, model: nn.Module) -> Tensor:
         """Score of every root channel of every gating group, on the model's device (+inf: no BatchNorm)."""
+        model = unwrap_model(model)
         t = self._tensors(model.get_submodule(self.gates[0]).weight.device)
         values = torch.cat(
             [
@@ -283,6 +291,7 @@ class GroupGates:
         zeroes for :meth:`plan`); ``"gates"``: the γ and β of the gating BatchNorms only. Parameters are named
         as by ``model.named_parameters()``.
         """
+        model = unwrap_model(model)
         removed_flat = ~self._flat_keep(model, threshold, compare)
         t = self._tensors(removed_flat.device)
         gates = set(self.gates)
@@ -330,6 +339,7 @@ class GroupGates:
         Raises:
             UnsupportedModelError: Naming the first such layer.
         """
+        model = unwrap_model(model)
         for group in self.groups:
             for s in group.members:
                 module = model.get_submodule(s.module)

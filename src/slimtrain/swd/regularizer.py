@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slimtrain._materialized import refuse_sparse_gradients
 from slimtrain.errors import UnsupportedModelError
 from slimtrain.layers.prunable import computed_weight
 from slimtrain.swd.schedule import ExponentialSchedule
@@ -105,9 +106,20 @@ class SelectiveWeightDecay:
 
         A computed weight (a ``weight_norm`` parametrization) gets the penalty's gradient through its
         parametrization, in the ``.grad`` of the parameters it is computed from, as :meth:`penalty` would.
+
+        Raises:
+            UnsupportedModelError: A selected weight of an embedding with ``sparse=True`` (its sparse
+                gradient cannot take the dense term; :meth:`penalty` can), before any gradient is changed.
         """
         coefficient = self.weight_decay * self.a
-        for s in self._select(model):
+        selected = self._select(model)
+        refuse_sparse_gradients(
+            model,
+            "SelectiveWeightDecay.apply_",
+            {s.name for s in selected},
+            "or add swd.penalty(model) to the loss instead of calling apply_",
+        )
+        for s in selected:
             if isinstance(s.param, nn.Parameter):
                 if s.param.grad is None:
                     s.param.grad = torch.zeros_like(s.param)

@@ -123,7 +123,10 @@ class MagnitudeSelection:
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         counted = {name: p for name, p in params.items() if "bn" not in name}
         if not counted:
-            raise ValueError(f"{type(model).__name__} has no parameter without 'bn' in its name")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no trainable parameter without 'bn' in its name: the reference "
+                "population has nothing to count; use population='weights'"
+            )
         magnitudes = magnitude_scores(counted)
         threshold = sorted_threshold(magnitudes, permille_count(magnitudes.numel(), self.target))
         return [Selected(name, p, p.detach().abs() < threshold) for name, p in params.items()]

@@ -1,6 +1,9 @@
 """Structured SWD selection: channels gated by BatchNorm γ under a parameter budget (docs/swd.md).
 
 Tessier et al., arXiv:2011.10520 (structured and "structuredF" pruning).
+
+The model is read unwrapped (:mod:`slimtrain._wrappers`): gates and selected parameters are named by the
+model inside a ``DataParallel`` or ``torch.compile`` wrapper.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from slimtrain._wrappers import unwrap_model
 from slimtrain.errors import BadInputError
 from slimtrain.swd.budget import (
     Bisection,
@@ -44,6 +48,7 @@ def build_channel_model(
     Raises:
         BadInputError: An unknown ``channel_model``, or ``"groups"`` without ``example_inputs``.
     """
+    model = unwrap_model(model)
     if channel_model == "reference":
         graph: GroupGates | ChannelGraph = ChannelGraph.from_model(model)
     elif channel_model == "groups":
@@ -117,6 +122,7 @@ class ChannelSelection:
             raise ValueError(f"gate_compare must be 'ge' or 'gt', got {gate_compare!r}")
         if graph is not None and gates is not None:
             raise ValueError("give either gates or a traced graph, not both")
+        model = unwrap_model(model)
         parameter_budget(model, target)
         if graph is not None:
             self.graph = graph
@@ -143,10 +149,12 @@ class ChannelSelection:
 
     def threshold(self, model: nn.Module) -> float:
         """Current budget threshold on |γ|."""
+        model = unwrap_model(model)
         return budget_threshold(self.graph, model, self.target, self.bisection, self.gate_compare)
 
     def _threshold_on_device(self, model: nn.Module) -> float | Tensor:
         """:meth:`threshold`, left on the device where the channel model counts there."""
+        model = unwrap_model(model)
         if self.bisection == "corrected" and isinstance(self.graph, CountsOnDevice):
             return budget_threshold_tensor(self.graph, model, self.target, self.gate_compare)
         return self.threshold(model)
@@ -156,6 +164,7 @@ class ChannelSelection:
 
         Keyed by gate BatchNorm (``"reference"``) or by group root layer (``"groups"``).
         """
+        model = unwrap_model(model)
         if isinstance(self.graph, GroupGates):
             kept = self.graph.keep_masks(model, self._threshold_on_device(model), "ge")
             return {g.root: k for g, k in zip(self.graph.groups, kept, strict=True)}
@@ -163,6 +172,7 @@ class ChannelSelection:
 
     def select(self, model: nn.Module) -> list[Selected]:
         """Selected entries of every penalised parameter, from the current γ (detached)."""
+        model = unwrap_model(model)
         if isinstance(self.graph, GroupGates):
             which = "all" if self.penalize_filters else "gates"
             removed = self.graph.removal_masks(model, self._threshold_on_device(model), "ge", which)
