@@ -216,6 +216,13 @@ def _lowrank(conv: str | None, adaptive: bool):
                 optimizer.step()
 
             train_steps(model, inputs, step)
+        # The trained model exports (deployment factorized layers), saves and loads back exactly.
+        exported = compress.to_exported(model, "native", inputs)
+        assert_same(run(model, inputs), run(exported, inputs))
+        compress.save_exported(exported, tmp / "lowrank", base=case.build)
+        assert_same(
+            run(exported, inputs), run(slimtrain.load(tmp / "lowrank", factory=case.build), inputs), atol=0
+        )
         # In float64: after training steps, BatchNorms with tiny running variances amplify float32 rounding.
         model.double()
         dense = to_dense_model(model, inplace=False)

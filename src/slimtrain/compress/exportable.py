@@ -37,6 +37,7 @@ from slimtrain.compress.masks import fold_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups
 from slimtrain.errors import UnsupportedChannelFlowError
 from slimtrain.layers import TrainingLayer
+from slimtrain.layers.factorized import FACTORIZED_DEPLOYMENT_LAYERS
 
 
 class ChannelsKeptWarning(UserWarning):
@@ -95,9 +96,12 @@ def remove_zero_channels(model: nn.Module, example_inputs: Any, *, round_to: int
     """Return a copy of ``model`` with every removable channel (:func:`removable_channels`) removed.
 
     Groups are the coupled channel groups rooted at convs and linears (Torch-Pruning's dependency graph);
-    groups reaching the model's output are never touched. With ``round_to``, each group keeps enough of its
-    removable (zero) channels for its width to be a multiple of ``round_to`` (or its full width): rounding
-    up keeps the function exactly, rounding down would not.
+    groups reaching the model's output are never touched, nor those with a channel inside a factorized layer
+    (:data:`~slimtrain.layers.factorized.FACTORIZED_DEPLOYMENT_LAYERS`): its ranks and widths are its
+    recorded configuration, which a removed channel would contradict (the export could not be loaded again).
+    With ``round_to``, each group keeps enough of its removable (zero) channels for its width to be a
+    multiple of ``round_to`` (or its full width): rounding up keeps the function exactly, rounding down would
+    not.
 
     Args:
         model: The compressed model (unchanged).
@@ -115,8 +119,15 @@ def remove_zero_channels(model: nn.Module, example_inputs: Any, *, round_to: int
     if round_to is not None and round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
     groups = coupled_channel_groups(model, example_inputs, root_types=(_ConvNd, nn.Linear))
+    factorized = [
+        f"{name}."
+        for name, m in unwrap_model(model).named_modules()
+        if isinstance(m, FACTORIZED_DEPLOYMENT_LAYERS)
+    ]
     selections = []
     for group in groups:
+        if any(member.module.startswith(tuple(factorized)) for member in group.members):
+            continue
         removable = removable_channels(model, group)
         kept = max(1, group.size - len(removable))
         if round_to is not None:
