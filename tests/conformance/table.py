@@ -129,10 +129,10 @@ def render() -> str:
         "",
         "The features: `sfw_*`, Stochastic Frank-Wolfe training steps in each constraint mode; `swd_*`,",
         "Selective Weight Decay steps and its final pruning; `tdlrt`, `dlrt`, `fixed_rank`, conversion to",
-        "factorized layers and training steps; `magnitude_export`, `filter_export`, `svd_export`,",
-        "`tucker_export`, compression then export; `csr`, sparse linear layers; `save_load`, `save_exported`",
-        "then `slimtrain.load`; `metrics`, parameter counts and `summarize`; `onnx`, the model's most",
-        "transformed export run by onnxruntime.",
+        "factorized layers, training steps, then export, save and load; `magnitude_export`, `filter_export`,",
+        "`svd_export`, `tucker_export`, compression then export; `csr`, sparse linear layers; `save_load`,",
+        "`save_exported` then `slimtrain.load`; `metrics`, parameter counts and `summarize`; `onnx`, the",
+        "model's most transformed export run by onnxruntime.",
         "",
     ]
     return "\n".join(lines)
