@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import os
 import re
 import shlex
 import signal
@@ -685,6 +686,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_interrupts(), _one_line_warnings(args.command, getattr(args, "debug", False)):
             return args.func(args)
+    except BrokenPipeError:
+        # The reader of our output went away (`slimtrain inspect DIR | head`): stop quietly, as `cat` does;
+        # later writes (and the interpreter's final flush) go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt as interruption:
         error: BaseException = interruption
         code, message = EXIT_INTERRUPTED, _stopped(interruption)

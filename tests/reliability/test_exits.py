@@ -307,6 +307,15 @@ def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys, monkeyp
         assert main(["--debug", "report", str(tmp_path)]) == EXIT_OK
 
 
+def test_a_closed_output_pipe_ends_the_command_quietly():
+    """``slimtrain list | head -0``: the reader is gone before the first line; no error, no traceback."""
+    child = start_slimtrain(["list"])
+    child.stdout.close()  # before the child writes: its first write fails with EPIPE
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == EXIT_OK, err
+    assert err == ""
+
+
 def test_unexpected_error_is_one_line_pointing_to_debug(tmp_path, capsys, monkeypatch):
     """A bug (not a slimtrain error) prints "internal error: ..." and the --debug hint, exit 1."""
 
