@@ -661,8 +661,16 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str, debug: bool) -> Iterator[None]:
-    """Warnings print as one line naming the command (with ``--debug``: Python's form, file and line)."""
-    if debug:
+    """Warnings print as one line naming the command (with ``--debug``: Python's form, file and line).
+
+    Only where nobody else handles them: a caller recording warnings (``catch_warnings(record=True)``,
+    ``pytest.warns``) or routing them (``logging.captureWarnings``) keeps them.
+    """
+    default = (
+        warnings.showwarning is getattr(warnings, "_showwarning_orig", None)
+        and getattr(getattr(warnings, "_showwarnmsg_impl", None), "__module__", None) == "warnings"
+    )
+    if debug or not default:
         yield
         return
 

@@ -210,9 +210,13 @@ def _cases(path: tuple[str, ...], field: Any) -> dict[str, st.SearchStrategy]:
 
 
 def _named_keys(message: str) -> set[str]:
-    """The keys an error message names: one per line, as ``unknown key 'k'`` or ``'k': ...``."""
+    """The keys an error message names: one per line, as ``unknown key 'k'`` or ``'k': ...`` (one problem is
+    on the header's line).
+    """
     keys = set()
-    for line in message.splitlines()[1:]:
+    header, _, rest = message.partition("invalid recipe:")
+    assert not header, message
+    for line in rest.strip().splitlines():
         match = re.match(r"\s*(?:unknown key )?'([^']*)'", line)
         assert match, f"error line names no key: {line!r}"
         keys.add(match.group(1))

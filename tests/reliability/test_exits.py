@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -287,24 +286,41 @@ def test_debug_shows_the_traceback_of_user_errors(tmp_path, capsys):
     assert "Traceback" in err and "RecipeError" in err and "train.epochz" in err
 
 
-def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys, monkeypatch):
-    """A warning during a command is one line (its category named, no file or source line); --debug leaves
-    it to Python's warning machinery.
-    """
+_WARNING_COMMAND = """
+import sys, warnings
+import slimtrain.experiments.report as report
+from slimtrain.cli import main
 
-    def warning(directory, **kwargs):
-        warnings.warn("the factorized layer is\nnot cheaper", UserWarning, stacklevel=1)
-        return tmp_path / "report.md"
+def warning(directory, **kwargs):
+    warnings.warn("the factorized layer is\\nnot cheaper", UserWarning, stacklevel=1)
+    return directory
 
-    monkeypatch.setattr(report_module, "write_report", warning)
-    with warnings.catch_warnings():
+report.write_report = warning
+if sys.argv[2:] == ["recorded"]:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["report", str(tmp_path)]) == EXIT_OK
-        assert capsys.readouterr().err.splitlines() == [
-            "slimtrain report: warning: the factorized layer is not cheaper (UserWarning)"
-        ]
-    with pytest.warns(UserWarning, match="not cheaper"):  # left to Python's own handling
-        assert main(["--debug", "report", str(tmp_path)]) == EXIT_OK
+        main(["report", sys.argv[1]])
+    print([str(w.message) for w in caught])
+else:
+    main([*sys.argv[2:], "report", sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "--debug", "recorded"])
+def test_warnings_print_as_one_line_naming_the_command(tmp_path, mode):
+    """A warning during a command is one line naming the command and its category (no file or source line);
+    ``--debug`` leaves it to Python's form, and a caller recording warnings still records it.
+    """
+    env = {**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [sys.executable, "-c", _WARNING_COMMAND, str(tmp_path), *([mode] if mode != "plain" else [])]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    warning = "slimtrain report: warning: the factorized layer is not cheaper (UserWarning)"
+    if mode == "plain":
+        assert done.stderr.splitlines() == [warning], done.stderr
+    elif mode == "--debug":
+        assert done.stderr.startswith("<string>:7: UserWarning: the factorized layer is\n"), done.stderr
+    else:
+        assert done.stderr == "" and "['the factorized layer is\\nnot cheaper']" in done.stdout, done
 
 
 def test_a_closed_output_pipe_ends_the_command_quietly():

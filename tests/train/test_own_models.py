@@ -70,6 +70,20 @@ def three_classes(num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 
 
+class _Halving(nn.Module):
+    def forward(self, x):
+        return x.mul_(0.5)  # edits its input in place
+
+
+def inplace_net(num_classes):
+    return nn.Sequential(_Halving(), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def twelve_logits(num_classes):
+    """A fixed head wider than the dataset's classes: it trains (the extra logits are never a target)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12))
+
+
 def failing_net(num_classes):
     raise RuntimeError("boom while building")
 
@@ -303,3 +317,14 @@ def test_a_run_whose_model_code_changed_names_the_model(tmp_path, helper, capsys
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         assert f"does not fit model '{HELPER}:convolutional' as it is built now" in err, err
+
+
+def test_the_fit_check_leaves_the_data_and_wider_heads_alone(tmp_path, helper):
+    """The check runs on a copy of the inputs (a model may edit its input in place), and a head with more
+    logits than classes is accepted, as the loss accepts it.
+    """
+    recipe = _recipe(tmp_path, {"factory": f"{HELPER}:inplace_net"})
+    reference = _recipe(tmp_path, {"name": "mlp"})
+    untouched = build_run(reference).splits.train.inputs[:2].clone()
+    assert torch.equal(build_run(recipe).splits.train.inputs[:2], untouched)
+    Trainer(_recipe(tmp_path / "wide", {"factory": f"{HELPER}:twelve_logits"})).fit()

@@ -34,7 +34,7 @@ from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_subm
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight_channel_axis
 from slimtrain.compress.masks import apply_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
-from slimtrain.errors import ExportMismatchError, UnsupportedModelError
+from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError, UnsupportedModelError
 from slimtrain.pruning.selection import smallest_k_mask
 
 
@@ -255,6 +255,8 @@ def remove_channels(
         ExportMismatchError: If verification finds an output that differs (the thinned model is never
             returned then).
         UnsupportedModelError: If ``verify`` and the model's output holds no tensor to compare.
+        UnsupportedChannelFlowError: If ``verify`` and the thinned model fails on ``example_inputs`` (a
+            channel flow the dependency graph does not follow).
     """
     result = copy_model(model, "remove_channels")
     # Thinned inside its wrapper (torch.compile), verified unwrapped: the plan names the user's model.
@@ -281,8 +283,10 @@ def remove_channels(
         try:
             actual = _outputs(thinned, example_inputs)
         except RuntimeError as error:
-            raise RuntimeError(
-                f"channel removal produced a model that fails on the example input: {error}"
+            raise UnsupportedChannelFlowError(
+                "channel removal produced a model that fails on the example input, through a channel flow "
+                "the dependency graph does not follow (such as a model input added to a layer's output): "
+                f"{' '.join(str(error).split())}"
             ) from error
         try:
             compare_outputs(expected, actual)

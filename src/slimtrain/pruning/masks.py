@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from slimtrain._wrappers import copy_model
+from slimtrain._wrappers import copy_model, unwrap_model
 from slimtrain.errors import UnsupportedModelError
 from slimtrain.layers.prunable import is_computed, make_plain
 
@@ -29,7 +29,9 @@ class MaskSet:
     docs/swd.md#baselines).
 
     Args:
-        model: The model whose parameters are masked (not modified here).
+        model: The model whose parameters are masked (not modified here). For a model inside a wrapper
+            (``DataParallel``, ``torch.compile``) a name may be the wrapped model's (as slimtrain's mask
+            functions give them) or the wrapper's (``"module.…"``).
         masks: ``{name: keep mask}``; each mask has its tensor's shape (True = kept). A shared (tied)
             parameter may be named by any of its names, and its mask holds for all of them. A computed weight
             (a ``torch.nn.utils.parametrize`` parametrization such as ``weight_norm``, or a
@@ -44,15 +46,24 @@ class MaskSet:
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
         self._model = model
-        params = dict(model.named_parameters(remove_duplicate=False))
+        inner = unwrap_model(model)
+        params = {
+            **dict(model.named_parameters(remove_duplicate=False)),
+            **dict(inner.named_parameters(remove_duplicate=False)),
+        }
         self._masks: dict[str, Tensor] = {}
         # Resolved once: the hook of attach() re-applies the masks after every optimizer step.
         self._params: dict[str, nn.Parameter] = {}
+        self._computed_in: dict[str, nn.Module] = {}  # the model a computed weight's name belongs to
         for name, mask in masks.items():
             tensor = params.get(name)
             if tensor is None:
-                tensor = _computed(model, name)
-                if tensor is None:
+                for root in (inner, model):
+                    tensor = _computed(root, name)
+                    if tensor is not None:
+                        self._computed_in[name] = root
+                        break
+                else:
                     raise KeyError(f"mask given for {name!r}, which is not a parameter of the model")
             else:
                 self._params[name] = tensor
@@ -76,7 +87,7 @@ class MaskSet:
         if len(self._params) < len(self._masks):
             for name in self._masks.keys() - self._params.keys():
                 module_name, _, local = name.rpartition(".")
-                module = self._model.get_submodule(module_name)
+                module = self._computed_in[name].get_submodule(module_name)
                 # Under no_grad, removing a parametrization would leave a plain tensor, not a parameter.
                 with torch.enable_grad():
                     make_plain(module, local)

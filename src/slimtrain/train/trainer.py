@@ -31,9 +31,10 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.nn.parameter import is_lazy
 from tqdm import tqdm
 
-from slimtrain._model_io import call_model, eval_mode, input_tensors, logits_of, move_inputs
+from slimtrain._model_io import call_model, eval_mode, input_tensors, logits_of, map_tensors, move_inputs
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
@@ -328,20 +329,24 @@ def _one_line(err: BaseException) -> str:
 def _check_fits_the_data(
     model: nn.Module, recipe: Recipe, splits: DatasetSplits, device: torch.device, dtype: torch.dtype
 ) -> None:
-    """Refuse a model that cannot run on the data's inputs or whose logits do not have one per class.
+    """Refuse a model that cannot run on the data's inputs or gives fewer logits than the data has classes.
 
-    One forward pass of two training inputs, in eval mode (no running statistics move) and outside the
-    random stream (the run's draws stay those of a run without the check).
+    One forward pass of a copy of two training inputs (a model may edit its input in place), in eval mode (no
+    running statistics move) and outside the random streams (the run's draws stay those of a run without
+    the check). A model with uninitialized lazy layers is not run: the check would draw their weights.
 
     Raises:
         RunBuildError: Naming the model, the input shape and the logits shape the data needs.
     """
-    inputs = move_inputs(splits.train.inputs[:2], device, dtype)
-    shape = "×".join(str(d) for d in input_tensors(inputs)[0].shape)
-    wanted = (len(input_tensors(inputs)[0]), splits.num_classes)
+    if any(is_lazy(p) for p in model.parameters()):
+        return
+    inputs = map_tensors(torch.clone, move_inputs(splits.train.inputs[:2], device, dtype))
+    first = input_tensors(inputs)[0]
+    shape = "×".join(str(d) for d in first.shape)
     label = recipe.model.label
+    streams = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=[]), eval_mode(model), torch.no_grad():
+        with torch.random.fork_rng(devices=streams), eval_mode(model), torch.no_grad():
             logits = logits_of(call_model(model, inputs))
     except SlimtrainError as err:
         raise RunBuildError(f"'model': model '{label}': {err}") from err
@@ -349,11 +354,12 @@ def _check_fits_the_data(
         raise RunBuildError(
             f"'model': model '{label}' cannot run on the dataset's inputs ({shape}): {_one_line(err)}"
         ) from err
-    if tuple(logits.shape) != wanted:
+    # More logits than classes train (the extra ones are never a target); fewer fail inside the loss.
+    if logits.dim() != 2 or logits.shape[0] != len(first) or logits.shape[1] < splits.num_classes:
         raise RunBuildError(
             f"'model': model '{label}' returns logits of shape {tuple(logits.shape)} for inputs of shape "
-            f"{shape}; the dataset '{recipe.data.label}' needs {wanted} (one logit per class of its "
-            f"{splits.num_classes})"
+            f"{shape}; the dataset '{recipe.data.label}' needs ({len(first)}, {splits.num_classes}) (one "
+            f"logit per class of its {splits.num_classes})"
         )
 
 
@@ -367,7 +373,11 @@ def load_checkpoint_state(comp: RunComponents, state: dict[str, Any], recipe: Re
     try:
         comp.method.load_state_dict(state["method"], comp.model)
         comp.model.load_state_dict(state["model"])
+    except torch.OutOfMemoryError:
+        raise
     except (RuntimeError, KeyError, ValueError) as err:
+        if isinstance(err, RuntimeError) and "CUDA" in str(err):  # the device failed, not the model
+            raise
         raise CheckpointError(
             f"{where}: the checkpoint does not fit model '{recipe.model.label}' as it is built now: its "
             f"code changed since the run was trained; restore it, or train again ({_one_line(err)})"
