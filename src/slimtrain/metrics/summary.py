@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from torch import nn
@@ -23,6 +24,7 @@ from slimtrain.metrics.effective_sparsity import effective_sparsity, is_relu_mlp
 from slimtrain.metrics.mac_formulas import theoretical_speedup
 from slimtrain.metrics.macs import ExampleInput, count_macs
 from slimtrain.metrics.populations import Population
+from slimtrain.metrics.ratios import compression_ratio, storage_fraction
 
 ModelState = Literal["masked", "exported"]
 
@@ -95,15 +97,19 @@ def summarize(
         "params_stored_all": totals["all"].stored,
         "params_nonzero_all": totals["all"].nonzero,
         **_zero_fields(model, totals),
-        "compression_ratio_all": _ratio(refs["all"].dense, n_stored(totals["all"])),
-        "compression_ratio_prunable": _ratio(refs["prunable"].dense, n_stored(totals["prunable"])),
-        "storage_fraction_all": _ratio(n_stored(totals["all"]), refs["all"].dense),
-        "storage_fraction_prunable": _ratio(n_stored(totals["prunable"]), refs["prunable"].dense),
+        "compression_ratio_all": _ratio(compression_ratio, refs["all"].dense, n_stored(totals["all"])),
+        "compression_ratio_prunable": _ratio(
+            compression_ratio, refs["prunable"].dense, n_stored(totals["prunable"])
+        ),
+        "storage_fraction_all": _ratio(storage_fraction, n_stored(totals["all"]), refs["all"].dense),
+        "storage_fraction_prunable": _ratio(
+            storage_fraction, n_stored(totals["prunable"]), refs["prunable"].dense
+        ),
     }
     if population is not None:
         comp = count_parameters(model, population)
         ref_comp = count_parameters(reference, population) if reference is not None else comp
-        out["storage_fraction_compressed"] = _ratio(n_stored(comp), ref_comp.dense)
+        out["storage_fraction_compressed"] = _ratio(storage_fraction, n_stored(comp), ref_comp.dense)
         out["population"] = population.describe()
     out.update(_factorization_fields(model))
     macs = count_macs(model, example_input)
@@ -117,11 +123,11 @@ def summarize(
     return out
 
 
-def _ratio(numerator: int, denominator: int) -> float:
-    """A ratio of counts: ``inf`` for x/0 (everything pruned), NaN for 0/0 (an empty population)."""
+def _ratio(ratio: Callable[[int, int], float], numerator: int, denominator: int) -> float:
+    """``ratio`` (:mod:`slimtrain.metrics.ratios`), or ``inf`` for x/0 and NaN for 0/0 (empty counts)."""
     if denominator == 0:
         return math.inf if numerator else math.nan
-    return numerator / denominator
+    return ratio(numerator, denominator)
 
 
 def compressed_model_fields(model: nn.Module) -> dict[str, Any]:
