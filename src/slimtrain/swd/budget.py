@@ -149,6 +149,7 @@ def budget_threshold_tensor(
     Unlike :func:`budget_threshold` it does not refuse a target that +inf does not meet either (that would
     read the host): check it once with :func:`refuse_unreachable`, which does not depend on γ, as
     :class:`~slimtrain.swd.ChannelSelection` does when it is built.
+
     Instead of one count per bisection step (each read on the host to choose the next half), every round
     counts at ``probes`` + 1 candidates spread over the interval still open and keeps the part
     between the last probe over the budget and the first within it, all as tensor operations; the number
@@ -184,7 +185,7 @@ def budget_threshold_tensor(
         within = graph.parameter_counts(model, candidates[at], gate_compare) <= budget
         if reachable is None:
             reachable = within[-1:]  # the largest candidate: nothing meets the budget if it does not
-            within = within | ~reachable  # an unreachable budget ends at hi = n - 1 (then +inf)
+            within = within | ~reachable  # unreachable: any probe ends the search; the result is +inf
         first = torch.argmax(within.long()).reshape(1)  # the first probe within the budget
         hi = at[first]
         lo = torch.where(first > 0, at[(first - 1).clamp(min=0)] + 1, at[:1])
