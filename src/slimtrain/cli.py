@@ -674,9 +674,10 @@ def _one_line_warnings(command: str, debug: bool) -> Iterator[None]:
         yield
         return
 
+    from slimtrain.errors import one_line
+
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        text = " ".join(str(message).split())
-        print(f"slimtrain {command}: warning: {text} ({category.__name__})", file=sys.stderr)
+        print(f"slimtrain {command}: warning: {one_line(message)} ({category.__name__})", file=sys.stderr)
 
     previous = warnings.showwarning
     warnings.showwarning = show

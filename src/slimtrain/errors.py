@@ -35,6 +35,11 @@ __all__ = [
 ]
 
 
+def one_line(text: object) -> str:  # not in __all__: a helper for the messages of these errors
+    """``text`` on one line: every run of whitespace (torch's messages span several lines) becomes a space."""
+    return " ".join(str(text).split())
+
+
 class SlimtrainError(Exception):
     """Base of every error slimtrain raises on purpose (never raised itself)."""
 

@@ -34,7 +34,7 @@ from slimtrain.compress._modules import KEPT_CHANNELS_ATTR, copy_model, get_subm
 from slimtrain.compress.channel_groups import ChannelGroup, ChannelSlice, weight_channel_axis
 from slimtrain.compress.masks import apply_masks
 from slimtrain.compress.torch_pruning_adapter import coupled_channel_groups, remove_channels_in_place
-from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError, UnsupportedModelError
+from slimtrain.errors import ExportMismatchError, UnsupportedChannelFlowError, UnsupportedModelError, one_line
 from slimtrain.pruning.selection import smallest_k_mask
 
 
@@ -286,7 +286,7 @@ def remove_channels(
             raise UnsupportedChannelFlowError(
                 "channel removal produced a model that fails on the example input, through a channel flow "
                 "the dependency graph does not follow (such as a model input added to a layer's output): "
-                f"{' '.join(str(error).split())}"
+                f"{one_line(error)}"
             ) from error
         try:
             compare_outputs(expected, actual)

@@ -34,7 +34,15 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 from tqdm import tqdm
 
-from slimtrain._model_io import call_model, eval_mode, input_tensors, logits_of, map_tensors, move_inputs
+from slimtrain._model_io import (
+    ModelInputs,
+    call_model,
+    eval_mode,
+    input_tensors,
+    logits_of,
+    map_tensors,
+    move_inputs,
+)
 from slimtrain.data import BatchLoader, DatasetSplits, load_dataset
 from slimtrain.errors import (
     BadInputError,
@@ -44,6 +52,7 @@ from slimtrain.errors import (
     RunBuildError,
     SlimtrainError,
     TrainingDiverged,
+    one_line,
 )
 from slimtrain.io import atomic_write_text
 from slimtrain.models import build_model, model_arguments, resolve_factory
@@ -307,9 +316,10 @@ def build_run(
     if initial_weights:  # model.init_from: before the method converts the layers
         load_init_weights(model, recipe.model)
     model = model.to(device=device, dtype=dtype)
-    _check_fits_the_data(model, recipe, splits, device, dtype)
+    example_inputs = move_inputs(splits.train.inputs[:2], device, dtype)
+    _check_fits_the_data(model, recipe, splits, example_inputs)
     method = get_method_class(recipe.method.name)(recipe.method_options(), recipe)
-    method.example_inputs = move_inputs(splits.train.inputs[:2], device, dtype)  # to trace the model with
+    method.example_inputs = example_inputs  # to trace the model with
     try:
         model = method.prepare(model)
     except (ValueError, TypeError, NotImplementedError) as err:  # layers the method cannot handle
@@ -322,16 +332,17 @@ def build_run(
 
 def _one_line(err: BaseException) -> str:
     """``Type: message`` on one line (torch's messages span several)."""
-    text = " ".join(str(err).split())
+    text = one_line(err)
     return f"{type(err).__name__}: {text[:400]}{'...' if len(text) > 400 else ''}"
 
 
 def _check_fits_the_data(
-    model: nn.Module, recipe: Recipe, splits: DatasetSplits, device: torch.device, dtype: torch.dtype
+    model: nn.Module, recipe: Recipe, splits: DatasetSplits, example_inputs: ModelInputs
 ) -> None:
     """Refuse a model that cannot run on the data's inputs or gives fewer logits than the data has classes.
 
-    One forward pass of a copy of two training inputs (a model may edit its input in place), in eval mode (no
+    One forward pass of a copy of ``example_inputs`` (two training inputs on the run's device and dtype; a
+    model may edit its input in place), in eval mode (no
     running statistics move) and outside the random streams (the run's draws stay those of a run without
     the check). A model with uninitialized lazy layers is not run: the check would draw their weights.
 
@@ -340,11 +351,11 @@ def _check_fits_the_data(
     """
     if any(is_lazy(p) for p in model.parameters()):
         return
-    inputs = map_tensors(torch.clone, move_inputs(splits.train.inputs[:2], device, dtype))
+    inputs = map_tensors(torch.clone, example_inputs)
     first = input_tensors(inputs)[0]
     shape = "×".join(str(d) for d in first.shape)
     label = recipe.model.label
-    streams = [device] if device.type == "cuda" else []
+    streams = [first.device] if first.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=streams), eval_mode(model), torch.no_grad():
             logits = logits_of(call_model(model, inputs))
